@@ -1,0 +1,205 @@
+"""Time and peak memory of the retention op per mode and sequence length.
+
+    python -m vir_lightning bench-retention [--tokens 1024 4096 16384] [--decay 1d 2d] [--csv out.csv]
+
+Every configuration runs in a fresh subprocess so its peak memory is its own: the worker resets
+the kernel's peak-RSS counter (/proc/self/clear_refs) after building its inputs and reports the
+peak *added* by the op (fallback where that is unavailable: ru_maxrss minus the RSS before the call).
+Time is the median of several calls after a warm-up call; the spread (min–max) is printed too.
+Configurations predicted to exceed ``--max-memory-gb`` are skipped with a message instead of run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+MODE_CHOICES = ("parallel", "chunkwise", "recurrent")
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _reset_peak() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM, the peak resident set size
+        return True
+    except OSError:
+        return False
+
+
+def _peak_bytes() -> int:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _grid_for(tokens: int) -> tuple[int, int]:
+    side = math.isqrt(tokens)
+    if side * side != tokens:
+        raise ValueError(f"--decay 2d needs square token counts (got {tokens})")
+    return side, side
+
+
+def _worker(cfg: dict) -> dict:
+    """Run one configuration in this process; returns timings and memory."""
+    import torch
+
+    from ..retention import retention
+
+    torch.set_num_threads(cfg["threads"])
+    torch.manual_seed(0)
+    shape = (cfg["batch"], cfg["heads"], cfg["tokens"], cfg["head_dim"])
+    q, k, v = (torch.randn(shape, dtype=getattr(torch, cfg["dtype"])) for _ in range(3))
+    rates = torch.tensor([0.97] * cfg["heads"])
+    grid = _grid_for(cfg["tokens"]) if cfg["decay"] == "2d" else None
+    kwargs = dict(mode=cfg["mode"], chunk_size=cfg["chunk_size"], grid_shape=grid)
+
+    base = _rss_bytes()
+    _reset_peak()  # where it fails, the peak below is ru_maxrss: still an upper bound
+    with torch.inference_mode():
+        out = retention(q, k, v, rates, **kwargs)  # warm-up call, also the memory measurement
+        peak = _peak_bytes() - base
+        finite = bool(torch.isfinite(out).all())
+        del out
+        times = []
+        budget_end = time.perf_counter() + cfg["min_seconds"]
+        while len(times) < cfg["repeats"] or (time.perf_counter() < budget_end and len(times) < 50):
+            start = time.perf_counter()
+            retention(q, k, v, rates, **kwargs)
+            times.append(time.perf_counter() - start)
+    return {
+        "time_ms": statistics.median(times) * 1e3,
+        "time_min_ms": min(times) * 1e3,
+        "time_max_ms": max(times) * 1e3,
+        "repeats": len(times),
+        "peak_mb": max(peak, 0) / 2**20,
+        "finite": finite,
+    }
+
+
+def _predicted_bytes(cfg: dict) -> int:
+    """Rough upper bound of the op's working memory (bytes), to skip configurations that cannot fit."""
+    n, h, b, d = cfg["tokens"], cfg["heads"], cfg["batch"], cfg["head_dim"]
+    if cfg["mode"] == "parallel":
+        return 4 * n * n * (3 * b * h + 3)  # scores, product, decay table and its distance grid
+    return 4 * b * h * n * d * 8  # inputs, outputs and per-chunk intermediates
+
+
+def _run_isolated(cfg: dict) -> dict:
+    cmd = [sys.executable, "-m", "vir_lightning.benchmarks.retention_op", "--worker", json.dumps(cfg)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["killed"]
+        oom = proc.returncode < 0 or "out of memory" in proc.stderr.lower()
+        return {"error": "OOM" if oom else f"failed: {tail[0]}"}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _write_csv_atomically(path: str, rows: list[dict]) -> None:
+    fields = sorted({key for row in rows for key in row})
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".bench-", suffix=".csv")
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m vir_lightning bench-retention", description=__doc__.split("\n\n")[0])
+    p.add_argument("--tokens", type=int, nargs="+", default=[1024, 4096, 16384])
+    p.add_argument("--modes", nargs="+", choices=MODE_CHOICES, default=list(MODE_CHOICES))
+    p.add_argument("--decay", nargs="+", choices=("1d", "2d"), default=["1d", "2d"])
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--heads", type=int, default=2)
+    p.add_argument("--head-dim", type=int, default=64)
+    p.add_argument("--chunk-size", type=int, default=None, help="tokens (1D) / grid rows (2D); default per op")
+    p.add_argument("--dtype", choices=("float32", "float64", "bfloat16"), default="float32")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--repeats", type=int, default=3, help="timed calls at least (after one warm-up call)")
+    p.add_argument("--min-seconds", type=float, default=1.0, help="keep timing until this much time passed")
+    p.add_argument("--max-memory-gb", type=float, default=12.0, help="skip configurations predicted above this")
+    p.add_argument("--csv", default=None, help="also write the results to this CSV file (atomically)")
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.worker:
+        print(json.dumps(_worker(json.loads(args.worker))))
+        return 0
+    import torch
+
+    print(
+        f"# retention op benchmark — {platform.processor() or platform.machine()}, {os.cpu_count()} cores,"
+        f" torch {torch.__version__}, {args.threads} threads, CPU, {args.dtype},"
+        f" batch {args.batch}, heads {args.heads}, head_dim {args.head_dim}"
+    )
+    print("| decay | tokens | mode | chunk | time ms (median) | min–max ms | peak MB | finite |")
+    print("|---|---|---|---|---|---|---|---|")
+    rows = []
+    for decay in args.decay:
+        for mode in args.modes:
+            for tokens in args.tokens:
+                cfg = dict(
+                    decay=decay, mode=mode, tokens=tokens, batch=args.batch, heads=args.heads,
+                    head_dim=args.head_dim, chunk_size=args.chunk_size if mode == "chunkwise" else None,
+                    dtype=args.dtype, threads=args.threads, repeats=args.repeats, min_seconds=args.min_seconds,
+                )
+                if _predicted_bytes(cfg) > args.max_memory_gb * 2**30:
+                    result = {"error": f"skipped: predicted > {args.max_memory_gb:g} GB"}
+                else:
+                    result = _run_isolated(cfg)
+                row = {**cfg, **result}
+                rows.append(row)
+                chunk = "default" if mode == "chunkwise" and cfg["chunk_size"] is None else (cfg["chunk_size"] or "—")
+                if "error" in result:
+                    print(f"| {decay} | {tokens} | {mode} | {chunk} | {result['error']} | | | |")
+                else:
+                    print(
+                        f"| {decay} | {tokens} | {mode} | {chunk} | {result['time_ms']:.1f} |"
+                        f" {result['time_min_ms']:.1f}–{result['time_max_ms']:.1f} | {result['peak_mb']:.0f} |"
+                        f" {result['finite']} |"
+                    )
+                sys.stdout.flush()
+    for decay in args.decay:
+        for mode in args.modes:
+            by_tokens = {r["tokens"]: r for r in rows if r["decay"] == decay and r["mode"] == mode and "time_ms" in r}
+            pairs = [(a, b) for a, b in zip(args.tokens, args.tokens[1:]) if a in by_tokens and b in by_tokens]
+            for a, b in pairs:
+                ratio = by_tokens[b]["time_ms"] / by_tokens[a]["time_ms"]
+                print(f"{decay} {mode}: time({b})/time({a}) = {ratio:.2f}  (token ratio {b / a:g})")
+    if args.csv:
+        _write_csv_atomically(args.csv, rows)
+        print(f"wrote {args.csv}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

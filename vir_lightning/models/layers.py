@@ -1,0 +1,103 @@
+"""Small building blocks shared by the model families (written here: timm is not installable)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+def to_2tuple(value) -> tuple[int, int]:
+    """``224 -> (224, 224)``; ``(224, 320) -> (224, 320)``."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return (value, value)
+    if isinstance(value, (tuple, list)) and len(value) == 2:
+        return (int(value[0]), int(value[1]))
+    raise ValueError(f"expected an int or a pair of ints, got {value!r}")
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drop the whole residual branch per sample with probability ``drop_prob``.
+
+    Kept samples are scaled by 1 / (1 − p) so the expectation is unchanged; identity at eval.
+    """
+
+    def __init__(self, drop_prob: float = 0.0):
+        super().__init__()
+        if not 0.0 <= drop_prob < 1.0:
+            raise ValueError(f"drop_prob={drop_prob!r}; expected 0 <= drop_prob < 1")
+        self.drop_prob = drop_prob
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.drop_prob == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.drop_prob
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
+        return x * mask.div_(keep)
+
+    def extra_repr(self) -> str:
+        return f"drop_prob={self.drop_prob:.3f}"
+
+
+class LayerScale(nn.Module):
+    """Per-channel learnable residual scale, initialised small (CaiT) so deep stacks start stable."""
+
+    def __init__(self, dim: int, init_value: float = 1e-5):
+        super().__init__()
+        self.gamma = nn.Parameter(torch.full((dim,), float(init_value)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.gamma
+
+
+class Mlp(nn.Module):
+    """Linear → GELU → Linear (dim → hidden → dim), optional dropout."""
+
+    def __init__(self, dim: int, hidden_dim: int, drop: float = 0.0):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden_dim, dim)
+        self.drop = nn.Dropout(drop)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+
+
+class PatchEmbed(nn.Module):
+    """Non-overlapping p×p patches → tokens, with a strided Conv2d (bias, no norm).
+
+    Returns (tokens, grid_shape): tokens (B, rows·cols, dim) in raster order, grid_shape (rows, cols).
+    """
+
+    def __init__(self, patch_size: int, in_chans: int, embed_dim: int):
+        super().__init__()
+        self.patch_size = to_2tuple(patch_size)
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=self.patch_size, stride=self.patch_size)
+
+    def grid_shape_for(self, height: int, width: int) -> tuple[int, int]:
+        """Patch grid of an image, or ValueError if the image does not tile into whole patches."""
+        ph, pw = self.patch_size
+        if height % ph or width % pw:
+            raise ValueError(
+                f"image size {height}×{width} is not divisible by the patch size {ph}×{pw};"
+                " resize or crop the input to a multiple of the patch size"
+            )
+        return height // ph, width // pw
+
+    def forward(self, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
+        if x.dim() != 4 or x.shape[1] != self.proj.in_channels:
+            raise ValueError(
+                f"input has shape {tuple(x.shape)}; expected (batch, {self.proj.in_channels}, height, width)"
+            )
+        grid = self.grid_shape_for(x.shape[2], x.shape[3])
+        x = self.proj(x)  # (B, D, rows, cols)
+        return x.flatten(2).transpose(1, 2), grid
+
+
+def init_linear_trunc_normal(module: nn.Module, std: float = 0.02) -> None:
+    """trunc_normal(std) weights and zero biases for every nn.Linear below ``module``."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=std, a=-2 * std, b=2 * std)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)

@@ -1,0 +1,100 @@
+"""Multi-head retention (MHR): the token mixer of ViR and H-ViR."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ..retention import MODES, decay_rates_for, retention, retention_decay_matrix
+
+
+class MultiHeadRetention(nn.Module):
+    """Fused qkv projection → retention per head → concatenated heads → output projection.
+
+    q is scaled by head_dim^−½; there is no gate, GroupNorm or rotary embedding (SPEC §3).
+    The decay rates are fixed (not learned) and are not part of the state_dict.
+
+    Args:
+        dim: model width, divisible by ``num_heads``.
+        num_heads: number of heads.
+        decay_schedule: ``"vir"`` or ``"retnet"`` (see :func:`decay_rates_for`).
+        qkv_bias: bias on the fused qkv projection.
+        mode: ``"parallel"``, ``"recurrent"`` or ``"chunkwise"`` (switchable at run time).
+        chunk_size: chunkwise chunk size (tokens in 1D, grid rows in 2D); ``None`` = default.
+        directions: 2D only — 1, 2 or 4 (see :func:`vir_lightning.retention.retention`).
+        softmax_retention: the authors' released *ablation* form ``softmax((QKᵀ/√d) ⊙ D) V``.
+            Future positions get logit 0 rather than −∞, so it is neither causal nor equal to
+            the recurrent/chunkwise forms; it therefore runs in parallel mode only.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        decay_schedule: str = "vir",
+        qkv_bias: bool = True,
+        mode: str = "parallel",
+        chunk_size: int | None = None,
+        directions: int = 1,
+        softmax_retention: bool = False,
+    ):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim={dim} is not divisible by num_heads={num_heads}")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim**-0.5
+        self.decay_rates = decay_rates_for(decay_schedule, num_heads)
+        self.directions = directions
+        self.softmax_retention = softmax_retention
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        self._rates_cache: dict[tuple, Tensor] = {}
+        self.set_mode(mode, chunk_size)
+
+    def set_mode(self, mode: str, chunk_size: int | None = None) -> None:
+        """Switch between the three exactly equivalent forms (and set the chunk size)."""
+        if mode not in MODES:
+            raise ValueError(f"mode={mode!r} is unknown; expected one of {MODES}")
+        if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
+            raise ValueError(f"chunk_size={chunk_size!r} is invalid; expected a positive integer or None")
+        if self.softmax_retention and mode != "parallel":
+            raise ValueError(
+                f"mode={mode!r} is impossible with softmax_retention=True: the softmax variant has no"
+                " recurrent or chunkwise form; use mode='parallel' or softmax_retention=False"
+            )
+        self.mode, self.chunk_size = mode, chunk_size
+
+    def rates(self, device: torch.device, dtype: torch.dtype) -> Tensor:
+        """The decay rates as a tensor on ``device``: float64 for float64 inputs, else float32."""
+        dtype = torch.float64 if dtype == torch.float64 else torch.float32
+        key = (device, dtype)
+        if key not in self._rates_cache:
+            self._rates_cache[key] = torch.tensor(self.decay_rates, dtype=dtype, device=device)
+        return self._rates_cache[key]
+
+    def forward(self, x: Tensor, grid_shape: tuple[int, int] | None = None, cls_token: bool = False) -> Tensor:
+        """x: (B, N, dim) → (B, N, dim). ``grid_shape``/``cls_token`` select the 2D decay."""
+        batch, tokens, dim = x.shape
+        qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, self.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, N, head_dim)
+        q = q * self.scale
+        rates = self.rates(x.device, x.dtype)
+        directions = self.directions if grid_shape is not None else 1
+        if self.softmax_retention:
+            decay = retention_decay_matrix(
+                tokens, rates, grid_shape=grid_shape, cls_token=cls_token, directions=directions
+            )
+            out = ((q @ k.transpose(-1, -2)) * decay.to(q.dtype)).softmax(dim=-1) @ v
+        else:
+            out = retention(
+                q, k, v, rates, mode=self.mode, chunk_size=self.chunk_size,
+                grid_shape=grid_shape, cls_token=cls_token, directions=directions,
+            )
+        return self.proj(out.transpose(1, 2).reshape(batch, tokens, dim))
+
+    def extra_repr(self) -> str:
+        return (
+            f"heads={self.num_heads}, mode={self.mode!r}, chunk_size={self.chunk_size}, "
+            f"directions={self.directions}, softmax_retention={self.softmax_retention}"
+        )

@@ -1,0 +1,363 @@
+"""ViR: the isotropic Vision Retention Network (SPEC §3).
+
+    image ─ PatchEmbed (p×p conv) ─ + pos_embed (patches only) ─ append class token (no pos embed)
+          ─ [multipass: sequence ++ reversed sequence] ─ N × RetentionBlock ─ LayerNorm
+          ─ pool (last token | first token | mean) ─ Linear head
+
+The class token goes *last* because 1D retention is causal: only the final token sees every patch.
+With 2D decay the class token sits one row below the grid, in the last column (SPEC §2).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ..retention import MODES
+from .blocks import RetentionBlock
+from .layers import PatchEmbed, init_linear_trunc_normal, to_2tuple
+from .pos_embed import infer_grid_shape, resize_pos_embed
+from .registry import register_model
+from .retention_layer import MultiHeadRetention
+
+#: Size table per family member (width, depth, heads), like mmpretrain's ``arch_zoo``.
+ARCH_ZOO = {
+    "nano": dict(embed_dim=96, depth=6, num_heads=3),
+    "tiny": dict(embed_dim=192, depth=12, num_heads=3),
+    "small": dict(embed_dim=384, depth=12, num_heads=6),
+    "base": dict(embed_dim=768, depth=12, num_heads=12),
+    "large": dict(embed_dim=1024, depth=24, num_heads=16),
+}
+
+POOLINGS = ("token_last", "token_first", "avg")
+DECAYS = ("1d", "2d")
+
+
+class VisionRetention(nn.Module):
+    """Isotropic ViR.
+
+    Args:
+        img_size: input size, int or (height, width); must be divisible by the patch size.
+        patch_size: patch side p.
+        in_chans: input channels.
+        num_classes: classifier outputs (0 = no head, ``forward`` returns pooled features).
+        embed_dim, depth, num_heads, mlp_ratio: the usual transformer sizes.
+        qkv_bias: bias on the fused qkv projection.
+        drop_rate: dropout before the head and inside the MLPs.
+        drop_path_rate: stochastic depth, linearly increasing to this value over the blocks.
+        layer_scale_init: LayerScale initial value.
+        decay: ``"1d"`` raster-causal decay or ``"2d"`` quadrant Manhattan decay on the patch grid.
+        directions: 2D decay only, 1/2/4 (see :func:`vir_lightning.retention.retention`); values
+            above 1 see the whole image and therefore need ``pooling="avg"``.
+        decay_schedule: ``"vir"`` or ``"retnet"``.
+        pooling: ``"token_last"`` (class token appended last; the paper), ``"token_first"`` (class
+            token prepended; an ablation — under causal 1D decay it sees only itself unless
+            ``multipass``), or ``"avg"`` (no class token, mean of all tokens).
+        multipass: 1D only — run on the sequence followed by its reverse; the head reads the final
+            token, which has seen every token twice.
+        retention_mode: ``"parallel"``, ``"recurrent"`` or ``"chunkwise"``; see
+            :meth:`set_retention_mode`.
+        chunk_size: chunkwise chunk size (tokens in 1D, grid rows in 2D), ``None`` = default.
+        softmax_retention: the authors' released softmax variant, an ablation (parallel only).
+        dynamic_img_size: accept any input size divisible by the patch, resizing the position
+            embedding on the fly (otherwise another size raises).
+    """
+
+    def __init__(
+        self,
+        img_size: int | tuple[int, int] = 224,
+        patch_size: int = 16,
+        in_chans: int = 3,
+        num_classes: int = 1000,
+        embed_dim: int = 768,
+        depth: int = 12,
+        num_heads: int = 12,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+        layer_scale_init: float = 1e-5,
+        decay: str = "1d",
+        directions: int = 1,
+        decay_schedule: str = "vir",
+        pooling: str = "token_last",
+        multipass: bool = False,
+        retention_mode: str = "parallel",
+        chunk_size: int | None = None,
+        softmax_retention: bool = False,
+        dynamic_img_size: bool = False,
+    ):
+        super().__init__()
+        if decay not in DECAYS:
+            raise ValueError(f"decay={decay!r} is unknown; expected one of {DECAYS}")
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling={pooling!r} is unknown; expected one of {POOLINGS}")
+        if directions not in (1, 2, 4):
+            raise ValueError(f"directions={directions!r} is invalid; expected 1, 2 or 4")
+        if directions != 1 and (decay != "2d" or pooling != "avg"):
+            raise ValueError(
+                f"directions={directions} needs decay='2d' and pooling='avg' (got decay={decay!r},"
+                f" pooling={pooling!r}): the class token is only defined for the upper-left quadrant"
+            )
+        if decay == "2d" and (multipass or pooling == "token_first"):
+            raise ValueError(
+                "decay='2d' supports pooling 'token_last' or 'avg' without multipass; for global 2D"
+                " context use directions=4 with pooling='avg'"
+            )
+        if not 0.0 <= drop_path_rate < 1.0:
+            raise ValueError(f"drop_path_rate={drop_path_rate!r}; expected 0 <= rate < 1")
+
+        self.num_classes = num_classes
+        self.embed_dim = self.num_features = embed_dim
+        self.decay = decay
+        self.pooling = pooling
+        self.multipass = multipass
+        self.dynamic_img_size = dynamic_img_size
+        self.has_class_token = pooling != "avg"
+
+        self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim)
+        self.img_size = to_2tuple(img_size)
+        self.grid_shape = self.patch_embed.grid_shape_for(*self.img_size)
+        num_patches = self.grid_shape[0] * self.grid_shape[1]
+        self.pos_embed = nn.Parameter(torch.zeros(1, num_patches, embed_dim))
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if self.has_class_token else None
+
+        drop_paths = torch.linspace(0, drop_path_rate, depth).tolist()
+        self.blocks = nn.ModuleList(
+            RetentionBlock(
+                embed_dim, num_heads, mlp_ratio, drop_path=drop_paths[i], layer_scale_init=layer_scale_init,
+                drop=drop_rate, decay_schedule=decay_schedule, qkv_bias=qkv_bias, mode=retention_mode,
+                chunk_size=chunk_size, directions=directions, softmax_retention=softmax_retention,
+            )
+            for i in range(depth)
+        )
+        self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
+        self.head_drop = nn.Dropout(drop_rate)
+        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.register_load_state_dict_pre_hook(self._resize_pos_embed_on_load)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        init_linear_trunc_normal(self, std=0.02)
+        nn.init.normal_(self.pos_embed, std=0.02)
+        if self.cls_token is not None:
+            nn.init.normal_(self.cls_token, std=0.02)
+
+    # ------------------------------------------------------------------------------------------
+    # Retention mode
+    # ------------------------------------------------------------------------------------------
+
+    def retention_layers(self) -> list[MultiHeadRetention]:
+        return [m for m in self.modules() if isinstance(m, MultiHeadRetention)]
+
+    def set_retention_mode(self, mode: str, chunk_size: int | None = None) -> None:
+        """Switch every retention layer to ``mode`` (and ``chunk_size``). Outputs stay equal."""
+        if mode not in MODES:
+            raise ValueError(f"mode={mode!r} is unknown; expected one of {MODES}")
+        for layer in self.retention_layers():
+            layer.set_mode(mode, chunk_size)
+
+    @property
+    def retention_mode(self) -> str:
+        return self.retention_layers()[0].mode
+
+    # ------------------------------------------------------------------------------------------
+    # Forward
+    # ------------------------------------------------------------------------------------------
+
+    def _pos_embed_for(self, grid_shape: tuple[int, int]) -> Tensor:
+        if grid_shape == self.grid_shape:
+            return self.pos_embed
+        if not self.dynamic_img_size:
+            ph, pw = self.patch_embed.patch_size
+            raise ValueError(
+                f"input gives a {grid_shape[0]}×{grid_shape[1]} patch grid ({grid_shape[0] * ph}×"
+                f"{grid_shape[1] * pw} px) but the model was built for {self.img_size[0]}×{self.img_size[1]};"
+                " build it with img_size=<your size> (weights load with the position embedding resized)"
+                " or pass dynamic_img_size=True"
+            )
+        return resize_pos_embed(self.pos_embed, self.grid_shape, grid_shape)
+
+    def _embed(self, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
+        """Image → token sequence: patches (+ position) with the class token and multipass applied."""
+        x, grid_shape = self.patch_embed(x)
+        x = x + self._pos_embed_for(grid_shape)
+        if self.has_class_token:
+            cls = self.cls_token.expand(x.shape[0], -1, -1)
+            x = torch.cat([x, cls] if self.pooling == "token_last" else [cls, x], dim=1)
+        if self.multipass:
+            x = torch.cat([x, x.flip(1)], dim=1)
+        return x, grid_shape
+
+    def _retention_kwargs(self, grid_shape: tuple[int, int]) -> dict:
+        if self.decay == "1d":
+            return {}
+        return dict(grid_shape=grid_shape, cls_token=self.has_class_token)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """Images (B, C, H, W) → normalised tokens (B, tokens, dim)."""
+        x, grid_shape = self._embed(x)
+        kwargs = self._retention_kwargs(grid_shape)
+        for block in self.blocks:
+            x = block(x, **kwargs)
+        return self.norm(x)
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        """Tokens (B, tokens, dim) → logits (B, num_classes), or pooled features if ``pre_logits``."""
+        if self.pooling == "avg":
+            x = x.mean(dim=1)
+        elif self.pooling == "token_last" or self.multipass:
+            x = x[:, -1]  # the final token has seen every token
+        else:
+            x = x[:, 0]
+        x = self.head_drop(x)
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def _patch_tokens(self, x: Tensor, grid_shape: tuple[int, int]) -> Tensor:
+        """The patch tokens of the first pass, (B, rows·cols, dim)."""
+        start = 1 if self.pooling == "token_first" else 0
+        return x[:, start : start + grid_shape[0] * grid_shape[1]]
+
+    def forward_intermediates(
+        self,
+        x: Tensor,
+        indices: int | list[int] | None = None,
+        norm: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[Tensor] | tuple[Tensor, list[Tensor]]:
+        """Patch-token feature maps after selected blocks.
+
+        Args:
+            x: images (B, C, H, W).
+            indices: ``None`` = every block, int n = the last n blocks, list = block indices
+                (negative counts from the end).
+            norm: apply the final LayerNorm to each intermediate.
+            output_fmt: ``"NCHW"`` (B, dim, rows, cols) or ``"NLC"`` (B, rows·cols, dim).
+            intermediates_only: return only the list.
+
+        Returns:
+            ``intermediates`` or ``(final normalised tokens, intermediates)``.
+        """
+        depth = len(self.blocks)
+        if indices is None:
+            wanted = list(range(depth))
+        elif isinstance(indices, int):
+            if not 1 <= indices <= depth:
+                raise ValueError(f"indices={indices} is invalid; expected 1..{depth} (the last n blocks)")
+            wanted = list(range(depth - indices, depth))
+        else:
+            wanted = [i + depth if i < 0 else i for i in indices]
+            if any(not 0 <= i < depth for i in wanted):
+                raise ValueError(f"indices={indices} out of range for {depth} blocks")
+        if output_fmt not in ("NCHW", "NLC"):
+            raise ValueError(f"output_fmt={output_fmt!r}; expected 'NCHW' or 'NLC'")
+
+        x, grid_shape = self._embed(x)
+        kwargs = self._retention_kwargs(grid_shape)
+        intermediates = []
+        for i, block in enumerate(self.blocks):
+            x = block(x, **kwargs)
+            if i in wanted:
+                feats = self._patch_tokens(self.norm(x) if norm else x, grid_shape)
+                if output_fmt == "NCHW":
+                    feats = feats.transpose(1, 2).reshape(x.shape[0], -1, *grid_shape)
+                intermediates.append(feats)
+            if intermediates_only and i >= max(wanted):
+                return intermediates
+        return intermediates if intermediates_only else (self.norm(x), intermediates)
+
+    # ------------------------------------------------------------------------------------------
+    # timm-style utilities
+    # ------------------------------------------------------------------------------------------
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names to exclude from weight decay: position embedding, class token, and
+        every bias, norm weight and LayerScale (all parameters with fewer than 2 dimensions)."""
+        names = {"pos_embed"} | ({"cls_token"} if self.cls_token is not None else set())
+        return names | {n for n, p in self.named_parameters() if p.ndim <= 1}
+
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace the head with a fresh one for ``num_classes`` outputs (0 = no head)."""
+        self.num_classes = num_classes
+        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        init_linear_trunc_normal(self.head)
+
+    def _resize_pos_embed_on_load(self, module, state_dict, prefix, *args) -> None:
+        """Load hook: a checkpoint trained at another resolution gets its position embedding
+        resized (bicubic on the patch grid) to this model's grid."""
+        key = prefix + "pos_embed"
+        if key not in state_dict:
+            return
+        loaded = state_dict[key]
+        if loaded.dim() != 3 or loaded.shape[-1] != self.pos_embed.shape[-1]:
+            return  # let load_state_dict report the mismatch
+        if loaded.shape[1] != self.pos_embed.shape[1]:
+            old_grid = infer_grid_shape(loaded.shape[1], self.grid_shape)
+            state_dict[key] = resize_pos_embed(loaded, old_grid, self.grid_shape)
+
+
+# ----------------------------------------------------------------------------------------------
+# Registered variants
+# ----------------------------------------------------------------------------------------------
+
+
+def _vir(arch: str, patch_size: int, img_size: int, overrides: dict) -> VisionRetention:
+    """Defaults from the size table and the name; any of them may be overridden."""
+    kwargs = dict(ARCH_ZOO[arch], patch_size=patch_size, img_size=img_size)
+    kwargs.update(overrides)
+    return VisionRetention(**kwargs)
+
+
+@register_model
+def vir_nano_patch16_224(**overrides) -> VisionRetention:
+    """CPU-sized ViR for tests: width 96, depth 6, 3 heads."""
+    return _vir("nano", 16, 224, overrides)
+
+
+@register_model
+def vir_nano_patch4_28(**overrides) -> VisionRetention:
+    """CPU-sized ViR for 28×28 images (Fashion-MNIST): 7×7 patch grid, width 96, depth 6."""
+    return _vir("nano", 4, 28, overrides)
+
+
+@register_model
+def vir_tiny_patch16_224(**overrides) -> VisionRetention:
+    """ViR-Ti/16: width 192, depth 12, 3 heads (DeiT-Ti sizes)."""
+    return _vir("tiny", 16, 224, overrides)
+
+
+@register_model
+def vir_tiny_patch4_28(**overrides) -> VisionRetention:
+    """ViR-Ti for 28×28 images: 7×7 patch grid, width 192, depth 12."""
+    return _vir("tiny", 4, 28, overrides)
+
+
+@register_model
+def vir_small_patch16_224(**overrides) -> VisionRetention:
+    """ViR-S/16: width 384, depth 12, 6 heads — 22.06M parameters with 1000 classes."""
+    return _vir("small", 16, 224, overrides)
+
+
+@register_model
+def vir_base_patch16_224(**overrides) -> VisionRetention:
+    """ViR-B/16: width 768, depth 12, 12 heads — 86.59M parameters with 1000 classes."""
+    return _vir("base", 16, 224, overrides)
+
+
+@register_model
+def vir_large_patch16_224(**overrides) -> VisionRetention:
+    """ViR-L/16: width 1024, depth 24, 16 heads — 304.38M parameters with 1000 classes."""
+    return _vir("large", 16, 224, overrides)
+
+
+@register_model
+def vir_large_patch14_224(**overrides) -> VisionRetention:
+    """ViR-L/14: width 1024, depth 24, 16 heads — 304.25M parameters with 1000 classes."""
+    return _vir("large", 14, 224, overrides)

@@ -1,0 +1,16 @@
+"""Retention: softmax-free attention with a per-head exponential decay, in three exact forms.
+
+Pure PyTorch; knows nothing about models, Lightning or OpenMMLab.
+"""
+
+from .functional import MODES, default_chunk_size, retention, retention_decay_matrix
+from .schedules import DECAY_SCHEDULES, decay_rates_for
+
+__all__ = [
+    "DECAY_SCHEDULES",
+    "MODES",
+    "decay_rates_for",
+    "default_chunk_size",
+    "retention",
+    "retention_decay_matrix",
+]

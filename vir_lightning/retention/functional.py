@@ -1,0 +1,195 @@
+"""``retention(q, k, v, decay_rates, ...)``: the public, validated entry point to the retention op."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from . import modes
+
+__all__ = ["MODES", "DEFAULT_CHUNK_TOKENS", "default_chunk_size", "retention", "retention_decay_matrix"]
+
+MODES = ("parallel", "recurrent", "chunkwise")
+
+#: Chunkwise default: about this many tokens per chunk (1D: exactly; 2D: whole grid rows).
+DEFAULT_CHUNK_TOKENS = 64
+
+
+def default_chunk_size(num_tokens: int, grid_shape: tuple[int, int] | None = None) -> int:
+    """Chunk size used when ``chunk_size=None``: tokens per chunk in 1D, grid rows per chunk in 2D."""
+    if grid_shape is None:
+        return max(1, min(DEFAULT_CHUNK_TOKENS, num_tokens))
+    return max(1, DEFAULT_CHUNK_TOKENS // grid_shape[1])
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    # Decays (and recurrent/chunkwise states) never live in a 16-bit type: γ^n needs the range.
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _positive_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name}={value!r} is invalid; expected a positive integer")
+    return value
+
+
+def _validate(q, k, v, decay_rates, mode, chunk_size, grid_shape, cls_token, directions) -> Tensor:
+    """Check every argument; return ``decay_rates`` as a tensor on q's device."""
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, Tensor) or t.dim() != 4:
+            shape = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
+            raise ValueError(f"{name} has shape {shape}; expected (batch, heads, tokens, head_dim)")
+        if not t.is_floating_point():
+            raise ValueError(f"{name} has dtype {t.dtype}; expected a floating-point tensor")
+    if k.shape != q.shape:
+        raise ValueError(f"k has shape {tuple(k.shape)}; expected the shape of q, {tuple(q.shape)}")
+    if v.shape[:3] != q.shape[:3]:
+        raise ValueError(
+            f"v has shape {tuple(v.shape)}; expected (batch, heads, tokens) = {tuple(q.shape[:3])}"
+            " like q (its last dim may differ)"
+        )
+    if k.dtype != q.dtype or v.dtype != q.dtype or k.device != q.device or v.device != q.device:
+        raise ValueError(
+            f"q, k, v must share dtype and device; got {q.dtype}/{q.device}, {k.dtype}/{k.device},"
+            f" {v.dtype}/{v.device}"
+        )
+    batch, heads, tokens, _ = q.shape
+
+    if not isinstance(decay_rates, Tensor):
+        if not isinstance(decay_rates, Sequence):
+            raise ValueError(f"decay_rates={decay_rates!r}; expected a tensor or sequence of {heads} floats")
+        decay_rates = torch.tensor(decay_rates, dtype=torch.float64)
+    if decay_rates.shape != (heads,):
+        raise ValueError(f"decay_rates has shape {tuple(decay_rates.shape)}; expected ({heads},), one rate per head")
+    if not decay_rates.is_floating_point():
+        raise ValueError(f"decay_rates has dtype {decay_rates.dtype}; expected floating point")
+    if not torch.compiler.is_compiling():
+        bad = ~((decay_rates > 0) & (decay_rates < 1))
+        if bool(bad.any()):
+            raise ValueError(
+                f"decay_rates={decay_rates.tolist()} has values outside the open interval (0, 1);"
+                " every rate must satisfy 0 < γ < 1 (see vir_lightning.retention.decay_rates_for)"
+            )
+
+    if mode not in MODES:
+        raise ValueError(f"mode={mode!r} is unknown; expected one of {MODES}")
+    if chunk_size is not None:
+        _positive_int("chunk_size", chunk_size)
+    if directions not in (1, 2, 4):
+        raise ValueError(f"directions={directions!r} is invalid; expected 1, 2 or 4")
+    if not isinstance(cls_token, bool):
+        raise ValueError(f"cls_token={cls_token!r}; expected True or False")
+
+    if grid_shape is None:
+        if cls_token:
+            raise ValueError(
+                "cls_token=True needs grid_shape: in 1D the class token is an ordinary token at its"
+                " raster position, so pass cls_token only with a 2D grid_shape=(rows, cols)"
+            )
+        if directions != 1:
+            raise ValueError(f"directions={directions} needs a 2D grid_shape=(rows, cols); 1D retention is causal")
+    else:
+        if not isinstance(grid_shape, Sequence) or len(grid_shape) != 2:
+            raise ValueError(f"grid_shape={grid_shape!r} is invalid; expected (rows, cols)")
+        rows = _positive_int("grid_shape rows", grid_shape[0])
+        cols = _positive_int("grid_shape cols", grid_shape[1])
+        expected = rows * cols + int(cls_token)
+        if tokens != expected:
+            raise ValueError(
+                f"grid_shape={tuple(grid_shape)} with cls_token={cls_token} means {expected} tokens,"
+                f" but q has {tokens} (tokens must be rows·cols, plus 1 for a class token)"
+            )
+        if cls_token and directions != 1:
+            raise ValueError(
+                f"directions={directions} with cls_token=True is not defined: the class token lives"
+                " below the grid and only the upper-left quadrant (directions=1) reaches it;"
+                " use directions=1 or drop the class token (e.g. average pooling)"
+            )
+    return decay_rates.to(device=q.device)
+
+
+def retention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    decay_rates: Tensor | Sequence[float],
+    *,
+    mode: str = "parallel",
+    chunk_size: int | None = None,
+    grid_shape: tuple[int, int] | None = None,
+    cls_token: bool = False,
+    directions: int = 1,
+) -> Tensor:
+    """Multi-head retention: ``O[i] = Σ_j D[i, j] (q_i · k_j) v_j`` — no scaling, no softmax.
+
+    Args:
+        q: queries, (batch, heads, tokens, head_dim). The caller scales them (e.g. by head_dim^−½).
+        k: keys, same shape as ``q``.
+        v: values, (batch, heads, tokens, value_dim).
+        decay_rates: (heads,) rates γ_h in the open interval (0, 1).
+        mode: ``"parallel"`` (O(N²) memory, training), ``"recurrent"`` (token by token, O(d²)
+            state per head in 1D) or ``"chunkwise"`` (linear cost). All give the same result.
+        chunk_size: chunkwise only — tokens per chunk in 1D, grid rows per chunk in 2D; any positive
+            integer (need not divide the length). ``None`` picks :func:`default_chunk_size`.
+        grid_shape: ``None`` for 1D raster-causal decay γ^(i−j); ``(rows, cols)`` for the 2D
+            upper-left-quadrant Manhattan decay over a raster-ordered patch grid.
+        cls_token: 2D only — the last token is a class token at (x = cols−1, y = rows).
+        directions: 2D without class token — 1 quadrant, 2 upper-left + lower-right, 4 = full
+            symmetric Manhattan decay γ^(|Δx|+|Δy|); each position pair is counted once.
+
+    Returns:
+        (batch, heads, tokens, value_dim), in the dtype of ``q``. Half-precision inputs are computed
+        with float32 decays, and with a float32 state in the recurrent and chunkwise modes.
+
+    Raises:
+        ValueError: an argument has the wrong shape, dtype, value or combination; the message names
+            the argument, its value and what was expected.
+    """
+    decay_rates = _validate(q, k, v, decay_rates, mode, chunk_size, grid_shape, cls_token, directions)
+    compute_dtype = _compute_dtype(q.dtype)
+    log_gamma = torch.log(decay_rates.to(compute_dtype))
+
+    if mode == "parallel":
+        decay = modes.decay_matrix(q.shape[2], log_gamma, grid_shape, cls_token, directions)
+        return modes.parallel(q, k, v, decay)
+
+    out_dtype = q.dtype
+    if q.dtype != compute_dtype:  # 16-bit input: accumulate states in float32
+        q, k, v = (t.to(compute_dtype) for t in (q, k, v))
+    if grid_shape is None:
+        if mode == "recurrent":
+            out = modes.recurrent_1d(q, k, v, log_gamma)
+        else:
+            size = chunk_size or default_chunk_size(q.shape[2])
+            out = modes.chunkwise_1d(q, k, v, log_gamma, size)
+        return out.to(out_dtype)
+
+    grid_shape = (int(grid_shape[0]), int(grid_shape[1]))
+    if mode == "recurrent":
+        quadrant = lambda q_, k_, v_: modes.recurrent_2d(q_, k_, v_, log_gamma, grid_shape, cls_token)  # noqa: E731
+    else:
+        rows = chunk_size or default_chunk_size(q.shape[2], grid_shape)
+        quadrant = lambda q_, k_, v_: modes.chunkwise_2d(q_, k_, v_, log_gamma, grid_shape, cls_token, rows)  # noqa: E731
+    if directions == 1:
+        out = quadrant(q, k, v)
+    else:
+        out = modes.multi_direction_2d(quadrant, q, k, v, log_gamma, grid_shape, directions)
+    return out.to(out_dtype)
+
+
+def retention_decay_matrix(
+    num_tokens: int,
+    decay_rates: Tensor,
+    *,
+    grid_shape: tuple[int, int] | None = None,
+    cls_token: bool = False,
+    directions: int = 1,
+) -> Tensor:
+    """The (heads, N, N) decay matrix D of the parallel form, in float32 (float64 for float64 rates).
+
+    Used by the authors' softmax ablation, ``softmax((Q Kᵀ/√d) ⊙ D) V``, and handy for plotting masks.
+    """
+    dtype = _compute_dtype(decay_rates.dtype)
+    return modes.decay_matrix(num_tokens, torch.log(decay_rates.to(dtype)), grid_shape, cls_token, directions)

@@ -1,0 +1,312 @@
+"""The retention math: parallel, recurrent and chunkwise forms, in 1D and 2D.
+
+Every function here computes, per batch element and head h with decay rate γ_h,
+
+    O[i] = Σ_j D_h[i, j] (q_i · k_j) v_j
+
+with no scaling, no softmax and no normalisation. Inputs are already validated by
+:func:`vir_lightning.retention.retention`; shapes are
+
+    q, k: (batch, heads, tokens, head_dim)      v: (batch, heads, tokens, value_dim)
+    log_gamma: (heads,)  — log γ_h in the compute dtype (float32, or float64 for float64 inputs)
+
+Decay tables are always built from *floating* distances of the compute dtype (never from a 16-bit
+integer tensor) with non-negative exponents only, so they underflow to 0 but never overflow.
+
+1D (raster-causal):  D[n, m] = γ^(n−m) if n ≥ m else 0.
+
+2D (upper-left quadrant, Manhattan decay) on an R×C grid in raster order, x = column, y = row:
+    D[i, j] = γ^((x_i−x_j) + (y_i−y_j)) if x_j ≤ x_i and y_j ≤ y_i else 0.
+An optional class token is the last token, at (x = C−1, y = R): it sees every patch, none sees it.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+# ----------------------------------------------------------------------------------------------
+# Decay tables
+# ----------------------------------------------------------------------------------------------
+
+
+def causal_decay_1d(num_tokens: int, log_gamma: Tensor) -> Tensor:
+    """D[h, n, m] = γ_h^(n−m) for n ≥ m, else 0. Shape (heads, n, n), dtype of ``log_gamma``."""
+    pos = torch.arange(num_tokens, dtype=log_gamma.dtype, device=log_gamma.device)
+    dist = pos[:, None] - pos[None, :]
+    decay = torch.exp(dist.clamp(min=0) * log_gamma[:, None, None])
+    return decay.masked_fill(dist < 0, 0.0)
+
+
+def grid_coords(grid_shape: tuple[int, int], cls_token: bool, dtype, device) -> tuple[Tensor, Tensor]:
+    """(x, y) of every token of an R×C raster grid, plus the class token at (C−1, R) if present."""
+    rows, cols = grid_shape
+    index = torch.arange(rows * cols, device=device)  # int64: exact for any grid
+    x, y = index % cols, index // cols
+    if cls_token:
+        x = torch.cat([x, x.new_tensor([cols - 1])])
+        y = torch.cat([y, y.new_tensor([rows])])
+    return x.to(dtype), y.to(dtype)
+
+
+def manhattan_decay_2d(
+    grid_shape: tuple[int, int], log_gamma: Tensor, cls_token: bool = False, directions: int = 1
+) -> Tensor:
+    """The 2D decay matrix, built straight from its definition. Shape (heads, N, N).
+
+    ``directions``: 1 = upper-left quadrant (x_j ≤ x_i and y_j ≤ y_i); 2 = that quadrant plus the
+    lower-right one; 4 = every pair. The value is always γ^(|Δx| + |Δy|) and each pair counts once.
+    """
+    x, y = grid_coords(grid_shape, cls_token, log_gamma.dtype, log_gamma.device)
+    dx, dy = x[:, None] - x[None, :], y[:, None] - y[None, :]
+    upper_left = (dx >= 0) & (dy >= 0)
+    if directions == 1:
+        visible = upper_left
+    elif directions == 2:
+        visible = upper_left | ((dx <= 0) & (dy <= 0))
+    else:
+        visible = torch.ones_like(upper_left)
+    decay = torch.exp((dx.abs() + dy.abs()) * log_gamma[:, None, None])
+    return decay.masked_fill(~visible, 0.0)
+
+
+def decay_matrix(
+    num_tokens: int,
+    log_gamma: Tensor,
+    grid_shape: tuple[int, int] | None = None,
+    cls_token: bool = False,
+    directions: int = 1,
+) -> Tensor:
+    """The full (heads, N, N) decay matrix D of the parallel form, 1D or 2D."""
+    if grid_shape is None:
+        return causal_decay_1d(num_tokens, log_gamma)
+    return manhattan_decay_2d(grid_shape, log_gamma, cls_token, directions)
+
+
+def decayed_cumsum(x: Tensor, log_gamma: Tensor, dim: int) -> Tensor:
+    """out[..., i, ...] = Σ_{j ≤ i} γ^(i−j) x[..., j, ...] along ``dim`` (heads on dim 1).
+
+    A Hillis–Steele scan: log2(n) vectorised steps instead of n sequential ones. After the step
+    with shift s every entry holds the decayed sum of its last 2s inputs.
+    """
+    n = x.shape[dim]
+    # γ^s must broadcast against x's dims after the head dim (dim 1).
+    view = (-1,) + (1,) * (x.dim() - 2)
+    shift = 1
+    while shift < n:
+        factor = torch.exp(shift * log_gamma).view(view)
+        head, tail = x.narrow(dim, 0, shift), x.narrow(dim, shift, n - shift)
+        x = torch.cat([head, tail + factor * x.narrow(dim, 0, n - shift)], dim=dim)
+        shift *= 2
+    return x
+
+
+# ----------------------------------------------------------------------------------------------
+# Parallel form: O = (Q Kᵀ ⊙ D) V — O(N² d) time, O(N²) memory. The reference for everything else.
+# ----------------------------------------------------------------------------------------------
+
+
+def parallel(q: Tensor, k: Tensor, v: Tensor, decay: Tensor) -> Tensor:
+    """O = (Q Kᵀ ⊙ D) V with ``decay`` of shape (heads, N, N) (broadcast over the batch)."""
+    scores = q @ k.transpose(-1, -2)  # (B, H, N, N)
+    return (scores * decay.to(scores.dtype)) @ v
+
+
+# ----------------------------------------------------------------------------------------------
+# 1D recurrent and chunkwise forms
+# ----------------------------------------------------------------------------------------------
+
+
+def recurrent_1d(q: Tensor, k: Tensor, v: Tensor, log_gamma: Tensor) -> Tensor:
+    """S_n = γ S_{n−1} + k_nᵀ v_n,  O_n = q_n S_n  (S is head_dim × value_dim, S_{−1} = 0)."""
+    batch, heads, tokens, _ = q.shape
+    gamma = log_gamma.exp().to(q.dtype).view(heads, 1, 1)
+    state = q.new_zeros(batch, heads, q.shape[-1], v.shape[-1])
+    outputs = []
+    for n in range(tokens):
+        state = gamma * state + k[:, :, n, :, None] * v[:, :, n, None, :]
+        outputs.append(q[:, :, n, None, :] @ state)  # (B, H, 1, dv)
+    return torch.cat(outputs, dim=2)
+
+
+def chunkwise_1d(q: Tensor, k: Tensor, v: Tensor, log_gamma: Tensor, chunk_size: int) -> Tensor:
+    """Chunk i (true length b ≤ B, positions j = 0..b−1 inside it):
+
+        inner_i = (Q_i K_iᵀ ⊙ D_b) V_i
+        cross_i = (Q_i R_{i−1}) ⊙ γ^(j+1)            (row j scaled by γ^(j+1))
+        R_i     = γ^b R_{i−1} + Σ_j γ^(b−1−j) K_{i,j}ᵀ V_{i,j}
+        O_i     = inner_i + cross_i
+
+    Working memory per head: one B×B decay table, one B×B score block and the d×dv state R.
+    Only the last chunk can be short, and its state is never needed, so every state update uses
+    the full-chunk tables.
+    """
+    heads, tokens = q.shape[1], q.shape[2]
+    chunk = min(chunk_size, tokens)
+    lg = log_gamma
+    pos = torch.arange(chunk, dtype=lg.dtype, device=lg.device)
+    inner_decay = causal_decay_1d(chunk, lg).to(q.dtype)  # (H, B, B)
+    cross_scale = torch.exp((pos + 1) * lg[:, None]).to(q.dtype)[..., None]  # (H, B, 1)
+    key_scale = torch.exp((chunk - 1 - pos) * lg[:, None]).to(q.dtype)[..., None]  # (H, B, 1)
+    chunk_decay = torch.exp(chunk * lg).to(q.dtype).view(heads, 1, 1)
+    state = q.new_zeros(q.shape[0], heads, q.shape[-1], v.shape[-1])
+    outputs = []
+    for start in range(0, tokens, chunk):
+        b = min(chunk, tokens - start)
+        qi, ki, vi = (t[:, :, start : start + b] for t in (q, k, v))
+        inner = parallel(qi, ki, vi, inner_decay[:, :b, :b])
+        cross = (qi @ state) * cross_scale[:, :b]
+        outputs.append(inner + cross)
+        if start + b < tokens:
+            state = chunk_decay * state + (ki * key_scale).transpose(-1, -2) @ vi
+    return torch.cat(outputs, dim=2)
+
+
+# ----------------------------------------------------------------------------------------------
+# 2D recurrent and chunkwise forms of the upper-left quadrant (directions = 1)
+# ----------------------------------------------------------------------------------------------
+
+
+def recurrent_2d(
+    q: Tensor, k: Tensor, v: Tensor, log_gamma: Tensor, grid_shape: tuple[int, int], cls_token: bool
+) -> Tensor:
+    """Because γ^(Δx+Δy) = γ^Δx · γ^Δy, the quadrant sum obeys (inclusion–exclusion)
+
+        S(y, x) = k(y,x)ᵀ v(y,x) + γ S(y−1, x) + γ S(y, x−1) − γ² S(y−1, x−1),   O(y, x) = q(y,x) S(y, x)
+
+    with S = 0 outside the grid. Visited token by token in raster order; the state is one d×dv
+    matrix per column of the previous row. With a class token the walk continues along row R,
+    whose cells before column C−1 are empty: they add no kᵀv but still carry state to the right.
+    """
+    rows, cols = grid_shape
+    heads = q.shape[1]
+    gamma = log_gamma.exp().to(q.dtype).view(heads, 1, 1)
+    gamma_sq = gamma * gamma
+    zero = q.new_zeros(q.shape[0], heads, q.shape[-1], v.shape[-1])
+    previous_row = [zero] * cols
+    outputs = []
+    for y in range(rows + int(cls_token)):
+        current_row, left, up_left = [], zero, zero
+        for x in range(cols):
+            up = previous_row[x]
+            state = gamma * (up + left) - gamma_sq * up_left
+            token = y * cols + x if y < rows else (rows * cols if x == cols - 1 else None)
+            if token is not None:
+                state = state + k[:, :, token, :, None] * v[:, :, token, None, :]
+                outputs.append(q[:, :, token, None, :] @ state)
+            current_row.append(state)
+            left, up_left = state, up
+        previous_row = current_row
+    return torch.cat(outputs, dim=2)
+
+
+def chunkwise_2d(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    log_gamma: Tensor,
+    grid_shape: tuple[int, int],
+    cls_token: bool,
+    rows_per_chunk: int,
+) -> Tensor:
+    """Row chunks of ``rows_per_chunk`` grid rows, starting at row y0. The carried state is the
+    quadrant state of the row just above the chunk, one d×dv matrix per column:
+
+        P(x) = S(y0−1, x) = Σ_{y' < y0, x' ≤ x} γ^((y0−1−y') + (x−x')) k(y',x')ᵀ v(y',x')
+
+    so for (y, x) in the chunk the cross-chunk term is γ^(y−y0+1) · q(y,x) P(x), and the
+    within-chunk term is the parallel quadrant mask restricted to the chunk. After a chunk of r rows
+
+        P(x) ← γ^r P(x) + Σ_{x' ≤ x} γ^(x−x') W(x'),   W(x') = Σ_{rows y' of chunk} γ^(y0+r−1−y') k(y',x')ᵀ v(y',x')
+
+    (a decayed prefix sum over columns). Memory O(C · d · dv) per head plus one chunk's block.
+    The class token at (C−1, R) is a final one-token chunk: γ q P(C−1) + (q·k) v.
+    """
+    rows, cols = grid_shape
+    batch, heads = q.shape[:2]
+    head_dim, value_dim = q.shape[-1], v.shape[-1]
+    lg = log_gamma
+    chunk = min(rows_per_chunk, rows)
+    n_grid = rows * cols
+    qg, kg = (t[:, :, :n_grid].reshape(batch, heads, rows, cols, head_dim) for t in (q, k))
+    vg = v[:, :, :n_grid].reshape(batch, heads, rows, cols, value_dim)
+
+    inner_decay = manhattan_decay_2d((chunk, cols), lg).to(q.dtype)  # (H, chunk·C, chunk·C)
+    row_pos = torch.arange(chunk, dtype=lg.dtype, device=lg.device)
+    cross_scale = torch.exp((row_pos + 1) * lg[:, None]).to(q.dtype)[..., None, None]  # (H, r, 1, 1)
+    state = q.new_zeros(batch, heads, cols, head_dim, value_dim)  # P(x), x = 0..C−1
+    outputs = []
+    for y0 in range(0, rows, chunk):
+        r = min(chunk, rows - y0)
+        qi, ki, vi = qg[:, :, y0 : y0 + r], kg[:, :, y0 : y0 + r], vg[:, :, y0 : y0 + r]
+        flat = lambda t: t.reshape(batch, heads, r * cols, t.shape[-1])  # noqa: E731
+        inner = parallel(flat(qi), flat(ki), flat(vi), inner_decay[:, : r * cols, : r * cols])
+        cross = torch.einsum("bhrcd,bhcde->bhrce", qi, state) * cross_scale[:, :r]
+        outputs.append(inner + flat(cross))
+        if y0 + r < rows or cls_token:
+            key_scale = torch.exp((r - 1 - row_pos[:r]) * lg[:, None]).to(q.dtype)[..., None, None]
+            column_kv = torch.einsum("bhrcd,bhrce->bhcde", ki * key_scale, vi)  # W(x'), (B,H,C,d,dv)
+            chunk_decay = torch.exp(r * lg).to(q.dtype).view(heads, 1, 1, 1)
+            state = chunk_decay * state + decayed_cumsum(column_kv, lg.to(q.dtype), dim=2)
+    if cls_token:
+        qc, kc, vc = q[:, :, -1:], k[:, :, -1:], v[:, :, -1:]  # (B, H, 1, ·)
+        gamma = lg.exp().to(q.dtype).view(heads, 1, 1)
+        outputs.append(gamma * (qc @ state[:, :, -1]) + (qc * kc).sum(-1, keepdim=True) * vc)
+    return torch.cat(outputs, dim=2)
+
+
+# ----------------------------------------------------------------------------------------------
+# More directions from the quadrant: flips, and a one-cell shift for strict quadrants
+# ----------------------------------------------------------------------------------------------
+
+
+def flip_grid(t: Tensor, grid_shape: tuple[int, int], rows: bool, cols: bool) -> Tensor:
+    """Reverse the grid's rows and/or columns of a (B, H, R·C, dim) token tensor."""
+    dims = [d for d, flag in ((2, rows), (3, cols)) if flag]
+    if not dims:
+        return t
+    b, h, n, d = t.shape
+    return t.reshape(b, h, *grid_shape, d).flip(dims).reshape(b, h, n, d)
+
+
+def shift_grid(t: Tensor, grid_shape: tuple[int, int], rows: bool, cols: bool) -> Tensor:
+    """t'(y, x) = t(y − rows, x − cols), zero where that falls outside the grid.
+
+    Feeding shifted keys and values to the closed quadrant makes it strict along that axis:
+    Σ_{x' ≤ x} γ^(x−x') k'(x') = γ^(−1) Σ_{x'' < x} γ^(x−x'') k(x''), hence the γ factor the caller
+    multiplies back in.
+    """
+    b, h, n, d = t.shape
+    g = t.reshape(b, h, *grid_shape, d)
+    if rows:
+        g = F.pad(g[:, :, :-1], (0, 0, 0, 0, 1, 0))
+    if cols:
+        g = F.pad(g[:, :, :, :-1], (0, 0, 1, 0))
+    return g.reshape(b, h, n, d)
+
+
+def multi_direction_2d(quadrant, q: Tensor, k: Tensor, v: Tensor, log_gamma: Tensor, grid_shape, directions: int):
+    """Sum of quadrant passes over flipped grids so that each position pair counts once.
+
+    With Δ = source − target: directions = 4 partitions the plane into
+        {Δx ≤ 0, Δy ≤ 0}  the closed quadrant,
+        {Δx > 0, Δy ≤ 0}  columns flipped, strict in x,
+        {Δx ≤ 0, Δy > 0}  rows flipped, strict in y,
+        {Δx > 0, Δy > 0}  both flipped, strict in both,
+    which sums to the symmetric Manhattan decay γ^(|Δx|+|Δy|). directions = 2 is the closed
+    upper-left plus the closed lower-right quadrant minus the token itself (their only overlap).
+    ``quadrant(q, k, v)`` is the recurrent or chunkwise closed-quadrant function.
+    """
+    heads = q.shape[1]
+    out = quadrant(q, k, v)
+    if directions == 2:
+        flipped = [flip_grid(t, grid_shape, True, True) for t in (q, k, v)]
+        out = out + flip_grid(quadrant(*flipped), grid_shape, True, True)
+        return out - (q * k).sum(-1, keepdim=True) * v
+    for flip_rows, flip_cols in ((False, True), (True, False), (True, True)):
+        qf, kf, vf = (flip_grid(t, grid_shape, flip_rows, flip_cols) for t in (q, k, v))
+        kf, vf = (shift_grid(t, grid_shape, flip_rows, flip_cols) for t in (kf, vf))
+        strict = torch.exp((flip_rows + flip_cols) * log_gamma).to(q.dtype).view(heads, 1, 1)
+        out = out + strict * flip_grid(quadrant(qf, kf, vf), grid_shape, flip_rows, flip_cols)
+    return out
