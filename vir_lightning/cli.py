@@ -27,7 +27,8 @@ def _smoke(argv: list[str]) -> int:
             elapsed = time.perf_counter() - start
             reference = logits if reference is None else reference
             diff = (logits - reference).abs().max().item()
-            print(f"  {mode:<10} logits {tuple(logits.shape)}  {elapsed * 1000:7.1f} ms  max |Δ| vs parallel {diff:.2e}")
+            print(f"  {mode:<10} logits {tuple(logits.shape)}  {elapsed * 1000:7.1f} ms"
+                  f"  max |Δ| vs parallel {diff:.2e}")
     return 0
 
 

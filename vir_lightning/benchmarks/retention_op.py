@@ -191,8 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     for decay in args.decay:
         for mode in args.modes:
             by_tokens = {r["tokens"]: r for r in rows if r["decay"] == decay and r["mode"] == mode and "time_ms" in r}
-            pairs = [(a, b) for a, b in zip(args.tokens, args.tokens[1:]) if a in by_tokens and b in by_tokens]
-            for a, b in pairs:
+            steps = zip(args.tokens, args.tokens[1:], strict=False)
+            for a, b in [(a, b) for a, b in steps if a in by_tokens and b in by_tokens]:
                 ratio = by_tokens[b]["time_ms"] / by_tokens[a]["time_ms"]
                 print(f"{decay} {mode}: time({b})/time({a}) = {ratio:.2f}  (token ratio {b / a:g})")
     if args.csv:

@@ -56,7 +56,8 @@ class MultiHeadRetention(nn.Module):
         """Switch between the three exactly equivalent forms (and set the chunk size)."""
         if mode not in MODES:
             raise ValueError(f"mode={mode!r} is unknown; expected one of {MODES}")
-        if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
+        valid_chunk = isinstance(chunk_size, int) and not isinstance(chunk_size, bool) and chunk_size >= 1
+        if chunk_size is not None and not valid_chunk:
             raise ValueError(f"chunk_size={chunk_size!r} is invalid; expected a positive integer or None")
         if self.softmax_retention and mode != "parallel":
             raise ValueError(

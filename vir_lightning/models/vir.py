@@ -122,7 +122,8 @@ class VisionRetention(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, num_patches, embed_dim))
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if self.has_class_token else None
 
-        drop_paths = torch.linspace(0, drop_path_rate, depth).tolist()
+        # Linearly increasing stochastic depth; plain Python so construction works on any device.
+        drop_paths = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
         self.blocks = nn.ModuleList(
             RetentionBlock(
                 embed_dim, num_heads, mlp_ratio, drop_path=drop_paths[i], layer_scale_init=layer_scale_init,

@@ -9,19 +9,21 @@ from torch import Tensor
 
 from . import modes
 
-__all__ = ["MODES", "DEFAULT_CHUNK_TOKENS", "default_chunk_size", "retention", "retention_decay_matrix"]
+__all__ = ["MODES", "default_chunk_size", "retention", "retention_decay_matrix"]
 
 MODES = ("parallel", "recurrent", "chunkwise")
 
-#: Chunkwise default: about this many tokens per chunk (1D: exactly; 2D: whole grid rows).
-DEFAULT_CHUNK_TOKENS = 64
+#: Chunkwise defaults in tokens per chunk, measured on 2 CPU cores (README, "Retention op benchmark").
+#: 2D chunks are larger because each chunk also pays a scan over the C per-column d×d states.
+DEFAULT_CHUNK_TOKENS_1D = 128
+DEFAULT_CHUNK_TOKENS_2D = 1024
 
 
 def default_chunk_size(num_tokens: int, grid_shape: tuple[int, int] | None = None) -> int:
     """Chunk size used when ``chunk_size=None``: tokens per chunk in 1D, grid rows per chunk in 2D."""
     if grid_shape is None:
-        return max(1, min(DEFAULT_CHUNK_TOKENS, num_tokens))
-    return max(1, DEFAULT_CHUNK_TOKENS // grid_shape[1])
+        return max(1, min(DEFAULT_CHUNK_TOKENS_1D, num_tokens))
+    return max(1, DEFAULT_CHUNK_TOKENS_2D // grid_shape[1])
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:

@@ -240,10 +240,9 @@ def chunkwise_2d(
     for y0 in range(0, rows, chunk):
         r = min(chunk, rows - y0)
         qi, ki, vi = qg[:, :, y0 : y0 + r], kg[:, :, y0 : y0 + r], vg[:, :, y0 : y0 + r]
-        flat = lambda t: t.reshape(batch, heads, r * cols, t.shape[-1])  # noqa: E731
-        inner = parallel(flat(qi), flat(ki), flat(vi), inner_decay[:, : r * cols, : r * cols])
+        inner = parallel(*(t.flatten(2, 3) for t in (qi, ki, vi)), inner_decay[:, : r * cols, : r * cols])
         cross = torch.einsum("bhrcd,bhcde->bhrce", qi, state) * cross_scale[:, :r]
-        outputs.append(inner + flat(cross))
+        outputs.append(inner + cross.flatten(2, 3))
         if y0 + r < rows or cls_token:
             key_scale = torch.exp((r - 1 - row_pos[:r]) * lg[:, None]).to(q.dtype)[..., None, None]
             column_kv = torch.einsum("bhrcd,bhrce->bhcde", ki * key_scale, vi)  # W(x'), (B,H,C,d,dv)
