@@ -13,7 +13,7 @@ def _smoke(argv: list[str]) -> int:
 
     from .models import create_model
 
-    print("vir_lightning fit: the LightningCLI training suite is not built yet (see README, 'Not done yet').")
+    print("vir_lightning fit: the LightningCLI training suite is not built yet (see README, 'Status').")
     print("Running a smoke check instead: vir_nano_patch16_224 in all three retention modes.\n")
     torch.manual_seed(0)
     model = create_model("vir_nano_patch16_224", num_classes=10, decay="2d", layer_scale_init=1.0).eval()
