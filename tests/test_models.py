@@ -276,3 +276,12 @@ def test_invalid_model_options_raise(kwargs, match):
 def test_size_table_is_consistent():
     for arch in ARCH_ZOO.values():
         assert arch["embed_dim"] % arch["num_heads"] == 0
+
+
+def test_set_retention_mode_rejects_bad_arguments_and_changes_nothing():
+    model = tiny()
+    with pytest.raises(ValueError, match=r"mode='fast' is unknown"):
+        model.set_retention_mode("fast")
+    with pytest.raises(ValueError, match=r"chunk_size=0 is invalid"):
+        model.set_retention_mode("chunkwise", 0)
+    assert model.retention_mode == "parallel"

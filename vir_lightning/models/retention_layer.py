@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..retention import MODES, decay_rates_for, retention, retention_decay_matrix
+from ..retention import check_mode, decay_rates_for, retention, retention_decay_matrix
 
 
 class MultiHeadRetention(nn.Module):
@@ -54,11 +54,7 @@ class MultiHeadRetention(nn.Module):
 
     def set_mode(self, mode: str, chunk_size: int | None = None) -> None:
         """Switch between the three exactly equivalent forms (and set the chunk size)."""
-        if mode not in MODES:
-            raise ValueError(f"mode={mode!r} is unknown; expected one of {MODES}")
-        valid_chunk = isinstance(chunk_size, int) and not isinstance(chunk_size, bool) and chunk_size >= 1
-        if chunk_size is not None and not valid_chunk:
-            raise ValueError(f"chunk_size={chunk_size!r} is invalid; expected a positive integer or None")
+        check_mode(mode, chunk_size)
         if self.softmax_retention and mode != "parallel":
             raise ValueError(
                 f"mode={mode!r} is impossible with softmax_retention=True: the softmax variant has no"

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..retention import MODES
+from ..retention import check_mode
 from .blocks import RetentionBlock
 from .layers import PatchEmbed, init_linear_trunc_normal, to_2tuple
 from .pos_embed import infer_grid_shape, resize_pos_embed
@@ -153,8 +153,7 @@ class VisionRetention(nn.Module):
 
     def set_retention_mode(self, mode: str, chunk_size: int | None = None) -> None:
         """Switch every retention layer to ``mode`` (and ``chunk_size``). Outputs stay equal."""
-        if mode not in MODES:
-            raise ValueError(f"mode={mode!r} is unknown; expected one of {MODES}")
+        check_mode(mode, chunk_size)  # before touching any layer, so a bad call changes nothing
         for layer in self.retention_layers():
             layer.set_mode(mode, chunk_size)
 

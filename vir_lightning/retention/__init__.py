@@ -3,12 +3,13 @@
 Pure PyTorch; knows nothing about models, Lightning or OpenMMLab.
 """
 
-from .functional import MODES, default_chunk_size, retention, retention_decay_matrix
+from .functional import MODES, check_mode, default_chunk_size, retention, retention_decay_matrix
 from .schedules import DECAY_SCHEDULES, decay_rates_for
 
 __all__ = [
     "DECAY_SCHEDULES",
     "MODES",
+    "check_mode",
     "decay_rates_for",
     "default_chunk_size",
     "retention",

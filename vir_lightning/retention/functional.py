@@ -9,7 +9,7 @@ from torch import Tensor
 
 from . import modes
 
-__all__ = ["MODES", "default_chunk_size", "retention", "retention_decay_matrix"]
+__all__ = ["MODES", "check_mode", "default_chunk_size", "retention", "retention_decay_matrix"]
 
 MODES = ("parallel", "recurrent", "chunkwise")
 
@@ -35,6 +35,14 @@ def _positive_int(name: str, value) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name}={value!r} is invalid; expected a positive integer")
     return value
+
+
+def check_mode(mode: str, chunk_size: int | None) -> None:
+    """ValueError unless ``mode`` is a known form and ``chunk_size`` is None or a positive integer."""
+    if mode not in MODES:
+        raise ValueError(f"mode={mode!r} is unknown; expected one of {MODES}")
+    if chunk_size is not None:
+        _positive_int("chunk_size", chunk_size)
 
 
 def _validate(q, k, v, decay_rates, mode, chunk_size, grid_shape, cls_token, directions) -> Tensor:
@@ -75,10 +83,7 @@ def _validate(q, k, v, decay_rates, mode, chunk_size, grid_shape, cls_token, dir
                 " every rate must satisfy 0 < γ < 1 (see vir_lightning.retention.decay_rates_for)"
             )
 
-    if mode not in MODES:
-        raise ValueError(f"mode={mode!r} is unknown; expected one of {MODES}")
-    if chunk_size is not None:
-        _positive_int("chunk_size", chunk_size)
+    check_mode(mode, chunk_size)
     if directions not in (1, 2, 4):
         raise ValueError(f"directions={directions!r} is invalid; expected 1, 2 or 4")
     if not isinstance(cls_token, bool):
