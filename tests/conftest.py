@@ -48,3 +48,57 @@ def random_qkv(batch, heads, tokens, head_dim, value_dim=None, dtype=torch.float
 def rates3():
     """Three heads with short, medium and long horizons (float64)."""
     return torch.tensor([0.5, 0.9, 0.97], dtype=torch.float64)
+
+
+FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
+
+
+def fashion_mnist_images(count: int, offset: int = 0, split: str = "t10k"):
+    """Real 28×28 pixels and labels from Debian's Fashion-MNIST files (split "train" or "t10k")."""
+    from vir_lightning.data.fashion_mnist import read_idx
+
+    images = read_idx(f"{FASHION_MNIST}/{split}-images-idx3-ubyte.gz")[offset: offset + count]
+    labels = read_idx(f"{FASHION_MNIST}/{split}-labels-idx1-ubyte.gz")[offset: offset + count]
+    return images, labels
+
+
+def write_image_folder(root, per_class_train=8, per_class_val=3, size=32):
+    """root/{train,val}/<class>/ from real pixels, in every format the loader must handle:
+    grayscale PNG, RGB JPG, RGBA PNG, upper-case suffixes."""
+    import cv2
+    import numpy as np
+
+    names = {0: "tshirt", 1: "trouser", 7: "sneaker"}
+    images, labels = fashion_mnist_images(600)
+    counters = dict.fromkeys(names, 0)
+    for image, label in zip(images, labels, strict=True):
+        label = int(label)
+        if label not in names:
+            continue
+        n = counters[label]
+        if n >= per_class_train + per_class_val:
+            continue
+        counters[label] += 1
+        split = "train" if n < per_class_train else "val"
+        folder = root / split / names[label]
+        folder.mkdir(parents=True, exist_ok=True)
+        big = cv2.resize(image, (size, size), interpolation=cv2.INTER_CUBIC)
+        kind = n % 4
+        if kind == 0:
+            cv2.imwrite(str(folder / f"{n}.png"), big)  # grayscale
+        elif kind == 1:
+            tinted = np.stack([big, big // 2, 255 - big], axis=-1)
+            cv2.imwrite(str(folder / f"{n}.jpg"), tinted)
+        elif kind == 2:
+            rgba = np.dstack([big, big, big, np.full_like(big, 200)])
+            cv2.imwrite(str(folder / f"{n}.PNG"), rgba)
+        else:
+            cv2.imwrite(str(folder / f"{n}.JPEG"), np.stack([big] * 3, axis=-1))
+    return sorted(names.values())
+
+
+@pytest.fixture(scope="session")
+def image_folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("image_folder")
+    write_image_folder(root)
+    return root

@@ -1,35 +1,22 @@
-"""``python -m vir_lightning <command> ...``: one entry point for every command of the project."""
+"""``python -m vir_lightning <command> ...``: one entry point for every command of the project.
+
+``fit``, ``validate``, ``test`` and ``predict`` are LightningCLI subcommands (model and data in
+subclass mode, the data's classes / image size / channels linked into the model). Tools that are
+not training runs (benchmarks, …) are plain commands registered in ``TOOLS``.
+"""
 
 from __future__ import annotations
 
+import os
 import sys
-import time
 from collections.abc import Callable
 
-
-def _smoke(argv: list[str]) -> int:
-    """Placeholder for `fit` until the classification suite lands: a real forward pass in every mode."""
-    import torch
-
-    from .models import create_model
-
-    print("vir_lightning fit: the LightningCLI training suite is not built yet (see README, 'Status').")
-    print("Running a smoke check instead: vir_nano_patch16_224 in all three retention modes.\n")
-    torch.manual_seed(0)
-    model = create_model("vir_nano_patch16_224", num_classes=10, decay="2d", layer_scale_init=1.0).eval()
-    images = torch.rand(2, 3, 224, 224)
-    reference = None
-    with torch.no_grad():
-        for mode in ("parallel", "chunkwise", "recurrent"):
-            model.set_retention_mode(mode)
-            start = time.perf_counter()
-            logits = model(images)
-            elapsed = time.perf_counter() - start
-            reference = logits if reference is None else reference
-            diff = (logits - reference).abs().max().item()
-            print(f"  {mode:<10} logits {tuple(logits.shape)}  {elapsed * 1000:7.1f} ms"
-                  f"  max |Δ| vs parallel {diff:.2e}")
-    return 0
+LIGHTNING_SUBCOMMANDS = {
+    "fit": "train (and validate) a model; `--test_after_fit true` then tests the best checkpoint",
+    "validate": "evaluate a checkpoint on the validation split",
+    "test": "evaluate a checkpoint on the test split",
+    "predict": "top-5 predictions for a folder of images (data.init_args.predict_root) into a CSV",
+}
 
 
 def _bench_retention(argv: list[str]) -> int:
@@ -38,27 +25,88 @@ def _bench_retention(argv: list[str]) -> int:
     return bench_main(argv)
 
 
-#: command → (handler, one-line help). Later issues add LightningCLI subcommands and more tools here.
-COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
-    "fit": (_smoke, "train a model (placeholder: runs a smoke forward pass in every retention mode)"),
+#: command → (handler, one-line help). Later issues register more tools here.
+TOOLS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "bench-retention": (_bench_retention, "time and peak memory of the retention op per mode and length"),
 }
 
 
+def _build_cli_class():
+    from lightning.pytorch.cli import LightningCLI
+
+    from .tasks import PredictionCSVWriter
+
+    class ViRLightningCLI(LightningCLI):
+        def add_arguments_to_parser(self, parser) -> None:
+            # The data decides these; the model must never be told twice.
+            for key in ("num_classes", "img_size", "in_chans", "class_names"):
+                parser.link_arguments(f"data.{key}", f"model.init_args.{key}", apply_on="instantiate")
+            parser.add_argument("--test_after_fit", type=bool, default=False,
+                                help="after fit, run the test split on the best (or last) checkpoint")
+            parser.add_argument("--predictions_csv", type=str | None, default=None,
+                                help="predict: CSV to write (default: <log dir>/predictions.csv)")
+
+        def after_fit(self) -> None:
+            if not self.config.fit.get("test_after_fit"):
+                return
+            checkpoint = self.trainer.checkpoint_callback
+            best = checkpoint.best_model_path if checkpoint is not None else ""
+            self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None)
+
+        def before_predict(self) -> None:
+            if any(isinstance(cb, PredictionCSVWriter) for cb in self.trainer.callbacks):
+                return
+            path = self.config.predict.get("predictions_csv") or os.path.join(
+                self.trainer.log_dir or ".", "predictions.csv")
+            self.trainer.callbacks.append(PredictionCSVWriter(path))
+
+    return ViRLightningCLI
+
+
+def run_lightning(argv: list[str] | None) -> int:
+    """Run a LightningCLI subcommand (``argv=None``: from sys.argv). Configuration errors print one
+    line (VIR_DEBUG=1: traceback)."""
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations otherwise calls the network
+    from .data import ClassificationDataModule
+    from .tasks import ImageClassifier
+
+    cli_class = _build_cli_class()
+    try:
+        cli_class(
+            ImageClassifier,
+            ClassificationDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            save_config_kwargs={"overwrite": True},
+            args=argv,
+        )
+    except (ValueError, FileNotFoundError) as err:
+        if os.environ.get("VIR_DEBUG"):
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def _usage() -> str:
-    lines = ["usage: python -m vir_lightning <command> [options]", "", "commands:"]
-    lines += [f"  {name:<18} {text}" for name, (_, text) in COMMANDS.items()]
-    lines += ["", "Run `python -m vir_lightning <command> --help` for a command's options."]
+    lines = ["usage: python -m vir_lightning <command> [options]", "", "training (LightningCLI; add --help):"]
+    lines += [f"  {name:<18} {text}" for name, text in LIGHTNING_SUBCOMMANDS.items()]
+    lines += ["", "tools:"]
+    lines += [f"  {name:<18} {text}" for name, (_, text) in TOOLS.items()]
+    lines += ["", "example: python -m vir_lightning fit --config configs/quickstart.yaml"]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
+    from_command_line = argv is None
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
         return 0
     command, rest = argv[0], argv[1:]
-    if command not in COMMANDS:
-        print(f"error: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
-        return 2
-    return COMMANDS[command][0](rest)
+    if command in LIGHTNING_SUBCOMMANDS:
+        return run_lightning(None if from_command_line else argv)
+    if command in TOOLS:
+        return TOOLS[command][0](rest)
+    print(f"error: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
+    return 2

@@ -1,0 +1,7 @@
+"""Data modules for image classification (albumentations pipelines, seeded and resumable)."""
+
+from .base import ClassificationDataModule
+from .fashion_mnist import FashionMNISTDataModule
+from .image_folder import ImageFolderDataModule
+
+__all__ = ["ClassificationDataModule", "FashionMNISTDataModule", "ImageFolderDataModule"]

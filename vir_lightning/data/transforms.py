@@ -1,0 +1,62 @@
+"""Albumentations pipelines for training and evaluation (uint8 HWC in, float CHW tensor out)."""
+
+from __future__ import annotations
+
+import albumentations as A
+import cv2
+from albumentations.pytorch import ToTensorV2
+
+
+def _hw(img_size) -> tuple[int, int]:
+    return (img_size, img_size) if isinstance(img_size, int) else (int(img_size[0]), int(img_size[1]))
+
+
+def build_train_transform(
+    img_size,
+    mean,
+    std,
+    in_chans: int,
+    crop_scale=(0.08, 1.0),
+    crop_ratio=(3 / 4, 4 / 3),
+    hflip: float = 0.5,
+    color_jitter: float = 0.4,
+    rand_augment: dict | None = None,
+    random_erasing: float = 0.25,
+) -> A.Compose:
+    """RandomResizedCrop (bicubic) → flip → [RandAugment | colour jitter] → normalise → erase → tensor.
+
+    As in the DeiT recipe, colour jitter is skipped when RandAugment is on (it already jitters).
+    """
+    height, width = _hw(img_size)
+    ops: list = [
+        A.RandomResizedCrop(size=(height, width), scale=tuple(crop_scale), ratio=tuple(crop_ratio),
+                            interpolation=cv2.INTER_CUBIC)
+    ]
+    if hflip > 0:
+        ops.append(A.HorizontalFlip(p=hflip))
+    if rand_augment:
+        from .augment import RandAugment  # imported lazily: only recipes that use it pay for it
+
+        ops.append(RandAugment(**rand_augment))
+    elif color_jitter > 0:
+        if in_chans == 1:  # saturation/hue mean nothing for one channel
+            ops.append(A.RandomBrightnessContrast(color_jitter, color_jitter, p=1.0))
+        else:
+            ops.append(A.ColorJitter(color_jitter, color_jitter, color_jitter, hue=0.0, p=1.0))
+    ops.append(A.Normalize(mean=tuple(mean), std=tuple(std), max_pixel_value=255.0))
+    if random_erasing > 0:
+        ops.append(A.Erasing(p=random_erasing, fill=0))  # 0 after normalisation = the mean colour
+    ops.append(ToTensorV2())
+    return A.Compose(ops)
+
+
+def build_eval_transform(img_size, mean, std, crop_pct: float = 0.875) -> A.Compose:
+    """Resize the shorter side to size / crop_pct (bicubic), centre crop, normalise."""
+    height, width = _hw(img_size)
+    resize_to = round(max(height, width) / crop_pct)
+    return A.Compose([
+        A.SmallestMaxSize(max_size=resize_to, interpolation=cv2.INTER_CUBIC),
+        A.CenterCrop(height, width),
+        A.Normalize(mean=tuple(mean), std=tuple(std), max_pixel_value=255.0),
+        ToTensorV2(),
+    ])

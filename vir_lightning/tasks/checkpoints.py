@@ -1,0 +1,65 @@
+"""Loading weights safely (tensors only, never pickled code) into a model, with a clear report."""
+
+from __future__ import annotations
+
+import logging
+import pickle
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+
+def read_state_dict(path: str) -> dict[str, torch.Tensor]:
+    """Tensors of a plain state_dict file or of a Lightning checkpoint (prefix ``model.`` removed).
+
+    Loaded with ``weights_only=True``: a file that needs arbitrary unpickling is refused.
+    """
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"checkpoint {path!r} does not exist") from None
+    except (pickle.UnpicklingError, RuntimeError) as err:
+        raise ValueError(f"{path!r} is not a tensors-only checkpoint (refusing to unpickle code): {err}") from None
+    state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path!r} holds no state_dict of tensors")
+    if any(k.startswith("model.") for k in state):
+        state = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
+    return state
+
+
+def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint") -> dict:
+    """Load ``state`` into ``model`` for fine-tuning and report what did not match.
+
+    - A classifier head of another size is dropped (re-initialised), and said so.
+    - The position embedding is resized by the model's own load hook.
+    - Any other shape mismatch, or no shared keys at all, raises ValueError (another architecture).
+    - Missing and unexpected keys are logged as warnings and returned.
+    """
+    own = model.state_dict()
+    shared = set(own) & set(state)
+    if not shared:
+        raise ValueError(f"{source} shares no parameter names with {type(model).__name__}: it belongs to another"
+                         f" architecture (first keys: {sorted(state)[:3]})")
+    state = dict(state)
+    dropped_head = []
+    for key in ("head.weight", "head.bias"):
+        if key in state and key in own and state[key].shape != own[key].shape:
+            dropped_head.append(key)
+            del state[key]
+    mismatched = [k for k in shared - set(dropped_head) if k != "pos_embed" and state[k].shape != own[k].shape]
+    if mismatched:
+        details = ", ".join(f"{k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in sorted(mismatched)[:5])
+        raise ValueError(f"{source} does not fit {type(model).__name__} ({details}); it was trained for another"
+                         " architecture or size")
+    result = model.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if k not in dropped_head]
+    if dropped_head:
+        log.warning("%s: classifier head has another number of classes; re-initialised %s", source, dropped_head)
+    if missing:
+        log.warning("%s: missing keys (left at initialisation): %s", source, missing)
+    if result.unexpected_keys:
+        log.warning("%s: unexpected keys (ignored): %s", source, result.unexpected_keys)
+    return {"missing": missing, "unexpected": list(result.unexpected_keys), "reinitialised_head": dropped_head}

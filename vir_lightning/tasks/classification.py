@@ -1,0 +1,182 @@
+"""ImageClassifier: the LightningModule that trains and evaluates any registry model."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torchmetrics.classification import MulticlassAccuracy
+
+from ..models import create_model
+from ..retention import check_mode
+from .checkpoints import load_weights, read_state_dict
+from .optim import param_groups, warmup_cosine
+
+
+def default_optimizer(params) -> torch.optim.Optimizer:
+    """AdamW(lr=1e-3, betas=(0.9, 0.999), weight_decay=0.05): the authors' defaults (SPEC §4)."""
+    return torch.optim.AdamW(params, lr=1e-3, betas=(0.9, 0.999), weight_decay=0.05)
+
+
+class ImageClassifier(L.LightningModule):
+    """Image classification with a registry model (``model_name`` + ``model_kwargs``).
+
+    ``num_classes``, ``img_size`` and ``in_chans`` are normally linked from the data module by the CLI.
+
+    Args:
+        model_name: a name from :func:`vir_lightning.list_models`.
+        model_kwargs: overrides for the model (e.g. ``decay: 2d``, ``drop_path_rate: 0.1``).
+        num_classes, img_size, in_chans: set by the data (CLI links).
+        optimizer: optimizer factory (default AdamW 1e-3, wd 0.05); parameter groups exclude biases,
+            norms, LayerScale, position embedding and class token from weight decay.
+        lr_scheduler: a scheduler factory stepped per epoch; ``None`` (default) = per-step linear
+            warmup for ``warmup_epochs`` from ``warmup_lr``, then cosine down to ``min_lr``, held
+            for the last ``cooldown_epochs``.
+        label_smoothing: label smoothing of the (soft-target) cross-entropy.
+        mixup_alpha, cutmix_alpha, mixup_prob, mixup_switch_prob: batch Mixup/CutMix (off at 0).
+        layer_decay: layer-wise lr decay for fine-tuning (e.g. 0.65); ``None`` = off.
+        eval_mode, eval_chunk_size: retention form used by validate/test/predict (training is
+            always in the model's own mode, parallel by default). Results are identical in all forms.
+        pretrained: weights to start from (Lightning checkpoint or plain state_dict, tensors only);
+            another resolution is fine (position embedding resized), another head size is
+            re-initialised, anything else that does not fit raises.
+        class_names: names for predictions (linked from the data).
+    """
+
+    def __init__(
+        self,
+        model_name: str = "vir_nano_patch4_28",
+        model_kwargs: dict | None = None,
+        num_classes: int = 1000,
+        img_size: int | Sequence[int] = 224,
+        in_chans: int = 3,
+        optimizer: OptimizerCallable = default_optimizer,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        warmup_epochs: float = 0.0,
+        warmup_lr: float = 1e-6,
+        min_lr: float = 1e-5,
+        cooldown_epochs: float = 0.0,
+        label_smoothing: float = 0.1,
+        mixup_alpha: float = 0.0,
+        cutmix_alpha: float = 0.0,
+        mixup_prob: float = 1.0,
+        mixup_switch_prob: float = 0.5,
+        layer_decay: float | None = None,
+        eval_mode: str = "parallel",
+        eval_chunk_size: int | None = None,
+        pretrained: str | None = None,
+        class_names: list[str] | None = None,
+    ):
+        super().__init__()
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+        check_mode(eval_mode, eval_chunk_size)
+        size = img_size if isinstance(img_size, int) else tuple(img_size)
+        self.model = create_model(model_name, num_classes=num_classes, img_size=size, in_chans=in_chans,
+                                  **(model_kwargs or {}))
+        self.train_mode = self.model.retention_mode
+        self.optimizer_factory, self.scheduler_factory = optimizer, lr_scheduler
+        self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
+        self.mixup = None
+        if mixup_alpha > 0 or cutmix_alpha > 0:
+            from ..data.augment import MixupCutmix
+
+            self.mixup = MixupCutmix(num_classes, mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha,
+                                     switch_prob=mixup_switch_prob, prob=mixup_prob, label_smoothing=label_smoothing)
+        top5 = min(5, num_classes)
+        self.train_acc1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
+        self.val_acc1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
+        self.val_acc5 = MulticlassAccuracy(num_classes, top_k=top5, average="micro")
+        self.test_acc1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
+        self.test_acc5 = MulticlassAccuracy(num_classes, top_k=top5, average="micro")
+        if pretrained:
+            self.load_report = load_weights(self.model, read_state_dict(pretrained), source=pretrained)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(images)
+
+    # -- training ------------------------------------------------------------------------------
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        # Reseed per step so drop path / mixup draws depend only on (seed, step, rank): a fit
+        # resumed from a checkpoint replays exactly what an uninterrupted fit does.
+        base = int(os.environ.get("PL_GLOBAL_SEED", 0))
+        torch.manual_seed((base * 1_000_003 + self.global_step) * 64 + self.global_rank)
+
+    def on_train_epoch_start(self) -> None:
+        self.model.set_retention_mode(self.train_mode)
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        images, targets = batch
+        if self.mixup is not None:
+            images, soft_targets = self.mixup(images, targets)
+            loss = F.cross_entropy(self(images), soft_targets)
+        else:
+            logits = self(images)
+            loss = F.cross_entropy(logits, targets, label_smoothing=self.hparams.label_smoothing)
+            self.train_acc1(logits, targets)
+            self.log("train/acc1", self.train_acc1, on_step=False, on_epoch=True)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=images.shape[0])
+        return loss
+
+    # -- evaluation ------------------------------------------------------------------------------
+
+    def _eval_form(self) -> None:
+        self.model.set_retention_mode(self.hparams.eval_mode, self.hparams.eval_chunk_size)
+
+    def on_validation_epoch_start(self) -> None:
+        self._eval_form()
+
+    def on_validation_epoch_end(self) -> None:
+        self.model.set_retention_mode(self.train_mode)
+
+    def on_test_epoch_start(self) -> None:
+        self._eval_form()
+
+    def on_predict_epoch_start(self) -> None:
+        self._eval_form()
+
+    def _evaluate(self, batch, stage: str) -> None:
+        images, targets = batch
+        logits = self(images)
+        acc1, acc5 = (self.val_acc1, self.val_acc5) if stage == "val" else (self.test_acc1, self.test_acc5)
+        acc1(logits, targets)
+        acc5(logits, targets)
+        size = images.shape[0]
+        self.log(f"{stage}/loss", F.cross_entropy(logits, targets), on_epoch=True, batch_size=size, sync_dist=True)
+        self.log(f"{stage}/acc1", acc1, on_epoch=True, prog_bar=True, batch_size=size)
+        self.log(f"{stage}/acc5", acc5, on_epoch=True, batch_size=size)
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._evaluate(batch, "val")
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._evaluate(batch, "test")
+
+    def predict_step(self, batch, batch_idx: int) -> dict:
+        images, sample_index = batch
+        probs = self(images).softmax(-1)
+        top = probs.topk(min(5, probs.shape[-1]), dim=-1)
+        return {"index": sample_index, "classes": top.indices, "probs": top.values}
+
+    # -- optimisation ------------------------------------------------------------------------------
+
+    def configure_optimizers(self):
+        groups = param_groups(self.model, self.hparams.layer_decay)
+        optimizer = self.optimizer_factory(groups)
+        base_lr = optimizer.defaults["lr"]
+        for group in optimizer.param_groups:
+            group["lr"] = base_lr * group.get("lr_scale", 1.0)
+        if self.scheduler_factory is not None:
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer),
+                                                             "interval": "epoch"}}
+        total = int(self.trainer.estimated_stepping_batches)
+        epochs = self.trainer.max_epochs if self.trainer.max_epochs and self.trainer.max_epochs > 0 else 1
+        steps_per_epoch = max(1, total // epochs)
+        warmup = round(self.hparams.warmup_epochs * steps_per_epoch)
+        cooldown = round(self.hparams.cooldown_epochs * steps_per_epoch)
+        scheduler = warmup_cosine(optimizer, total, warmup, self.hparams.warmup_lr, self.hparams.min_lr, cooldown)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
