@@ -35,6 +35,7 @@ def _build_cli_class():
     from lightning.pytorch.cli import LightningCLI
 
     from .tasks import PredictionCSVWriter
+    from .tasks.checkpoints import read_state_dict
 
     class ViRLightningCLI(LightningCLI):
         def add_arguments_to_parser(self, parser) -> None:
@@ -51,7 +52,13 @@ def _build_cli_class():
                 return
             checkpoint = self.trainer.checkpoint_callback
             best = checkpoint.best_model_path if checkpoint is not None else ""
-            self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None)
+            if best:
+                # Load the checkpoint's state_dict ourselves: with EMAWeightAveraging it holds the
+                # averaged weights (the ones validated and selected), whereas trainer.test(ckpt_path=…)
+                # in this process would let the callback restore the raw training weights instead.
+                self.model.model.load_state_dict(read_state_dict(best))
+                print(f"testing the best checkpoint {best}")
+            self.trainer.test(self.model, datamodule=self.datamodule)
 
         def before_predict(self) -> None:
             if any(isinstance(cb, PredictionCSVWriter) for cb in self.trainer.callbacks):
