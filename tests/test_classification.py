@@ -241,7 +241,7 @@ def test_metrics_of_one_checkpoint_are_identical_in_every_retention_mode(tmp_pat
 
 
 RESUME_ARGS = ['--model.init_args.model_kwargs={"embed_dim": 32, "depth": 2, "num_heads": 2, "drop_path_rate": 0.1}',
-               "--trainer.max_epochs", "3",
+               "--trainer.max_epochs", "3", "--trainer.check_val_every_n_epoch", "1",
                "--trainer.limit_train_batches", "6", "--trainer.limit_val_batches", "3", "--test_after_fit", "false",
                "--data.init_args.num_workers", "0", "--data.init_args.crop_scale=[0.5, 1.0]"]
 
@@ -267,8 +267,9 @@ def test_fit_killed_part_way_and_resumed_matches_an_uninterrupted_fit(tmp_path):
         return rows[-1]["epoch"], float(rows[-1]["val/acc1"]), float(rows[-1]["val/loss"])
 
     assert final(whole) == final(broken)
-    weights = [torch.load(d / "runs/quickstart/checkpoints/last.ckpt", weights_only=True)["state_dict"]
-               for d in (whole, broken)]
+    last = [torch.load(d / "runs/quickstart/checkpoints/last.ckpt", weights_only=True) for d in (whole, broken)]
+    assert [c["epoch"] for c in last] == [2, 2]  # last.ckpt is the final epoch, whether or not it improved
+    weights = [c["state_dict"] for c in last]
     for key, value in weights[0].items():
         assert torch.equal(value, weights[1][key]), key
 
