@@ -299,4 +299,4 @@ def test_predict_writes_top5_csv_for_a_folder(image_folder, tmp_path):
         probs = [float(row[f"prob_{i}"]) for i in range(1, 6)]
         assert probs == sorted(probs, reverse=True) and sum(probs) <= 1.0 + 1e-6
         assert {row[f"class_{i}"] for i in range(1, 6)} <= set(CLASS_NAMES)
-    assert not list(out.parent.glob(".predictions-*"))
+    assert not list(out.parent.glob(".partial-*"))

@@ -38,10 +38,28 @@ def test_retention_benchmark_prints_a_table_and_writes_csv(tmp_path, capsys):
     rows = list(csv.DictReader(out_csv.open()))
     assert len(rows) == 8
     assert all(float(r["time_ms"]) > 0 and r["finite"] == "True" for r in rows)
-    assert not list(out_csv.parent.glob(".bench-*"))  # no temp file left behind
+    assert not list(out_csv.parent.glob(".partial-*"))  # no temp file left behind
 
 
 def test_retention_benchmark_skips_configurations_predicted_not_to_fit(capsys):
     argv = ["--tokens", "65536", "--modes", "parallel", "--decay", "1d", "--max-memory-gb", "1"]
     assert main(["bench-retention", *argv]) == 0
     assert "skipped: predicted > 1 GB" in capsys.readouterr().out
+
+
+def test_atomic_csv_write_leaves_nothing_behind_when_interrupted(tmp_path):
+    from vir_lightning.io import write_csv_atomically
+
+    target = tmp_path / "out.csv"
+    write_csv_atomically(str(target), ["a"], [[1]])
+
+    def rows():
+        yield [2]
+        raise KeyboardInterrupt
+
+    try:
+        write_csv_atomically(str(target), ["a"], rows())
+    except KeyboardInterrupt:
+        pass
+    assert target.read_text().splitlines() == ["a", "1"]  # the old file is intact
+    assert not list(tmp_path.glob(".partial-*"))

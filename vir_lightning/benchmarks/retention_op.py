@@ -12,7 +12,6 @@ Configurations predicted to exceed ``--max-memory-gb`` are skipped with a messag
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import os
@@ -21,8 +20,9 @@ import resource
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
+
+from ..io import write_csv_atomically
 
 MODE_CHOICES = ("parallel", "chunkwise", "recurrent")
 
@@ -114,22 +114,6 @@ def _run_isolated(cfg: dict) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def _write_csv_atomically(path: str, rows: list[dict]) -> None:
-    fields = sorted({key for row in rows for key in row})
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".bench-", suffix=".csv")
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=fields)
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m vir_lightning bench-retention", description=__doc__.split("\n\n")[0])
     p.add_argument("--tokens", type=int, nargs="+", default=[1024, 4096, 16384])
@@ -196,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
                 ratio = by_tokens[b]["time_ms"] / by_tokens[a]["time_ms"]
                 print(f"{decay} {mode}: time({b})/time({a}) = {ratio:.2f}  (token ratio {b / a:g})")
     if args.csv:
-        _write_csv_atomically(args.csv, rows)
+        fields = sorted({key for row in rows for key in row})
+        write_csv_atomically(args.csv, fields, ([row.get(k, "") for k in fields] for row in rows))
         print(f"wrote {args.csv}")
     return 0
 

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import csv
-import os
-import tempfile
-
 from lightning.pytorch.callbacks import BasePredictionWriter
+
+from ..io import write_csv_atomically
 
 
 class PredictionCSVWriter(BasePredictionWriter):
@@ -34,18 +32,7 @@ class PredictionCSVWriter(BasePredictionWriter):
                 rows.append(row)
         top = len(predictions[0]["classes"][0]) if predictions else 0
         header = ["path"] + [f"{k}_{i}" for i in range(1, top + 1) for k in ("class", "prob")]
-        directory = os.path.dirname(os.path.abspath(self.output_path))
-        os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".predictions-", suffix=".csv")
-        try:
-            with os.fdopen(fd, "w", newline="") as f:
-                writer = csv.writer(f)
-                writer.writerow(header)
-                writer.writerows(rows)
-            os.replace(tmp, self.output_path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        write_csv_atomically(self.output_path, header, rows)
         print(f"wrote {len(rows)} predictions to {self.output_path}")
 
 
