@@ -154,7 +154,7 @@ class ClassificationDataModule(L.LightningDataModule):
 
             self.predict_paths = list_images(self.predict_root, recursive=True)
             self._datasets["predict"] = TransformedDataset(
-                ImageFileList(self.predict_paths, gray_to_rgb=self.in_chans == 3, keep_gray=self.in_chans == 1),
+                ImageFileList(self.predict_paths, channels=self.in_chans),
                 eval_tf,
             )
 

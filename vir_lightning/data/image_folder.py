@@ -47,14 +47,15 @@ def decode_image(path: str, channels: int = 3) -> np.ndarray:
 
 
 class ImageFileList:
-    """(image, label) pairs decoded from files. With ``skip_bad`` an undecodable file yields
-    ``(None, label)``, is logged with its path, and counted in ``skipped``."""
+    """(image, label) pairs decoded from files to ``channels`` (3 = RGB, 1 = gray); labels default
+    to the file index. With ``skip_bad`` an undecodable file yields ``(None, label)``, is logged with
+    its path, and counted in ``skipped``."""
 
     def __init__(self, paths: Sequence[str], labels: Sequence[int] | None = None, skip_bad: bool = False,
-                 gray_to_rgb: bool = True, keep_gray: bool = False):
+                 channels: int = 3):
         self.paths = list(paths)
         self.labels = list(range(len(self.paths))) if labels is None else list(labels)
-        self.skip_bad, self.channels, self.skipped = skip_bad, 1 if keep_gray else 3, 0
+        self.skip_bad, self.channels, self.skipped = skip_bad, channels, 0
 
     def __len__(self) -> int:
         return len(self.paths)

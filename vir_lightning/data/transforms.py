@@ -6,9 +6,7 @@ import albumentations as A
 import cv2
 from albumentations.pytorch import ToTensorV2
 
-
-def _hw(img_size) -> tuple[int, int]:
-    return (img_size, img_size) if isinstance(img_size, int) else (int(img_size[0]), int(img_size[1]))
+from ..models.layers import to_2tuple
 
 
 def build_train_transform(
@@ -27,7 +25,7 @@ def build_train_transform(
 
     As in the DeiT recipe, colour jitter is skipped when RandAugment is on (it already jitters).
     """
-    height, width = _hw(img_size)
+    height, width = to_2tuple(img_size)
     ops: list = [
         A.RandomResizedCrop(size=(height, width), scale=tuple(crop_scale), ratio=tuple(crop_ratio),
                             interpolation=cv2.INTER_CUBIC)
@@ -52,7 +50,7 @@ def build_train_transform(
 
 def build_eval_transform(img_size, mean, std, crop_pct: float = 0.875) -> A.Compose:
     """Resize the shorter side to size / crop_pct (bicubic), centre crop, normalise."""
-    height, width = _hw(img_size)
+    height, width = to_2tuple(img_size)
     resize_to = round(max(height, width) / crop_pct)
     return A.Compose([
         A.SmallestMaxSize(max_size=resize_to, interpolation=cv2.INTER_CUBIC),
