@@ -1,14 +1,19 @@
 """Model families. Pure PyTorch: no Lightning, OpenMMLab or distribution code in here."""
 
 from .blocks import RetentionBlock
+from .hvir import ARCH_ZOO as HVIR_ARCH_ZOO
+from .hvir import HybridViR
 from .registry import create_model, list_models, register_model
-from .retention_layer import MultiHeadRetention
+from .retention_layer import MultiHeadRetention, RetentionModeMixin
 from .vir import ARCH_ZOO, VisionRetention
 
 __all__ = [
     "ARCH_ZOO",
+    "HVIR_ARCH_ZOO",
+    "HybridViR",
     "MultiHeadRetention",
     "RetentionBlock",
+    "RetentionModeMixin",
     "VisionRetention",
     "create_model",
     "list_models",

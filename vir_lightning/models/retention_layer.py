@@ -95,3 +95,20 @@ class MultiHeadRetention(nn.Module):
             f"heads={self.num_heads}, mode={self.mode!r}, chunk_size={self.chunk_size}, "
             f"directions={self.directions}, softmax_retention={self.softmax_retention}"
         )
+
+
+class RetentionModeMixin:
+    """``set_retention_mode`` / ``retention_mode`` for any model built from :class:`MultiHeadRetention`."""
+
+    def retention_layers(self) -> list[MultiHeadRetention]:
+        return [m for m in self.modules() if isinstance(m, MultiHeadRetention)]
+
+    def set_retention_mode(self, mode: str, chunk_size: int | None = None) -> None:
+        """Switch every retention layer to ``mode`` (and ``chunk_size``). Outputs stay equal."""
+        check_mode(mode, chunk_size)  # before touching any layer, so a bad call changes nothing
+        for layer in self.retention_layers():
+            layer.set_mode(mode, chunk_size)
+
+    @property
+    def retention_mode(self) -> str:
+        return self.retention_layers()[0].mode

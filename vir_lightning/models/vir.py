@@ -13,12 +13,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..retention import check_mode
 from .blocks import RetentionBlock
 from .layers import PatchEmbed, init_linear_trunc_normal, to_2tuple
 from .pos_embed import infer_grid_shape, resize_pos_embed
 from .registry import register_model
-from .retention_layer import MultiHeadRetention
+from .retention_layer import RetentionModeMixin
 
 #: Size table per family member (width, depth, heads), like mmpretrain's ``arch_zoo``.
 ARCH_ZOO = {
@@ -33,7 +32,7 @@ POOLINGS = ("token_last", "token_first", "avg")
 DECAYS = ("1d", "2d")
 
 
-class VisionRetention(nn.Module):
+class VisionRetention(RetentionModeMixin, nn.Module):
     """Isotropic ViR.
 
     Args:
@@ -143,23 +142,6 @@ class VisionRetention(nn.Module):
         nn.init.normal_(self.pos_embed, std=0.02)
         if self.cls_token is not None:
             nn.init.normal_(self.cls_token, std=0.02)
-
-    # ------------------------------------------------------------------------------------------
-    # Retention mode
-    # ------------------------------------------------------------------------------------------
-
-    def retention_layers(self) -> list[MultiHeadRetention]:
-        return [m for m in self.modules() if isinstance(m, MultiHeadRetention)]
-
-    def set_retention_mode(self, mode: str, chunk_size: int | None = None) -> None:
-        """Switch every retention layer to ``mode`` (and ``chunk_size``). Outputs stay equal."""
-        check_mode(mode, chunk_size)  # before touching any layer, so a bad call changes nothing
-        for layer in self.retention_layers():
-            layer.set_mode(mode, chunk_size)
-
-    @property
-    def retention_mode(self) -> str:
-        return self.retention_layers()[0].mode
 
     # ------------------------------------------------------------------------------------------
     # Forward

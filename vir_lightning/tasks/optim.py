@@ -23,6 +23,11 @@ def param_groups(model: nn.Module, layer_decay: float | None = None) -> list[dic
     carries ``lr_scale = layer_decay ** (depth + 1 − layer_id)`` (the head learns at full lr)."""
     skip = model.no_weight_decay() if hasattr(model, "no_weight_decay") else set()
     depth = len(getattr(model, "blocks", []))
+    if layer_decay is not None and depth == 0:
+        raise ValueError(
+            f"layer_decay={layer_decay} needs an isotropic model with `blocks` (ViR); {type(model).__name__} has"
+            " none (H-ViR's stages differ in width): leave layer_decay unset"
+        )
     groups: dict[tuple, dict] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
