@@ -4,15 +4,19 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.vir-core-installed
+MM_STAMP := $(VENV)/.vir-mm-installed
 TORCH  ?= torch==2.13.0
 
-.PHONY: help install data fit test test-fast bench-retention lint clean
+.PHONY: help install mm data mini-datasets fit test test-fast bench-retention bench-backbone lint clean
 
 help:
 	@echo "make fit              set up .venv and data if needed, then train the quickstart (~7 min)"
-	@echo "make test             set up .venv if needed, then run the whole test suite"
-	@echo "make test-fast        the suite without tests marked slow"
+	@echo "make test             set up .venv and the OpenMMLab tier if needed, then run the whole test suite"
+	@echo "make test-fast        the suite without tests marked slow (core tier only; mm tests skip if absent)"
+	@echo "make mm               install the OpenMMLab tier (first time: builds mmcv 2.1.0, ~10-17 min)"
+	@echo "make mini-datasets    build data/mini/{coco,ade} from real pixels for the mm smoke runs"
 	@echo "make bench-retention  time and peak memory of the retention op (1k/4k/16k tokens)"
+	@echo "make bench-backbone   H-ViR-T forward time and memory at 1333x800, parallel vs chunkwise"
 
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 export NO_ALBUMENTATIONS_UPDATE := 1
@@ -24,6 +28,14 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet "$(TORCH)"
 	$(PY) -m pip install --quiet -e ".[dev]"
 	@touch $(STAMP)
+
+# The OpenMMLab tier: mmcv 2.1.0 compiled once with ops (wheel cached in ~/.cache/vir-wheels), then
+# mmengine/mmdet/mmseg/mim. Re-runs only when the core install or the script changes.
+$(MM_STAMP): $(STAMP) downstream/install_mm.sh
+	downstream/install_mm.sh $(PY)
+	@touch $(MM_STAMP)
+
+mm: $(MM_STAMP)
 
 # Fashion-MNIST (the quickstart data and the tests' real pixels) from Debian's package, where we can.
 $(FMNIST):
@@ -42,8 +54,9 @@ fit: $(STAMP) $(FMNIST)
 	$(PY) -m vir_lightning fit --config configs/quickstart.yaml
 
 # pytest exits 5 when it collects nothing; that is a broken suite here, so it stays a failure.
-test: $(STAMP) $(FMNIST)
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+# VIR_REQUIRE_MM=1 turns "mm tier not installed" from a skip into a failure: here it must be there.
+test: $(STAMP) $(MM_STAMP) $(FMNIST)
+	VIR_REQUIRE_MM=1 $(PY) -m pytest -q $(PYTEST_ARGS)
 
 test-fast: $(STAMP) $(FMNIST)
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
@@ -51,8 +64,14 @@ test-fast: $(STAMP) $(FMNIST)
 bench-retention: $(STAMP)
 	$(PY) -m vir_lightning bench-retention
 
+bench-backbone: $(STAMP)
+	$(PY) -m vir_lightning bench-backbone --model hvir_tiny --size 800 1333 --modes parallel chunkwise --directions 1 4
+
+mini-datasets: $(MM_STAMP) $(FMNIST)
+	$(PY) -m vir_lightning build-mini-datasets data/mini
+
 lint: $(STAMP)
-	$(PY) -m ruff check vir_lightning tests
+	$(PY) -m ruff check vir_lightning downstream tests
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -102,3 +104,17 @@ def image_folder(tmp_path_factory):
     root = tmp_path_factory.mktemp("image_folder")
     write_image_folder(root)
     return root
+
+
+def require_mm() -> None:
+    """Skip a test module when the OpenMMLab tier is not installed — or fail, under VIR_REQUIRE_MM=1
+    (``make test`` sets it: there the tier must be present, and a skip would hide a broken install)."""
+    try:
+        import mmcv.ops  # noqa: F401
+        import mmdet  # noqa: F401
+        import mmseg  # noqa: F401
+    except ImportError as err:
+        if os.environ.get("VIR_REQUIRE_MM"):
+            pytest.fail(f"VIR_REQUIRE_MM=1 but the OpenMMLab tier is not importable ({err}); run `make mm`",
+                        pytrace=False)
+        pytest.skip(f"OpenMMLab tier not installed ({err}); `make mm` installs it", allow_module_level=True)

@@ -25,9 +25,30 @@ def _bench_retention(argv: list[str]) -> int:
     return bench_main(argv)
 
 
-#: command → (handler, one-line help). Later issues register more tools here.
+def _bench_backbone(argv: list[str]) -> int:
+    from .benchmarks.backbone import main as bench_main
+
+    return bench_main(argv)
+
+
+def _export_backbone(argv: list[str]) -> int:
+    from .tasks.export import main as export_main
+
+    return export_main(argv)
+
+
+def _build_mini_datasets(argv: list[str]) -> int:
+    from downstream.mini_datasets import main as build_main
+
+    return build_main(argv)
+
+
+#: command → (handler, one-line help).
 TOOLS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "bench-retention": (_bench_retention, "time and peak memory of the retention op per mode and length"),
+    "bench-backbone": (_bench_backbone, "H-ViR feature-pyramid forward time and memory per retention mode"),
+    "export-backbone": (_export_backbone, "classification checkpoint → tensor state_dict for mmdet/mmseg init_cfg"),
+    "build-mini-datasets": (_build_mini_datasets, "small COCO/ADE20K-layout sets from real pixels (mm smoke tests)"),
 }
 
 
@@ -114,6 +135,12 @@ def main(argv: list[str] | None = None) -> int:
     if command in LIGHTNING_SUBCOMMANDS:
         return run_lightning(None if from_command_line else argv)
     if command in TOOLS:
-        return TOOLS[command][0](rest)
+        try:
+            return TOOLS[command][0](rest)
+        except (ValueError, FileNotFoundError, ImportError) as err:
+            if os.environ.get("VIR_DEBUG"):
+                raise
+            print(f"error: {err}", file=sys.stderr)
+            return 2
     print(f"error: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
     return 2

@@ -2,10 +2,8 @@
 
     python -m vir_lightning bench-retention [--tokens 1024 4096 16384] [--decay 1d 2d] [--csv out.csv]
 
-Every configuration runs in a fresh subprocess so its peak memory is its own: the worker resets
-the kernel's peak-RSS counter (/proc/self/clear_refs) after building its inputs and reports the
-peak *added* by the op (fallback where that is unavailable: ru_maxrss minus the RSS before the call).
-Time is the median of several calls after a warm-up call; the spread (min–max) is printed too.
+Every configuration runs in its own process (see :mod:`vir_lightning.benchmarks.measure`): peak
+memory is the resident memory the op adds; time is the median of several calls after a warm-up.
 Configurations predicted to exceed ``--max-memory-gb`` are skipped with a message instead of run.
 """
 
@@ -16,39 +14,12 @@ import json
 import math
 import os
 import platform
-import resource
-import statistics
-import subprocess
 import sys
-import time
 
 from ..io import write_csv_atomically
+from .measure import measure, run_isolated
 
 MODE_CHOICES = ("parallel", "chunkwise", "recurrent")
-
-
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def _reset_peak() -> None:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # resets VmHWM, the peak resident set size
-    except OSError:
-        pass  # not Linux: the peak falls back to ru_maxrss, an upper bound
-
-
-def _peak_bytes() -> int:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def _grid_for(tokens: int) -> tuple[int, int]:
@@ -72,27 +43,9 @@ def _worker(cfg: dict) -> dict:
     grid = _grid_for(cfg["tokens"]) if cfg["decay"] == "2d" else None
     kwargs = dict(mode=cfg["mode"], chunk_size=cfg["chunk_size"], grid_shape=grid)
 
-    base = _rss_bytes()
-    _reset_peak()  # where it fails, the peak below is ru_maxrss: still an upper bound
     with torch.inference_mode():
-        out = retention(q, k, v, rates, **kwargs)  # warm-up call, also the memory measurement
-        peak = _peak_bytes() - base
-        finite = bool(torch.isfinite(out).all())
-        del out
-        times = []
-        budget_end = time.perf_counter() + cfg["min_seconds"]
-        while len(times) < cfg["repeats"] or (time.perf_counter() < budget_end and len(times) < 50):
-            start = time.perf_counter()
-            retention(q, k, v, rates, **kwargs)
-            times.append(time.perf_counter() - start)
-    return {
-        "time_ms": statistics.median(times) * 1e3,
-        "time_min_ms": min(times) * 1e3,
-        "time_max_ms": max(times) * 1e3,
-        "repeats": len(times),
-        "peak_mb": max(peak, 0) / 2**20,
-        "finite": finite,
-    }
+        out, stats = measure(lambda: retention(q, k, v, rates, **kwargs), cfg["repeats"], cfg["min_seconds"])
+    return {**stats, "finite": bool(torch.isfinite(out).all())}
 
 
 def _predicted_bytes(cfg: dict) -> int:
@@ -101,16 +54,6 @@ def _predicted_bytes(cfg: dict) -> int:
     if cfg["mode"] == "parallel":
         return 4 * n * n * (3 * b * h + 3)  # scores, product, decay table and its distance grid
     return 4 * b * h * n * d * 8  # inputs, outputs and per-chunk intermediates
-
-
-def _run_isolated(cfg: dict) -> dict:
-    cmd = [sys.executable, "-m", "vir_lightning.benchmarks.retention_op", "--worker", json.dumps(cfg)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["killed"]
-        oom = proc.returncode < 0 or "out of memory" in proc.stderr.lower()
-        return {"error": "OOM" if oom else f"failed: {tail[0]}"}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -158,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
                 if _predicted_bytes(cfg) > args.max_memory_gb * 2**30:
                     result = {"error": f"skipped: predicted > {args.max_memory_gb:g} GB"}
                 else:
-                    result = _run_isolated(cfg)
+                    result = run_isolated("vir_lightning.benchmarks.retention_op", cfg)
                 row = {**cfg, **result}
                 rows.append(row)
                 chunk = "default" if mode == "chunkwise" and cfg["chunk_size"] is None else (cfg["chunk_size"] or "—")

@@ -1,0 +1,229 @@
+"""H-ViR as an MMDetection / MMSegmentation backbone: one class, registered in both registries.
+
+Configs load it with::
+
+    custom_imports = dict(imports=["downstream.hvir_backbone"], allow_failed_imports=False)
+    model = dict(backbone=dict(type="HViRBackbone", arch="tiny", ...))
+
+``mim train`` runs the ``tools/train.py`` inside the installed mmdet/mmseg, so the working
+directory is not on ``sys.path``: this module is importable because ``downstream`` is installed with
+the project (``pip install -e .``). Importing it also makes mmengine's own checkpoints loadable
+under torch's ``weights_only`` default (see :mod:`downstream.safe_checkpoints`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from mmengine.logging import MMLogger
+from mmengine.model import BaseModule
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from vir_lightning.models.hvir import ARCH_ZOO, HybridViR
+from vir_lightning.retention import check_mode
+from vir_lightning.tasks.checkpoints import read_state_dict
+
+from . import safe_checkpoints  # noqa: F401  (registers mmengine's checkpoint types as safe)
+
+#: Keys of an exported classification checkpoint that a backbone does not use.
+CLASSIFIER_ONLY_PREFIXES = ("head.", "norm.")
+
+
+class LayerNorm2d(nn.LayerNorm):
+    """LayerNorm over the channels of an NCHW map (the per-output norm, as Swin/ConvNeXt do)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+class HViRBackbone(BaseModule):
+    """H-ViR feature pyramid (strides 4/8/16/32) for MMDetection and MMSegmentation.
+
+    Args:
+        arch: ``"nano"``, ``"tiny"``, ``"small"`` or ``"base"`` (H-ViR's size table), or a dict of
+            :class:`~vir_lightning.models.HybridViR` sizes (``dim``, ``depths``, ``num_heads``).
+        out_indices: stages whose outputs are returned (0–3 ↔ strides 4, 8, 16, 32).
+        out_norm: a LayerNorm on each returned output (its channels), as Swin does for FPN.
+        drop_path_rate: stochastic depth over all blocks.
+        directions: 2D decay directions (1, 2 or 4); ``None`` keeps H-ViR's default.
+        layer_scale_init: LayerScale of the retention blocks.
+        train_mode: retention form while training (``"parallel"`` is the fast one for backward).
+        test_mode: retention form in eval mode (validation/test/inference). Every form gives the
+            same outputs; chunkwise needs far less memory at detection resolutions.
+        chunk_size: chunkwise chunk size in grid rows (``None`` = about 1024 tokens per chunk).
+        frozen_stages: ``-1`` trains everything; ``0`` freezes the stem; ``k ≥ 1`` freezes the stem
+            and stages 0…k−1 (with the downsampling convs before them), kept in eval mode.
+        norm_eval: keep every BatchNorm in eval mode while training (frozen statistics), as
+            detection fine-tuning with small per-GPU batches usually wants.
+        init_cfg: ``dict(type="Pretrained", checkpoint=PATH)`` loads a backbone exported with
+            ``python -m vir_lightning export-backbone``; ``prefix`` selects a sub-module of a
+            larger checkpoint (e.g. ``"backbone."``). Missing or unexpected keys raise.
+    """
+
+    def __init__(
+        self,
+        arch: str | dict = "tiny",
+        out_indices: Sequence[int] = (0, 1, 2, 3),
+        out_norm: bool = True,
+        drop_path_rate: float = 0.2,
+        directions: int | None = None,
+        layer_scale_init: float | None = 1e-5,
+        train_mode: str = "parallel",
+        test_mode: str = "chunkwise",
+        chunk_size: int | None = None,
+        frozen_stages: int = -1,
+        norm_eval: bool = False,
+        in_chans: int = 3,
+        init_cfg: dict | None = None,
+    ):
+        super().__init__(init_cfg=init_cfg)
+        if init_cfg is not None and init_cfg.get("type") != "Pretrained":
+            raise ValueError(f"init_cfg={init_cfg!r}: only dict(type='Pretrained', checkpoint=PATH) is supported")
+        if isinstance(arch, str):
+            if arch not in ARCH_ZOO:
+                raise ValueError(f"arch={arch!r} is unknown; expected one of {sorted(ARCH_ZOO)} or a dict of sizes")
+            sizes = dict(ARCH_ZOO[arch])
+        else:
+            sizes = dict(arch)
+        out_indices = tuple(out_indices)
+        if not out_indices or len(set(out_indices)) < len(out_indices) or not set(out_indices) <= {0, 1, 2, 3}:
+            raise ValueError(f"out_indices={out_indices}: expected distinct stage indices among 0, 1, 2, 3")
+        if not -1 <= frozen_stages <= 4:
+            raise ValueError(f"frozen_stages={frozen_stages}: expected -1 (none), 0 (stem) … 4 (all stages)")
+        check_mode(train_mode, chunk_size)
+        check_mode(test_mode, chunk_size)
+        extra = {} if directions is None else {"directions": directions}
+        self.model = HybridViR(
+            **sizes, num_classes=0, in_chans=in_chans, drop_path_rate=drop_path_rate,
+            layer_scale_init=layer_scale_init, retention_mode=train_mode, chunk_size=chunk_size, **extra,
+        )
+        # The classification norm is not part of the pyramid; an unused parameter would break DDP.
+        self.model.norm = nn.Identity()
+        self.arch = arch
+        self.out_indices = out_indices
+        self.num_features = [self.model.feature_info[i]["num_chs"] for i in out_indices]
+        self.out_norms = nn.ModuleList(
+            LayerNorm2d(c, eps=1e-6) if out_norm else nn.Identity() for c in self.num_features
+        )
+        self.train_mode, self.test_mode, self.chunk_size = train_mode, test_mode, chunk_size
+        self.frozen_stages = frozen_stages
+        self.norm_eval = norm_eval
+        self._freeze_stages()
+
+    # ------------------------------------------------------------------------------------------
+    # Freezing and modes
+    # ------------------------------------------------------------------------------------------
+
+    def _frozen_modules(self) -> list[nn.Module]:
+        if self.frozen_stages < 0:
+            return []
+        modules = [self.model.stem]
+        for i in range(self.frozen_stages):
+            modules += [self.model.downsamples[i], self.model.stages[i]]
+        return modules
+
+    def _freeze_stages(self) -> None:
+        for module in self._frozen_modules():
+            module.eval()
+            for param in module.parameters():
+                param.requires_grad = False
+
+    def train(self, mode: bool = True) -> HViRBackbone:
+        """Train/eval as usual, then re-freeze frozen stages, apply ``norm_eval`` and pick the
+        retention form (``train_mode`` while training, ``test_mode`` in eval)."""
+        super().train(mode)
+        self._freeze_stages()
+        if mode and self.norm_eval:
+            for module in self.modules():
+                if isinstance(module, _BatchNorm):
+                    module.eval()
+        self.model.set_retention_mode(self.train_mode if mode else self.test_mode, self.chunk_size)
+        return self
+
+    # ------------------------------------------------------------------------------------------
+    # Forward
+    # ------------------------------------------------------------------------------------------
+
+    def forward(self, x: Tensor) -> tuple[Tensor, ...]:
+        """Images (B, C, H, W) → one map per ``out_indices``: (B, C_i, ⌈H/s_i⌉, ⌈W/s_i⌉)."""
+        feats = self.model.forward_intermediates(x, indices=list(self.out_indices), intermediates_only=True)
+        return tuple(norm(f) for norm, f in zip(self.out_norms, feats, strict=True))
+
+    # ------------------------------------------------------------------------------------------
+    # Pretrained weights
+    # ------------------------------------------------------------------------------------------
+
+    def init_weights(self) -> None:
+        """Load ``init_cfg``'s checkpoint strictly, or keep the constructor's initialisation.
+
+        mmengine's generic ``Pretrained`` initialiser loads with ``strict=False`` and only logs
+        what did not match, which hides a wrong file; this one raises instead.
+        """
+        checkpoint = (self.init_cfg or {}).get("checkpoint")
+        if not checkpoint:  # no init_cfg, or the configs' placeholder checkpoint=None: train from scratch
+            MMLogger.get_current_instance().info("HViRBackbone: no pretrained checkpoint, random initialisation")
+            return
+        report = self.load_pretrained(checkpoint, prefix=self.init_cfg.get("prefix"))
+        MMLogger.get_current_instance().info(
+            f"HViRBackbone: loaded {report['loaded']} tensors from {checkpoint}; ignored classifier-only"
+            f" keys {report['ignored']}"
+        )
+        self._is_init = True
+
+    def load_pretrained(self, path: str, prefix: str | None = None) -> dict:
+        """Load an exported H-ViR state_dict (tensors only) into the backbone.
+
+        Returns ``{"loaded": n, "ignored": [...]}``. Raises ValueError when a key the backbone
+        needs is missing, when the file has keys the backbone does not know, or when shapes differ
+        (another ``arch``); the message names the first offending keys.
+        """
+        state = read_state_dict(path)
+        if prefix:
+            state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+            if not state:
+                raise ValueError(f"{path!r} has no keys starting with prefix={prefix!r}")
+        ignored = sorted(k for k in state if k.startswith(CLASSIFIER_ONLY_PREFIXES))
+        state = {k: v for k, v in state.items() if k not in set(ignored)}
+        own = self.model.state_dict()
+        missing = sorted(set(own) - set(state))
+        unexpected = sorted(set(state) - set(own))
+        mismatched = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+        problems = []
+        if missing:
+            problems.append(f"missing {len(missing)} keys (first: {missing[:4]})")
+        if unexpected:
+            problems.append(f"unexpected {len(unexpected)} keys (first: {unexpected[:4]})")
+        if mismatched:
+            shapes = ", ".join(f"{k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in mismatched[:3])
+            problems.append(f"shape mismatch {shapes}")
+        if problems:
+            raise ValueError(
+                f"{path!r} does not fit HViRBackbone(arch={self.arch!r}): {'; '.join(problems)}. Export the"
+                " backbone with `python -m vir_lightning export-backbone CKPT OUT` from a checkpoint of the"
+                " same arch, or set init_cfg.prefix to the backbone's key prefix"
+            )
+        with torch.no_grad():
+            self.model.load_state_dict(state, strict=True)
+        return {"loaded": len(state), "ignored": ignored}
+
+
+def _register() -> None:
+    """Register in every OpenMMLab registry that is installed (mmdet, mmseg or both)."""
+    registered = []
+    for registry_module in ("mmdet.registry", "mmseg.registry"):
+        try:
+            registry = __import__(registry_module, fromlist=["MODELS"]).MODELS
+        except ImportError:
+            continue
+        registry.register_module(name="HViRBackbone", module=HViRBackbone, force=True)
+        registered.append(registry_module)
+    if not registered:
+        raise ImportError(
+            "neither mmdet nor mmseg is installed; install the OpenMMLab tier with `make mm`"
+            " (downstream/install_mm.sh) to use HViRBackbone"
+        )
+
+
+_register()

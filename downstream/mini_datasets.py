@@ -1,0 +1,178 @@
+"""Build small COCO-instance and ADE20K-layout datasets from real pixels that ship with packages.
+
+No COCO or ADE20K images may be downloaded here, so the smoke sets are *real pixels in a constructed
+layout*: Fashion-MNIST garments (Debian's ``dataset-fashion-mnist``) scaled up and pasted onto crops
+of the photos matplotlib ships (``grace_hopper.jpg``, ``Minduka_Present_Blue_Pack.png``). Each garment's
+mask is its own foreground (pixels above a threshold), so the instance masks, boxes and the semantic
+map are exact. Objects sit in separate cells of a grid, so they never overlap.
+
+Layouts written (the standard ones the configs expect)::
+
+    OUT/coco/{train2017,val2017}/000000000001.jpg …
+    OUT/coco/annotations/instances_{train2017,val2017}.json       (polygons, iscrowd 0)
+    OUT/ade/ADEChallengeData2016/images/{training,validation}/ADE_train_00000001.jpg …
+    OUT/ade/ADEChallengeData2016/annotations/{training,validation}/ADE_train_00000001.png
+
+ADE20K's PNGs use 0 = "other" (ignored: the configs load them with ``reduce_zero_label=True``),
+1 = the photo background and 2…11 = the ten garment classes, so the segmentation set has 11 classes
+(``ADE_CLASSES``) and detection has 10 (``COCO_CLASSES``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+import cv2
+import numpy as np
+
+from vir_lightning.data.fashion_mnist import DEBIAN_ROOT, FILES, read_idx
+from vir_lightning.io import atomic_output
+
+COCO_CLASSES = ("tshirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot")
+ADE_CLASSES = ("background", *COCO_CLASSES)
+PHOTOS = ("grace_hopper.jpg", "Minduka_Present_Blue_Pack.png")
+FOREGROUND_THRESHOLD = 40  # Fashion-MNIST background is exactly 0; garments are far brighter
+
+
+def _photos() -> list[np.ndarray]:
+    try:
+        from matplotlib import cbook
+    except ImportError:  # pragma: no cover - matplotlib comes with mmdet
+        raise ImportError("matplotlib (installed with mmdet) provides the background photos; run `make mm`") from None
+    photos = []
+    for name in PHOTOS:
+        path = cbook.get_sample_data(name, asfileobj=False)
+        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if image is None:
+            raise FileNotFoundError(f"matplotlib's sample photo {path} could not be read")
+        photos.append(image)
+    return photos
+
+
+def _garments(root: str) -> tuple[np.ndarray, np.ndarray]:
+    path = os.path.join(root, FILES["test_images"])
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"Fashion-MNIST not found in {root!r}; run `sudo apt-get install dataset-fashion-mnist`"
+            " or pass --fmnist-root"
+        )
+    return read_idx(path), read_idx(os.path.join(root, FILES["test_labels"]))
+
+
+def compose(rng: np.random.Generator, photos, garments, labels, size: tuple[int, int], grid=(2, 3), max_objects=4):
+    """One image: a random photo crop with 1…max_objects garments pasted into distinct grid cells.
+
+    Returns ``(image HxWx3 uint8 BGR, [(class_index, mask HxW bool), …])``.
+    """
+    height, width = size
+    photo = photos[rng.integers(len(photos))]
+    scale = max(height / photo.shape[0], width / photo.shape[1]) * rng.uniform(1.0, 1.6)
+    resized = cv2.resize(photo, (int(np.ceil(photo.shape[1] * scale)), int(np.ceil(photo.shape[0] * scale))))
+    top = rng.integers(resized.shape[0] - height + 1)
+    left = rng.integers(resized.shape[1] - width + 1)
+    image = resized[top : top + height, left : left + width].copy()
+    if rng.random() < 0.5:
+        image = image[:, ::-1].copy()
+
+    rows, cols = grid
+    cell_h, cell_w = height // rows, width // cols
+    cells = rng.choice(rows * cols, size=rng.integers(1, max_objects + 1), replace=False)
+    objects = []
+    for cell in cells:
+        index = rng.integers(len(labels))
+        side = int(min(cell_h, cell_w) * rng.uniform(0.6, 0.95))
+        garment = cv2.resize(garments[index], (side, side), interpolation=cv2.INTER_LINEAR)
+        mask_patch = garment > FOREGROUND_THRESHOLD
+        y = (cell // cols) * cell_h + rng.integers(cell_h - side + 1)
+        x = (cell % cols) * cell_w + rng.integers(cell_w - side + 1)
+        tint = rng.uniform(0.5, 1.0, size=3)  # a colour per garment so classes are not just grey levels
+        region = image[y : y + side, x : x + side]
+        region[mask_patch] = (garment[mask_patch, None] * tint).astype(np.uint8)
+        mask = np.zeros((height, width), dtype=bool)
+        mask[y : y + side, x : x + side] = mask_patch
+        objects.append((int(labels[index]), mask))
+    return image, objects
+
+
+def _polygons(mask: np.ndarray) -> list[list[float]]:
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    return [c.reshape(-1).astype(float).tolist() for c in contours if len(c) >= 3]
+
+
+def build_coco(out: str, rng, photos, garments, labels, counts: dict[str, int], size=(240, 320)) -> None:
+    """COCO instance layout under ``out`` (replaced atomically)."""
+    with atomic_output(out, directory=True) as tmp:
+        os.makedirs(os.path.join(tmp, "annotations"))
+        next_image, next_ann = 1, 1
+        for split, count in counts.items():
+            os.makedirs(os.path.join(tmp, split))
+            images, annotations = [], []
+            for _ in range(count):
+                image, objects = compose(rng, photos, garments, labels, size)
+                name = f"{next_image:012d}.jpg"
+                cv2.imwrite(os.path.join(tmp, split, name), image, [cv2.IMWRITE_JPEG_QUALITY, 95])
+                images.append(dict(id=next_image, file_name=name, height=size[0], width=size[1]))
+                for label, mask in objects:
+                    polygons = _polygons(mask)
+                    if not polygons:
+                        continue
+                    ys, xs = np.nonzero(mask)
+                    x0, y0 = int(xs.min()), int(ys.min())
+                    annotations.append(dict(
+                        id=next_ann, image_id=next_image, category_id=label + 1, iscrowd=0,
+                        bbox=[x0, y0, int(xs.max()) - x0 + 1, int(ys.max()) - y0 + 1],
+                        area=float(mask.sum()), segmentation=polygons,
+                    ))
+                    next_ann += 1
+                next_image += 1
+            categories = [dict(id=i + 1, name=name, supercategory="garment") for i, name in enumerate(COCO_CLASSES)]
+            with open(os.path.join(tmp, "annotations", f"instances_{split}.json"), "w") as f:
+                json.dump(dict(images=images, annotations=annotations, categories=categories), f)
+
+
+def build_ade(out: str, rng, photos, garments, labels, counts: dict[str, int], size=(192, 256)) -> None:
+    """ADE20K layout under ``out`` (``…/ADEChallengeData2016``, replaced atomically)."""
+    with atomic_output(out, directory=True) as tmp:
+        for split, count in counts.items():
+            prefix = "ADE_train" if split == "training" else "ADE_val"
+            os.makedirs(os.path.join(tmp, "images", split))
+            os.makedirs(os.path.join(tmp, "annotations", split))
+            for i in range(1, count + 1):
+                image, objects = compose(rng, photos, garments, labels, size)
+                seg = np.ones(size, dtype=np.uint8)  # 1 = background photo
+                for label, mask in objects:
+                    seg[mask] = label + 2
+                cv2.imwrite(os.path.join(tmp, "images", split, f"{prefix}_{i:08d}.jpg"), image)
+                cv2.imwrite(os.path.join(tmp, "annotations", split, f"{prefix}_{i:08d}.png"), seg)
+
+
+def build(out: str, fmnist_root: str = DEBIAN_ROOT, train: int = 16, val: int = 8, seed: int = 0) -> dict[str, str]:
+    """Build both sets under ``out``; returns their roots."""
+    if train < 1 or val < 1:
+        raise ValueError(f"train={train}, val={val}: each split needs at least one image")
+    photos = _photos()
+    garments, labels = _garments(fmnist_root)
+    coco = os.path.join(out, "coco")
+    ade = os.path.join(out, "ade", "ADEChallengeData2016")
+    build_coco(coco, np.random.default_rng(seed), photos, garments, labels, {"train2017": train, "val2017": val})
+    build_ade(ade, np.random.default_rng(seed + 1), photos, garments, labels, {"training": train, "validation": val})
+    return {"coco": coco, "ade": ade}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m vir_lightning build-mini-datasets",
+        description="Build small COCO-instance and ADE20K-layout sets from real pixels shipped with packages.",
+    )
+    parser.add_argument("out", help="output folder (gets coco/ and ade/ADEChallengeData2016/)")
+    parser.add_argument("--train", type=int, default=16, help="training images per set (default 16)")
+    parser.add_argument("--val", type=int, default=8, help="validation images per set (default 8)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--fmnist-root", default=DEBIAN_ROOT, help="folder of the Fashion-MNIST IDX files")
+    args = parser.parse_args(argv)
+    roots = build(args.out, args.fmnist_root, args.train, args.val, args.seed)
+    print(f"COCO layout:   {roots['coco']}  ({len(COCO_CLASSES)} classes: {', '.join(COCO_CLASSES)})")
+    print(f"ADE20K layout: {roots['ade']}  ({len(ADE_CLASSES)} classes: {', '.join(ADE_CLASSES)})")
+    return 0

@@ -1,0 +1,80 @@
+"""``export-backbone``: a Lightning classification checkpoint → a plain tensor state_dict.
+
+The output is what MMDetection/MMSegmentation configs hand to the backbone with
+``init_cfg=dict(type="Pretrained", checkpoint=OUT)``: ``{"state_dict": {name: tensor}, "meta": {...}}``
+with the model's own parameter names (no ``model.`` prefix) and without the classifier head. With
+Lightning's ``EMAWeightAveraging`` the checkpoint's ``state_dict`` already holds the averaged
+weights (the raw ones are under ``current_model_state``), so those are exported.
+Everything is read with ``weights_only=True`` and written atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pickle
+
+import torch
+
+from ..io import atomic_output
+
+HEAD_PREFIX = "head."
+
+
+def read_lightning_checkpoint(path: str) -> dict:
+    """The checkpoint dict, loaded tensors-only (no pickled code runs)."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"checkpoint {path!r} does not exist") from None
+    except (pickle.UnpicklingError, RuntimeError) as err:
+        raise ValueError(f"{path!r} is not a tensors-only checkpoint (refusing to unpickle code): {err}") from None
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
+        raise ValueError(f"{path!r} is not a Lightning checkpoint (no 'state_dict'); it may already be exported")
+    return checkpoint
+
+
+def export_backbone(checkpoint_path: str, out_path: str, keep_head: bool = False) -> dict:
+    """Write the backbone weights of a classification checkpoint to ``out_path``.
+
+    Returns the ``meta`` written: model name, whether the weights are the EMA ones, counts.
+    """
+    checkpoint = read_lightning_checkpoint(checkpoint_path)
+    state = {k[len("model."):]: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
+    if not state:
+        raise ValueError(f"{checkpoint_path!r} has no 'model.*' weights: not an ImageClassifier checkpoint")
+    dropped = [] if keep_head else sorted(k for k in state if k.startswith(HEAD_PREFIX))
+    state = {k: v.detach().clone() for k, v in state.items() if k not in set(dropped)}
+    hparams = checkpoint.get("hyper_parameters", {})
+    meta = {
+        "model_name": str(hparams.get("model_name", "unknown")),
+        "model_kwargs": {str(k): v for k, v in (hparams.get("model_kwargs") or {}).items()},
+        "ema": "current_model_state" in checkpoint,
+        "epoch": int(checkpoint.get("epoch", -1)),
+        "global_step": int(checkpoint.get("global_step", -1)),
+        "tensors": len(state),
+        "parameters": int(sum(v.numel() for v in state.values() if v.is_floating_point())),
+        "dropped": dropped,
+        "source": str(checkpoint_path),
+    }
+    with atomic_output(out_path) as tmp:
+        torch.save({"state_dict": state, "meta": meta}, tmp)
+    return meta
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m vir_lightning export-backbone",
+        description="Turn a Lightning classification checkpoint (EMA weights when present) into a plain"
+        " tensor state_dict for init_cfg=dict(type='Pretrained', checkpoint=OUT).",
+    )
+    parser.add_argument("checkpoint", help="a .ckpt written by `python -m vir_lightning fit`")
+    parser.add_argument("out", help="output .pth")
+    parser.add_argument("--keep-head", action="store_true", help="keep the classifier head (default: dropped)")
+    args = parser.parse_args(argv)
+    meta = export_backbone(args.checkpoint, args.out, args.keep_head)
+    weights = "EMA" if meta["ema"] else "raw (no EMA in this checkpoint)"
+    print(
+        f"wrote {args.out}: {meta['model_name']}, {meta['tensors']} tensors, {meta['parameters']:,} parameters,"
+        f" {weights} weights from epoch {meta['epoch']}; dropped {meta['dropped'] or 'nothing'}"
+    )
+    return 0
