@@ -99,8 +99,14 @@ class HViRBackbone(BaseModule):
             **sizes, num_classes=0, in_chans=in_chans, drop_path_rate=drop_path_rate,
             layer_scale_init=layer_scale_init, retention_mode=train_mode, chunk_size=chunk_size, **extra,
         )
-        # The classification norm is not part of the pyramid; an unused parameter would break DDP.
+        # Parameters that never reach the outputs would break DDP (unused parameters): the
+        # classification norm, and the stages after the last requested one, are removed.
         self.model.norm = nn.Identity()
+        self.unused_prefixes = CLASSIFIER_ONLY_PREFIXES
+        for i in range(max(out_indices) + 1, 4):
+            self.model.stages[i] = nn.Identity()
+            self.model.downsamples[i] = nn.Identity()
+            self.unused_prefixes += (f"stages.{i}.", f"downsamples.{i}.")
         self.arch = arch
         self.out_indices = out_indices
         self.num_features = [self.model.feature_info[i]["num_chs"] for i in out_indices]
@@ -167,15 +173,16 @@ class HViRBackbone(BaseModule):
             return
         report = self.load_pretrained(checkpoint, prefix=self.init_cfg.get("prefix"))
         MMLogger.get_current_instance().info(
-            f"HViRBackbone: loaded {report['loaded']} tensors from {checkpoint}; ignored classifier-only"
-            f" keys {report['ignored']}"
+            f"HViRBackbone: loaded {report['loaded']} tensors from {checkpoint}; ignored {len(report['ignored'])}"
+            f" unused keys (classifier, stages after out_indices): {report['ignored'][:4]}"
         )
         self._is_init = True
 
     def load_pretrained(self, path: str, prefix: str | None = None) -> dict:
         """Load an exported H-ViR state_dict (tensors only) into the backbone.
 
-        Returns ``{"loaded": n, "ignored": [...]}``. Raises ValueError when a key the backbone
+        Returns ``{"loaded": n, "ignored": [...]}``; ignored are the classifier's keys and those of
+        stages after the last of ``out_indices`` (removed from the backbone). Raises ValueError when a key the backbone
         needs is missing, when the file has keys the backbone does not know, or when shapes differ
         (another ``arch``); the message names the first offending keys.
         """
@@ -184,7 +191,7 @@ class HViRBackbone(BaseModule):
             state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
             if not state:
                 raise ValueError(f"{path!r} has no keys starting with prefix={prefix!r}")
-        ignored = sorted(k for k in state if k.startswith(CLASSIFIER_ONLY_PREFIXES))
+        ignored = sorted(k for k in state if k.startswith(self.unused_prefixes))
         state = {k: v for k, v in state.items() if k not in set(ignored)}
         own = self.model.state_dict()
         missing = sorted(set(own) - set(state))

@@ -74,6 +74,10 @@ def test_out_indices_select_stages_and_bad_values_raise():
     model = backbone(out_indices=(1, 3), out_norm=False).eval()
     outs = model(torch.randn(1, 3, 64, 64))
     assert [o.shape[1] for o in outs] == [64, 256] and model.num_features == [64, 256]
+    # stages after the last requested one are removed, so every parameter gets a gradient (DDP)
+    early = backbone(out_indices=(0, 1)).train()
+    sum(o.sum() for o in early(torch.randn(2, 3, 64, 64))).backward()
+    assert all(p.grad is not None for p in early.parameters())
     for bad in [(4,), (1, 1), ()]:
         with pytest.raises(ValueError, match="out_indices"):
             backbone(out_indices=bad)
@@ -168,6 +172,10 @@ def test_init_cfg_raises_on_another_arch_and_on_missing_or_unexpected_keys(tmp_p
     torch.save({**state, "extra.weight": torch.zeros(1)}, tmp_path / "extra.pth")
     with pytest.raises(ValueError, match=r"unexpected 1 keys \(first: \['extra.weight'\]\)"):
         backbone().load_pretrained(str(tmp_path / "extra.pth"))
+    # keys of stages removed by out_indices are ignored, not reported as unexpected
+    torch.save(state, tmp_path / "full.pth")
+    report = backbone(out_indices=(0, 1, 2)).load_pretrained(str(tmp_path / "full.pth"))
+    assert report["ignored"] and all(k.startswith(("stages.3.", "downsamples.3.")) for k in report["ignored"])
     # a detector checkpoint: the backbone under "backbone.model." is selected by prefix
     torch.save({"state_dict": {f"backbone.model.{k}": v for k, v in state.items()}}, tmp_path / "det.pth")
     assert backbone().load_pretrained(str(tmp_path / "det.pth"), prefix="backbone.model.")["loaded"] == len(state)
@@ -254,16 +262,21 @@ def seg_options(root: str, crop=(128, 128)) -> dict:
 NANO = {"model.backbone.arch": "nano"}
 
 
-def test_maskrcnn_config_builds_computes_losses_and_predicts(mini):
+def test_maskrcnn_config_builds_computes_losses_and_predicts(mini, tmp_path):
     from mmdet.registry import DATASETS, MODELS
 
+    source = lightning_style_checkpoint(tmp_path / "fit.ckpt")
+    export_backbone(str(tmp_path / "fit.ckpt"), str(tmp_path / "nano.pth"))
     cfg = Config.fromfile(str(REPO / "configs" / "vir_maskrcnn.py"))
-    cfg.merge_from_dict({**det_options(mini["coco"]), **NANO, "model.neck.in_channels": NANO_WIDTHS})
+    cfg.merge_from_dict({**det_options(mini["coco"]), **NANO, "model.neck.in_channels": NANO_WIDTHS,
+                         "model.backbone.init_cfg.checkpoint": str(tmp_path / "nano.pth")})
     init_default_scope("mmdet")
     dataset = DATASETS.build(cfg.train_dataloader.dataset)
     model = MODELS.build(cfg.model)
-    model.init_weights()
+    model.init_weights()  # the detector's init reaches the backbone's strict loader
     assert isinstance(model.backbone, HViRBackbone)
+    assert torch.equal(model.backbone.model.stages[2].blocks[0].retention.qkv.weight,
+                       source.stages[2].blocks[0].retention.qkv.weight)
     data = model.data_preprocessor(pseudo_collate([dataset[0], dataset[1]]), training=True)
     losses = model(**data, mode="loss")
     total = sum(v for k, v in losses.items() if "loss" in k for v in (v if isinstance(v, list) else [v]))
