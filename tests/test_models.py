@@ -232,7 +232,7 @@ def test_forward_intermediates_returns_patch_grids():
     assert torch.allclose(final, model.forward_features(x))
     only = model.forward_intermediates(x, indices=2, output_fmt="NLC", intermediates_only=True, norm=True)
     assert [f.shape for f in only] == [(2, 20, 24)] * 2
-    with pytest.raises(ValueError, match=r"indices=\[5\] out of range for 3 blocks"):
+    with pytest.raises(ValueError, match=r"indices=\[5\] is invalid; there are blocks 0..2"):
         model.forward_intermediates(x, indices=[5])
 
 

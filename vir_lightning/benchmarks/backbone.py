@@ -16,8 +16,7 @@ import os
 import platform
 import sys
 
-from ..io import write_csv_atomically
-from .measure import measure, run_isolated
+from .measure import add_measure_args, measure, run_isolated, write_results_csv
 
 MODE_CHOICES = ("parallel", "chunkwise", "recurrent")
 
@@ -50,11 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--modes", nargs="+", choices=MODE_CHOICES, default=["parallel", "chunkwise"])
     p.add_argument("--directions", type=int, nargs="+", default=[0], help="2D decay directions (0 = model default)")
     p.add_argument("--chunk-size", type=int, default=None, help="chunkwise chunk size in grid rows")
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--min-seconds", type=float, default=1.0)
-    p.add_argument("--csv", default=None, help="also write the results to this CSV file (atomically)")
-    p.add_argument("--worker", help=argparse.SUPPRESS)
+    add_measure_args(p)
     return p
 
 
@@ -105,9 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     if rows and "grids" in rows[0]:
         print(f"stage grids: {rows[0]['grids']}")
     if args.csv:
-        fields = sorted({key for row in rows for key in row})
-        write_csv_atomically(args.csv, fields, ([row.get(k, "") for k in fields] for row in rows))
-        print(f"wrote {args.csv}")
+        write_results_csv(args.csv, rows)
     return 0
 
 

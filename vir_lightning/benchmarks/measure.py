@@ -8,6 +8,7 @@ Time is the median of several calls after a warm-up call, with the spread (minâ€
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import resource
@@ -16,6 +17,8 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+
+from ..io import write_csv_atomically
 
 
 def rss_bytes() -> int:
@@ -79,3 +82,19 @@ def run_isolated(module: str, cfg: dict) -> dict:
         oom = proc.returncode < 0 or "out of memory" in proc.stderr.lower()
         return {"error": "OOM" if oom else f"failed: {tail[0]}"}
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def add_measure_args(parser: argparse.ArgumentParser, repeats: int = 3) -> None:
+    """The options every benchmark shares: threads, repeats, minimum time, CSV, worker mode."""
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--repeats", type=int, default=repeats, help="timed calls at least (after one warm-up call)")
+    parser.add_argument("--min-seconds", type=float, default=1.0, help="keep timing until this much time passed")
+    parser.add_argument("--csv", default=None, help="also write the results to this CSV file (atomically)")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+
+
+def write_results_csv(path: str, rows: list[dict]) -> None:
+    """One row per configuration, the union of all keys as columns, written atomically."""
+    fields = sorted({key for row in rows for key in row})
+    write_csv_atomically(path, fields, ([row.get(k, "") for k in fields] for row in rows))
+    print(f"wrote {path}")

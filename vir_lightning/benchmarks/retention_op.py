@@ -16,8 +16,7 @@ import os
 import platform
 import sys
 
-from ..io import write_csv_atomically
-from .measure import measure, run_isolated
+from .measure import add_measure_args, measure, run_isolated, write_results_csv
 
 MODE_CHOICES = ("parallel", "chunkwise", "recurrent")
 
@@ -66,12 +65,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--head-dim", type=int, default=64)
     p.add_argument("--chunk-size", type=int, default=None, help="tokens (1D) / grid rows (2D); default per op")
     p.add_argument("--dtype", choices=("float32", "float64", "bfloat16"), default="float32")
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    p.add_argument("--repeats", type=int, default=3, help="timed calls at least (after one warm-up call)")
-    p.add_argument("--min-seconds", type=float, default=1.0, help="keep timing until this much time passed")
     p.add_argument("--max-memory-gb", type=float, default=12.0, help="skip configurations predicted above this")
-    p.add_argument("--csv", default=None, help="also write the results to this CSV file (atomically)")
-    p.add_argument("--worker", help=argparse.SUPPRESS)
+    add_measure_args(p)
     return p
 
 
@@ -122,9 +117,7 @@ def main(argv: list[str] | None = None) -> int:
                 ratio = by_tokens[b]["time_ms"] / by_tokens[a]["time_ms"]
                 print(f"{decay} {mode}: time({b})/time({a}) = {ratio:.2f}  (token ratio {b / a:g})")
     if args.csv:
-        fields = sorted({key for row in rows for key in row})
-        write_csv_atomically(args.csv, fields, ([row.get(k, "") for k in fields] for row in rows))
-        print(f"wrote {args.csv}")
+        write_results_csv(args.csv, rows)
     return 0
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from .blocks import RetentionBlock
-from .layers import DropPath, init_linear_trunc_normal, to_2tuple
+from .layers import DropPath, init_linear_trunc_normal, resolve_indices, to_2tuple
 from .registry import register_model
 from .retention_layer import RetentionModeMixin
 
@@ -199,7 +199,7 @@ class HybridViR(RetentionModeMixin, nn.Module):
         Returns:
             ``intermediates`` or ``(final normalised map, intermediates)``.
         """
-        wanted = self._stage_indices(indices)
+        wanted = resolve_indices(indices, 4, "stages")
         if output_fmt != "NCHW":
             raise ValueError(f"output_fmt={output_fmt!r}; H-ViR stages are maps, use 'NCHW'")
         self._check_input(x)
@@ -212,19 +212,6 @@ class HybridViR(RetentionModeMixin, nn.Module):
             if intermediates_only and i >= max(wanted):
                 return intermediates
         return intermediates if intermediates_only else (self.norm(x), intermediates)
-
-    @staticmethod
-    def _stage_indices(indices: int | list[int] | tuple[int, ...] | None) -> list[int]:
-        if indices is None:
-            return [0, 1, 2, 3]
-        if isinstance(indices, int):
-            if not 1 <= indices <= 4:
-                raise ValueError(f"indices={indices} is invalid; expected 1..4 (the last n stages)")
-            return list(range(4 - indices, 4))
-        wanted = [i + 4 if i < 0 else i for i in indices]
-        if not wanted or any(not 0 <= i < 4 for i in wanted):
-            raise ValueError(f"indices={list(indices)} is invalid; H-ViR has stages 0..3")
-        return wanted
 
     # ------------------------------------------------------------------------------------------
     # timm-style utilities

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor, nn
 
@@ -13,6 +15,21 @@ def to_2tuple(value) -> tuple[int, int]:
     if isinstance(value, (tuple, list)) and len(value) == 2:
         return (int(value[0]), int(value[1]))
     raise ValueError(f"expected an int or a pair of ints, got {value!r}")
+
+
+def resolve_indices(indices: int | Sequence[int] | None, count: int, what: str = "blocks") -> list[int]:
+    """``forward_intermediates``' ``indices``: ``None`` = all ``count``, int n = the last n,
+    a list = those positions (negative counts from the end). Raises ValueError when out of range."""
+    if indices is None:
+        return list(range(count))
+    if isinstance(indices, int):
+        if not 1 <= indices <= count:
+            raise ValueError(f"indices={indices} is invalid; expected 1..{count} (the last n {what})")
+        return list(range(count - indices, count))
+    wanted = [i + count if i < 0 else i for i in indices]
+    if not wanted or any(not 0 <= i < count for i in wanted):
+        raise ValueError(f"indices={list(indices)} is invalid; there are {what} 0..{count - 1}")
+    return wanted
 
 
 class DropPath(nn.Module):

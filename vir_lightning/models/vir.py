@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from .blocks import RetentionBlock
-from .layers import PatchEmbed, init_linear_trunc_normal, to_2tuple
+from .layers import PatchEmbed, init_linear_trunc_normal, resolve_indices, to_2tuple
 from .pos_embed import infer_grid_shape, resize_pos_embed
 from .registry import register_model
 from .retention_layer import RetentionModeMixin
@@ -224,17 +224,7 @@ class VisionRetention(RetentionModeMixin, nn.Module):
         Returns:
             ``intermediates`` or ``(final normalised tokens, intermediates)``.
         """
-        depth = len(self.blocks)
-        if indices is None:
-            wanted = list(range(depth))
-        elif isinstance(indices, int):
-            if not 1 <= indices <= depth:
-                raise ValueError(f"indices={indices} is invalid; expected 1..{depth} (the last n blocks)")
-            wanted = list(range(depth - indices, depth))
-        else:
-            wanted = [i + depth if i < 0 else i for i in indices]
-            if any(not 0 <= i < depth for i in wanted):
-                raise ValueError(f"indices={indices} out of range for {depth} blocks")
+        wanted = resolve_indices(indices, len(self.blocks), "blocks")
         if output_fmt not in ("NCHW", "NLC"):
             raise ValueError(f"output_fmt={output_fmt!r}; expected 'NCHW' or 'NLC'")
 

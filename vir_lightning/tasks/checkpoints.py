@@ -11,17 +11,21 @@ from torch import nn
 log = logging.getLogger(__name__)
 
 
-def read_state_dict(path: str) -> dict[str, torch.Tensor]:
-    """Tensors of a plain state_dict file or of a Lightning checkpoint (prefix ``model.`` removed).
-
-    Loaded with ``weights_only=True``: a file that needs arbitrary unpickling is refused.
-    """
+def load_tensors_only(path: str):
+    """``torch.load(weights_only=True)`` on the CPU, with one clear error for a missing file or a
+    file that needs arbitrary unpickling (refused: no pickled code ever runs)."""
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise FileNotFoundError(f"checkpoint {path!r} does not exist") from None
     except (pickle.UnpicklingError, RuntimeError) as err:
         raise ValueError(f"{path!r} is not a tensors-only checkpoint (refusing to unpickle code): {err}") from None
+
+
+def read_state_dict(path: str) -> dict[str, torch.Tensor]:
+    """Tensors of a plain state_dict file or of a Lightning checkpoint (prefix ``model.`` removed),
+    read with :func:`load_tensors_only`."""
+    obj = load_tensors_only(path)
     state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{path!r} holds no state_dict of tensors")

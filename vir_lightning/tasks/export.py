@@ -11,23 +11,18 @@ Everything is read with ``weights_only=True`` and written atomically.
 from __future__ import annotations
 
 import argparse
-import pickle
 
 import torch
 
 from ..io import atomic_output
+from .checkpoints import load_tensors_only
 
 HEAD_PREFIX = "head."
 
 
 def read_lightning_checkpoint(path: str) -> dict:
     """The checkpoint dict, loaded tensors-only (no pickled code runs)."""
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"checkpoint {path!r} does not exist") from None
-    except (pickle.UnpicklingError, RuntimeError) as err:
-        raise ValueError(f"{path!r} is not a tensors-only checkpoint (refusing to unpickle code): {err}") from None
+    checkpoint = load_tensors_only(path)
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
         raise ValueError(f"{path!r} is not a Lightning checkpoint (no 'state_dict'); it may already be exported")
     return checkpoint
