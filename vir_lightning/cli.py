@@ -7,9 +7,9 @@ not training runs (benchmarks, …) are plain commands registered in ``TOOLS``.
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
-from collections.abc import Callable
 
 LIGHTNING_SUBCOMMANDS = {
     "fit": "train (and validate) a model; `--test_after_fit true` then tests the best checkpoint",
@@ -19,36 +19,17 @@ LIGHTNING_SUBCOMMANDS = {
 }
 
 
-def _bench_retention(argv: list[str]) -> int:
-    from .benchmarks.retention_op import main as bench_main
-
-    return bench_main(argv)
-
-
-def _bench_backbone(argv: list[str]) -> int:
-    from .benchmarks.backbone import main as bench_main
-
-    return bench_main(argv)
-
-
-def _export_backbone(argv: list[str]) -> int:
-    from .tasks.export import main as export_main
-
-    return export_main(argv)
-
-
-def _build_mini_datasets(argv: list[str]) -> int:
-    from downstream.mini_datasets import main as build_main
-
-    return build_main(argv)
-
-
-#: command → (handler, one-line help).
-TOOLS: dict[str, tuple[Callable[[list[str]], int], str]] = {
-    "bench-retention": (_bench_retention, "time and peak memory of the retention op per mode and length"),
-    "bench-backbone": (_bench_backbone, "H-ViR feature-pyramid forward time and memory per retention mode"),
-    "export-backbone": (_export_backbone, "classification checkpoint → tensor state_dict for mmdet/mmseg init_cfg"),
-    "build-mini-datasets": (_build_mini_datasets, "small COCO/ADE20K-layout sets from real pixels (mm smoke tests)"),
+#: command → (module whose ``main(argv) -> int`` runs it, one-line help). Imported only when run,
+#: so ``--help`` and the training subcommands never pay for the tools' imports.
+TOOLS: dict[str, tuple[str, str]] = {
+    "bench-retention": (
+        "vir_lightning.benchmarks.retention_op", "time and peak memory of the retention op per mode and length"),
+    "bench-backbone": (
+        "vir_lightning.benchmarks.backbone", "H-ViR feature-pyramid forward time and memory per retention mode"),
+    "export-backbone": (
+        "vir_lightning.tasks.export", "classification checkpoint → tensor state_dict for mmdet/mmseg init_cfg"),
+    "build-mini-datasets": (
+        "downstream.mini_datasets", "small COCO/ADE20K-layout sets from real pixels (mm smoke tests)"),
 }
 
 
@@ -118,9 +99,9 @@ def run_lightning(argv: list[str] | None) -> int:
 
 def _usage() -> str:
     lines = ["usage: python -m vir_lightning <command> [options]", "", "training (LightningCLI; add --help):"]
-    lines += [f"  {name:<18} {text}" for name, text in LIGHTNING_SUBCOMMANDS.items()]
+    lines += [f"  {name:<20} {text}" for name, text in LIGHTNING_SUBCOMMANDS.items()]
     lines += ["", "tools:"]
-    lines += [f"  {name:<18} {text}" for name, (_, text) in TOOLS.items()]
+    lines += [f"  {name:<20} {text}" for name, (_, text) in TOOLS.items()]
     lines += ["", "example: python -m vir_lightning fit --config configs/quickstart.yaml"]
     return "\n".join(lines)
 
@@ -136,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         return run_lightning(None if from_command_line else argv)
     if command in TOOLS:
         try:
-            return TOOLS[command][0](rest)
+            return importlib.import_module(TOOLS[command][0]).main(rest)
         except (ValueError, FileNotFoundError, ImportError) as err:
             if os.environ.get("VIR_DEBUG"):
                 raise
