@@ -18,7 +18,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from .blocks import RetentionBlock
-from .layers import DropPath, init_linear_trunc_normal, resolve_indices, to_2tuple
+from .layers import ClassifierHeadMixin, DropPath, init_linear_trunc_normal, resolve_indices, to_2tuple
 from .registry import register_model
 from .retention_layer import RetentionModeMixin
 
@@ -66,7 +66,7 @@ class RetentionStage(nn.Module):
         return tokens.transpose(1, 2).reshape(batch, channels, height, width)
 
 
-class HybridViR(RetentionModeMixin, nn.Module):
+class HybridViR(RetentionModeMixin, ClassifierHeadMixin, nn.Module):
     """H-ViR: conv stages 1–2, 2D-retention stages 3–4, features at strides 4/8/16/32.
 
     Args:
@@ -223,14 +223,6 @@ class HybridViR(RetentionModeMixin, nn.Module):
         """Every bias, norm weight and LayerScale (all parameters with fewer than 2 dimensions)."""
         return {n for n, p in self.named_parameters() if p.ndim <= 1}
 
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int) -> None:
-        """Replace the head with a fresh one for ``num_classes`` outputs (0 = no head)."""
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-        init_linear_trunc_normal(self.head)
 
 
 def hvir_from_arch(arch: str, **overrides) -> HybridViR:

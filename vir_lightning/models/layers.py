@@ -118,3 +118,16 @@ def init_linear_trunc_normal(module: nn.Module, std: float = 0.02) -> None:
             nn.init.trunc_normal_(m.weight, std=std, a=-2 * std, b=2 * std)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
+
+
+class ClassifierHeadMixin:
+    """timm's ``get_classifier`` / ``reset_classifier`` for models with ``head`` on ``num_features``."""
+
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace the head with a fresh one for ``num_classes`` outputs (0 = no head)."""
+        self.num_classes = num_classes
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        init_linear_trunc_normal(self.head)

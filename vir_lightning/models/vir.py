@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from .blocks import RetentionBlock
-from .layers import PatchEmbed, init_linear_trunc_normal, resolve_indices, to_2tuple
+from .layers import ClassifierHeadMixin, PatchEmbed, init_linear_trunc_normal, resolve_indices, to_2tuple
 from .pos_embed import infer_grid_shape, resize_pos_embed
 from .registry import register_model
 from .retention_layer import RetentionModeMixin
@@ -32,7 +32,7 @@ POOLINGS = ("token_last", "token_first", "avg")
 DECAYS = ("1d", "2d")
 
 
-class VisionRetention(RetentionModeMixin, nn.Module):
+class VisionRetention(RetentionModeMixin, ClassifierHeadMixin, nn.Module):
     """Isotropic ViR.
 
     Args:
@@ -252,14 +252,6 @@ class VisionRetention(RetentionModeMixin, nn.Module):
         names = {"pos_embed"} | ({"cls_token"} if self.cls_token is not None else set())
         return names | {n for n, p in self.named_parameters() if p.ndim <= 1}
 
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int) -> None:
-        """Replace the head with a fresh one for ``num_classes`` outputs (0 = no head)."""
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-        init_linear_trunc_normal(self.head)
 
     def _resize_pos_embed_on_load(self, module, state_dict, prefix, *args) -> None:
         """Load hook: a checkpoint trained at another resolution gets its position embedding
