@@ -103,6 +103,7 @@ def _polygons(mask: np.ndarray) -> list[list[float]]:
 
 def build_coco(out: str, rng, photos, garments, labels, counts: dict[str, int], size=(240, 320)) -> None:
     """COCO instance layout under ``out`` (replaced atomically)."""
+    categories = [dict(id=i + 1, name=name, supercategory="garment") for i, name in enumerate(COCO_CLASSES)]
     with atomic_output(out, directory=True) as tmp:
         os.makedirs(os.path.join(tmp, "annotations"))
         next_image, next_ann = 1, 1
@@ -127,7 +128,6 @@ def build_coco(out: str, rng, photos, garments, labels, counts: dict[str, int], 
                     ))
                     next_ann += 1
                 next_image += 1
-            categories = [dict(id=i + 1, name=name, supercategory="garment") for i, name in enumerate(COCO_CLASSES)]
             with open(os.path.join(tmp, "annotations", f"instances_{split}.json"), "w") as f:
                 json.dump(dict(images=images, annotations=annotations, categories=categories), f)
 

@@ -26,7 +26,7 @@ from mmengine.registry import init_default_scope  # noqa: E402
 from downstream.hvir_backbone import HViRBackbone  # noqa: E402
 from downstream.mini_datasets import ADE_CLASSES, COCO_CLASSES, build  # noqa: E402
 from downstream.safe_checkpoints import history_buffer_statistic  # noqa: E402
-from vir_lightning.models import HybridViR  # noqa: E402
+from vir_lightning.models import create_model  # noqa: E402
 from vir_lightning.tasks.export import export_backbone  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -139,8 +139,7 @@ def test_train_uses_train_mode_and_eval_uses_test_mode_with_equal_outputs():
 def lightning_style_checkpoint(path, arch="nano", seed=1, num_classes=10):
     """What `fit` writes, reduced to what export reads: model.* tensors and the hyper-parameters."""
     torch.manual_seed(seed)
-    model = HybridViR(**{**dict(dim=32, depths=(1, 1, 2, 2), num_heads=(2, 4)), "num_classes": num_classes}) \
-        if arch == "nano" else HybridViR(num_classes=num_classes)
+    model = create_model(f"hvir_{arch}", num_classes=num_classes)
     state = {f"model.{k}": v for k, v in model.state_dict().items()}
     torch.save({"state_dict": state, "hyper_parameters": {"model_name": f"hvir_{arch}"}, "epoch": 3}, path)
     return model

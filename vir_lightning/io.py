@@ -31,7 +31,10 @@ def atomic_output(path: str, directory: bool = False) -> Iterator[str]:
             shutil.rmtree(path)
         os.replace(tmp, path)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True) if directory else os.unlink(tmp)
+        if directory:
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            os.unlink(tmp)
         raise
 
 

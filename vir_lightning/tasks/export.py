@@ -38,6 +38,7 @@ def export_backbone(checkpoint_path: str, out_path: str, keep_head: bool = False
     if not state:
         raise ValueError(f"{checkpoint_path!r} has no 'model.*' weights: not an ImageClassifier checkpoint")
     dropped = [] if keep_head else sorted(k for k in state if k.startswith(HEAD_PREFIX))
+    # clone: a tensor that is a view would otherwise be saved with its whole shared storage
     state = {k: v.detach().clone() for k, v in state.items() if k not in set(dropped)}
     hparams = checkpoint.get("hyper_parameters", {})
     meta = {
