@@ -6,8 +6,8 @@ checkpoints hold more than tensors: the message hub's ``HistoryBuffer`` objects 
 dict of *bound statistics methods* that pickle writes as ``getattr(HistoryBuffer, "mean")``), plus numpy
 scalars in the metadata. Loading them fails with "Unsupported global".
 
-The fix here keeps the safe unpickler and extends its allowlist, never falls back to
-``weights_only=False``:
+The fix here keeps the safe unpickler and extends its allowlist; it never turns weights-only
+loading off:
 
 * numpy's array/scalar reconstruction and dtype classes (data, not code);
 * ``mmengine.logging.HistoryBuffer`` (a plain container; no custom ``__setstate__``);
