@@ -145,8 +145,12 @@ def test_chunkwise_and_recurrent_never_build_a_token_by_token_matrix(grid_shape,
     with LargestTensor() as probe:
         retention(q, k, v, rates, mode=mode, chunk_size=chunk_size, grid_shape=grid_shape, directions=directions)
     io_size = batch * heads * tokens * head_dim
-    cols = 1 if grid_shape is None else grid_shape[1]
-    chunk_tokens = chunk_size * cols
-    bound = max(io_size, batch * heads * chunk_tokens**2, batch * heads * cols * head_dim**2)
+    if grid_shape is None:
+        # 1D chunks are batched: one chunk×chunk score block per chunk, one d×d state per chunk.
+        num_chunks = -(-tokens // chunk_size)
+        bound = max(io_size, batch * heads * tokens * chunk_size, batch * heads * (num_chunks + 1) * head_dim**2)
+    else:
+        chunk_tokens = chunk_size * grid_shape[1]
+        bound = max(io_size, batch * heads * chunk_tokens**2, batch * heads * grid_shape[1] * head_dim**2)
     assert probe.largest <= bound
     assert probe.largest < tokens * tokens  # far from N×N

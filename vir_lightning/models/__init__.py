@@ -1,5 +1,7 @@
 """Model families. Pure PyTorch: no Lightning, OpenMMLab or distribution code in here."""
 
+from . import vit  # noqa: F401  (registers the vit_* baselines)
+from .attention import MultiHeadAttention
 from .blocks import RetentionBlock
 from .hvir import ARCH_ZOO as HVIR_ARCH_ZOO
 from .hvir import HybridViR
@@ -11,6 +13,7 @@ __all__ = [
     "ARCH_ZOO",
     "HVIR_ARCH_ZOO",
     "HybridViR",
+    "MultiHeadAttention",
     "MultiHeadRetention",
     "RetentionBlock",
     "RetentionModeMixin",

@@ -1,11 +1,14 @@
-"""The pre-norm retention block shared by ViR and the retention stages of H-ViR."""
+"""The pre-norm block shared by ViR, the retention stages of H-ViR and the ViT baseline."""
 
 from __future__ import annotations
 
 from torch import Tensor, nn
 
+from .attention import MultiHeadAttention
 from .layers import DropPath, LayerScale, Mlp
 from .retention_layer import MultiHeadRetention
+
+TOKEN_MIXERS = ("retention", "attention")
 
 
 class RetentionBlock(nn.Module):
@@ -18,7 +21,11 @@ class RetentionBlock(nn.Module):
         drop_path: stochastic-depth probability of this block.
         layer_scale_init: LayerScale initial value (``None`` disables LayerScale).
         drop: dropout inside the MLP.
-        **retention_kwargs: passed to :class:`MultiHeadRetention` (decay_schedule, mode, …).
+        token_mixer: ``"retention"`` (:class:`MultiHeadRetention`, attribute ``retention``) or
+            ``"attention"`` (:class:`MultiHeadAttention` through SDPA, attribute ``attn``): the ViT
+            baseline, identical otherwise.
+        **retention_kwargs: passed to :class:`MultiHeadRetention` (decay_schedule, mode, …); with
+            attention only ``qkv_bias`` is used.
     """
 
     def __init__(
@@ -29,12 +36,19 @@ class RetentionBlock(nn.Module):
         drop_path: float = 0.0,
         layer_scale_init: float | None = 1e-5,
         drop: float = 0.0,
+        token_mixer: str = "retention",
         **retention_kwargs,
     ):
         super().__init__()
+        if token_mixer not in TOKEN_MIXERS:
+            raise ValueError(f"token_mixer={token_mixer!r} is unknown; expected one of {TOKEN_MIXERS}")
         scale = (lambda: LayerScale(dim, layer_scale_init)) if layer_scale_init else nn.Identity
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
-        self.retention = MultiHeadRetention(dim, num_heads, **retention_kwargs)
+        self.token_mixer = token_mixer
+        if token_mixer == "retention":
+            self.retention = MultiHeadRetention(dim, num_heads, **retention_kwargs)
+        else:
+            self.attn = MultiHeadAttention(dim, num_heads, qkv_bias=retention_kwargs.get("qkv_bias", True))
         self.ls1 = scale()
         self.drop_path1 = DropPath(drop_path)
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
@@ -43,5 +57,6 @@ class RetentionBlock(nn.Module):
         self.drop_path2 = DropPath(drop_path)
 
     def forward(self, x: Tensor, grid_shape: tuple[int, int] | None = None, cls_token: bool = False) -> Tensor:
-        x = x + self.drop_path1(self.ls1(self.retention(self.norm1(x), grid_shape, cls_token)))
+        mixer = self.retention if self.token_mixer == "retention" else self.attn
+        x = x + self.drop_path1(self.ls1(mixer(self.norm1(x), grid_shape, cls_token)))
         return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..retention import check_mode, decay_rates_for, retention, retention_decay_matrix
@@ -49,6 +50,8 @@ class MultiHeadRetention(nn.Module):
         self.softmax_retention = softmax_retention
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
+        # Per output row of qkv: head_dim^−½ for q, 1 for k and v. Not saved: derived from dim.
+        self.register_buffer("qkv_scale", torch.ones(3 * dim).index_fill_(0, torch.arange(dim), self.scale), False)
         self._rates_cache: dict[tuple, Tensor] = {}
         self.set_mode(mode, chunk_size)
 
@@ -73,9 +76,11 @@ class MultiHeadRetention(nn.Module):
     def forward(self, x: Tensor, grid_shape: tuple[int, int] | None = None, cls_token: bool = False) -> Tensor:
         """x: (B, N, dim) → (B, N, dim). ``grid_shape``/``cls_token`` select the 2D decay."""
         batch, tokens, dim = x.shape
-        qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, self.head_dim)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, N, head_dim)
-        q = q * self.scale
+        # q's head_dim^−½ is folded into the projection: a (3·dim, dim) product, not a (N, dim) one.
+        weight = self.qkv.weight * self.qkv_scale[:, None]
+        bias = None if self.qkv.bias is None else self.qkv.bias * self.qkv_scale
+        qkv = F.linear(x, weight, bias).reshape(batch, tokens, 3, self.num_heads, self.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, N, head_dim), q already scaled
         rates = self.rates(x.device, x.dtype)
         directions = self.directions if grid_shape is not None else 1
         if self.softmax_retention:
@@ -111,4 +116,6 @@ class RetentionModeMixin:
 
     @property
     def retention_mode(self) -> str:
-        return self.retention_layers()[0].mode
+        """The current form; ``"parallel"`` for a model without retention (the ViT baseline)."""
+        layers = self.retention_layers()
+        return layers[0].mode if layers else "parallel"

@@ -60,6 +60,10 @@ class VisionRetention(RetentionModeMixin, ClassifierHeadMixin, nn.Module):
         softmax_retention: the authors' released softmax variant, an ablation (parallel only).
         dynamic_img_size: accept any input size divisible by the patch, resizing the position
             embedding on the fly (otherwise another size raises).
+        token_mixer: ``"retention"`` (ViR) or ``"attention"``: softmax attention through
+            ``scaled_dot_product_attention`` in the same blocks — the ViT baseline of the
+            benchmarks (registered as ``vit_*``). Attention has one form and no decay, so the
+            decay, multipass and retention-mode options do not apply to it.
     """
 
     def __init__(
@@ -85,8 +89,14 @@ class VisionRetention(RetentionModeMixin, ClassifierHeadMixin, nn.Module):
         chunk_size: int | None = None,
         softmax_retention: bool = False,
         dynamic_img_size: bool = False,
+        token_mixer: str = "retention",
     ):
         super().__init__()
+        if token_mixer == "attention" and (decay != "1d" or directions != 1 or multipass or softmax_retention):
+            raise ValueError(
+                "token_mixer='attention' (the ViT baseline) takes no decay, directions, multipass or"
+                " softmax_retention options; leave them at their defaults"
+            )
         if decay not in DECAYS:
             raise ValueError(f"decay={decay!r} is unknown; expected one of {DECAYS}")
         if pooling not in POOLINGS:
@@ -128,6 +138,7 @@ class VisionRetention(RetentionModeMixin, ClassifierHeadMixin, nn.Module):
                 embed_dim, num_heads, mlp_ratio, drop_path=drop_paths[i], layer_scale_init=layer_scale_init,
                 drop=drop_rate, decay_schedule=decay_schedule, qkv_bias=qkv_bias, mode=retention_mode,
                 chunk_size=chunk_size, directions=directions, softmax_retention=softmax_retention,
+                token_mixer=token_mixer,
             )
             for i in range(depth)
         )

@@ -158,8 +158,14 @@ def retention(
     compute_dtype = _compute_dtype(q.dtype)
     log_gamma = torch.log(decay_rates.to(compute_dtype))
 
+    if grid_shape is not None:
+        grid_shape = (int(grid_shape[0]), int(grid_shape[1]))
     if mode == "parallel":
-        decay = modes.decay_matrix(q.shape[2], log_gamma, grid_shape, cls_token, directions)
+        (decay,) = modes.cached_tables(
+            ("matrix", q.shape[2], grid_shape, cls_token, directions),
+            log_gamma,
+            lambda: (modes.decay_matrix(q.shape[2], log_gamma, grid_shape, cls_token, directions),),
+        )
         return modes.parallel(q, k, v, decay)
 
     out_dtype = q.dtype
@@ -173,7 +179,6 @@ def retention(
             out = modes.chunkwise_1d(q, k, v, log_gamma, size)
         return out.to(out_dtype)
 
-    grid_shape = (int(grid_shape[0]), int(grid_shape[1]))
     if mode == "recurrent":
         quadrant = lambda q_, k_, v_: modes.recurrent_2d(q_, k_, v_, log_gamma, grid_shape, cls_token)  # noqa: E731
     else:

@@ -22,6 +22,8 @@ An optional class token is the last token, at (x = C−1, y = R): it sees every 
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -84,22 +86,47 @@ def decay_matrix(
     return manhattan_decay_2d(grid_shape, log_gamma, cls_token, directions)
 
 
-def decayed_cumsum(x: Tensor, log_gamma: Tensor, dim: int) -> Tensor:
-    """out[..., i, ...] = Σ_{j ≤ i} γ^(i−j) x[..., j, ...] along ``dim`` (heads on dim 1).
+_TABLE_CACHE: OrderedDict[tuple, tuple[Tensor, ...]] = OrderedDict()
+_TABLE_CACHE_ENTRIES = 64
+_TABLE_CACHE_MAX_BYTES = 32 * 2**20  # per entry: a 4k-token parallel table (~400 MB) is rebuilt, not kept
 
-    A Hillis–Steele scan: log2(n) vectorised steps instead of n sequential ones. After the step
-    with shift s every entry holds the decayed sum of its last 2s inputs.
+
+def cached_tables(key: tuple, log_gamma: Tensor, build) -> tuple[Tensor, ...]:
+    """``build()`` (a tuple of decay tables), memoised per (key, rates, dtype, device).
+
+    Decay tables depend only on these, and every layer of a model asks for the same ones. They
+    are built without autograd: they are constants (``log_gamma`` never requires grad).
     """
-    n = x.shape[dim]
-    # γ^s must broadcast against x's dims after the head dim (dim 1).
-    view = (-1,) + (1,) * (x.dim() - 2)
-    shift = 1
-    while shift < n:
-        factor = torch.exp(shift * log_gamma).view(view)
-        head, tail = x.narrow(dim, 0, shift), x.narrow(dim, shift, n - shift)
-        x = torch.cat([head, tail + factor * x.narrow(dim, 0, n - shift)], dim=dim)
-        shift *= 2
-    return x
+    full_key = (*key, tuple(log_gamma.tolist()), log_gamma.dtype, log_gamma.device)
+    tables = _TABLE_CACHE.get(full_key)
+    if tables is not None:
+        _TABLE_CACHE.move_to_end(full_key)
+        return tables
+    with torch.no_grad():
+        tables = build()
+    if sum(t.numel() * t.element_size() for t in tables) <= _TABLE_CACHE_MAX_BYTES:
+        _TABLE_CACHE[full_key] = tables
+        if len(_TABLE_CACHE) > _TABLE_CACHE_ENTRIES:
+            _TABLE_CACHE.popitem(last=False)
+    return tables
+
+
+def decayed_cumsum(x: Tensor, log_gamma: Tensor, dim: int, exclusive: bool = False) -> Tensor:
+    """out[..., i, ...] = Σ_{j ≤ i} γ^(i−j) x[..., j, ...] along ``dim`` (heads on dim 1); with
+    ``exclusive`` the sum runs over j < i instead (out[0] = 0).
+
+    A sequential scan of small fused updates: it is memory-bound, and a log-step scan rewrites
+    the whole tensor at every step (measured 15× slower for 64 chunks of 64×64 states).
+    """
+    # γ must broadcast against one slice of x (``dim`` removed, heads first after batch).
+    factor = torch.exp(log_gamma).view((-1,) + (1,) * (x.dim() - 3))
+    slices = x.unbind(dim)
+    running = torch.zeros_like(slices[0]) if exclusive else slices[0]
+    out = [running]
+    for item in slices[: len(slices) - 1] if exclusive else slices[1:]:
+        running = torch.addcmul(item, running, factor)
+        out.append(running)
+    return torch.stack(out, dim)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -110,7 +137,7 @@ def decayed_cumsum(x: Tensor, log_gamma: Tensor, dim: int) -> Tensor:
 def parallel(q: Tensor, k: Tensor, v: Tensor, decay: Tensor) -> Tensor:
     """O = (Q Kᵀ ⊙ D) V with ``decay`` of shape (heads, N, N) (broadcast over the batch)."""
     scores = q @ k.transpose(-1, -2)  # (B, H, N, N)
-    return (scores * decay.to(scores.dtype)) @ v
+    return scores.mul_(decay.to(scores.dtype)) @ v  # in place: the matmul's backward does not need it
 
 
 # ----------------------------------------------------------------------------------------------
@@ -130,6 +157,16 @@ def recurrent_1d(q: Tensor, k: Tensor, v: Tensor, log_gamma: Tensor) -> Tensor:
     return torch.cat(outputs, dim=2)
 
 
+def chunk_tables_1d(chunk: int, log_gamma: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
+    """The three per-chunk decay tables of :func:`chunkwise_1d`, each shaped to broadcast over
+    (batch, heads, chunks, chunk, ·): D_B (H, 1, B, B), γ^(j+1) and γ^(B−1−j) (H, 1, B, 1)."""
+    pos = torch.arange(chunk, dtype=log_gamma.dtype, device=log_gamma.device)
+    inner_decay = causal_decay_1d(chunk, log_gamma)[:, None]
+    cross_scale = torch.exp((pos + 1) * log_gamma[:, None])[:, None, :, None]
+    key_scale = torch.exp((chunk - 1 - pos) * log_gamma[:, None])[:, None, :, None]
+    return tuple(t.to(dtype) for t in (inner_decay, cross_scale, key_scale))
+
+
 def chunkwise_1d(q: Tensor, k: Tensor, v: Tensor, log_gamma: Tensor, chunk_size: int) -> Tensor:
     """Chunk i (true length b ≤ B, positions j = 0..b−1 inside it):
 
@@ -138,29 +175,38 @@ def chunkwise_1d(q: Tensor, k: Tensor, v: Tensor, log_gamma: Tensor, chunk_size:
         R_i     = γ^b R_{i−1} + Σ_j γ^(b−1−j) K_{i,j}ᵀ V_{i,j}
         O_i     = inner_i + cross_i
 
-    Working memory per head: one B×B decay table, one B×B score block and the d×dv state R.
-    Only the last chunk can be short, and its state is never needed, so every state update uses
-    the full-chunk tables.
+    All full chunks are computed at once as batched matmuls over a (chunks, B) view of the
+    sequence; only the states R_i need a scan, one d×dv update per chunk. A short last chunk
+    reuses the leading part of the tables with the final state. Working memory per head: the
+    B×B score block of every chunk (N·B) and one d×dv state per chunk.
     """
-    heads, tokens = q.shape[1], q.shape[2]
+    batch, heads, tokens, _ = q.shape
     chunk = min(chunk_size, tokens)
-    lg = log_gamma
-    pos = torch.arange(chunk, dtype=lg.dtype, device=lg.device)
-    inner_decay = causal_decay_1d(chunk, lg).to(q.dtype)  # (H, B, B)
-    cross_scale = torch.exp((pos + 1) * lg[:, None]).to(q.dtype)[..., None]  # (H, B, 1)
-    key_scale = torch.exp((chunk - 1 - pos) * lg[:, None]).to(q.dtype)[..., None]  # (H, B, 1)
-    chunk_decay = torch.exp(chunk * lg).to(q.dtype).view(heads, 1, 1)
-    state = q.new_zeros(q.shape[0], heads, q.shape[-1], v.shape[-1])
-    outputs = []
-    for start in range(0, tokens, chunk):
-        b = min(chunk, tokens - start)
-        qi, ki, vi = (t[:, :, start : start + b] for t in (q, k, v))
-        inner = parallel(qi, ki, vi, inner_decay[:, :b, :b])
-        cross = (qi @ state) * cross_scale[:, :b]
-        outputs.append(inner + cross)
-        if start + b < tokens:
-            state = chunk_decay * state + (ki * key_scale).transpose(-1, -2) @ vi
-    return torch.cat(outputs, dim=2)
+    num_full, tail = divmod(tokens, chunk)
+    full = num_full * chunk
+    inner_decay, cross_scale, key_scale = cached_tables(
+        ("chunk1d", chunk, q.dtype), log_gamma, lambda: chunk_tables_1d(chunk, log_gamma, q.dtype)
+    )
+    # In-place products below reuse buffers: memory traffic, not FLOPs, bounds this on a CPU.
+    # None of them overwrites a tensor that autograd saved.
+    # (B, H, n, chunk, ·), contiguous: one copy here instead of one inside every batched matmul.
+    qc, kc, vc = (t[:, :, :full].unflatten(2, (num_full, chunk)).contiguous() for t in (q, k, v))
+    inner = (qc @ kc.transpose(-1, -2)).mul_(inner_decay) @ vc
+    chunk_kv = (kc * key_scale).transpose(-1, -2) @ vc  # Σ_j γ^(B−1−j) k_jᵀ v_j, (B, H, n, d, dv)
+    chunk_log_decay = chunk * log_gamma.to(q.dtype)
+    states = decayed_cumsum(chunk_kv, chunk_log_decay, dim=2, exclusive=True)  # R_{i−1}, (B, H, n, d, dv)
+    inner.add_((qc @ states).mul_(cross_scale))
+
+    # The output is a (batch, tokens, heads, dv) buffer seen as (batch, heads, tokens, dv): merging
+    # the heads afterwards (transpose(1, 2) + reshape) is then free instead of one more copy.
+    out = q.new_empty(batch, tokens, heads, v.shape[-1]).transpose(1, 2)
+    out[:, :, :full] = inner.flatten(2, 3)
+    if tail:
+        last_state = torch.exp(chunk_log_decay).view(heads, 1, 1) * states[:, :, -1] + chunk_kv[:, :, -1]
+        qt, kt, vt = (t[:, :, full:] for t in (q, k, v))
+        last = parallel(qt, kt, vt, inner_decay[:, 0, :tail, :tail])
+        out[:, :, full:] = last + (qt @ last_state) * cross_scale[:, 0, :tail]
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -232,7 +278,9 @@ def chunkwise_2d(
     qg, kg = (t[:, :, :n_grid].reshape(batch, heads, rows, cols, head_dim) for t in (q, k))
     vg = v[:, :, :n_grid].reshape(batch, heads, rows, cols, value_dim)
 
-    inner_decay = manhattan_decay_2d((chunk, cols), lg).to(q.dtype)  # (H, chunk·C, chunk·C)
+    (inner_decay,) = cached_tables(  # (H, chunk·C, chunk·C)
+        ("quadrant", chunk, cols, q.dtype), lg, lambda: (manhattan_decay_2d((chunk, cols), lg).to(q.dtype),)
+    )
     row_pos = torch.arange(chunk, dtype=lg.dtype, device=lg.device)
     cross_scale = torch.exp((row_pos + 1) * lg[:, None]).to(q.dtype)[..., None, None]  # (H, r, 1, 1)
     state = q.new_zeros(batch, heads, cols, head_dim, value_dim)  # P(x), x = 0..C−1
