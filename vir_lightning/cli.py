@@ -22,6 +22,8 @@ LIGHTNING_SUBCOMMANDS = {
 #: command → (module whose ``main(argv) -> int`` runs it, one-line help). Imported only when run,
 #: so ``--help`` and the training subcommands never pay for the tools' imports.
 TOOLS: dict[str, tuple[str, str]] = {
+    "bench": (
+        "vir_lightning.benchmarks.throughput", "images/s and peak memory: models x modes x resolutions, ViT alongside"),
     "bench-retention": (
         "vir_lightning.benchmarks.retention_op", "time and peak memory of the retention op per mode and length"),
     "bench-backbone": (

@@ -16,12 +16,14 @@ import os
 import platform
 import sys
 
-from .measure import add_measure_args, measure, run_isolated, write_results_csv
+from .measure import add_measure_args, keep_freed_memory, measure, run_isolated, write_results_csv
 
 MODE_CHOICES = ("parallel", "chunkwise", "recurrent")
 
 
 def _worker(cfg: dict) -> dict:
+    if cfg["allocator"] == "cached":
+        keep_freed_memory()
     import torch
 
     from ..models import create_model
@@ -75,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg = dict(
                 model=args.model, height=height, width=width, batch=args.batch, mode=mode, directions=directions,
                 chunk_size=args.chunk_size if mode == "chunkwise" else None, threads=args.threads,
+                allocator=args.allocator,
                 repeats=args.repeats, min_seconds=args.min_seconds,
             )
             result = run_isolated("vir_lightning.benchmarks.backbone", cfg)

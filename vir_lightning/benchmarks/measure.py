@@ -9,6 +9,8 @@ Time is the median of several calls after a warm-up call, with the spread (minâ€
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
 import json
 import os
 import resource
@@ -24,6 +26,22 @@ from ..io import write_csv_atomically
 def rss_bytes() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def keep_freed_memory() -> bool:
+    """Make glibc serve every allocation from its heap and keep freed memory (no mmap, no trim).
+
+    By default each tensor above a few MB is a fresh mmap, and every page of it is faulted in on
+    first touch â€” on this VM that costs ~12 ms per 50 MB, more than a 50 MB GELU. A heap that keeps
+    freed pages makes the next layer's tensors warm, as jemalloc/tcmalloc do. Returns False where
+    glibc's ``mallopt`` is not available (nothing changes then).
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_max = -1, -4  # from <malloc.h>
+    return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
 
 
 def reset_peak() -> None:
@@ -45,28 +63,79 @@ def peak_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def measure(call: Callable[[], object], repeats: int = 3, min_seconds: float = 1.0) -> tuple[object, dict]:
-    """Run ``call`` once (warm-up, and the peak-memory measurement), then time it.
+def measure(
+    call: Callable[[], object],
+    repeats: int = 3,
+    min_seconds: float = 1.0,
+    first_call_context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+) -> tuple[object, dict]:
+    """Run ``call`` once (warm-up, and the peak-memory measurement), then time it on the CPU.
 
-    Returns ``(first result, {"time_ms", "time_min_ms", "time_max_ms", "repeats", "peak_mb"})``;
-    ``peak_mb`` is the resident memory added by the first call.
+    ``first_call_context`` wraps the warm-up call only (e.g. a FLOP counter), so it never slows
+    a timed call. Returns ``(first result, {"time_ms", "time_min_ms", "time_max_ms", "repeats",
+    "peak_mb"})``; ``peak_mb`` is the resident memory added by the first call.
     """
     base = rss_bytes()
     reset_peak()
-    result = call()
+    with first_call_context():
+        result = call()
     peak = peak_bytes() - base
+
+    def time_one() -> float:
+        start = time.perf_counter()
+        call()
+        return time.perf_counter() - start
+
+    times = _timed_calls(time_one, repeats, min_seconds)
+    return result, {**_summary(times), "peak_mb": max(peak, 0) / 2**20}
+
+
+def measure_cuda(
+    call: Callable[[], object],
+    repeats: int = 3,
+    min_seconds: float = 1.0,
+    first_call_context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+) -> tuple[object, dict]:
+    """:func:`measure` on a CUDA device: CUDA events around each call with a synchronisation
+    before reading them, and the peak of ``torch.cuda.max_memory_allocated`` during the first call
+    (above what was allocated before it)."""
+    import torch
+
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    with first_call_context():
+        result = call()
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated() - base
+
+    def time_one() -> float:
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        call()
+        end.record()
+        torch.cuda.synchronize()  # the events are only complete after this
+        return start.elapsed_time(end) / 1e3
+
+    times = _timed_calls(time_one, repeats, min_seconds)
+    return result, {**_summary(times), "peak_mb": max(peak, 0) / 2**20}
+
+
+def _timed_calls(time_one: Callable[[], float], repeats: int, min_seconds: float) -> list[float]:
+    """At least ``repeats`` timed calls, more until ``min_seconds`` passed (at most 50)."""
     times = []
     budget_end = time.perf_counter() + min_seconds
     while len(times) < repeats or (time.perf_counter() < budget_end and len(times) < 50):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return result, {
+        times.append(time_one())
+    return times
+
+
+def _summary(times: list[float]) -> dict:
+    return {
         "time_ms": statistics.median(times) * 1e3,
         "time_min_ms": min(times) * 1e3,
         "time_max_ms": max(times) * 1e3,
         "repeats": len(times),
-        "peak_mb": max(peak, 0) / 2**20,
     }
 
 
@@ -85,10 +154,12 @@ def run_isolated(module: str, cfg: dict) -> dict:
 
 
 def add_measure_args(parser: argparse.ArgumentParser, repeats: int = 3) -> None:
-    """The options every benchmark shares: threads, repeats, minimum time, CSV, worker mode."""
+    """The options every benchmark shares: threads, repeats, minimum time, allocator, CSV, worker mode."""
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--repeats", type=int, default=repeats, help="timed calls at least (after one warm-up call)")
     parser.add_argument("--min-seconds", type=float, default=1.0, help="keep timing until this much time passed")
+    parser.add_argument("--allocator", choices=("cached", "system"), default="cached",
+                        help="cached: glibc keeps freed memory (no page faults per new tensor); system: as is")
     parser.add_argument("--csv", default=None, help="also write the results to this CSV file (atomically)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
 

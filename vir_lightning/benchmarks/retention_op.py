@@ -16,7 +16,7 @@ import os
 import platform
 import sys
 
-from .measure import add_measure_args, measure, run_isolated, write_results_csv
+from .measure import add_measure_args, keep_freed_memory, measure, run_isolated, write_results_csv
 
 MODE_CHOICES = ("parallel", "chunkwise", "recurrent")
 
@@ -29,6 +29,8 @@ def _grid_for(tokens: int) -> tuple[int, int]:
 
 
 def _worker(cfg: dict) -> dict:
+    if cfg["allocator"] == "cached":
+        keep_freed_memory()
     """Run one configuration in this process; returns timings and memory."""
     import torch
 
@@ -65,6 +67,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--head-dim", type=int, default=64)
     p.add_argument("--chunk-size", type=int, default=None, help="tokens (1D) / grid rows (2D); default per op")
     p.add_argument("--dtype", choices=("float32", "float64", "bfloat16"), default="float32")
+    p.add_argument("--crossover", action="store_true",
+                   help="print the length up to which parallel is faster than chunkwise (for mode='auto')")
     p.add_argument("--max-memory-gb", type=float, default=12.0, help="skip configurations predicted above this")
     add_measure_args(p)
     return p
@@ -91,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
                 cfg = dict(
                     decay=decay, mode=mode, tokens=tokens, batch=args.batch, heads=args.heads,
                     head_dim=args.head_dim, chunk_size=args.chunk_size if mode == "chunkwise" else None,
-                    dtype=args.dtype, threads=args.threads, repeats=args.repeats, min_seconds=args.min_seconds,
+                    dtype=args.dtype, threads=args.threads, allocator=args.allocator, repeats=args.repeats,
+                    min_seconds=args.min_seconds,
                 )
                 if _predicted_bytes(cfg) > args.max_memory_gb * 2**30:
                     result = {"error": f"skipped: predicted > {args.max_memory_gb:g} GB"}
@@ -116,9 +121,24 @@ def main(argv: list[str] | None = None) -> int:
             for a, b in [(a, b) for a, b in steps if a in by_tokens and b in by_tokens]:
                 ratio = by_tokens[b]["time_ms"] / by_tokens[a]["time_ms"]
                 print(f"{decay} {mode}: time({b})/time({a}) = {ratio:.2f}  (token ratio {b / a:g})")
+    if args.crossover:
+        for decay in args.decay:
+            print(f"auto crossover {decay}: parallel up to {crossover(rows, decay)} tokens, chunkwise beyond")
     if args.csv:
         write_results_csv(args.csv, rows)
     return 0
+
+
+def crossover(rows: list[dict], decay: str) -> int:
+    """The longest measured length at which parallel is at least as fast as chunkwise (0 if none):
+    the value for ``AUTO_PARALLEL_MAX_TOKENS``."""
+    time_of = {(r["mode"], r["tokens"]): r["time_ms"] for r in rows if r["decay"] == decay and "time_ms" in r}
+    lengths = sorted({t for mode, t in time_of if ("parallel", t) in time_of and ("chunkwise", t) in time_of})
+    best = 0
+    for tokens in lengths:
+        if time_of["parallel", tokens] <= time_of["chunkwise", tokens]:
+            best = tokens
+    return best
 
 
 if __name__ == "__main__":

@@ -3,15 +3,25 @@
 Pure PyTorch; knows nothing about models, Lightning or OpenMMLab.
 """
 
-from .functional import MODES, check_mode, default_chunk_size, retention, retention_decay_matrix
+from .functional import (
+    AUTO_PARALLEL_MAX_TOKENS,
+    MODES,
+    check_mode,
+    default_chunk_size,
+    resolve_mode,
+    retention,
+    retention_decay_matrix,
+)
 from .schedules import DECAY_SCHEDULES, decay_rates_for
 
 __all__ = [
+    "AUTO_PARALLEL_MAX_TOKENS",
     "DECAY_SCHEDULES",
     "MODES",
     "check_mode",
     "decay_rates_for",
     "default_chunk_size",
+    "resolve_mode",
     "retention",
     "retention_decay_matrix",
 ]

@@ -9,13 +9,33 @@ from torch import Tensor
 
 from . import modes
 
-__all__ = ["MODES", "check_mode", "default_chunk_size", "retention", "retention_decay_matrix"]
+__all__ = [
+    "AUTO_PARALLEL_MAX_TOKENS",
+    "MODES",
+    "check_mode",
+    "default_chunk_size",
+    "resolve_mode",
+    "retention",
+    "retention_decay_matrix",
+]
 
 MODES = ("parallel", "recurrent", "chunkwise")
+AUTO = "auto"
+
+#: ``mode="auto"`` runs the parallel form up to this many tokens and chunkwise beyond, per device
+#: type and decay: the longest length at which parallel was still at least as fast as chunkwise
+#: (default chunk), measured on 2 CPU cores, fp32, batch 2, 6 heads of 64 with
+#: ``python -m vir_lightning bench-retention --modes parallel chunkwise --batch 2 --heads 6
+#: --tokens 64 144 256 400 576 784 1024 1600 2304 --crossover`` (1D: 0.9 vs 1.0 ms at 256 tokens,
+#: 2.2 vs 1.7 ms at 400; 2D: 15.4 vs 22.1 ms at 1024, 147 vs 38 ms at 1600). Devices without an
+#: entry use the CPU's until measured there: rerun that command on the device and add one.
+AUTO_PARALLEL_MAX_TOKENS = {"cpu": {"1d": 256, "2d": 1024}}
 
 #: Chunkwise defaults in tokens per chunk, measured on 2 CPU cores (README, "Retention op benchmark").
-#: 2D chunks are larger because each chunk also pays a scan over the C per-column d×d states.
-DEFAULT_CHUNK_TOKENS_1D = 128
+#: 1D: a ViR-S layer at 4,097 tokens took the same time (±4%) for chunks of 32–128; 64 halves the
+#: score blocks' memory of 128. 2D chunks are larger because each chunk also pays a scan over the
+#: C per-column d×d states.
+DEFAULT_CHUNK_TOKENS_1D = 64
 DEFAULT_CHUNK_TOKENS_2D = 1024
 
 
@@ -37,10 +57,18 @@ def _positive_int(name: str, value) -> int:
     return value
 
 
+def resolve_mode(mode: str, num_tokens: int, grid_shape, device: torch.device) -> str:
+    """The exact form ``mode`` stands for: itself, or for ``"auto"`` the faster one at this length."""
+    if mode != AUTO:
+        return mode
+    table = AUTO_PARALLEL_MAX_TOKENS.get(device.type, AUTO_PARALLEL_MAX_TOKENS["cpu"])
+    return "parallel" if num_tokens <= table["1d" if grid_shape is None else "2d"] else "chunkwise"
+
+
 def check_mode(mode: str, chunk_size: int | None) -> None:
-    """ValueError unless ``mode`` is a known form and ``chunk_size`` is None or a positive integer."""
-    if mode not in MODES:
-        raise ValueError(f"mode={mode!r} is unknown; expected one of {MODES}")
+    """ValueError unless ``mode`` is a form (or ``"auto"``) and ``chunk_size`` is None or a positive integer."""
+    if mode not in (*MODES, AUTO):
+        raise ValueError(f"mode={mode!r} is unknown; expected one of {(*MODES, AUTO)}")
     if chunk_size is not None:
         _positive_int("chunk_size", chunk_size)
 
@@ -138,6 +166,8 @@ def retention(
         decay_rates: (heads,) rates γ_h in the open interval (0, 1).
         mode: ``"parallel"`` (O(N²) memory, training), ``"recurrent"`` (token by token, O(d²)
             state per head in 1D) or ``"chunkwise"`` (linear cost). All give the same result.
+            ``"auto"`` picks parallel or chunkwise by the length, from the measured crossover
+            :data:`AUTO_PARALLEL_MAX_TOKENS`.
         chunk_size: chunkwise only — tokens per chunk in 1D, grid rows per chunk in 2D; any positive
             integer (need not divide the length). ``None`` picks :func:`default_chunk_size`.
         grid_shape: ``None`` for 1D raster-causal decay γ^(i−j); ``(rows, cols)`` for the 2D
@@ -155,6 +185,7 @@ def retention(
             the argument, its value and what was expected.
     """
     decay_rates = _validate(q, k, v, decay_rates, mode, chunk_size, grid_shape, cls_token, directions)
+    mode = resolve_mode(mode, q.shape[2], grid_shape, q.device)
     compute_dtype = _compute_dtype(q.dtype)
     log_gamma = torch.log(decay_rates.to(compute_dtype))
 

@@ -1,0 +1,461 @@
+"""Images/s and peak memory of whole models: models × retention modes × resolutions × batch sizes,
+for inference and for a training step, with the ViT baseline (same blocks, SDPA attention) alongside.
+
+    python -m vir_lightning bench [--models vir_small_patch16_224 vit_small_patch16_224]
+        [--resolutions 224 512 1024 2048] [--batch-sizes 2] [--modes parallel chunkwise auto]
+        [--tasks inference train] [--out runs/bench]
+
+Every configuration runs in its own process (peak memory is its own; see :mod:`.measure`): one
+warm-up call, which also counts FLOPs (``torch.utils.flop_counter``) and peak memory, then timed
+calls (median, min–max). On CUDA, CUDA events with synchronisation and ``max_memory_allocated``.
+Configurations predicted not to fit are skipped with a message; one that runs out of memory is
+recorded as OOM. Writes ``results.csv``, ``results.md`` and PNG plots (images/s and peak memory
+against resolution, one line per model and mode) to ``--out``, each recording the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+from ..io import atomic_output
+from .measure import add_measure_args, keep_freed_memory, measure, measure_cuda, run_isolated, write_results_csv
+
+MODULE = "vir_lightning.benchmarks.throughput"
+RETENTION_MODES = ("parallel", "chunkwise", "recurrent", "auto")
+ATTENTION_MODE = "sdpa"  # the label of the ViT baseline's single form
+
+
+# ----------------------------------------------------------------------------------------------
+# One configuration, in its own process
+# ----------------------------------------------------------------------------------------------
+
+
+def _register_cpu_sdpa_flops() -> None:
+    """torch's flop counter knows the CUDA SDPA kernels but not the CPU flash kernel; count it the
+    same way (4·N²·d per head forward, the matching backward formula), or the ViT would show ~0."""
+    import torch
+    from torch.utils import flop_counter
+
+    aten = torch.ops.aten
+    forward_op = aten._scaled_dot_product_flash_attention_for_cpu
+    if forward_op in flop_counter.flop_registry:
+        return
+
+    @flop_counter.register_flop_formula(forward_op)
+    def _forward(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+        return flop_counter.sdpa_flop_count(query_shape, key_shape, value_shape)
+
+    @flop_counter.register_flop_formula(aten._scaled_dot_product_flash_attention_for_cpu_backward)
+    def _backward(grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+        return flop_counter.sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
+
+
+def _worker(cfg: dict) -> dict:
+    allocator = keep_freed_memory() if cfg["allocator"] == "cached" else False
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from ..models import create_model
+
+    torch.set_num_threads(cfg["threads"])
+    torch.manual_seed(0)
+    device = torch.device(cfg["device"])
+    res, batch = cfg["resolution"], cfg["batch"]
+    model = create_model(cfg["model"], img_size=res).to(device)
+    if cfg["mode"] != ATTENTION_MODE:
+        model.set_retention_mode(cfg["mode"], cfg["chunk_size"])
+    images = torch.randn(batch, 3, res, res, device=device)
+    autocast = (
+        (lambda: torch.autocast(device.type, dtype=getattr(torch, cfg["dtype"])))
+        if cfg["dtype"] != "float32" else contextlib.nullcontext
+    )
+    if cfg["task"] == "inference":
+        model.eval()
+
+        def call():
+            with torch.inference_mode(), autocast():
+                return model(images)
+    else:
+        model.train()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        targets = torch.randint(0, 1000, (batch,), device=device)
+
+        def call():
+            with autocast():
+                loss = torch.nn.functional.cross_entropy(model(images), targets)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            return loss.detach()
+
+    _register_cpu_sdpa_flops()
+    with FlopCounterMode(display=False):  # its one-time set-up (~70 MB) must not count as the model's
+        torch.ones(2, 2, device=device) @ torch.ones(2, 2, device=device)
+    counter = FlopCounterMode(display=False)
+    timer = measure_cuda if device.type == "cuda" else measure
+    try:
+        _, stats = timer(call, cfg["repeats"], cfg["min_seconds"], lambda: counter)
+    except (torch.OutOfMemoryError, RuntimeError) as err:  # CPU allocators raise RuntimeError
+        if "out of memory" in str(err).lower() or "can't allocate memory" in str(err).lower():
+            return {"error": "OOM"}
+        raise
+    flops = counter.get_total_flops()
+    return {
+        **stats,
+        "images_per_s": batch / (stats["time_ms"] / 1e3),
+        "gflop": flops / 1e9,
+        "achieved_gflops": flops / 1e9 / (stats["time_ms"] / 1e3),
+        "tokens": max(_tokens(model, res), default=0),
+        "allocator": "glibc heap, freed memory kept" if allocator else "system default",
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# Planning: which configurations, and which ones cannot fit
+# ----------------------------------------------------------------------------------------------
+
+
+def _mixer_layers(model) -> list[tuple[int, int]]:
+    """(heads, stride in pixels) of every token mixer: the patch size for isotropic models, the
+    stage's reduction for hierarchical ones."""
+    from ..models import MultiHeadAttention, MultiHeadRetention
+
+    mixers = (MultiHeadAttention, MultiHeadRetention)
+    if hasattr(model, "patch_embed"):
+        stride = model.patch_embed.patch_size[0]
+        return [(m.num_heads, stride) for m in model.modules() if isinstance(m, mixers)]
+    return [
+        (m.num_heads, info["reduction"])
+        for stage, info in zip(model.stages, model.feature_info, strict=True)
+        for m in stage.modules()
+        if isinstance(m, mixers)
+    ]
+
+
+def _tokens(model, res: int) -> list[int]:
+    extra = int(getattr(model, "has_class_token", False))
+    return [math.ceil(res / stride) ** 2 + extra for _, stride in _mixer_layers(model)]
+
+
+def _predicted_gb(model, cfg: dict) -> float:
+    """A rough upper bound of the working memory in GB, enough to skip what cannot fit: the N×N
+    tables of parallel retention dominate at high resolution; everything else is linear in N."""
+    batch, res = cfg["batch"], cfg["resolution"]
+    width = getattr(model, "num_features", 768)
+    per_layer = []
+    for (heads, _), tokens in zip(_mixer_layers(model), _tokens(model, res), strict=True):
+        quadratic = (2 * batch + 1) * heads * tokens**2 if cfg["mode"] == "parallel" else 0
+        per_layer.append(quadratic + 12 * batch * tokens * width)
+    params = sum(p.numel() for p in model.parameters())
+    if cfg["task"] == "train":  # every layer's activations are kept for backward; Adam: 4 copies
+        total = sum(per_layer) + 4 * params
+    else:
+        total = max(per_layer, default=0) + params
+    return 4 * total / 2**30
+
+
+def _memory_limit_gb(device: str) -> float:
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_properties(torch.device(device)).total_memory / 2**30
+    try:
+        with open("/proc/meminfo") as f:
+            info = {line.split(":")[0]: int(line.split()[1]) for line in f}
+        return 0.9 * info["MemAvailable"] / 2**20
+    except (OSError, KeyError):
+        return float("inf")
+
+
+def _configs(args, models: dict) -> list[dict]:
+    rows = []
+    for task in args.tasks:
+        for name, model in models.items():
+            if model.retention_layers():
+                modes = args.modes if task == "inference" else args.train_modes
+            else:
+                modes = [ATTENTION_MODE]
+            for mode in modes:
+                chunks = args.chunk_sizes if mode == "chunkwise" else [None]
+                grid = ((c, r, b) for c in chunks for r in args.resolutions for b in args.batch_sizes)
+                for chunk, res, batch in grid:
+                    rows.append(dict(
+                        task=task, model=name, mode=mode, chunk_size=chunk, resolution=res, batch=batch,
+                        device=args.device, dtype=args.dtype, threads=args.threads, repeats=args.repeats,
+                        min_seconds=args.min_seconds, allocator=args.allocator,
+                    ))
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------
+# The machine, and the reference: a large matmul's GFLOP/s
+# ----------------------------------------------------------------------------------------------
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info(device: str, dtype: str, threads: int) -> dict:
+    import torch
+
+    info = {
+        "cpu": _cpu_model(), "cores": os.cpu_count(), "threads": threads, "torch": torch.__version__,
+        "python": platform.python_version(), "device": device, "dtype": dtype,
+    }
+    if device.startswith("cuda"):
+        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
+        info["tf32_matmul"] = torch.backends.cuda.matmul.allow_tf32
+        info["tf32_cudnn"] = torch.backends.cudnn.allow_tf32
+    return info
+
+
+def matmul_peak_gflops(device: str, dtype: str, size: int = 2048) -> float:
+    """GFLOP/s of a ``size``² matmul in ``dtype`` — the practical ceiling the models are read against."""
+    import torch
+
+    a, b = (torch.randn(size, size, device=device, dtype=getattr(torch, dtype)) for _ in range(2))
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    a @ b
+    sync()
+    times = []
+    for _ in range(5):
+        start = time.perf_counter()
+        a @ b
+        sync()
+        times.append(time.perf_counter() - start)
+    return 2 * size**3 / min(times) / 1e9
+
+
+# ----------------------------------------------------------------------------------------------
+# Reports: Markdown table and plots
+# ----------------------------------------------------------------------------------------------
+
+
+def _label(row: dict) -> str:
+    if row["mode"] == ATTENTION_MODE:
+        return f"{row['model']} (SDPA)"
+    chunk = f" chunk {row['chunk_size']}" if row.get("chunk_size") else ""
+    return f"{row['model']} {row['mode']}{chunk}"
+
+
+def _cell(row: dict | None, key: str, fmt: str) -> str:
+    if row is None:
+        return ""
+    if row.get("error"):
+        return "OOM" if row["error"] == "OOM" else "skipped" if row["error"].startswith("skipped") else "failed"
+    return format(row[key], fmt)
+
+
+def markdown_report(rows: list[dict], machine: dict, command: str, baseline: str | None) -> str:
+    """One table per (task, batch): a row per model/mode, images/s and peak MB per resolution, and
+    the speed ratio against the baseline's row at the same resolution."""
+    lines = [
+        "# Throughput benchmark",
+        "",
+        f"`{command}`",
+        "",
+        "Machine: " + ", ".join(f"{k} {v}" for k, v in machine.items()),
+        "",
+    ]
+    resolutions = sorted({r["resolution"] for r in rows})
+    for task in dict.fromkeys(r["task"] for r in rows):
+        for batch in sorted({r["batch"] for r in rows if r["task"] == task}):
+            group = [r for r in rows if r["task"] == task and r["batch"] == batch]
+            base = {r["resolution"]: r for r in group if r["model"] == baseline}
+            unit = "images/s" if task == "inference" else "training images/s"
+            lines += [f"## {task}, batch {batch}", "", f"{unit} (× baseline {baseline}) · peak MB", ""]
+            lines.append("| model / mode | " + " | ".join(f"{res}²" for res in resolutions) + " |")
+            lines.append("|---" * (len(resolutions) + 1) + "|")
+            for label in dict.fromkeys(_label(r) for r in group):
+                cells = []
+                for res in resolutions:
+                    row = next((r for r in group if _label(r) == label and r["resolution"] == res), None)
+                    text = _cell(row, "images_per_s", ".3g")
+                    ref = base.get(res)
+                    if row and not row.get("error") and ref and not ref.get("error") and ref is not row:
+                        text += f" ({row['images_per_s'] / ref['images_per_s']:.2f}×)"
+                    if row and not row.get("error"):
+                        text += f" · {row['peak_mb']:.0f}"
+                    cells.append(text)
+                lines.append(f"| {label} | " + " | ".join(cells) + " |")
+            lines.append("")
+    skipped = [r for r in rows if r.get("error", "").startswith("skipped")]
+    if skipped:
+        lines += ["Skipped (predicted not to fit):", ""]
+        lines += [f"- {_label(r)} {r['task']} {r['resolution']}² batch {r['batch']}: {r['error']}" for r in skipped]
+        lines.append("")
+    lines += [
+        "Columns: median of the timed calls after one warm-up call; peak MB is the memory the call",
+        "added (resident set on CPU, `max_memory_allocated` on CUDA). GFLOP and achieved GFLOP/s per",
+        "configuration are in results.csv.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def plot_report(rows: list[dict], out_dir: Path, machine: dict) -> list[Path]:
+    """``throughput_<task>_b<batch>.png`` and ``memory_<task>_b<batch>.png``: against resolution,
+    log scales, one line per model and mode (the paper's Figure 5 layout)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    groups = dict.fromkeys((r["task"], r["batch"]) for r in rows)
+    for task, batch in groups:
+        group = [r for r in rows if r["task"] == task and r["batch"] == batch and not r.get("error")]
+        panels = (("images_per_s", "images / s", "throughput"), ("peak_mb", "peak memory (MB)", "memory"))
+        for key, ylabel, stem in panels:
+            fig, ax = plt.subplots(figsize=(6.4, 4.4))
+            for label in dict.fromkeys(_label(r) for r in group):
+                points = sorted((r["resolution"], r[key]) for r in group if _label(r) == label)
+                style = "--" if label.endswith("(SDPA)") else "-"
+                ax.plot(*zip(*points, strict=True), style, marker="o", label=label)
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
+            ax.set_xlabel("resolution (pixels per side)")
+            ax.set_ylabel(ylabel)
+            where = f"{machine['device']}, {machine['dtype']}, {machine['threads']} threads"
+            ax.set_title(f"{task}, batch {batch} — {where}", fontsize=9)
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend(fontsize=7)
+            path = out_dir / f"{stem}_{task}_b{batch}.png"
+            with atomic_output(path) as tmp:
+                fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png")
+            plt.close(fig)
+            written.append(path)
+    return written
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line
+# ----------------------------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m vir_lightning bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--models", nargs="+", default=["vir_small_patch16_224", "vit_small_patch16_224"],
+                   help="registered model names (ViR, H-ViR, or vit_* baselines)")
+    p.add_argument("--baseline", default=None, help="the model the ratios are against (default: the first vit_*)")
+    p.add_argument("--resolutions", type=int, nargs="+", default=[224, 512, 1024, 2048])
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[2])
+    p.add_argument("--tasks", nargs="+", choices=("inference", "train"), default=["inference", "train"])
+    p.add_argument("--modes", nargs="+", choices=RETENTION_MODES, default=["parallel", "chunkwise", "auto"],
+                   help="retention modes for inference")
+    p.add_argument("--train-modes", nargs="+", choices=RETENTION_MODES, default=["parallel"],
+                   help="retention modes for the training step")
+    p.add_argument("--chunk-sizes", type=int, nargs="+", default=[None],
+                   help="chunkwise chunk sizes (tokens in 1D, grid rows in 2D); default: the library's")
+    p.add_argument("--train-max-resolution", type=int, default=512,
+                   help="training steps only up to this resolution (a 2048² ViT step takes minutes here)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
+                   help="float32, or autocast to a 16-bit type")
+    p.add_argument("--max-memory-gb", type=float, default=None,
+                   help="skip configurations predicted above this (default: 90%% of available memory)")
+    p.add_argument("--out", default="runs/bench", help="directory for results.csv, results.md and the plots")
+    add_measure_args(p, repeats=3)
+    return p
+
+
+def _check_args(args) -> dict:
+    """Validate before any run; returns the models built on the meta device (cheap) by name."""
+    import torch
+
+    from ..models import create_model
+
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {args.device}: CUDA is not available here; use --device cpu")
+    if not args.device.startswith(("cpu", "cuda")):
+        raise ValueError(f"--device {args.device!r} is not supported; use cpu or cuda[:N]")
+    for name, values in (("--resolutions", args.resolutions), ("--batch-sizes", args.batch_sizes),
+                         ("--chunk-sizes", [c for c in args.chunk_sizes if c is not None])):
+        bad = [v for v in values if v < 1]
+        if bad:
+            raise ValueError(f"{name} {bad}: every value must be a positive integer")
+    models = {}
+    with torch.device("meta"):
+        for name in dict.fromkeys(args.models):
+            models[name] = create_model(name)  # ValueError names close matches for a typo
+    for name, model in models.items():
+        patch = getattr(getattr(model, "patch_embed", None), "patch_size", (1, 1))[0]
+        bad = [r for r in args.resolutions if r % patch]
+        if bad:
+            raise ValueError(f"--resolutions {bad} are not multiples of {name}'s patch size {patch}")
+    baseline = args.baseline or next((n for n, m in models.items() if not m.retention_layers()), None)
+    if baseline is not None and baseline not in models:
+        raise ValueError(f"--baseline {baseline!r} is not one of --models {list(models)}")
+    args.baseline = baseline
+    return models
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.worker:
+        print(json.dumps(_worker(json.loads(args.worker))))
+        return 0
+    models = _check_args(args)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    machine = machine_info(args.device, args.dtype, args.threads)
+    machine["matmul_peak_gflops"] = round(matmul_peak_gflops(args.device, args.dtype), 1)
+    machine["allocator"] = args.allocator
+    limit = args.max_memory_gb or _memory_limit_gb(args.device)
+    command = "python -m vir_lightning bench " + " ".join(argv if argv is not None else sys.argv[1:])
+    print(f"# {command}\n# " + ", ".join(f"{k} {v}" for k, v in machine.items()))
+
+    rows = []
+    for cfg in _configs(args, models):
+        model = models[cfg["model"]]
+        if cfg["task"] == "train" and cfg["resolution"] > args.train_max_resolution:
+            continue
+        predicted = _predicted_gb(model, cfg)
+        if predicted > limit:
+            result = {"error": f"skipped: predicted {predicted:.1f} GB > {limit:.1f} GB"}
+        else:
+            result = run_isolated(MODULE, cfg)
+        row = {**cfg, **result, **{f"machine_{k}": v for k, v in machine.items()}}
+        rows.append(row)
+        if result.get("error"):
+            print(f"{_label(row):48s} {cfg['task']:9s} {cfg['resolution']:5d}² b{cfg['batch']}: {result['error']}")
+        else:
+            print(
+                f"{_label(row):48s} {cfg['task']:9s} {cfg['resolution']:5d}² b{cfg['batch']}:"
+                f" {row['images_per_s']:8.3f} img/s  ({row['time_min_ms']:.0f}–{row['time_max_ms']:.0f} ms,"
+                f" n={row['repeats']})  peak {row['peak_mb']:7.0f} MB  {row['gflop']:8.1f} GFLOP"
+                f"  {row['achieved_gflops']:6.1f} GFLOP/s"
+            )
+        sys.stdout.flush()
+
+    write_results_csv(str(out_dir / "results.csv"), rows)
+    report = markdown_report(rows, machine, command, args.baseline)
+    with atomic_output(out_dir / "results.md") as tmp:
+        Path(tmp).write_text(report)
+    print(f"wrote {out_dir / 'results.md'}")
+    for path in plot_report(rows, out_dir, machine):
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
