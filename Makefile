@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.vir-core-installed
 MM_STAMP := $(VENV)/.vir-mm-installed
 TORCH  ?= torch==2.13.0
 
-.PHONY: help install mm data mini-datasets fit test test-fast bench-retention bench-backbone lint clean
+.PHONY: help install mm data mini-datasets fit test test-fast bench bench-retention bench-backbone lint clean
 
 help:
 	@echo "make fit              set up .venv and data if needed, then train the quickstart (~7 min)"
@@ -15,6 +15,7 @@ help:
 	@echo "make test-fast        the suite without tests marked slow (core tier only; mm tests skip if absent)"
 	@echo "make mm               install the OpenMMLab tier (first time: builds mmcv 2.1.0, ~10-17 min)"
 	@echo "make mini-datasets    build data/mini/{coco,ade} from real pixels for the mm smoke runs"
+	@echo "make bench            ViR-S modes vs the SDPA ViT-S, 224-2048 px: runs/bench/{results.csv,results.md,*.png}"
 	@echo "make bench-retention  time and peak memory of the retention op (1k/4k/16k tokens)"
 	@echo "make bench-backbone   H-ViR-T forward time and memory at 1333x800, parallel vs chunkwise"
 
@@ -60,6 +61,12 @@ test: $(STAMP) $(MM_STAMP) $(FMNIST)
 
 test-fast: $(STAMP) $(FMNIST)
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+# The README's throughput table and plots (about 15 min on 2 cores).
+bench: $(STAMP)
+	$(PY) -m vir_lightning bench --models vir_small_patch16_224 vit_small_patch16_224 \
+	  --resolutions 224 512 1024 2048 --batch-sizes 1 2 --modes parallel chunkwise auto \
+	  --tasks inference train --repeats 3 --min-seconds 2 --out runs/bench
 
 bench-retention: $(STAMP)
 	$(PY) -m vir_lightning bench-retention

@@ -132,3 +132,14 @@ def test_value_dim_may_differ_from_head_dim(rates3):
 def test_decay_rates_accept_a_sequence_of_floats(rates3):
     q, k, v = random_qkv(1, 3, 6, 4)
     assert torch.equal(retention(q, k, v, rates3.tolist()), retention(q, k, v, rates3))
+
+
+@pytest.mark.parametrize("mode", ["parallel", "chunkwise", "recurrent", "auto"])
+@pytest.mark.parametrize("grid_shape,cls_token,directions", [(None, False, 1), ((3, 4), True, 1), ((3, 4), False, 4)])
+def test_scale_argument_equals_scaling_q_in_every_mode(mode, grid_shape, cls_token, directions, rates3):
+    tokens = 11 if grid_shape is None else grid_shape[0] * grid_shape[1] + cls_token
+    q, k, v = random_qkv(2, 3, tokens, 4, seed=3)
+    kwargs = dict(grid_shape=grid_shape, cls_token=cls_token, directions=directions, mode=mode)
+    expected = retention(q * 0.3, k, v, rates3, **{**kwargs, "mode": "parallel"})
+    actual = retention(q, k, v, rates3, scale=0.3, chunk_size=2 if mode == "chunkwise" else None, **kwargs)
+    assert relative_error(actual, expected) <= TOL

@@ -30,6 +30,9 @@ def qkv(tokens=12, heads=2, dim=4):
         (dict(cls_token=True), r"cls_token=True needs grid_shape"),
         (dict(directions=4), r"directions=4 needs a 2D grid_shape"),
         (dict(directions=3, grid_shape=(3, 4)), r"directions=3 is invalid; expected 1, 2 or 4"),
+        (dict(scale=0.0), r"scale=0.0 is invalid; expected a positive finite number"),
+        (dict(scale=float("inf")), r"scale=inf is invalid"),
+        (dict(scale="0.1"), r"scale='0.1' is invalid"),
     ],
 )
 def test_bad_option_raises_value_error(kwargs, match):

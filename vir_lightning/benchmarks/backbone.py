@@ -16,14 +16,12 @@ import os
 import platform
 import sys
 
-from .measure import add_measure_args, keep_freed_memory, measure, run_isolated, write_results_csv
+from .measure import add_measure_args, measure, run_isolated, write_results_csv
 
 MODE_CHOICES = ("parallel", "chunkwise", "recurrent")
 
 
 def _worker(cfg: dict) -> dict:
-    if cfg["allocator"] == "cached":
-        keep_freed_memory()
     import torch
 
     from ..models import create_model
@@ -36,7 +34,8 @@ def _worker(cfg: dict) -> dict:
     x = torch.randn(cfg["batch"], 3, cfg["height"], cfg["width"], generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         feats, stats = measure(
-            lambda: model.forward_intermediates(x, intermediates_only=True), cfg["repeats"], cfg["min_seconds"]
+            lambda: model.forward_intermediates(x, intermediates_only=True), cfg["repeats"], cfg["min_seconds"],
+            allocator=cfg["allocator"],
         )
         # A fingerprint of the outputs, so the parent can compare modes without moving tensors.
         probe = torch.cat([f.flatten()[:: max(1, f.numel() // 4096)] for f in feats]).double()

@@ -1,9 +1,9 @@
 """Measurement helpers shared by the benchmarks: per-process peak memory, timing, isolation.
 
-Each configuration runs in a fresh subprocess so its peak memory is its own: the worker resets the
-kernel's peak-RSS counter (/proc/self/clear_refs) after building its inputs and reports the peak
-*added* by the measured call (fallback where that is unavailable: ru_maxrss, an upper bound).
-Time is the median of several calls after a warm-up call, with the spread (min–max).
+Each configuration runs in a fresh subprocess so its peak memory is its own. After a warm-up call,
+the kernel's peak-RSS counter (/proc/self/clear_refs) is reset and one call's peak *added* resident
+memory is read, with glibc returning freed memory at once (fallback where that is unavailable:
+ru_maxrss, an upper bound). Time is the median of several calls, with the spread (min–max).
 """
 
 from __future__ import annotations
@@ -28,6 +28,24 @@ def rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def _mallopt(param: int, value: int) -> bool:
+    try:
+        return bool(ctypes.CDLL("libc.so.6").mallopt(param, value))
+    except (OSError, AttributeError):
+        return False  # not glibc: nothing changes
+
+
+def return_freed_memory() -> bool:
+    """Make glibc give every allocation above 128 KB its own mapping, unmapped when freed.
+
+    The resident set then follows the live tensors, so its peak is the memory a call needs.
+    (By default glibc moves its mmap threshold up as tensors are freed and serves later ones from
+    a heap that only shrinks from the top: the peak then depends on fragmentation.)
+    """
+    m_mmap_threshold = -3  # from <malloc.h>
+    return _mallopt(m_mmap_threshold, 128 * 1024)
+
+
 def keep_freed_memory() -> bool:
     """Make glibc serve every allocation from its heap and keep freed memory (no mmap, no trim).
 
@@ -36,12 +54,8 @@ def keep_freed_memory() -> bool:
     freed pages makes the next layer's tensors warm, as jemalloc/tcmalloc do. Returns False where
     glibc's ``mallopt`` is not available (nothing changes then).
     """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
     m_trim_threshold, m_mmap_max = -1, -4  # from <malloc.h>
-    return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
+    return _mallopt(m_mmap_max, 0) and _mallopt(m_trim_threshold, 2**31 - 1)
 
 
 def reset_peak() -> None:
@@ -68,18 +82,31 @@ def measure(
     repeats: int = 3,
     min_seconds: float = 1.0,
     first_call_context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+    allocator: str = "system",
 ) -> tuple[object, dict]:
-    """Run ``call`` once (warm-up, and the peak-memory measurement), then time it on the CPU.
+    """Warm up, measure the peak memory of one call, then time ``call`` on the CPU.
 
-    ``first_call_context`` wraps the warm-up call only (e.g. a FLOP counter), so it never slows
-    a timed call. Returns ``(first result, {"time_ms", "time_min_ms", "time_max_ms", "repeats",
-    "peak_mb"})``; ``peak_mb`` is the resident memory added by the first call.
+    1. A warm-up call inside ``first_call_context`` (e.g. a FLOP counter, so it never slows a
+       timed call); one-time set-up (kernels, optimizer state) happens here.
+    2. One call whose peak resident memory above the resident set before it is ``peak_mb``, with
+       freed memory returned to the system (:func:`return_freed_memory`), so it is the call's
+       working memory — activations, temporaries, gradients — not allocator leftovers.
+    3. With ``allocator="cached"``, the allocator then keeps freed memory (:func:`keep_freed_memory`)
+       and one more untimed call warms it.
+    4. Timed calls: at least ``repeats``, more until ``min_seconds`` passed.
+
+    Returns ``(result of the warm-up call, {"time_ms", "time_min_ms", "time_max_ms", "repeats",
+    "peak_mb"})``.
     """
-    base = rss_bytes()
-    reset_peak()
+    return_freed_memory()
     with first_call_context():
         result = call()
+    base = rss_bytes()
+    reset_peak()
+    call()
     peak = peak_bytes() - base
+    if allocator == "cached" and keep_freed_memory():
+        call()
 
     def time_one() -> float:
         start = time.perf_counter()
@@ -96,16 +123,17 @@ def measure_cuda(
     min_seconds: float = 1.0,
     first_call_context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
 ) -> tuple[object, dict]:
-    """:func:`measure` on a CUDA device: CUDA events around each call with a synchronisation
-    before reading them, and the peak of ``torch.cuda.max_memory_allocated`` during the first call
-    (above what was allocated before it)."""
+    """:func:`measure` on a CUDA device: the peak is ``torch.cuda.max_memory_allocated`` during the
+    second call above what was allocated before it; each timed call is bracketed by CUDA events,
+    read after a synchronisation."""
     import torch
 
+    with first_call_context():
+        result = call()
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()
-    with first_call_context():
-        result = call()
+    call()
     torch.cuda.synchronize()
     peak = torch.cuda.max_memory_allocated() - base
 

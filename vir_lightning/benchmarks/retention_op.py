@@ -16,7 +16,7 @@ import os
 import platform
 import sys
 
-from .measure import add_measure_args, keep_freed_memory, measure, run_isolated, write_results_csv
+from .measure import add_measure_args, measure, run_isolated, write_results_csv
 
 MODE_CHOICES = ("parallel", "chunkwise", "recurrent")
 
@@ -29,8 +29,6 @@ def _grid_for(tokens: int) -> tuple[int, int]:
 
 
 def _worker(cfg: dict) -> dict:
-    if cfg["allocator"] == "cached":
-        keep_freed_memory()
     """Run one configuration in this process; returns timings and memory."""
     import torch
 
@@ -45,7 +43,9 @@ def _worker(cfg: dict) -> dict:
     kwargs = dict(mode=cfg["mode"], chunk_size=cfg["chunk_size"], grid_shape=grid)
 
     with torch.inference_mode():
-        out, stats = measure(lambda: retention(q, k, v, rates, **kwargs), cfg["repeats"], cfg["min_seconds"])
+        out, stats = measure(
+            lambda: retention(q, k, v, rates, **kwargs), cfg["repeats"], cfg["min_seconds"], allocator=cfg["allocator"]
+        )
     return {**stats, "finite": bool(torch.isfinite(out).all())}
 
 

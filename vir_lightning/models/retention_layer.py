@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..retention import check_mode, decay_rates_for, retention, retention_decay_matrix
@@ -50,8 +49,6 @@ class MultiHeadRetention(nn.Module):
         self.softmax_retention = softmax_retention
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
-        # Per output row of qkv: head_dim^−½ for q, 1 for k and v. Not saved: derived from dim.
-        self.register_buffer("qkv_scale", torch.ones(3 * dim).index_fill_(0, torch.arange(dim), self.scale), False)
         self._rates_cache: dict[tuple, Tensor] = {}
         self.set_mode(mode, chunk_size)
 
@@ -76,22 +73,19 @@ class MultiHeadRetention(nn.Module):
     def forward(self, x: Tensor, grid_shape: tuple[int, int] | None = None, cls_token: bool = False) -> Tensor:
         """x: (B, N, dim) → (B, N, dim). ``grid_shape``/``cls_token`` select the 2D decay."""
         batch, tokens, dim = x.shape
-        # q's head_dim^−½ is folded into the projection: a (3·dim, dim) product, not a (N, dim) one.
-        weight = self.qkv.weight * self.qkv_scale[:, None]
-        bias = None if self.qkv.bias is None else self.qkv.bias * self.qkv_scale
-        qkv = F.linear(x, weight, bias).reshape(batch, tokens, 3, self.num_heads, self.head_dim)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, N, head_dim), q already scaled
+        qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, self.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, N, head_dim)
         rates = self.rates(x.device, x.dtype)
         directions = self.directions if grid_shape is not None else 1
         if self.softmax_retention:
             decay = retention_decay_matrix(
                 tokens, rates, grid_shape=grid_shape, cls_token=cls_token, directions=directions
             )
-            out = ((q @ k.transpose(-1, -2)) * decay.to(q.dtype)).softmax(dim=-1) @ v
+            out = ((q @ k.transpose(-1, -2)) * (decay.to(q.dtype) * self.scale)).softmax(dim=-1) @ v
         else:
             out = retention(
                 q, k, v, rates, mode=self.mode, chunk_size=self.chunk_size,
-                grid_shape=grid_shape, cls_token=cls_token, directions=directions,
+                grid_shape=grid_shape, cls_token=cls_token, directions=directions, scale=self.scale,
             )
         return self.proj(out.transpose(1, 2).reshape(batch, tokens, dim))
 

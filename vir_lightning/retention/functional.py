@@ -156,11 +156,12 @@ def retention(
     grid_shape: tuple[int, int] | None = None,
     cls_token: bool = False,
     directions: int = 1,
+    scale: float = 1.0,
 ) -> Tensor:
-    """Multi-head retention: ``O[i] = Σ_j D[i, j] (q_i · k_j) v_j`` — no scaling, no softmax.
+    """Multi-head retention: ``O[i] = Σ_j D[i, j] (s·q_i · k_j) v_j`` — no softmax, no normalisation.
 
     Args:
-        q: queries, (batch, heads, tokens, head_dim). The caller scales them (e.g. by head_dim^−½).
+        q: queries, (batch, heads, tokens, head_dim).
         k: keys, same shape as ``q``.
         v: values, (batch, heads, tokens, value_dim).
         decay_rates: (heads,) rates γ_h in the open interval (0, 1).
@@ -175,6 +176,8 @@ def retention(
         cls_token: 2D only — the last token is a class token at (x = cols−1, y = rows).
         directions: 2D without class token — 1 quadrant, 2 upper-left + lower-right, 4 = full
             symmetric Manhattan decay γ^(|Δx|+|Δy|); each position pair is counted once.
+        scale: s, the factor on q (ViR uses head_dim^−½). Folded into the decay tables in the
+            parallel and 1D chunkwise forms, so it costs nothing there.
 
     Returns:
         (batch, heads, tokens, value_dim), in the dtype of ``q``. Half-precision inputs are computed
@@ -185,30 +188,35 @@ def retention(
             the argument, its value and what was expected.
     """
     decay_rates = _validate(q, k, v, decay_rates, mode, chunk_size, grid_shape, cls_token, directions)
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale < float("inf"):
+        raise ValueError(f"scale={scale!r} is invalid; expected a positive finite number (e.g. head_dim**-0.5)")
+    scale = float(scale)
     mode = resolve_mode(mode, q.shape[2], grid_shape, q.device)
     compute_dtype = _compute_dtype(q.dtype)
     log_gamma = torch.log(decay_rates.to(compute_dtype))
 
     if grid_shape is not None:
         grid_shape = (int(grid_shape[0]), int(grid_shape[1]))
+    # The scale of q is folded into the decay tables where the form has them (free); the others
+    # scale q itself.
     if mode == "parallel":
         (decay,) = modes.cached_tables(
-            ("matrix", q.shape[2], grid_shape, cls_token, directions),
+            ("matrix", q.shape[2], grid_shape, cls_token, directions, scale),
             log_gamma,
-            lambda: (modes.decay_matrix(q.shape[2], log_gamma, grid_shape, cls_token, directions),),
+            lambda: (modes.decay_matrix(q.shape[2], log_gamma, grid_shape, cls_token, directions) * scale,),
         )
         return modes.parallel(q, k, v, decay)
 
     out_dtype = q.dtype
     if q.dtype != compute_dtype:  # 16-bit input: accumulate states in float32
         q, k, v = (t.to(compute_dtype) for t in (q, k, v))
+    if grid_shape is None and mode == "chunkwise":
+        size = chunk_size or default_chunk_size(q.shape[2])
+        return modes.chunkwise_1d(q, k, v, log_gamma, size, scale).to(out_dtype)
+    if scale != 1.0:
+        q = q * scale
     if grid_shape is None:
-        if mode == "recurrent":
-            out = modes.recurrent_1d(q, k, v, log_gamma)
-        else:
-            size = chunk_size or default_chunk_size(q.shape[2])
-            out = modes.chunkwise_1d(q, k, v, log_gamma, size)
-        return out.to(out_dtype)
+        return modes.recurrent_1d(q, k, v, log_gamma).to(out_dtype)
 
     if mode == "recurrent":
         quadrant = lambda q_, k_, v_: modes.recurrent_2d(q_, k_, v_, log_gamma, grid_shape, cls_token)  # noqa: E731

@@ -113,20 +113,29 @@ def cached_tables(key: tuple, log_gamma: Tensor, build) -> tuple[Tensor, ...]:
 
 def decayed_cumsum(x: Tensor, log_gamma: Tensor, dim: int, exclusive: bool = False) -> Tensor:
     """out[..., i, ...] = Σ_{j ≤ i} γ^(i−j) x[..., j, ...] along ``dim`` (heads on dim 1); with
-    ``exclusive`` the sum runs over j < i instead (out[0] = 0).
+    ``exclusive`` the same sum shifted by one step: out[i] = Σ_{j ≤ i−1} γ^(i−1−j) x[j], out[0] = 0.
 
     A sequential scan of small fused updates: it is memory-bound, and a log-step scan rewrites
-    the whole tensor at every step (measured 15× slower for 64 chunks of 64×64 states).
+    the whole tensor at every step (measured 15× slower for 64 chunks of 64×64 states). Without
+    autograd it writes straight into its output; with autograd it stacks the steps.
     """
     # γ must broadcast against one slice of x (``dim`` removed, heads first after batch).
     factor = torch.exp(log_gamma).view((-1,) + (1,) * (x.dim() - 3))
-    slices = x.unbind(dim)
-    running = torch.zeros_like(slices[0]) if exclusive else slices[0]
-    out = [running]
-    for item in slices[: len(slices) - 1] if exclusive else slices[1:]:
-        running = torch.addcmul(item, running, factor)
-        out.append(running)
-    return torch.stack(out, dim)
+    inputs = x.unbind(dim)
+    inputs = inputs[: len(inputs) - 1] if exclusive else inputs[1:]
+    if torch.is_grad_enabled() and x.requires_grad:
+        running = torch.zeros_like(x.select(dim, 0)) if exclusive else x.select(dim, 0)
+        steps = [running]
+        for item in inputs:
+            running = torch.addcmul(item, running, factor)
+            steps.append(running)
+        return torch.stack(steps, dim)
+    out = torch.empty_like(x)
+    steps = out.unbind(dim)
+    steps[0].zero_() if exclusive else steps[0].copy_(x.select(dim, 0))
+    for item, previous, step in zip(inputs, steps, steps[1:], strict=False):
+        torch.addcmul(item, previous, factor, out=step)
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -157,18 +166,21 @@ def recurrent_1d(q: Tensor, k: Tensor, v: Tensor, log_gamma: Tensor) -> Tensor:
     return torch.cat(outputs, dim=2)
 
 
-def chunk_tables_1d(chunk: int, log_gamma: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
+def chunk_tables_1d(
+    chunk: int, log_gamma: Tensor, dtype: torch.dtype, scale: float = 1.0
+) -> tuple[Tensor, Tensor, Tensor]:
     """The three per-chunk decay tables of :func:`chunkwise_1d`, each shaped to broadcast over
-    (batch, heads, chunks, chunk, ·): D_B (H, 1, B, B), γ^(j+1) and γ^(B−1−j) (H, 1, B, 1)."""
+    (batch, heads, chunks, chunk, ·): s·D_B (H, 1, B, B), s·γ^(j+1) and γ^(B−1−j) (H, 1, B, 1).
+    The two tables that multiply q's products carry its scale s."""
     pos = torch.arange(chunk, dtype=log_gamma.dtype, device=log_gamma.device)
-    inner_decay = causal_decay_1d(chunk, log_gamma)[:, None]
-    cross_scale = torch.exp((pos + 1) * log_gamma[:, None])[:, None, :, None]
+    inner_decay = causal_decay_1d(chunk, log_gamma)[:, None] * scale
+    cross_scale = torch.exp((pos + 1) * log_gamma[:, None])[:, None, :, None] * scale
     key_scale = torch.exp((chunk - 1 - pos) * log_gamma[:, None])[:, None, :, None]
     return tuple(t.to(dtype) for t in (inner_decay, cross_scale, key_scale))
 
 
-def chunkwise_1d(q: Tensor, k: Tensor, v: Tensor, log_gamma: Tensor, chunk_size: int) -> Tensor:
-    """Chunk i (true length b ≤ B, positions j = 0..b−1 inside it):
+def chunkwise_1d(q: Tensor, k: Tensor, v: Tensor, log_gamma: Tensor, chunk_size: int, scale: float = 1.0) -> Tensor:
+    """Chunk i (true length b ≤ B, positions j = 0..b−1 inside it), for q scaled by s:
 
         inner_i = (Q_i K_iᵀ ⊙ D_b) V_i
         cross_i = (Q_i R_{i−1}) ⊙ γ^(j+1)            (row j scaled by γ^(j+1))
@@ -185,7 +197,7 @@ def chunkwise_1d(q: Tensor, k: Tensor, v: Tensor, log_gamma: Tensor, chunk_size:
     num_full, tail = divmod(tokens, chunk)
     full = num_full * chunk
     inner_decay, cross_scale, key_scale = cached_tables(
-        ("chunk1d", chunk, q.dtype), log_gamma, lambda: chunk_tables_1d(chunk, log_gamma, q.dtype)
+        ("chunk1d", chunk, q.dtype, scale), log_gamma, lambda: chunk_tables_1d(chunk, log_gamma, q.dtype, scale)
     )
     # In-place products below reuse buffers: memory traffic, not FLOPs, bounds this on a CPU.
     # None of them overwrites a tensor that autograd saved.
@@ -193,16 +205,19 @@ def chunkwise_1d(q: Tensor, k: Tensor, v: Tensor, log_gamma: Tensor, chunk_size:
     qc, kc, vc = (t[:, :, :full].unflatten(2, (num_full, chunk)).contiguous() for t in (q, k, v))
     inner = (qc @ kc.transpose(-1, -2)).mul_(inner_decay) @ vc
     chunk_kv = (kc * key_scale).transpose(-1, -2) @ vc  # Σ_j γ^(B−1−j) k_jᵀ v_j, (B, H, n, d, dv)
-    chunk_log_decay = chunk * log_gamma.to(q.dtype)
-    states = decayed_cumsum(chunk_kv, chunk_log_decay, dim=2, exclusive=True)  # R_{i−1}, (B, H, n, d, dv)
+    del kc, vc  # peak memory: only q is needed from here on
+    chunk_decay = torch.exp(chunk * log_gamma).to(q.dtype)
+    states = decayed_cumsum(chunk_kv, chunk * log_gamma.to(q.dtype), dim=2, exclusive=True)  # R_{i−1}
+    last_state = chunk_decay.view(heads, 1, 1) * states[:, :, -1] + chunk_kv[:, :, -1] if tail else None
+    del chunk_kv
     inner.add_((qc @ states).mul_(cross_scale))
+    del qc, states
 
     # The output is a (batch, tokens, heads, dv) buffer seen as (batch, heads, tokens, dv): merging
     # the heads afterwards (transpose(1, 2) + reshape) is then free instead of one more copy.
     out = q.new_empty(batch, tokens, heads, v.shape[-1]).transpose(1, 2)
     out[:, :, :full] = inner.flatten(2, 3)
     if tail:
-        last_state = torch.exp(chunk_log_decay).view(heads, 1, 1) * states[:, :, -1] + chunk_kv[:, :, -1]
         qt, kt, vt = (t[:, :, full:] for t in (q, k, v))
         last = parallel(qt, kt, vt, inner_decay[:, 0, :tail, :tail])
         out[:, :, full:] = last + (qt @ last_state) * cross_scale[:, 0, :tail]
