@@ -178,6 +178,8 @@ def _memory_limit_gb(device: str) -> float:
 
 
 def _configs(args, models: dict) -> list[dict]:
+    """Every configuration, ordered so that all models and modes at one (task, resolution, batch)
+    run back to back: ratios then compare measurements minutes apart at most, on a noisy machine."""
     rows = []
     for task in args.tasks:
         for name, model in models.items():
@@ -194,7 +196,7 @@ def _configs(args, models: dict) -> list[dict]:
                         device=args.device, dtype=args.dtype, threads=args.threads, repeats=args.repeats,
                         min_seconds=args.min_seconds, allocator=args.allocator,
                     ))
-    return rows
+    return sorted(rows, key=lambda r: (args.tasks.index(r["task"]), r["resolution"], r["batch"]))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -323,6 +325,8 @@ def plot_report(rows: list[dict], out_dir: Path, machine: dict) -> list[Path]:
     groups = dict.fromkeys((r["task"], r["batch"]) for r in rows)
     for task, batch in groups:
         group = [r for r in rows if r["task"] == task and r["batch"] == batch and not r.get("error")]
+        if not group:
+            continue  # nothing ran (all skipped or failed): the Markdown table says why
         panels = (("images_per_s", "images / s", "throughput"), ("peak_mb", "peak memory (MB)", "memory"))
         for key, ylabel, stem in panels:
             fig, ax = plt.subplots(figsize=(6.4, 4.4))

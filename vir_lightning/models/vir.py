@@ -283,56 +283,59 @@ class VisionRetention(RetentionModeMixin, ClassifierHeadMixin, nn.Module):
 # ----------------------------------------------------------------------------------------------
 
 
-def _vir(arch: str, patch_size: int, img_size: int, overrides: dict) -> VisionRetention:
-    """Defaults from the size table and the name; any of them may be overridden."""
+def vir_from_arch(arch: str, patch_size: int, img_size: int, overrides: dict | None = None) -> VisionRetention:
+    """A family member from :data:`ARCH_ZOO` at a patch and image size; ``overrides`` replace any
+    default (``{"token_mixer": "attention"}`` gives the same-sized ViT baseline)."""
+    if arch not in ARCH_ZOO:
+        raise ValueError(f"arch={arch!r} is unknown; expected one of {sorted(ARCH_ZOO)}")
     kwargs = dict(ARCH_ZOO[arch], patch_size=patch_size, img_size=img_size)
-    kwargs.update(overrides)
+    kwargs.update(overrides or {})
     return VisionRetention(**kwargs)
 
 
 @register_model
 def vir_nano_patch16_224(**overrides) -> VisionRetention:
     """CPU-sized ViR for tests: width 96, depth 6, 3 heads."""
-    return _vir("nano", 16, 224, overrides)
+    return vir_from_arch("nano", 16, 224, overrides)
 
 
 @register_model
 def vir_nano_patch4_28(**overrides) -> VisionRetention:
     """CPU-sized ViR for 28×28 images (Fashion-MNIST): 7×7 patch grid, width 96, depth 6."""
-    return _vir("nano", 4, 28, overrides)
+    return vir_from_arch("nano", 4, 28, overrides)
 
 
 @register_model
 def vir_tiny_patch16_224(**overrides) -> VisionRetention:
     """ViR-Ti/16: width 192, depth 12, 3 heads (DeiT-Ti sizes)."""
-    return _vir("tiny", 16, 224, overrides)
+    return vir_from_arch("tiny", 16, 224, overrides)
 
 
 @register_model
 def vir_tiny_patch4_28(**overrides) -> VisionRetention:
     """ViR-Ti for 28×28 images: 7×7 patch grid, width 192, depth 12."""
-    return _vir("tiny", 4, 28, overrides)
+    return vir_from_arch("tiny", 4, 28, overrides)
 
 
 @register_model
 def vir_small_patch16_224(**overrides) -> VisionRetention:
     """ViR-S/16: width 384, depth 12, 6 heads — 22.06M parameters with 1000 classes."""
-    return _vir("small", 16, 224, overrides)
+    return vir_from_arch("small", 16, 224, overrides)
 
 
 @register_model
 def vir_base_patch16_224(**overrides) -> VisionRetention:
     """ViR-B/16: width 768, depth 12, 12 heads — 86.59M parameters with 1000 classes."""
-    return _vir("base", 16, 224, overrides)
+    return vir_from_arch("base", 16, 224, overrides)
 
 
 @register_model
 def vir_large_patch16_224(**overrides) -> VisionRetention:
     """ViR-L/16: width 1024, depth 24, 16 heads — 304.38M parameters with 1000 classes."""
-    return _vir("large", 16, 224, overrides)
+    return vir_from_arch("large", 16, 224, overrides)
 
 
 @register_model
 def vir_large_patch14_224(**overrides) -> VisionRetention:
     """ViR-L/14: width 1024, depth 24, 16 heads — 304.25M parameters with 1000 classes."""
-    return _vir("large", 14, 224, overrides)
+    return vir_from_arch("large", 14, 224, overrides)
