@@ -305,8 +305,9 @@ def markdown_report(rows: list[dict], machine: dict, command: str, baseline: str
         lines += [f"- {_label(r)} {r['task']} {r['resolution']}² batch {r['batch']}: {r['error']}" for r in skipped]
         lines.append("")
     lines += [
-        "Columns: median of the timed calls after one warm-up call; peak MB is the memory the call",
-        "added (resident set on CPU, `max_memory_allocated` on CUDA). GFLOP and achieved GFLOP/s per",
+        "Columns: median of the timed calls, after untimed warm-up and memory calls; peak MB is the",
+        "memory one call added (resident set on CPU with freed memory returned at once,",
+        "`max_memory_allocated` on CUDA). GFLOP, achieved GFLOP/s and the min–max spread per",
         "configuration are in results.csv.",
         "",
     ]
