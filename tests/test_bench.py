@@ -212,3 +212,12 @@ def test_every_mode_agrees_with_parallel_on_cuda(rates3):
     expected = retention(q, k, v, rates3.cuda())
     for mode in ("chunkwise", "recurrent", "auto"):
         assert relative_error(retention(q, k, v, rates3.cuda(), mode=mode), expected) <= 1e-10
+
+
+def test_bench_measures_hierarchical_models_too(tmp_path):
+    out = tmp_path / "bench"
+    assert main(["bench", "--models", "hvir_nano", "--resolutions", "64", "--batch-sizes", "1", "--tasks", "inference",
+                 "--modes", "chunkwise", "--repeats", "1", "--min-seconds", "0", "--out", str(out)]) == 0
+    (row,) = _rows(out / "results.csv")
+    assert not row.get("error") and float(row["images_per_s"]) > 0
+    assert int(row["tokens"]) == (64 // 16) ** 2  # the longest retention sequence: stage 3, stride 16
