@@ -8,8 +8,12 @@ not training runs (benchmarks, …) are plain commands registered in ``TOOLS``.
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import sys
+from pathlib import Path
+
+from .io import atomic_output
 
 LIGHTNING_SUBCOMMANDS = {
     "fit": "train (and validate) a model; `--test_after_fit true` then tests the best checkpoint",
@@ -22,6 +26,8 @@ LIGHTNING_SUBCOMMANDS = {
 #: command → (module whose ``main(argv) -> int`` runs it, one-line help). Imported only when run,
 #: so ``--help`` and the training subcommands never pay for the tools' imports.
 TOOLS: dict[str, tuple[str, str]] = {
+    "grid": (
+        "vir_lightning.grid.cli", "ablation grids over the CLI configs: local or Ray, resumable, tables and plots"),
     "bench": (
         "vir_lightning.benchmarks.throughput", "images/s and peak memory: models x modes x resolutions, ViT alongside"),
     "bench-retention": (
@@ -51,7 +57,21 @@ def _build_cli_class():
             parser.add_argument("--predictions_csv", type=str | None, default=None,
                                 help="predict: CSV to write (default: <log dir>/predictions.csv)")
 
+        def _save_metrics(self) -> None:
+            """Merge the logged metrics into ``<default_root_dir>/metrics.json`` (atomically): what
+            `grid` and scripts read, whatever loggers the config has."""
+            if self.trainer.global_rank != 0:
+                return
+            path = os.path.join(self.trainer.default_root_dir, "metrics.json")
+            metrics = json.loads(Path(path).read_text()) if os.path.exists(path) else {}
+            metrics.update({k: float(v) for k, v in self.trainer.callback_metrics.items() if v.numel() == 1})
+            with atomic_output(path) as tmp:
+                Path(tmp).write_text(json.dumps(metrics, indent=1, sort_keys=True))
+
+        after_validate = after_test = _save_metrics
+
         def after_fit(self) -> None:
+            self._save_metrics()
             if not self.config.fit.get("test_after_fit"):
                 return
             checkpoint = self.trainer.checkpoint_callback
@@ -63,6 +83,7 @@ def _build_cli_class():
                 self.model.model.load_state_dict(read_state_dict(best))
                 print(f"testing the best checkpoint {best}")
             self.trainer.test(self.model, datamodule=self.datamodule)
+            self._save_metrics()
 
         def before_predict(self) -> None:
             if any(isinstance(cb, PredictionCSVWriter) for cb in self.trainer.callbacks):

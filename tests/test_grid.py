@@ -1,0 +1,196 @@
+"""`python -m vir_lightning grid`: specs, planning, execution, resume after SIGKILL, reports, Ray."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from vir_lightning.cli import main
+from vir_lightning.grid.plan import place_outputs, set_dotted
+from vir_lightning.grid.spec import load_spec
+
+REPO = Path(__file__).resolve().parents[1]
+QUICKSTART = str(REPO / "configs" / "quickstart.yaml")
+# A few optimizer steps of the quickstart: enough to produce checkpoints and test metrics.
+TINY_ARGS = {
+    "trainer.max_epochs": 2,
+    "trainer.limit_train_batches": 3,
+    "trainer.limit_val_batches": 2,
+    "trainer.limit_test_batches": 2,
+    "trainer.check_val_every_n_epoch": 1,
+}
+
+
+def write_spec(path: Path, **fields) -> str:
+    spec = {"base": QUICKSTART, "args": TINY_ARGS, "seeds": [0], "metrics": ["test/acc1"], **fields}
+    path.write_text(yaml.safe_dump(spec))
+    return str(path)
+
+
+def read_rows(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+# -- specs ---------------------------------------------------------------------------------------
+
+
+def test_points_are_the_product_of_axes_and_zip_groups_times_seeds(tmp_path):
+    spec = load_spec(write_spec(
+        tmp_path / "s.yaml",
+        axes={"model.init_args.model_kwargs.decay": ["1d", "2d"]},
+        zip=[{"model.init_args.model_kwargs.pooling": ["avg", "token_last"],
+              "model.init_args.model_kwargs.multipass": [False, True]}],
+        seeds=[0, 1, 2],
+    ))
+    points = spec.points()
+    assert len(points) == 2 * 2 * 3
+    kwargs = "model.init_args.model_kwargs."
+    pairs = {(p.overrides()[kwargs + "pooling"], p.overrides()[kwargs + "multipass"]) for p in points}
+    assert pairs == {("avg", False), ("token_last", True)}  # zipped, not crossed
+    assert spec.name == "s" and spec.axis_names[0] == "model.init_args.model_kwargs.decay"
+
+
+@pytest.mark.parametrize(
+    "fields,message",
+    [
+        (dict(axis={"a": [1]}), "unknown keys ['axis']"),
+        (dict(base="configs/missing.yaml"), "does not exist"),
+        (dict(axes={"trainer.max_epochs": 3}), "non-empty list"),
+        (dict(zip=[{"a.b": [1, 2], "a.c": [1]}]), "different lengths"),
+        (dict(axes={"trainer.max_epochs": [1, 2]}), "set more than once"),  # also in args
+        (dict(seeds=[0, 0]), "repeats a seed"),
+        (dict(seeds=["0"]), "list of integers"),
+        (dict(metrics=[]), "metrics must list"),
+        (dict(subcommands=["train"]), "subcommands"),
+    ],
+)
+def test_bad_specs_are_rejected_with_the_file_and_the_problem(fields, message, tmp_path):
+    path = write_spec(tmp_path / "bad.yaml", **fields)
+    with pytest.raises(ValueError, match=re.escape(message)) as err:
+        load_spec(path)
+    assert str(err.value).startswith(path)
+
+
+def test_dotted_keys_must_reach_an_existing_section():
+    config = {"trainer": {"max_epochs": 1}, "model": {"init_args": {"model_kwargs": {}}}}
+    set_dotted(config, "model.init_args.model_kwargs.decay", "2d")  # a new key inside a dict option
+    assert config["model"]["init_args"]["model_kwargs"] == {"decay": "2d"}
+    with pytest.raises(ValueError, match="'trainr' is not a section"):
+        set_dotted(config, "trainr.max_epochs", 3)
+
+
+def test_every_output_of_a_run_goes_into_its_own_directory():
+    config = {"trainer": {
+        "default_root_dir": "runs/quickstart",
+        "logger": [{"class_path": "CSVLogger", "init_args": {"save_dir": "runs/quickstart"}}],
+        "callbacks": [{"class_path": "ModelCheckpoint", "init_args": {"dirpath": "runs/quickstart/checkpoints"}},
+                      {"class_path": "LearningRateMonitor", "init_args": {"logging_interval": "step"}}],
+    }}
+    placed = place_outputs(config, "/out/runs/r1")
+    assert placed["trainer"]["default_root_dir"] == "/out/runs/r1"
+    assert placed["trainer"]["logger"][0]["init_args"]["save_dir"] == "/out/runs/r1"
+    assert placed["trainer"]["callbacks"][0]["init_args"]["dirpath"] == "/out/runs/r1/checkpoints"
+    assert config["trainer"]["default_root_dir"] == "runs/quickstart"  # the input is not modified
+
+
+@pytest.mark.slow
+def test_unknown_keys_and_bad_values_stop_the_grid_before_any_run(tmp_path, capsys):
+    out = tmp_path / "out"
+    bad_key = write_spec(tmp_path / "k.yaml", axes={"trainer.max_epoch": [1, 2]})
+    assert main(["grid", bad_key, "--out", str(out)]) == 2
+    assert "max_epoch" in capsys.readouterr().err
+    bad_model = write_spec(tmp_path / "m.yaml", axes={"model.init_args.model_kwargs.decay": ["1d", "3d"]})
+    assert main(["grid", bad_model, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "decay=3d" in err and "the model does not build" in err
+    assert not (out / "runs").exists()  # nothing ran, nothing was written
+
+
+# -- running ---------------------------------------------------------------------------------------
+
+
+def _grid(spec: str, out: Path, *extra: str) -> subprocess.Popen:
+    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"}
+    return subprocess.Popen([sys.executable, "-m", "vir_lightning", "grid", spec, "--out", str(out), *extra],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.mark.slow
+def test_grid_killed_with_sigkill_resumes_without_redoing_or_losing_runs(tmp_path):
+    spec = write_spec(tmp_path / "decay.yaml", name="decay", axes={"model.init_args.model_kwargs.decay": ["1d", "2d"]},
+                      seeds=[0, 1])
+    out = tmp_path / "out"
+    proc = _grid(spec, out)
+    # Wait until one run has ended and a later one has started writing checkpoints, then SIGKILL.
+    deadline = time.time() + 600
+    while time.time() < deadline:
+        statuses = list(out.glob("runs/*/status.json"))
+        started = [p for p in out.glob("runs/*/checkpoints") if not (p.parent / "status.json").exists()]
+        if statuses and started:
+            break
+        assert proc.poll() is None, proc.stdout.read()
+        time.sleep(0.5)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    (first_done,) = statuses
+    done_before = first_done.read_text()
+    mtime_before = first_done.stat().st_mtime_ns
+    time.sleep(1)
+    assert not any(p.parent.joinpath("status.json").exists() for p in started)  # the killed run did not end
+
+    resumed = _grid(spec, out)
+    output, _ = resumed.communicate(timeout=900)
+    assert resumed.returncode == 0, output
+    assert "done" in output.split("to run")[0]  # the listing marked the finished run as done
+    rows = read_rows(out / "results.csv")
+    assert len(rows) == 4 and {r["state"] for r in rows} == {"done"}
+    assert all(0.0 <= float(r["test/acc1"]) <= 1.0 for r in rows)
+    assert first_done.read_text() == done_before and first_done.stat().st_mtime_ns == mtime_before  # not redone
+    report = (out / "results.md").read_text()
+    assert "| 1d | 2/2 |" in report and "| 2d | 2/2 |" in report and "±" in report
+    assert (out / "test_acc1_vs_decay.png").read_bytes()[:4] == b"\x89PNG"
+    for run_dir in out.glob("runs/*"):
+        config = yaml.safe_load((run_dir / "config.yaml").read_text())
+        assert config["trainer"]["default_root_dir"] == str(run_dir)
+        assert json.loads((run_dir / "point.json").read_text())["seed"] in (0, 1)
+    # A third call finds everything done and runs nothing.
+    again = _grid(spec, out, "--dry-run")
+    listing, _ = again.communicate(timeout=300)
+    assert "4 runs: 4 ended, 0 to run" in listing
+
+
+@pytest.mark.slow
+def test_a_failing_run_is_recorded_with_its_log_and_the_grid_goes_on(tmp_path, capsys):
+    # eval_chunk_size=0 parses (an int) but the task rejects it when the run builds the model.
+    spec = write_spec(tmp_path / "f.yaml", axes={"model.init_args.eval_chunk_size": [None, 0]})
+    out = tmp_path / "out"
+    assert main(["grid", spec, "--out", str(out)]) == 1
+    rows = {r["eval_chunk_size"]: r for r in read_rows(out / "results.csv")}
+    assert rows[""]["state"] == "done"  # None is an empty CSV cell
+    failed = rows["0"]
+    assert failed["state"] == "failed" and "exited with status" in failed["reason"]
+    assert "chunk_size=0" in Path(failed["log"]).read_text()
+    assert failed["log"] in (out / "results.md").read_text()
+
+
+@pytest.mark.slow
+def test_the_same_spec_runs_on_ray(tmp_path):
+    pytest.importorskip("ray")
+    spec = write_spec(tmp_path / "r.yaml", axes={"model.init_args.model_kwargs.decay": ["1d", "2d"]})
+    out = tmp_path / "out"
+    proc = _grid(spec, out, "--executor", "ray", "--cpus-per-run", "1")
+    output, _ = proc.communicate(timeout=900)
+    assert proc.returncode == 0, output
+    rows = read_rows(out / "results.csv")
+    assert len(rows) == 2 and {r["state"] for r in rows} == {"done"}

@@ -1,0 +1,171 @@
+"""From a spec to runs: each point's resolved config, checked by the CLI's own parser, with its own
+run directory named by a hash of that config.
+
+The base configs (plus the spec's ``args``) are resolved once with ``--print_config``; each point's
+values are then set in that resolved config, and every point's config is checked by
+``--print_config`` again, in parallel, before any run starts: an unknown key or a bad value
+stops the grid with the CLI's own message.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from ..io import atomic_output
+from .spec import GridPoint, GridSpec
+
+
+@dataclass
+class Run:
+    """One point of the grid, ready to execute."""
+
+    run_id: str
+    point: GridPoint
+    run_dir: str
+    subcommands: list[str]
+    metrics: list[str]
+    config: dict  # resolved, with its outputs placed in run_dir
+
+    def write_config(self) -> None:
+        """``config.yaml`` and ``point.json`` in the run directory (once; atomically)."""
+        os.makedirs(self.run_dir, exist_ok=True)
+        config_path = os.path.join(self.run_dir, "config.yaml")
+        if os.path.exists(config_path):
+            return
+        with atomic_output(os.path.join(self.run_dir, "point.json")) as tmp:
+            Path(tmp).write_text(json.dumps({"values": dict(self.point.values), "seed": self.point.seed}, default=str))
+        with atomic_output(config_path) as tmp:
+            Path(tmp).write_text(yaml.safe_dump(self.config, sort_keys=False))
+
+    def to_dict(self) -> dict:  # what an executor ships to a worker (plain data)
+        return dict(run_id=self.run_id, run_dir=self.run_dir, subcommands=self.subcommands, metrics=self.metrics,
+                    label=self.point.label(), seed=self.point.seed)
+
+
+def set_dotted(config: dict, key: str, value) -> None:
+    """``config[a][b][c] = value`` for ``key = "a.b.c"``; every level but the last must exist."""
+    parts = key.split(".")
+    node = config
+    for depth, part in enumerate(parts[:-1]):
+        child = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(child, dict):
+            where = ".".join(parts[: depth + 1])
+            raise ValueError(f"{key!r}: {where!r} is not a section of the resolved config (unknown key?)")
+        node = child
+    node[parts[-1]] = value
+
+
+def _cli(args: list[str]) -> subprocess.CompletedProcess:
+    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"}
+    return subprocess.run([sys.executable, "-m", "vir_lightning", *args], capture_output=True, text=True, env=env)
+
+
+def _cli_error(proc: subprocess.CompletedProcess) -> str:
+    lines = [line for line in (proc.stderr or proc.stdout).strip().splitlines() if line.strip()]
+    return lines[-1] if lines else f"exit status {proc.returncode}"
+
+
+def resolve_base(spec: GridSpec) -> dict:
+    """The base configs composed and resolved by the CLI (every option present, with its default)."""
+    args = [spec.subcommands[0]]
+    for path in spec.base:
+        args += ["--config", path]
+    proc = _cli([*args, "--print_config"])
+    if proc.returncode != 0:
+        raise ValueError(f"{spec.source}: the base config does not parse: {_cli_error(proc)}")
+    config = yaml.safe_load(proc.stdout)
+    for key, value in spec.args.items():
+        set_dotted(config, key, value)
+    return config
+
+
+def _point_config(base: dict, point: GridPoint) -> dict:
+    config = copy.deepcopy(base)
+    for key, value in point.values:
+        set_dotted(config, key, value)
+    config["seed_everything"] = point.seed
+    return config
+
+
+def config_hash(config: dict) -> str:
+    """A stable hash of a resolved config (before run paths are set): same config, same run."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def place_outputs(config: dict, run_dir: str) -> dict:
+    """Point the config's outputs into ``run_dir``: root dir, every logger's save_dir, every
+    callback's dirpath (as ``run_dir/checkpoints``), so runs never share a folder."""
+    config = copy.deepcopy(config)
+    trainer = config.setdefault("trainer", {})
+    trainer["default_root_dir"] = run_dir
+    loggers = trainer.get("logger")
+    for logger in loggers if isinstance(loggers, list) else [loggers] if isinstance(loggers, dict) else []:
+        if isinstance(logger.get("init_args"), dict) and "save_dir" in logger["init_args"]:
+            logger["init_args"]["save_dir"] = run_dir
+    for callback in trainer.get("callbacks") or []:
+        if isinstance(callback, dict) and isinstance(callback.get("init_args"), dict):
+            if "dirpath" in callback["init_args"]:
+                callback["init_args"]["dirpath"] = os.path.join(run_dir, "checkpoints")
+    return config
+
+
+def _check_model(config: dict, label: str) -> None:
+    """Model options are a free dict the parser cannot check: build the model on the meta device."""
+    init = (config.get("model") or {}).get("init_args") or {}
+    if "model_name" not in init:
+        return
+    import torch
+
+    from ..models import create_model
+
+    try:
+        with torch.device("meta"):
+            create_model(init["model_name"], **(init.get("model_kwargs") or {}))
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"point {label}: the model does not build: {err}") from None
+
+
+def plan(spec: GridSpec, out_dir: str, workers: int = 2) -> list[Run]:
+    """Every run of the grid with its resolved config (nothing is written); raises
+    ValueError (naming the point and the CLI's message) if any point's config is invalid."""
+    base = resolve_base(spec)
+    configs = []
+    for point in spec.points():
+        config = _point_config(base, point)
+        _check_model(config, point.label())
+        configs.append((point, config))
+
+    def check(item) -> str | None:
+        point, config = item
+        with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+            yaml.safe_dump(config, f, sort_keys=False)
+        try:
+            proc = _cli([spec.subcommands[0], "--config", f.name, "--print_config"])
+        finally:
+            os.unlink(f.name)
+        return None if proc.returncode == 0 else f"point {point.label()}: {_cli_error(proc)}"
+
+    # Seeds do not change what parses: check one config per combination of axis values.
+    distinct = {point.values: (point, config) for point, config in configs}
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        errors = [e for e in pool.map(check, distinct.values()) if e]
+    if errors:
+        raise ValueError(f"{spec.source}: {errors[0]}" + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""))
+
+    runs = []
+    for point, config in configs:
+        run_id = f"{spec.name}-{config_hash(config)}"
+        run_dir = os.path.abspath(os.path.join(out_dir, "runs", run_id))
+        runs.append(Run(run_id, point, run_dir, spec.subcommands, spec.metrics, place_outputs(config, run_dir)))
+    return runs

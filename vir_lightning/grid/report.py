@@ -1,0 +1,120 @@
+"""A grid's results: ``results.csv`` (one row per run), ``results.md`` (mean ± std over seeds per
+point) and ``<metric>_vs_<axis>.png`` (one plot per axis), all written atomically, so a grid killed
+at any moment leaves the last complete tables behind."""
+
+from __future__ import annotations
+
+import os
+import statistics
+from pathlib import Path
+
+from ..io import atomic_output, write_csv_atomically
+from .plan import Run
+from .spec import GridSpec
+
+
+def _short(key: str) -> str:
+    return key.rsplit(".", 1)[-1]
+
+
+def result_rows(spec: GridSpec, runs: list[Run], statuses: dict[str, dict | None]) -> list[dict]:
+    rows = []
+    for run in runs:
+        status = statuses.get(run.run_id) or {}
+        row = {"run_id": run.run_id, "seed": run.point.seed, "state": status.get("state", "pending")}
+        row.update({_short(k): v for k, v in run.point.values})
+        row.update({m: (status.get("metrics") or {}).get(m, "") for m in spec.metrics})
+        row.update(seconds=status.get("seconds", ""), reason=status.get("reason", ""),
+                   log=status.get("log", ""), run_dir=run.run_dir)
+        rows.append(row)
+    return rows
+
+
+def _mean_std(values: list[float]) -> str:
+    if not values:
+        return "—"
+    if len(values) == 1:
+        return f"{values[0]:.4f}"
+    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
+
+
+def points_table(spec: GridSpec, rows: list[dict]) -> list[dict]:
+    """Per combination of axis values: n finished runs and mean/std of each metric."""
+    axes = [_short(k) for k in spec.axis_names]
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(tuple(row[a] for a in axes), []).append(row)
+    table = []
+    for values, members in groups.items():
+        done = [r for r in members if r["state"] == "done"]
+        entry = dict(zip(axes, values, strict=True))
+        entry["runs"] = f"{len(done)}/{len(members)}"
+        for metric in spec.metrics:
+            entry[metric] = [float(r[metric]) for r in done]
+        table.append(entry)
+    return table
+
+
+def markdown(spec: GridSpec, rows: list[dict], command: str) -> str:
+    axes = [_short(k) for k in spec.axis_names]
+    lines = [f"# Grid {spec.name}", "", f"`{command}`", "",
+             f"Base: {', '.join(spec.base)}; seeds {spec.seeds}; mean ± sample std over finished seeds.", ""]
+    header = [*axes, "runs", *spec.metrics]
+    lines += ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    for entry in points_table(spec, rows):
+        cells = [str(entry[a]) for a in axes] + [entry["runs"]] + [_mean_std(entry[m]) for m in spec.metrics]
+        lines.append("| " + " | ".join(cells) + " |")
+    failed = [r for r in rows if r["state"] == "failed"]
+    if failed:
+        lines += ["", "Failed runs:", ""]
+        lines += [f"- {r['run_id']} (seed {r['seed']}): {r['reason']} — log: {r['log']}" for r in failed]
+    return "\n".join(lines) + "\n"
+
+
+def plot_axes(spec: GridSpec, rows: list[dict], out_dir: str) -> list[str]:
+    """For each axis: the first metric's mean ± std against that axis's values, one line per
+    combination of the other axes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metric = spec.metrics[0]
+    axes = [_short(k) for k in spec.axis_names]
+    table = points_table(spec, rows)
+    written = []
+    for axis in axes:
+        others = [a for a in axes if a != axis]
+        fig, ax = plt.subplots(figsize=(5.6, 4))
+        series: dict[tuple, list] = {}
+        for entry in table:
+            if entry[metric]:
+                series.setdefault(tuple(entry[o] for o in others), []).append(entry)
+        for key, entries in series.items():
+            labels = [str(e[axis]) for e in entries]
+            means = [statistics.mean(e[metric]) for e in entries]
+            stds = [statistics.stdev(e[metric]) if len(e[metric]) > 1 else 0.0 for e in entries]
+            name = ", ".join(f"{o}={v}" for o, v in zip(others, key, strict=True)) or metric
+            ax.errorbar(labels, means, yerr=stds, marker="o", capsize=4, label=name)
+        ax.set_xlabel(axis)
+        ax.set_ylabel(f"{metric} (mean ± std over seeds)")
+        ax.set_title(f"{spec.name}: {metric} vs {axis}", fontsize=9)
+        ax.grid(True, alpha=0.3)
+        if series:
+            ax.legend(fontsize=7)
+        path = os.path.join(out_dir, f"{metric.replace('/', '_')}_vs_{axis}.png")
+        with atomic_output(path) as tmp:
+            fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def write_reports(spec: GridSpec, runs: list[Run], statuses: dict, out_dir: str, command: str) -> None:
+    rows = result_rows(spec, runs, statuses)
+    fields = list(rows[0]) if rows else ["run_id"]
+    write_csv_atomically(os.path.join(out_dir, "results.csv"), fields, ([r[f] for f in fields] for r in rows))
+    with atomic_output(os.path.join(out_dir, "results.md")) as tmp:
+        Path(tmp).write_text(markdown(spec, rows, command))
+    if any(r["state"] == "done" for r in rows):
+        plot_axes(spec, rows, out_dir)

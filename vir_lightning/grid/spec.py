@@ -1,0 +1,144 @@
+"""Grid specs: a YAML file naming base configs, axes, seeds and metrics, expanded into runs.
+
+    name: decay_1d_vs_2d                 # optional; default: the file's stem
+    base: configs/quickstart.yaml        # or a list, composed in order like repeated --config
+    subcommands: [fit]                   # fit / validate / test, run in order in each run
+    args:                                # the same for every run (dotted CLI keys)
+      trainer.max_epochs: 2
+    axes:                                # every combination of these
+      model.init_args.model_kwargs.decay: [1d, 2d]
+    zip:                                 # optional: groups whose lists vary together
+      - model.init_args.model_kwargs.pooling: [token_last, avg]
+        model.init_args.model_kwargs.multipass: [false, false]
+    seeds: [0, 1, 2]
+    metrics: [test/acc1]
+
+Keys are the CLI's dotted keys (``--trainer.max_epochs`` → ``trainer.max_epochs``); a key may also
+reach into a dict-valued option such as ``model.init_args.model_kwargs``. Paths in the spec are
+relative to the current directory, as on the command line.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+SPEC_KEYS = {"name", "base", "subcommands", "args", "axes", "zip", "seeds", "metrics"}
+SUBCOMMANDS = ("fit", "validate", "test")
+
+
+@dataclass(frozen=True)
+class GridPoint:
+    """One run: the values of every axis (in spec order) and the seed."""
+
+    values: tuple[tuple[str, object], ...]
+    seed: int
+
+    def overrides(self) -> dict:
+        return dict(self.values)
+
+    def label(self) -> str:
+        return ", ".join(f"{key.rsplit('.', 1)[-1]}={value}" for key, value in self.values) or "base"
+
+
+@dataclass
+class GridSpec:
+    name: str
+    base: list[str]
+    subcommands: list[str]
+    args: dict
+    axes: dict[str, list]
+    zipped: list[dict[str, list]]
+    seeds: list[int]
+    metrics: list[str]
+    source: str = ""
+    axis_names: list[str] = field(default_factory=list)
+
+    def points(self) -> list[GridPoint]:
+        """Every (axis values, seed): the product of the axes and of each zip group, then seeds."""
+        factors = [[((key, value),) for value in values] for key, values in self.axes.items()]
+        for group in self.zipped:
+            keys = list(group)
+            factors.append([tuple(zip(keys, combo, strict=True)) for combo in zip(*group.values(), strict=True)])
+        combos = [sum(parts, ()) for parts in itertools.product(*factors)] if factors else [()]
+        return [GridPoint(combo, seed) for combo in combos for seed in self.seeds]
+
+
+def _fail(source: str, message: str) -> ValueError:
+    return ValueError(f"{source}: {message}")
+
+
+def _dotted_mapping(source: str, what: str, value) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(k, str) and k for k in value):
+        raise _fail(source, f"{what} must be a mapping of dotted keys (e.g. trainer.max_epochs: 2)")
+    return dict(value)
+
+
+def _value_lists(source: str, what: str, mapping: dict) -> dict[str, list]:
+    for key, values in mapping.items():
+        if not isinstance(values, list) or not values:
+            raise _fail(source, f"{what} {key!r} must be a non-empty list of values, got {values!r}")
+    return mapping
+
+
+def load_spec(path: str) -> GridSpec:
+    """Read and check a grid spec. Raises ValueError naming the file and the problem."""
+    source = str(path)
+    if not os.path.isfile(source):
+        raise FileNotFoundError(f"grid spec {source} does not exist")
+    try:
+        raw = yaml.safe_load(Path(source).read_text())
+    except yaml.YAMLError as err:
+        raise _fail(source, f"is not valid YAML ({err})") from None
+    if not isinstance(raw, dict):
+        raise _fail(source, "must be a YAML mapping with base, axes, seeds, metrics")
+    unknown = sorted(set(raw) - SPEC_KEYS)
+    if unknown:
+        raise _fail(source, f"unknown keys {unknown}; a grid spec has {sorted(SPEC_KEYS)}")
+
+    base = raw.get("base")
+    base = [base] if isinstance(base, str) else base
+    if not base or not all(isinstance(b, str) for b in base):
+        raise _fail(source, "base must name a config file (or a list of them)")
+    missing = [b for b in base if not os.path.isfile(b)]
+    if missing:
+        raise _fail(source, f"base config {missing[0]} does not exist")
+
+    subcommands = raw.get("subcommands", ["fit"])
+    if not isinstance(subcommands, list) or not subcommands or any(s not in SUBCOMMANDS for s in subcommands):
+        raise _fail(source, f"subcommands={subcommands!r}; expected a list from {list(SUBCOMMANDS)}")
+
+    args = _dotted_mapping(source, "args", raw.get("args"))
+    axes = _value_lists(source, "axis", _dotted_mapping(source, "axes", raw.get("axes")))
+    zipped_raw = raw.get("zip") or []
+    if not isinstance(zipped_raw, list):
+        raise _fail(source, "zip must be a list of groups (mappings of dotted keys to equal-length lists)")
+    zipped = []
+    for group in zipped_raw:
+        group = _value_lists(source, "zipped axis", _dotted_mapping(source, "a zip group", group))
+        lengths = {len(v) for v in group.values()}
+        if len(lengths) > 1:
+            raise _fail(source, f"zip group {sorted(group)} has lists of different lengths {sorted(lengths)}")
+        zipped.append(group)
+    names = list(axes) + [key for group in zipped for key in group]
+    repeated = sorted({k for k in names if names.count(k) > 1} | (set(names) & set(args)))
+    if repeated:
+        raise _fail(source, f"keys {repeated} are set more than once (axes, zip groups and args must not overlap)")
+
+    seeds = raw.get("seeds", [0])
+    integers = isinstance(seeds, list) and all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)
+    if not seeds or not integers:
+        raise _fail(source, f"seeds={seeds!r}; expected a non-empty list of integers")
+    if len(set(seeds)) != len(seeds):
+        raise _fail(source, f"seeds={seeds!r} repeats a seed")
+    metrics = raw.get("metrics")
+    if not isinstance(metrics, list) or not metrics or not all(isinstance(m, str) for m in metrics):
+        raise _fail(source, "metrics must list the logged metrics to collect, e.g. [test/acc1]")
+    name = raw.get("name") or Path(source).stem
+    return GridSpec(name, base, subcommands, args, axes, zipped, seeds, metrics, source, names)
