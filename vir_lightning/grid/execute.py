@@ -51,12 +51,22 @@ def _write_status(run_dir: str, status: dict) -> dict:
 def execute_run(run: dict, retry_failed: bool = False) -> dict:
     """Run ``run`` (see :meth:`Run.to_dict`) to its end unless it already ended; returns its status.
 
-    Importable by reference, so the same function is a Ray task on a cluster.
+    Importable by reference, so the same function is a Ray task on a cluster. Anything that goes
+    wrong (the CLI failing, or this function itself) ends the run as ``failed``, never the grid.
     """
     run_dir = run["run_dir"]
     status = read_status(run_dir)
     if status is not None and (status["state"] == "done" or not retry_failed):
         return {**status, "skipped": True}
+    try:
+        return _execute(run)
+    except Exception as err:  # noqa: BLE001 — recorded in the run's status, the grid goes on
+        return _write_status(run_dir, dict(state="failed", reason=f"{type(err).__name__}: {err}",
+                                           log=os.path.join(run_dir, "run.log")))
+
+
+def _execute(run: dict) -> dict:
+    run_dir = run["run_dir"]
     config = os.path.join(run_dir, "config.yaml")
     log_path = os.path.join(run_dir, "run.log")
     last = os.path.join(run_dir, "checkpoints", "last.ckpt")

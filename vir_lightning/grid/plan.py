@@ -157,7 +157,7 @@ def plan(spec: GridSpec, out_dir: str, workers: int = 2) -> list[Run]:
         return None if proc.returncode == 0 else f"point {point.label()}: {_cli_error(proc)}"
 
     # Seeds do not change what parses: check one config per combination of axis values.
-    distinct = {point.values: (point, config) for point, config in configs}
+    distinct = {json.dumps(point.values, default=str): (point, config) for point, config in configs}
     with ThreadPoolExecutor(max(1, workers)) as pool:
         errors = [e for e in pool.map(check, distinct.values()) if e]
     if errors:
