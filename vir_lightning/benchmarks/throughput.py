@@ -96,9 +96,7 @@ def _worker(cfg: dict) -> dict:
             return loss.detach()
 
     _register_cpu_sdpa_flops()
-    with FlopCounterMode(display=False):  # its one-time set-up (~70 MB) must not count as the model's
-        torch.ones(2, 2, device=device) @ torch.ones(2, 2, device=device)
-    counter = FlopCounterMode(display=False)
+    counter = FlopCounterMode(display=False)  # wraps the warm-up call only (see measure)
     try:
         if device.type == "cuda":
             _, stats = measure_cuda(call, cfg["repeats"], cfg["min_seconds"], lambda: counter)
