@@ -206,9 +206,9 @@ def chunkwise_1d(q: Tensor, k: Tensor, v: Tensor, log_gamma: Tensor, chunk_size:
     inner = (qc @ kc.transpose(-1, -2)).mul_(inner_decay) @ vc
     chunk_kv = (kc * key_scale).transpose(-1, -2) @ vc  # Σ_j γ^(B−1−j) k_jᵀ v_j, (B, H, n, d, dv)
     del kc, vc  # peak memory: only q is needed from here on
-    chunk_decay = torch.exp(chunk * log_gamma).to(q.dtype)
-    states = decayed_cumsum(chunk_kv, chunk * log_gamma.to(q.dtype), dim=2, exclusive=True)  # R_{i−1}
-    last_state = chunk_decay.view(heads, 1, 1) * states[:, :, -1] + chunk_kv[:, :, -1] if tail else None
+    chunk_log_decay = chunk * log_gamma.to(q.dtype)
+    states = decayed_cumsum(chunk_kv, chunk_log_decay, dim=2, exclusive=True)  # R_{i−1}
+    last_state = torch.exp(chunk_log_decay).view(heads, 1, 1) * states[:, :, -1] + chunk_kv[:, :, -1] if tail else None
     del chunk_kv
     inner.add_((qc @ states).mul_(cross_scale))
     del qc, states
