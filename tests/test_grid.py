@@ -73,6 +73,11 @@ def test_points_are_the_product_of_axes_and_zip_groups_times_seeds(tmp_path):
         (dict(seeds=["0"]), "list of integers"),
         (dict(metrics=[]), "metrics must list"),
         (dict(subcommands=["train"]), "subcommands"),
+        (dict(subcommands=["test", {"run": "test", "tag": "56px"}]), "put an untagged fit before it"),
+        (dict(subcommands=["fit", {"run": "test", "tag": "56 px"}]), "needs a tag of letters"),
+        (dict(subcommands=["fit", {"run": "test", "tag": "a"}, {"run": "fit", "tag": "a"}]), "repeat ['a']"),
+        (dict(subcommands=["fit", {"run": "test", "tag": "a", "arg": {}}]), "subcommands: {"),
+        (dict(subcommands=["fit", {"run": "test", "tag": "a"}], metrics=["test/acc1@b"]), "no step tagged 'b'"),
     ],
 )
 def test_bad_specs_are_rejected_with_the_file_and_the_problem(fields, message, tmp_path):
@@ -182,6 +187,49 @@ def test_a_failing_run_is_recorded_with_its_log_and_the_grid_goes_on(tmp_path, c
     assert failed["state"] == "failed" and "exited with status" in failed["reason"]
     assert "chunk_size=0" in Path(failed["log"]).read_text()
     assert failed["log"] in (out / "results.md").read_text()
+
+
+@pytest.mark.slow
+def test_tagged_steps_start_from_the_fits_checkpoint_and_resume_step_by_step(tmp_path, capsys):
+    finetune = {"data.init_args.img_size": 36, "trainer.max_epochs": 1, "trainer.limit_train_batches": 2}
+    spec = write_spec(
+        tmp_path / "t.yaml",
+        subcommands=["fit", {"run": "test", "tag": "same"},
+                     {"run": "test", "tag": "36px", "args": {"data.init_args.img_size": 36}},
+                     {"run": "fit", "tag": "ft36px", "args": finetune}],
+        metrics=["test/acc1", "test/acc1@same", "test/acc1@36px", "test/acc1@ft36px"],
+    )
+    out = tmp_path / "out"
+    assert main(["grid", spec, "--out", str(out)]) == 0
+    (run_dir,) = out.glob("runs/*")
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["state"] == "done" and list(status["steps"]) == ["fit", "test@same", "test@36px", "fit@ft36px"]
+    metrics = status["metrics"]
+    # The same weights on the same data: the tagged test reproduces the fit's own test exactly.
+    assert metrics["test/acc1@same"] == metrics["test/acc1"]
+    assert all(0.0 <= v <= 1.0 for v in metrics.values())
+    best = json.loads((run_dir / "checkpoints.json").read_text())["best_model_path"]
+    assert best.startswith(str(run_dir / "checkpoints")) and os.path.exists(best)
+    log = (run_dir / "run.log").read_text()
+    assert log.count(f"--model.init_args.pretrained {best}") == 3
+    step_config = yaml.safe_load((run_dir / "36px" / "config.yaml").read_text())
+    assert step_config["data"]["init_args"]["img_size"] == 36
+    assert step_config["trainer"]["default_root_dir"] == str(run_dir / "36px")
+    assert (run_dir / "ft36px" / "checkpoints" / "last.ckpt").exists()  # the fine-tune's own folder
+    assert (out / "test_acc1_vs_step.png").read_bytes()[:4] == b"\x89PNG"
+    assert "test/acc1@36px" in (out / "results.md").read_text()
+
+    # As if the grid had been killed during the last step: only that step runs again.
+    (run_dir / "status.json").unlink()
+    steps = json.loads((run_dir / "steps.json").read_text())
+    del steps["fit@ft36px"]
+    (run_dir / "steps.json").write_text(json.dumps(steps))
+    assert main(["grid", spec, "--out", str(out)]) == 0
+    log = (run_dir / "run.log").read_text()
+    assert log.count(f"vir_lightning fit --config {run_dir / 'config.yaml'}") == 1  # the fit was not redone
+    assert log.count(f"vir_lightning test --config {run_dir / '36px' / 'config.yaml'}") == 1
+    assert log.count(f"vir_lightning fit --config {run_dir / 'ft36px' / 'config.yaml'}") == 2
+    assert json.loads((run_dir / "status.json").read_text())["metrics"]["test/acc1"] == metrics["test/acc1"]
 
 
 @pytest.mark.slow

@@ -72,10 +72,14 @@ def _build_cli_class():
 
         def after_fit(self) -> None:
             self._save_metrics()
-            if not self.config.fit.get("test_after_fit"):
-                return
             checkpoint = self.trainer.checkpoint_callback
             best = checkpoint.best_model_path if checkpoint is not None else ""
+            if self.trainer.global_rank == 0:
+                # The weights this fit selected, for whatever starts from them next (grid steps).
+                with atomic_output(os.path.join(self.trainer.default_root_dir, "checkpoints.json")) as tmp:
+                    Path(tmp).write_text(json.dumps({"best_model_path": best}))
+            if not self.config.fit.get("test_after_fit"):
+                return
             if best:
                 # Load the checkpoint's state_dict ourselves: with EMAWeightAveraging it holds the
                 # averaged weights (the ones validated and selected), whereas trainer.test(ckpt_path=…)

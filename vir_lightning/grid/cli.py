@@ -28,7 +28,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="results and run directories (default: runs/grids/<name>)")
     p.add_argument("--dry-run", action="store_true", help="check the spec and list the runs; run nothing")
     p.add_argument("--executor", choices=("local", "ray"), default="local")
-    p.add_argument("--workers", type=int, default=1, help="local: runs at a time (default 1)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="local: runs at a time (default 1), each with cores/N threads unless OMP_NUM_THREADS is set")
     p.add_argument("--ray-address", default=None,
                    help="ray: the cluster to join (e.g. ray://head:10001 or auto); none: start a local Ray")
     p.add_argument("--cpus-per-run", type=float, default=1.0, help="ray: CPUs each run reserves")
@@ -49,8 +50,11 @@ def _lock(out_dir: str):
 def _local(pending: list[dict], workers: int, retry_failed: bool):
     from concurrent.futures import ThreadPoolExecutor, as_completed
 
+    # Each run gets its share of the cores (torch would start a thread per core in every run; Ray
+    # does the same per task from its num_cpus).
+    threads = max(1, (os.cpu_count() or 1) // workers)
     with ThreadPoolExecutor(max(1, workers)) as pool:
-        futures = {pool.submit(execute_run, run, retry_failed): run for run in pending}
+        futures = {pool.submit(execute_run, {**run, "threads": threads}, retry_failed): run for run in pending}
         for future in as_completed(futures):
             yield futures[future], future.result()
 

@@ -1,13 +1,18 @@
 """Execute one run: the normal CLI in its own process, in its own run directory, resumable.
 
 A run directory holds ``config.yaml`` (the resolved config), ``run.log`` (everything the CLI
-printed), ``metrics.json`` (written by the CLI after each subcommand) and, once the run ended,
-``status.json``. Only ``status.json`` marks a run as ended, and it is written atomically last:
+printed), ``metrics.json`` (written by the CLI after each subcommand), ``steps.json`` (the steps
+that ended, with their seconds), a folder per tagged step (its own ``config.yaml``, checkpoints and
+``metrics.json``) and, once the run ended, ``status.json``. Only ``status.json`` marks a run as
+ended, and it is written atomically last:
 
 - ``done``: never run again; its metrics are read from ``status.json``;
 - ``failed``: recorded with the exit status and the log path; not retried unless asked;
-- no status (the grid was killed, even with SIGKILL): run again, resuming ``fit`` from the run's
-  ``checkpoints/last.ckpt`` when there is one.
+- no status (the grid was killed, even with SIGKILL): run again from the first step that did not
+  end, resuming a ``fit`` from its ``checkpoints/last.ckpt`` when there is one.
+
+A tagged step starts from the checkpoint the run's fit selected, which the CLI names in
+``checkpoints.json`` after the fit.
 
 The CLI process gets SIGKILL when its parent dies (Linux ``PR_SET_PDEATHSIG``), so a killed grid
 leaves no orphan writing into a run directory that the resumed grid will use.
@@ -65,32 +70,73 @@ def execute_run(run: dict, retry_failed: bool = False) -> dict:
                                            log=os.path.join(run_dir, "run.log")))
 
 
+def _fit_weights(run_dir: str) -> str:
+    """The checkpoint tagged steps start from: the one the run's fit selected (its best, the one
+    ``test_after_fit`` tested), else its ``last.ckpt``."""
+    chosen = os.path.join(run_dir, "checkpoints.json")
+    best = json.loads(Path(chosen).read_text()).get("best_model_path") if os.path.exists(chosen) else ""
+    if best and os.path.exists(best):
+        return best
+    last = os.path.join(run_dir, "checkpoints", "last.ckpt")
+    if os.path.exists(last):
+        return last
+    raise FileNotFoundError(f"the run's fit left no checkpoint in {run_dir}/checkpoints for the tagged steps to start from")
+
+
+def _step_command(run: dict, step: dict) -> list[str]:
+    run_dir = run["run_dir"]
+    step_dir = os.path.join(run_dir, step["tag"]) if step["tag"] else run_dir
+    cmd = [sys.executable, "-m", "vir_lightning", step["run"], "--config", os.path.join(step_dir, "config.yaml")]
+    if step["tag"]:
+        cmd += ["--model.init_args.pretrained", _fit_weights(run_dir)]
+    last = os.path.join(step_dir, "checkpoints", "last.ckpt")
+    fits_here = step["run"] == "fit" or (not step["tag"] and any(s["run"] == "fit" and not s["tag"] for s in run["steps"]))
+    if os.path.exists(last) and fits_here:
+        # fit: resume where a killed grid stopped; validate/test: the weights fit produced
+        cmd += ["--ckpt_path", last]
+    return cmd
+
+
+def _collect_metrics(run: dict) -> dict:
+    """Every metric the steps logged: the run's own as named, a tagged step's as ``<metric>@<tag>``."""
+    collected = {}
+    for tag in [None] + [s["tag"] for s in run["steps"] if s["tag"]]:
+        path = os.path.join(run["run_dir"], tag or "", "metrics.json")
+        logged = json.loads(Path(path).read_text()) if os.path.exists(path) else {}
+        collected.update({f"{k}@{tag}" if tag else k: v for k, v in logged.items()})
+    return collected
+
+
 def _execute(run: dict) -> dict:
     run_dir = run["run_dir"]
-    config = os.path.join(run_dir, "config.yaml")
     log_path = os.path.join(run_dir, "run.log")
-    last = os.path.join(run_dir, "checkpoints", "last.ckpt")
+    progress_path = os.path.join(run_dir, "steps.json")  # steps that ended, with their seconds
+    progress = json.loads(Path(progress_path).read_text()) if os.path.exists(progress_path) else {}
     env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "PYTHONUNBUFFERED": "1"}
+    if run.get("threads") and "OMP_NUM_THREADS" not in os.environ:
+        env["OMP_NUM_THREADS"] = str(run["threads"])  # runs side by side share the cores, not oversubscribe
     start = time.time()
     resumed = False
     with open(log_path, "a") as log:
-        for subcommand in run["subcommands"]:
-            cmd = [sys.executable, "-m", "vir_lightning", subcommand, "--config", config]
-            if os.path.exists(last) and "fit" in run["subcommands"]:
-                # fit: resume where a killed grid stopped; validate/test: the weights fit produced
-                cmd += ["--ckpt_path", last]
-                resumed = resumed or subcommand == "fit"
+        for step in run["steps"]:
+            if step["name"] in progress:
+                continue  # ended before the grid was stopped: never redone
+            cmd = _step_command(run, step)
+            resumed = resumed or "--ckpt_path" in cmd and step["run"] == "fit"
             log.write(f"\n$ {' '.join(cmd)}\n")
             log.flush()
+            step_start = time.time()
             proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=os.getcwd(),
                                   preexec_fn=_die_with_parent)
             if proc.returncode != 0:
                 return _write_status(run_dir, dict(
-                    state="failed", reason=f"{subcommand} exited with status {proc.returncode}", log=log_path,
+                    state="failed", reason=f"{step['name']} exited with status {proc.returncode}", log=log_path,
                     seconds=round(time.time() - start, 1), resumed=resumed,
                 ))
-    metrics_path = os.path.join(run_dir, "metrics.json")
-    logged = json.loads(Path(metrics_path).read_text()) if os.path.exists(metrics_path) else {}
+            progress[step["name"]] = round(time.time() - step_start, 1)
+            with atomic_output(progress_path) as tmp:
+                Path(tmp).write_text(json.dumps(progress, indent=1))
+    logged = _collect_metrics(run)
     missing = [m for m in run["metrics"] if m not in logged]
     if missing:
         return _write_status(run_dir, dict(
@@ -99,5 +145,5 @@ def _execute(run: dict) -> dict:
         ))
     return _write_status(run_dir, dict(
         state="done", metrics={m: logged[m] for m in run["metrics"]}, log=log_path,
-        seconds=round(time.time() - start, 1), resumed=resumed,
+        seconds=round(time.time() - start, 1), resumed=resumed, steps=progress,
     ))

@@ -23,7 +23,7 @@ from pathlib import Path
 import yaml
 
 from ..io import atomic_output
-from .spec import GridPoint, GridSpec
+from .spec import GridPoint, GridSpec, Step
 
 
 @dataclass
@@ -33,23 +33,30 @@ class Run:
     run_id: str
     point: GridPoint
     run_dir: str
-    subcommands: list[str]
+    steps: list[Step]
     metrics: list[str]
     config: dict  # resolved, with its outputs placed in run_dir
+    step_configs: dict[str, dict]  # tag -> the config of that tagged step, outputs in run_dir/tag
 
     def write_config(self) -> None:
-        """``config.yaml`` and ``point.json`` in the run directory (once; atomically)."""
-        os.makedirs(self.run_dir, exist_ok=True)
-        config_path = os.path.join(self.run_dir, "config.yaml")
-        if os.path.exists(config_path):
-            return
-        with atomic_output(os.path.join(self.run_dir, "point.json")) as tmp:
-            Path(tmp).write_text(json.dumps({"values": dict(self.point.values), "seed": self.point.seed}, default=str))
-        with atomic_output(config_path) as tmp:
-            Path(tmp).write_text(yaml.safe_dump(self.config, sort_keys=False))
+        """``config.yaml`` and ``point.json`` in the run directory, and each tagged step's
+        ``<tag>/config.yaml`` (once; atomically)."""
+        configs = {os.path.join(self.run_dir, "config.yaml"): self.config}
+        configs.update({os.path.join(self.run_dir, tag, "config.yaml"): c for tag, c in self.step_configs.items()})
+        for path, config in configs.items():
+            if os.path.exists(path):
+                continue
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            if config is self.config:
+                with atomic_output(os.path.join(self.run_dir, "point.json")) as tmp:
+                    Path(tmp).write_text(json.dumps({"values": dict(self.point.values), "seed": self.point.seed},
+                                                    default=str))
+            with atomic_output(path) as tmp:
+                Path(tmp).write_text(yaml.safe_dump(config, sort_keys=False))
 
     def to_dict(self) -> dict:  # what an executor ships to a worker (plain data)
-        return dict(run_id=self.run_id, run_dir=self.run_dir, subcommands=self.subcommands, metrics=self.metrics,
+        steps = [{"run": step.subcommand, "tag": step.tag, "name": step.name} for step in self.steps]
+        return dict(run_id=self.run_id, run_dir=self.run_dir, steps=steps, metrics=self.metrics,
                     label=self.point.label(), seed=self.point.seed)
 
 
@@ -78,7 +85,7 @@ def _cli_error(proc: subprocess.CompletedProcess) -> str:
 
 def resolve_base(spec: GridSpec) -> dict:
     """The base configs composed and resolved by the CLI (every option present, with its default)."""
-    args = [spec.subcommands[0]]
+    args = [spec.steps[0].subcommand]
     for path in spec.base:
         args += ["--config", path]
     proc = _cli([*args, "--print_config"])
@@ -98,9 +105,19 @@ def _point_config(base: dict, point: GridPoint) -> dict:
     return config
 
 
-def config_hash(config: dict) -> str:
-    """A stable hash of a resolved config (before run paths are set): same config, same run."""
-    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:12]
+def config_hash(config: dict, steps: list[Step] = ()) -> str:
+    """A stable hash of a resolved config (before run paths are set) and of its tagged steps, if
+    any: same config and steps, same run."""
+    tagged = [step.to_dict() for step in steps if step.tag]
+    content = {"config": config, "steps": tagged} if tagged else config
+    return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def _step_config(config: dict, step: Step) -> dict:
+    config = copy.deepcopy(config)
+    for key, value in step.args:
+        set_dotted(config, key, value)
+    return config
 
 
 def place_outputs(config: dict, run_dir: str) -> dict:
@@ -140,32 +157,48 @@ def plan(spec: GridSpec, out_dir: str, workers: int = 2) -> list[Run]:
     """Every run of the grid with its resolved config (nothing is written); raises
     ValueError (naming the point and the CLI's message) if any point's config is invalid."""
     base = resolve_base(spec)
+    tagged = [step for step in spec.steps if step.tag]
     configs = []
     for point in spec.points():
         config = _point_config(base, point)
+        step_configs = {}
+        for step in tagged:
+            where = f"{point.label()}, step {step.tag}"
+            try:
+                step_configs[step.tag] = _step_config(config, step)
+            except ValueError as err:
+                raise ValueError(f"{spec.source}: point {where}: {err}") from None
+            _check_model(step_configs[step.tag], where)
         _check_model(config, point.label())
-        configs.append((point, config))
+        configs.append((point, config, step_configs))
 
     def check(item) -> str | None:
-        point, config = item
+        where, subcommand, config = item
         with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
             yaml.safe_dump(config, f, sort_keys=False)
         try:
-            proc = _cli([spec.subcommands[0], "--config", f.name, "--print_config"])
+            proc = _cli([subcommand, "--config", f.name, "--print_config"])
         finally:
             os.unlink(f.name)
-        return None if proc.returncode == 0 else f"point {point.label()}: {_cli_error(proc)}"
+        return None if proc.returncode == 0 else f"point {where}: {_cli_error(proc)}"
 
-    # Seeds do not change what parses: check one config per combination of axis values.
-    distinct = {json.dumps(point.values, default=str): (point, config) for point, config in configs}
+    # Seeds do not change what parses: check one config per combination of axis values (and step).
+    distinct = {}
+    for point, config, step_configs in configs:
+        key = json.dumps(point.values, default=str)
+        distinct.setdefault(key, (point.label(), spec.steps[0].subcommand, config))
+        for step in tagged:
+            distinct.setdefault(f"{key}@{step.tag}", (f"{point.label()}, step {step.tag}", step.subcommand,
+                                                       step_configs[step.tag]))
     with ThreadPoolExecutor(max(1, workers)) as pool:
         errors = [e for e in pool.map(check, distinct.values()) if e]
     if errors:
         raise ValueError(f"{spec.source}: {errors[0]}" + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""))
 
     runs = []
-    for point, config in configs:
-        run_id = f"{spec.name}-{config_hash(config)}"
+    for point, config, step_configs in configs:
+        run_id = f"{spec.name}-{config_hash(config, spec.steps)}"
         run_dir = os.path.abspath(os.path.join(out_dir, "runs", run_id))
-        runs.append(Run(run_id, point, run_dir, spec.subcommands, spec.metrics, place_outputs(config, run_dir)))
+        placed = {tag: place_outputs(c, os.path.join(run_dir, tag)) for tag, c in step_configs.items()}
+        runs.append(Run(run_id, point, run_dir, spec.steps, spec.metrics, place_outputs(config, run_dir), placed))
     return runs

@@ -71,9 +71,30 @@ def markdown(spec: GridSpec, rows: list[dict], command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _mean_std_of(values: list[float]) -> tuple[float, float]:
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def _save_plot(ax, spec: GridSpec, metric: str, against: str, out_dir: str, has_lines: bool) -> str:
+    import matplotlib.pyplot as plt
+
+    ax.set_xlabel(against)
+    ax.set_ylabel(f"{metric} (mean ± std over seeds)")
+    ax.set_title(f"{spec.name}: {metric} vs {against}", fontsize=9)
+    ax.grid(True, alpha=0.3)
+    if has_lines:
+        ax.legend(fontsize=7)
+    path = os.path.join(out_dir, f"{metric.replace('/', '_')}_vs_{against}.png")
+    with atomic_output(path) as tmp:
+        ax.figure.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+    plt.close(ax.figure)
+    return path
+
+
 def plot_axes(spec: GridSpec, rows: list[dict], out_dir: str) -> list[str]:
     """For each axis: the first metric's mean ± std against that axis's values, one line per
-    combination of the other axes."""
+    combination of the other axes. With tagged steps, also ``<metric>_vs_step.png``: the metric
+    in the run's own steps and in each tagged step that logged it, one line per point."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -85,28 +106,30 @@ def plot_axes(spec: GridSpec, rows: list[dict], out_dir: str) -> list[str]:
     written = []
     for axis in axes:
         others = [a for a in axes if a != axis]
-        fig, ax = plt.subplots(figsize=(5.6, 4))
+        _, ax = plt.subplots(figsize=(5.6, 4))
         series: dict[tuple, list] = {}
         for entry in table:
             if entry[metric]:
                 series.setdefault(tuple(entry[o] for o in others), []).append(entry)
         for key, entries in series.items():
-            labels = [str(e[axis]) for e in entries]
-            means = [statistics.mean(e[metric]) for e in entries]
-            stds = [statistics.stdev(e[metric]) if len(e[metric]) > 1 else 0.0 for e in entries]
+            means, stds = zip(*(_mean_std_of(e[metric]) for e in entries), strict=True)
             name = ", ".join(f"{o}={v}" for o, v in zip(others, key, strict=True)) or metric
-            ax.errorbar(labels, means, yerr=stds, marker="o", capsize=4, label=name)
-        ax.set_xlabel(axis)
-        ax.set_ylabel(f"{metric} (mean ± std over seeds)")
-        ax.set_title(f"{spec.name}: {metric} vs {axis}", fontsize=9)
-        ax.grid(True, alpha=0.3)
-        if series:
-            ax.legend(fontsize=7)
-        path = os.path.join(out_dir, f"{metric.replace('/', '_')}_vs_{axis}.png")
-        with atomic_output(path) as tmp:
-            fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
-        plt.close(fig)
-        written.append(path)
+            ax.errorbar([str(e[axis]) for e in entries], means, yerr=stds, marker="o", capsize=4, label=name)
+        written.append(_save_plot(ax, spec, metric, axis, out_dir, bool(series)))
+
+    steps = [("fit", metric)] + [(s.tag, f"{metric}@{s.tag}") for s in spec.steps
+                                 if s.tag and f"{metric}@{s.tag}" in spec.metrics]
+    if len(steps) > 1:
+        _, ax = plt.subplots(figsize=(5.6, 4))
+        drawn = False
+        for entry in table:
+            shown = [(tag, m) for tag, m in steps if entry[m]]
+            if shown:
+                means, stds = zip(*(_mean_std_of(entry[m]) for _, m in shown), strict=True)
+                name = ", ".join(f"{a}={entry[a]}" for a in axes) or metric
+                ax.errorbar([tag for tag, _ in shown], means, yerr=stds, marker="o", capsize=4, label=name)
+                drawn = True
+        written.append(_save_plot(ax, spec, metric, "step", out_dir, drawn))
     return written
 
 

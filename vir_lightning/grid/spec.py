@@ -13,6 +13,17 @@
     seeds: [0, 1, 2]
     metrics: [test/acc1]
 
+A subcommand may also be a tagged step that starts from the weights the run's ``fit`` selected
+(its best checkpoint) with its own dotted args, in its own folder ``<run dir>/<tag>``; the metrics
+it logs are collected as ``<metric>@<tag>``. This is how a run is evaluated or fine-tuned at
+another resolution:
+
+    subcommands:
+      - fit
+      - {run: test, tag: 56px, args: {data.init_args.img_size: 56}}
+      - {run: fit, tag: ft56px, args: {data.init_args.img_size: 56, trainer.max_epochs: 1}}
+    metrics: [test/acc1, test/acc1@56px, test/acc1@ft56px]
+
 Keys are the CLI's dotted keys (``--trainer.max_epochs`` → ``trainer.max_epochs``); a key may also
 reach into a dict-valued option such as ``model.init_args.model_kwargs``. Paths in the spec are
 relative to the current directory, as on the command line.
@@ -22,6 +33,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +41,25 @@ import yaml
 
 SPEC_KEYS = {"name", "base", "subcommands", "args", "axes", "zip", "seeds", "metrics"}
 SUBCOMMANDS = ("fit", "validate", "test")
+STEP_KEYS = {"run", "tag", "args"}
+TAG_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # a folder name and a metric suffix
+
+
+@dataclass(frozen=True)
+class Step:
+    """One subcommand of a run. Untagged: in the run's own folder. Tagged: in ``<run dir>/<tag>``,
+    starting from the weights of the run's fit, with ``args`` set on top of the run's config."""
+
+    subcommand: str
+    tag: str | None = None
+    args: tuple[tuple[str, object], ...] = ()
+
+    @property
+    def name(self) -> str:
+        return f"{self.subcommand}@{self.tag}" if self.tag else self.subcommand
+
+    def to_dict(self) -> dict:
+        return {"run": self.subcommand, "tag": self.tag, "args": dict(self.args)}
 
 
 @dataclass(frozen=True)
@@ -49,7 +80,7 @@ class GridPoint:
 class GridSpec:
     name: str
     base: list[str]
-    subcommands: list[str]
+    steps: list[Step]
     args: dict
     axes: dict[str, list]
     zipped: list[dict[str, list]]
@@ -110,9 +141,7 @@ def load_spec(path: str) -> GridSpec:
     if missing:
         raise _fail(source, f"base config {missing[0]} does not exist")
 
-    subcommands = raw.get("subcommands", ["fit"])
-    if not isinstance(subcommands, list) or not subcommands or any(s not in SUBCOMMANDS for s in subcommands):
-        raise _fail(source, f"subcommands={subcommands!r}; expected a list from {list(SUBCOMMANDS)}")
+    steps = _steps(source, raw.get("subcommands", ["fit"]))
 
     args = _dotted_mapping(source, "args", raw.get("args"))
     axes = _value_lists(source, "axis", _dotted_mapping(source, "axes", raw.get("axes")))
@@ -140,5 +169,37 @@ def load_spec(path: str) -> GridSpec:
     metrics = raw.get("metrics")
     if not isinstance(metrics, list) or not metrics or not all(isinstance(m, str) for m in metrics):
         raise _fail(source, "metrics must list the logged metrics to collect, e.g. [test/acc1]")
+    tags = {step.tag for step in steps if step.tag}
+    for metric in metrics:
+        tag = metric.partition("@")[2]
+        if "@" in metric and tag not in tags:
+            raise _fail(source, f"metric {metric!r} names no step tagged {tag!r} (tags: {sorted(tags)})")
     name = raw.get("name") or Path(source).stem
-    return GridSpec(name, base, subcommands, args, axes, zipped, seeds, metrics, source, names)
+    return GridSpec(name, base, steps, args, axes, zipped, seeds, metrics, source, names)
+
+
+def _steps(source: str, raw) -> list[Step]:
+    expected = (f"expected a list of {list(SUBCOMMANDS)} or tagged steps "
+                "{run: test, tag: 56px, args: {data.init_args.img_size: 56}}")
+    if not isinstance(raw, list) or not raw:
+        raise _fail(source, f"subcommands={raw!r}; {expected}")
+    steps = []
+    for entry in raw:
+        if isinstance(entry, str) and entry in SUBCOMMANDS:
+            steps.append(Step(entry))
+            continue
+        if not isinstance(entry, dict) or set(entry) - STEP_KEYS or entry.get("run") not in SUBCOMMANDS:
+            raise _fail(source, f"subcommands: {entry!r} is not a subcommand; {expected}")
+        tag = entry.get("tag")
+        if not isinstance(tag, str) or not TAG_PATTERN.fullmatch(tag):
+            raise _fail(source, f"step {entry!r} needs a tag of letters, digits, '_', '.', '-' (it names a folder)")
+        if not any(step.subcommand == "fit" and not step.tag for step in steps):
+            raise _fail(source, f"step {tag!r} starts from the run's fit: put an untagged fit before it")
+        args = _dotted_mapping(source, f"args of step {tag!r}", entry.get("args"))
+        steps.append(Step(entry["run"], tag, tuple(args.items())))
+    # A step is known by its tag, or by its subcommand when untagged (a folder, a metric suffix).
+    keys = [step.tag or step.subcommand for step in steps]
+    repeated = sorted({k for k in keys if keys.count(k) > 1})
+    if repeated:
+        raise _fail(source, f"subcommands repeat {repeated}: each tag, and each untagged subcommand, at most once")
+    return steps
