@@ -217,7 +217,10 @@ def test_tagged_steps_start_from_the_fits_checkpoint_and_resume_step_by_step(tmp
     assert step_config["trainer"]["default_root_dir"] == str(run_dir / "36px")
     assert (run_dir / "ft36px" / "checkpoints" / "last.ckpt").exists()  # the fine-tune's own folder
     assert (out / "test_acc1_vs_step.png").read_bytes()[:4] == b"\x89PNG"
-    assert "test/acc1@36px" in (out / "results.md").read_text()
+    report = (out / "results.md").read_text()
+    assert "test/acc1@36px" in report and "| fit | test@same | test@36px | fit@ft36px |" in report
+    (row,) = read_rows(out / "results.csv")
+    assert float(row["seconds fit@ft36px"]) == status["steps"]["fit@ft36px"] > 0
 
     # As if the grid had been killed during the last step: only that step runs again.
     (run_dir / "status.json").unlink()

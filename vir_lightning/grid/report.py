@@ -24,8 +24,10 @@ def result_rows(spec: GridSpec, runs: list[Run], statuses: dict[str, dict | None
         row = {"run_id": run.run_id, "seed": run.point.seed, "state": status.get("state", "pending")}
         row.update({_short(k): v for k, v in run.point.values})
         row.update({m: (status.get("metrics") or {}).get(m, "") for m in spec.metrics})
-        row.update(seconds=status.get("seconds", ""), reason=status.get("reason", ""),
-                   log=status.get("log", ""), run_dir=run.run_dir)
+        row.update(seconds=status.get("seconds", ""))
+        if len(spec.steps) > 1:  # each step's own wall time (a step that ended before a kill keeps its time)
+            row.update({f"seconds {step.name}": (status.get("steps") or {}).get(step.name, "") for step in spec.steps})
+        row.update(reason=status.get("reason", ""), log=status.get("log", ""), run_dir=run.run_dir)
         rows.append(row)
     return rows
 
@@ -64,6 +66,17 @@ def markdown(spec: GridSpec, rows: list[dict], command: str) -> str:
     for entry in points_table(spec, rows):
         cells = [str(entry[a]) for a in axes] + [entry["runs"]] + [_mean_std(entry[m]) for m in spec.metrics]
         lines.append("| " + " | ".join(cells) + " |")
+    if len(spec.steps) > 1:
+        lines += ["", "Wall time per step in seconds (mean over finished runs; includes the CLI's start-up):", ""]
+        names = [step.name for step in spec.steps]
+        lines += ["| " + " | ".join([*axes, *names]) + " |", "|---" * (len(axes) + len(names)) + "|"]
+        groups: dict[tuple, list[dict]] = {}
+        for row in rows:
+            if row["state"] == "done":
+                groups.setdefault(tuple(row[a] for a in axes), []).append(row)
+        for values, members in groups.items():
+            times = [statistics.mean(float(r[f"seconds {n}"]) for r in members) for n in names]
+            lines.append("| " + " | ".join([*map(str, values), *(f"{t:.0f}" for t in times)]) + " |")
     failed = [r for r in rows if r["state"] == "failed"]
     if failed:
         lines += ["", "Failed runs:", ""]
