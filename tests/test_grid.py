@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from vir_lightning.cli import main
-from vir_lightning.grid.plan import place_outputs, set_dotted
+from vir_lightning.grid.plan import place_outputs, plan, set_dotted
 from vir_lightning.grid.spec import load_spec
 
 REPO = Path(__file__).resolve().parents[1]
@@ -59,6 +59,32 @@ def test_points_are_the_product_of_axes_and_zip_groups_times_seeds(tmp_path):
     pairs = {(p.overrides()[kwargs + "pooling"], p.overrides()[kwargs + "multipass"]) for p in points}
     assert pairs == {("avg", False), ("token_last", True)}  # zipped, not crossed
     assert spec.name == "s" and spec.axis_names[0] == "model.init_args.model_kwargs.decay"
+
+
+SHIPPED_SPECS = sorted((REPO / "experiments").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SHIPPED_SPECS, ids=[p.stem for p in SHIPPED_SPECS])
+def test_every_shipped_experiment_spec_loads(path, monkeypatch):
+    monkeypatch.chdir(REPO)  # base paths are relative to the repository, as on the command line
+    spec = load_spec(str(path))
+    assert len(spec.points()) >= 1 and spec.steps[0].subcommand == "fit"
+
+
+@pytest.mark.slow
+def test_the_resolution_study_plans_its_tagged_steps_at_their_resolutions(monkeypatch, tmp_path, capsys):
+    monkeypatch.chdir(REPO)
+    spec_path = str(REPO / "experiments" / "resolution_transfer.yaml")
+    runs = plan(load_spec(spec_path), str(tmp_path / "out"))
+    assert len(runs) == 6 and len({run.run_id for run in runs}) == 6
+    for tag, size in [("36px", 36), ("44px", 44), ("56px", 56), ("ft56px", 56)]:
+        config = runs[0].step_configs[tag]
+        assert config["data"]["init_args"]["img_size"] == size
+        assert config["trainer"]["default_root_dir"] == os.path.join(runs[0].run_dir, tag)
+    assert runs[0].config["data"]["init_args"]["img_size"] == 28  # the fit itself is untouched
+    assert main(["grid", spec_path, "--out", str(tmp_path / "out"), "--dry-run"]) == 0
+    assert "6 runs: 0 ended, 6 to run" in capsys.readouterr().out
+    assert not (tmp_path / "out").exists()  # neither planning nor a dry run writes anything
 
 
 @pytest.mark.parametrize(
