@@ -40,17 +40,22 @@ def _die_with_parent() -> None:
         pass  # not Linux: a killed grid may leave its current run's process behind
 
 
+def _read_json(path: str, missing=None):
+    return json.loads(Path(path).read_text()) if os.path.exists(path) else missing
+
+
+def _write_json(path: str, content: dict) -> dict:
+    with atomic_output(path) as tmp:
+        Path(tmp).write_text(json.dumps(content, indent=1))
+    return content
+
+
 def read_status(run_dir: str) -> dict | None:
-    path = os.path.join(run_dir, "status.json")
-    if not os.path.exists(path):
-        return None
-    return json.loads(Path(path).read_text())
+    return _read_json(os.path.join(run_dir, "status.json"))
 
 
 def _write_status(run_dir: str, status: dict) -> dict:
-    with atomic_output(os.path.join(run_dir, "status.json")) as tmp:
-        Path(tmp).write_text(json.dumps(status, indent=1))
-    return status
+    return _write_json(os.path.join(run_dir, "status.json"), status)
 
 
 def execute_run(run: dict, retry_failed: bool = False) -> dict:
@@ -73,14 +78,14 @@ def execute_run(run: dict, retry_failed: bool = False) -> dict:
 def _fit_weights(run_dir: str) -> str:
     """The checkpoint tagged steps start from: the one the run's fit selected (its best, the one
     ``test_after_fit`` tested), else its ``last.ckpt``."""
-    chosen = os.path.join(run_dir, "checkpoints.json")
-    best = json.loads(Path(chosen).read_text()).get("best_model_path") if os.path.exists(chosen) else ""
+    best = _read_json(os.path.join(run_dir, "checkpoints.json"), {}).get("best_model_path")
     if best and os.path.exists(best):
         return best
     last = os.path.join(run_dir, "checkpoints", "last.ckpt")
     if os.path.exists(last):
         return last
-    raise FileNotFoundError(f"the run's fit left no checkpoint in {run_dir}/checkpoints for the tagged steps to start from")
+    raise FileNotFoundError(f"the run's fit left no checkpoint in {run_dir}/checkpoints for the tagged steps"
+                            " to start from")
 
 
 def _step_command(run: dict, step: dict) -> list[str]:
@@ -90,9 +95,9 @@ def _step_command(run: dict, step: dict) -> list[str]:
     if step["tag"]:
         cmd += ["--model.init_args.pretrained", _fit_weights(run_dir)]
     last = os.path.join(step_dir, "checkpoints", "last.ckpt")
-    fits_here = step["run"] == "fit" or (not step["tag"] and any(s["run"] == "fit" and not s["tag"] for s in run["steps"]))
-    if os.path.exists(last) and fits_here:
-        # fit: resume where a killed grid stopped; validate/test: the weights fit produced
+    if os.path.exists(last):
+        # Only a fit writes checkpoints into a step's folder. A fit resumes where a killed grid
+        # stopped; the run's own validate/test use the weights its fit produced.
         cmd += ["--ckpt_path", last]
     return cmd
 
@@ -101,8 +106,7 @@ def _collect_metrics(run: dict) -> dict:
     """Every metric the steps logged: the run's own as named, a tagged step's as ``<metric>@<tag>``."""
     collected = {}
     for tag in [None] + [s["tag"] for s in run["steps"] if s["tag"]]:
-        path = os.path.join(run["run_dir"], tag or "", "metrics.json")
-        logged = json.loads(Path(path).read_text()) if os.path.exists(path) else {}
+        logged = _read_json(os.path.join(run["run_dir"], tag or "", "metrics.json"), {})
         collected.update({f"{k}@{tag}" if tag else k: v for k, v in logged.items()})
     return collected
 
@@ -111,7 +115,7 @@ def _execute(run: dict) -> dict:
     run_dir = run["run_dir"]
     log_path = os.path.join(run_dir, "run.log")
     progress_path = os.path.join(run_dir, "steps.json")  # steps that ended, with their seconds
-    progress = json.loads(Path(progress_path).read_text()) if os.path.exists(progress_path) else {}
+    progress = _read_json(progress_path, {})
     env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "PYTHONUNBUFFERED": "1"}
     if run.get("threads") and "OMP_NUM_THREADS" not in os.environ:
         env["OMP_NUM_THREADS"] = str(run["threads"])  # runs side by side share the cores, not oversubscribe
@@ -134,8 +138,7 @@ def _execute(run: dict) -> dict:
                     seconds=round(time.time() - start, 1), resumed=resumed,
                 ))
             progress[step["name"]] = round(time.time() - step_start, 1)
-            with atomic_output(progress_path) as tmp:
-                Path(tmp).write_text(json.dumps(progress, indent=1))
+            _write_json(progress_path, progress)
     logged = _collect_metrics(run)
     missing = [m for m in run["metrics"] if m not in logged]
     if missing:

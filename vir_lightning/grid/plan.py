@@ -41,18 +41,16 @@ class Run:
     def write_config(self) -> None:
         """``config.yaml`` and ``point.json`` in the run directory, and each tagged step's
         ``<tag>/config.yaml`` (once; atomically)."""
-        configs = {os.path.join(self.run_dir, "config.yaml"): self.config}
-        configs.update({os.path.join(self.run_dir, tag, "config.yaml"): c for tag, c in self.step_configs.items()})
-        for path, config in configs.items():
-            if os.path.exists(path):
-                continue
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            if config is self.config:
-                with atomic_output(os.path.join(self.run_dir, "point.json")) as tmp:
-                    Path(tmp).write_text(json.dumps({"values": dict(self.point.values), "seed": self.point.seed},
-                                                    default=str))
-            with atomic_output(path) as tmp:
-                Path(tmp).write_text(yaml.safe_dump(config, sort_keys=False))
+        point = os.path.join(self.run_dir, "point.json")
+        if not os.path.exists(point):
+            with atomic_output(point) as tmp:
+                values = {"values": dict(self.point.values), "seed": self.point.seed}
+                Path(tmp).write_text(json.dumps(values, default=str))
+        for folder, config in {"": self.config, **self.step_configs}.items():
+            path = os.path.join(self.run_dir, folder, "config.yaml")
+            if not os.path.exists(path):
+                with atomic_output(path) as tmp:  # creates the folder
+                    Path(tmp).write_text(yaml.safe_dump(config, sort_keys=False))
 
     def to_dict(self) -> dict:  # what an executor ships to a worker (plain data)
         steps = [{"run": step.subcommand, "tag": step.tag, "name": step.name} for step in self.steps]
@@ -163,13 +161,10 @@ def plan(spec: GridSpec, out_dir: str, workers: int = 2) -> list[Run]:
         config = _point_config(base, point)
         step_configs = {}
         for step in tagged:
-            where = f"{point.label()}, step {step.tag}"
             try:
                 step_configs[step.tag] = _step_config(config, step)
             except ValueError as err:
-                raise ValueError(f"{spec.source}: point {where}: {err}") from None
-            _check_model(step_configs[step.tag], where)
-        _check_model(config, point.label())
+                raise ValueError(f"{spec.source}: point {point.label()}, step {step.tag}: {err}") from None
         configs.append((point, config, step_configs))
 
     def check(item) -> str | None:
@@ -182,7 +177,8 @@ def plan(spec: GridSpec, out_dir: str, workers: int = 2) -> list[Run]:
             os.unlink(f.name)
         return None if proc.returncode == 0 else f"point {where}: {_cli_error(proc)}"
 
-    # Seeds do not change what parses: check one config per combination of axis values (and step).
+    # Seeds do not change what builds or parses: check one config per combination of axis values
+    # (and tagged step).
     distinct = {}
     for point, config, step_configs in configs:
         key = json.dumps(point.values, default=str)
@@ -190,6 +186,8 @@ def plan(spec: GridSpec, out_dir: str, workers: int = 2) -> list[Run]:
         for step in tagged:
             distinct.setdefault(f"{key}@{step.tag}", (f"{point.label()}, step {step.tag}", step.subcommand,
                                                        step_configs[step.tag]))
+    for where, _, config in distinct.values():
+        _check_model(config, where)
     with ThreadPoolExecutor(max(1, workers)) as pool:
         errors = [e for e in pool.map(check, distinct.values()) if e]
     if errors:

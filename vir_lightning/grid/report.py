@@ -25,8 +25,9 @@ def result_rows(spec: GridSpec, runs: list[Run], statuses: dict[str, dict | None
         row.update({_short(k): v for k, v in run.point.values})
         row.update({m: (status.get("metrics") or {}).get(m, "") for m in spec.metrics})
         row.update(seconds=status.get("seconds", ""))
-        if len(spec.steps) > 1:  # each step's own wall time (a step that ended before a kill keeps its time)
-            row.update({f"seconds {step.name}": (status.get("steps") or {}).get(step.name, "") for step in spec.steps})
+        # each step's own wall time (a step that ended before a kill keeps its time)
+        step_seconds = status.get("steps") or {}
+        row.update({column: step_seconds.get(name, "") for column, name in _step_time_columns(spec).items()})
         row.update(reason=status.get("reason", ""), log=status.get("log", ""), run_dir=run.run_dir)
         rows.append(row)
     return rows
@@ -40,8 +41,14 @@ def _mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
 
 
+def _step_time_columns(spec: GridSpec) -> dict[str, str]:
+    """Column ``seconds <step>`` → step name, when a run has several steps (else only its total)."""
+    return {f"seconds {step.name}": step.name for step in spec.steps} if len(spec.steps) > 1 else {}
+
+
 def points_table(spec: GridSpec, rows: list[dict]) -> list[dict]:
-    """Per combination of axis values: n finished runs and mean/std of each metric."""
+    """Per combination of axis values: n finished runs, and the values over those runs of each
+    metric and each step's seconds."""
     axes = [_short(k) for k in spec.axis_names]
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
@@ -51,8 +58,8 @@ def points_table(spec: GridSpec, rows: list[dict]) -> list[dict]:
         done = [r for r in members if r["state"] == "done"]
         entry = dict(zip(axes, values, strict=True))
         entry["runs"] = f"{len(done)}/{len(members)}"
-        for metric in spec.metrics:
-            entry[metric] = [float(r[metric]) for r in done]
+        for column in [*spec.metrics, *_step_time_columns(spec)]:
+            entry[column] = [float(r[column]) for r in done]
         table.append(entry)
     return table
 
@@ -63,20 +70,18 @@ def markdown(spec: GridSpec, rows: list[dict], command: str) -> str:
              f"Base: {', '.join(spec.base)}; seeds {spec.seeds}; mean ± sample std over finished seeds.", ""]
     header = [*axes, "runs", *spec.metrics]
     lines += ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
-    for entry in points_table(spec, rows):
+    table = points_table(spec, rows)
+    for entry in table:
         cells = [str(entry[a]) for a in axes] + [entry["runs"]] + [_mean_std(entry[m]) for m in spec.metrics]
         lines.append("| " + " | ".join(cells) + " |")
-    if len(spec.steps) > 1:
+    times = _step_time_columns(spec)
+    if times:
         lines += ["", "Wall time per step in seconds (mean over finished runs; includes the CLI's start-up):", ""]
-        names = [step.name for step in spec.steps]
-        lines += ["| " + " | ".join([*axes, *names]) + " |", "|---" * (len(axes) + len(names)) + "|"]
-        groups: dict[tuple, list[dict]] = {}
-        for row in rows:
-            if row["state"] == "done":
-                groups.setdefault(tuple(row[a] for a in axes), []).append(row)
-        for values, members in groups.items():
-            times = [statistics.mean(float(r[f"seconds {n}"]) for r in members) for n in names]
-            lines.append("| " + " | ".join([*map(str, values), *(f"{t:.0f}" for t in times)]) + " |")
+        lines += ["| " + " | ".join([*axes, *times.values()]) + " |", "|---" * (len(axes) + len(times)) + "|"]
+        for entry in table:
+            if entry[spec.metrics[0]]:  # some runs of this point finished
+                cells = [str(entry[a]) for a in axes] + [f"{statistics.mean(entry[t]):.0f}" for t in times]
+                lines.append("| " + " | ".join(cells) + " |")
     failed = [r for r in rows if r["state"] == "failed"]
     if failed:
         lines += ["", "Failed runs:", ""]
