@@ -58,5 +58,17 @@ class RetentionBlock(nn.Module):
 
     def forward(self, x: Tensor, grid_shape: tuple[int, int] | None = None, cls_token: bool = False) -> Tensor:
         mixer = self.retention if self.token_mixer == "retention" else self.attn
-        x = x + self.drop_path1(self.ls1(mixer(self.norm1(x), grid_shape, cls_token)))
+        return self._residuals(x, mixer(self.norm1(x), grid_shape, cls_token))
+
+    def forward_step(
+        self, x: Tensor, state: Tensor | None, grid_cols: int | None = None, class_token: bool = False
+    ) -> tuple[Tensor, Tensor]:
+        """One segment of the sequence through the block, retention continuing from ``state``
+        (streaming; see :meth:`MultiHeadRetention.forward_step`). Returns (x, new state)."""
+        mixed, state = self.retention.forward_step(self.norm1(x), state, grid_cols, class_token)
+        return self._residuals(x, mixed), state
+
+    def _residuals(self, x: Tensor, mixed: Tensor) -> Tensor:
+        """Both residual branches around the token mixer's output; everything here is per token."""
+        x = x + self.drop_path1(self.ls1(mixed))
         return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))

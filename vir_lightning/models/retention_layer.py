@@ -5,7 +5,19 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..retention import check_mode, decay_rates_for, retention, retention_decay_matrix
+from ..retention import MODES, check_mode, decay_rates_for, retention, retention_decay_matrix, retention_step
+
+#: The model-level form in which each band of image rows goes through every layer before the next
+#: (SPEC §7); the layers then run their retention one segment at a time from a carried state.
+STREAMING = "streaming"
+
+
+def check_model_mode(mode: str, chunk_size: int | None) -> None:
+    """:func:`check_mode` for a whole model: the op's forms and ``"auto"``, plus ``"streaming"``
+    (whose ``chunk_size`` is the band height in patch rows)."""
+    if mode != STREAMING and mode not in (*MODES, "auto"):
+        raise ValueError(f"mode={mode!r} is unknown; expected one of {(*MODES, 'auto', STREAMING)}")
+    check_mode("chunkwise" if mode == STREAMING else mode, chunk_size)
 
 
 class MultiHeadRetention(nn.Module):
@@ -70,11 +82,33 @@ class MultiHeadRetention(nn.Module):
             self._rates_cache[key] = torch.tensor(self.decay_rates, dtype=dtype, device=device)
         return self._rates_cache[key]
 
+    def _heads(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """x: (B, N, dim) → q, k, v, each (B, H, N, head_dim)."""
+        batch, tokens, _ = x.shape
+        qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, self.head_dim)
+        return qkv.permute(2, 0, 3, 1, 4).unbind(0)
+
+    def _merge_heads(self, out: Tensor) -> Tensor:
+        """(B, H, N, head_dim) → the output projection of the concatenated heads, (B, N, dim)."""
+        batch, _, tokens, _ = out.shape
+        return self.proj(out.transpose(1, 2).reshape(batch, tokens, -1))
+
+    def forward_step(
+        self, x: Tensor, state: Tensor | None, grid_cols: int | None = None, class_token: bool = False
+    ) -> tuple[Tensor, Tensor]:
+        """One segment of the token sequence, continuing from ``state`` (see :func:`retention_step`):
+        x (B, n, dim) → (output (B, n, dim), the state after the segment)."""
+        q, k, v = self._heads(x)
+        out, state = retention_step(
+            q, k, v, self.rates(x.device, x.dtype), state, grid_cols=grid_cols, class_token=class_token,
+            chunk_size=self.chunk_size, scale=self.scale,
+        )
+        return self._merge_heads(out), state
+
     def forward(self, x: Tensor, grid_shape: tuple[int, int] | None = None, cls_token: bool = False) -> Tensor:
         """x: (B, N, dim) → (B, N, dim). ``grid_shape``/``cls_token`` select the 2D decay."""
-        batch, tokens, dim = x.shape
-        qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, self.head_dim)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, N, head_dim)
+        tokens = x.shape[1]
+        q, k, v = self._heads(x)
         rates = self.rates(x.device, x.dtype)
         directions = self.directions if grid_shape is not None else 1
         if self.softmax_retention:
@@ -87,7 +121,7 @@ class MultiHeadRetention(nn.Module):
                 q, k, v, rates, mode=self.mode, chunk_size=self.chunk_size,
                 grid_shape=grid_shape, cls_token=cls_token, directions=directions, scale=self.scale,
             )
-        return self.proj(out.transpose(1, 2).reshape(batch, tokens, dim))
+        return self._merge_heads(out)
 
     def extra_repr(self) -> str:
         return (
@@ -102,14 +136,40 @@ class RetentionModeMixin:
     def retention_layers(self) -> list[MultiHeadRetention]:
         return [m for m in self.modules() if isinstance(m, MultiHeadRetention)]
 
+    #: Band height (patch rows) while in streaming mode (``None`` = the default); see
+    #: :meth:`set_retention_mode`. ``streaming`` is False in every other mode.
+    streaming: bool = False
+    band_rows: int | None = None
+
     def set_retention_mode(self, mode: str, chunk_size: int | None = None) -> None:
-        """Switch every retention layer to ``mode`` (and ``chunk_size``). Outputs stay equal."""
-        check_mode(mode, chunk_size)  # before touching any layer, so a bad call changes nothing
+        """Switch every retention layer to ``mode`` (and ``chunk_size``). Outputs stay equal.
+
+        ``"streaming"`` (models that support it) pushes bands of ``chunk_size`` patch rows through
+        every layer in turn; the layers then run chunkwise within each band.
+        """
+        check_model_mode(mode, chunk_size)  # before touching any layer, so a bad call changes nothing
+        if mode == STREAMING:
+            self.check_streamable()
+            for layer in self.retention_layers():
+                layer.set_mode("chunkwise", None)
+            self.streaming, self.band_rows = True, chunk_size
+            return
         for layer in self.retention_layers():
             layer.set_mode(mode, chunk_size)
+        self.streaming, self.band_rows = False, None
+
+    def check_streamable(self) -> None:
+        """ValueError naming why this model cannot run in streaming mode (the default: it cannot)."""
+        raise ValueError(
+            f"{type(self).__name__} has no streaming mode: its convolutional stem and stages look at"
+            " neighbouring pixel rows (3×3 kernels), so independent bands of rows would need"
+            " overlapping margins; use retention_mode 'chunkwise' (linear cost) instead"
+        )
 
     @property
     def retention_mode(self) -> str:
         """The current form; ``"parallel"`` for a model without retention (the ViT baseline)."""
+        if self.streaming:
+            return STREAMING
         layers = self.retention_layers()
         return layers[0].mode if layers else "parallel"

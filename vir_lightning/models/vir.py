@@ -17,7 +17,8 @@ from .blocks import RetentionBlock
 from .layers import ClassifierHeadMixin, PatchEmbed, init_linear_trunc_normal, resolve_indices, to_2tuple
 from .pos_embed import infer_grid_shape, resize_pos_embed
 from .registry import register_model
-from .retention_layer import RetentionModeMixin
+from .retention_layer import STREAMING, RetentionModeMixin
+from .streaming import BandReader, FeatureSink, check_inference_only, stream
 
 #: Size table per family member (width, depth, heads), like mmpretrain's ``arch_zoo``.
 ARCH_ZOO = {
@@ -54,9 +55,11 @@ class VisionRetention(RetentionModeMixin, ClassifierHeadMixin, nn.Module):
             ``multipass``), or ``"avg"`` (no class token, mean of all tokens).
         multipass: 1D only — run on the sequence followed by its reverse; the head reads the final
             token, which has seen every token twice.
-        retention_mode: ``"parallel"``, ``"recurrent"`` or ``"chunkwise"``; see
-            :meth:`set_retention_mode`.
-        chunk_size: chunkwise chunk size (tokens in 1D, grid rows in 2D), ``None`` = default.
+        retention_mode: ``"parallel"``, ``"recurrent"``, ``"chunkwise"``, ``"auto"`` or
+            ``"streaming"`` (inference: band by band through every block, memory independent of
+            the image height); see :meth:`set_retention_mode`.
+        chunk_size: chunkwise chunk size (tokens in 1D, grid rows in 2D), or the streaming band
+            height in patch rows; ``None`` = default.
         softmax_retention: the authors' released softmax variant, an ablation (parallel only).
         dynamic_img_size: accept any input size divisible by the patch, resizing the position
             embedding on the fly (otherwise another size raises).
@@ -136,8 +139,10 @@ class VisionRetention(RetentionModeMixin, ClassifierHeadMixin, nn.Module):
         self.blocks = nn.ModuleList(
             RetentionBlock(
                 embed_dim, num_heads, mlp_ratio, drop_path=drop_paths[i], layer_scale_init=layer_scale_init,
-                drop=drop_rate, decay_schedule=decay_schedule, qkv_bias=qkv_bias, mode=retention_mode,
-                chunk_size=chunk_size, directions=directions, softmax_retention=softmax_retention,
+                drop=drop_rate, decay_schedule=decay_schedule, qkv_bias=qkv_bias,
+                mode="parallel" if retention_mode == STREAMING else retention_mode,
+                chunk_size=None if retention_mode == STREAMING else chunk_size,
+                directions=directions, softmax_retention=softmax_retention,
                 token_mixer=token_mixer,
             )
             for i in range(depth)
@@ -147,6 +152,8 @@ class VisionRetention(RetentionModeMixin, ClassifierHeadMixin, nn.Module):
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         self.register_load_state_dict_pre_hook(self._resize_pos_embed_on_load)
         self._init_weights()
+        if retention_mode == STREAMING:
+            self.set_retention_mode(STREAMING, chunk_size)
 
     def _init_weights(self) -> None:
         init_linear_trunc_normal(self, std=0.02)
@@ -189,6 +196,7 @@ class VisionRetention(RetentionModeMixin, ClassifierHeadMixin, nn.Module):
 
     def forward_features(self, x: Tensor) -> Tensor:
         """Images (B, C, H, W) → normalised tokens (B, tokens, dim)."""
+        self._refuse_whole_image_tokens("forward_features")
         x, grid_shape = self._embed(x)
         kwargs = self._retention_kwargs(grid_shape)
         for block in self.blocks:
@@ -203,11 +211,104 @@ class VisionRetention(RetentionModeMixin, ClassifierHeadMixin, nn.Module):
             x = x[:, -1]  # the final token has seen every token
         else:
             x = x[:, 0]
-        x = self.head_drop(x)
-        return x if pre_logits else self.head(x)
+        return self._head_of_pooled(x, pre_logits)
+
+    def _head_of_pooled(self, pooled: Tensor, pre_logits: bool) -> Tensor:
+        pooled = self.head_drop(pooled)
+        return pooled if pre_logits else self.head(pooled)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.streaming:
+            grid_shape = self.patch_embed.grid_shape_for(*self._check_images(x))
+            ph = self.patch_embed.patch_size[0]
+            return self.forward_streaming(lambda row0, row1: x[:, :, row0 * ph : row1 * ph], grid_shape, x.shape[0])
         return self.forward_head(self.forward_features(x))
+
+    # ------------------------------------------------------------------------------------------
+    # Streaming (SPEC §7; see .streaming)
+    # ------------------------------------------------------------------------------------------
+
+    def check_streamable(self) -> None:
+        """ValueError naming the option that has no streaming form, if any."""
+        reason = None
+        if not self.retention_layers():
+            reason = "the ViT baseline (token_mixer='attention') has no recurrent state: softmax attention needs every token at once"
+        elif self.retention_layers()[0].softmax_retention:
+            reason = "softmax_retention normalises over the whole sequence (and is not causal), so it has no state to carry"
+        elif self.retention_layers()[0].directions != 1:
+            reason = (f"directions={self.retention_layers()[0].directions} lets every token see the rows below it, so"
+                      " no band can finish before the image does; use directions=1")
+        elif self.pooling == "token_first" and not self.multipass:
+            reason = ("pooling='token_first' without multipass reads a class token that has seen only itself;"
+                      " use token_last or avg")
+        if reason:
+            raise ValueError(f"streaming is not possible with this model: {reason}")
+
+    def _check_images(self, x: Tensor) -> tuple[int, int]:
+        if not isinstance(x, Tensor) or x.dim() != 4 or x.shape[1] != self.patch_embed.proj.in_channels:
+            shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(f"input has shape {shape}; expected (batch, {self.patch_embed.proj.in_channels}, height, width)")
+        ph, pw = self.patch_embed.patch_size
+        if x.shape[2] < ph or x.shape[3] < pw:
+            raise ValueError(f"image of {x.shape[2]}×{x.shape[3]} px is smaller than one {ph}×{pw} patch")
+        return x.shape[2], x.shape[3]
+
+    def embed_band(self, pixels: Tensor, grid_shape: tuple[int, int], row0: int, row1: int) -> Tensor:
+        """Patch and position embedding of patch rows [row0, row1) of an image whose whole grid is
+        ``grid_shape``: pixels (B, C, (row1−row0)·p, cols·p) → tokens (B, (row1−row0)·cols, dim).
+        The position embedding is computed for these rows only (never for the whole grid)."""
+        tokens, band_grid = self.patch_embed(pixels)
+        if band_grid != (row1 - row0, grid_shape[1]):
+            raise ValueError(
+                f"band of patch rows {row0}:{row1} read as a {band_grid[0]}×{band_grid[1]} grid; expected"
+                f" {row1 - row0}×{grid_shape[1]} (the band reader returned the wrong pixel rows)"
+            )
+        if grid_shape == self.grid_shape:
+            pos = self.pos_embed.reshape(1, *grid_shape, -1)[:, row0:row1].flatten(1, 2)
+        else:
+            pos = resize_pos_embed(self.pos_embed, self.grid_shape, grid_shape, rows=slice(row0, row1))
+        return tokens + pos
+
+    def forward_streaming(
+        self,
+        read_band: BandReader,
+        grid_shape: tuple[int, int],
+        batch: int,
+        on_features: FeatureSink | None = None,
+        pre_logits: bool = False,
+    ) -> Tensor:
+        """Logits of an image that is read band by band and never held whole (streaming mode).
+
+        Args:
+            read_band: ``read_band(row0, row1)`` → the pixels of patch rows [row0, row1),
+                (batch, channels, (row1−row0)·p, cols·p), normalised like the training data.
+            grid_shape: the image's whole patch grid (rows, cols).
+            batch: images per call (the batch dimension of every band).
+            on_features: called as ``on_features(row0, features)`` with the final-norm features
+                (batch, band rows, cols, dim) of each band's patch tokens (first pass), for dense use.
+            pre_logits: return the pooled features instead of the logits.
+
+        Returns:
+            (batch, num_classes) logits, equal to every other form's.
+        """
+        if not self.streaming:
+            raise ValueError("forward_streaming needs streaming mode: call model.set_retention_mode('streaming') first")
+        check_inference_only(self)
+        self._pos_embed_size_check(grid_shape)
+        pooled = stream(self, read_band, tuple(grid_shape), batch, self.band_rows, on_features)
+        return self._head_of_pooled(pooled, pre_logits)
+
+    def _pos_embed_size_check(self, grid_shape: tuple[int, int]) -> None:
+        if tuple(grid_shape) != self.grid_shape and not self.dynamic_img_size:
+            self._pos_embed_for(tuple(grid_shape))  # raises the message that names the fix
+
+    def _refuse_whole_image_tokens(self, verb: str) -> None:
+        if self.streaming:
+            raise ValueError(
+                f"{verb} returns every token of the image at once, which is exactly what streaming mode"
+                " avoids; use model(images) for logits, model.forward_streaming(..., on_features=fn) for"
+                " per-token features band by band, or set_retention_mode('chunkwise') for whole tensors"
+            )
 
     def _patch_tokens(self, x: Tensor, grid_shape: tuple[int, int]) -> Tensor:
         """The patch tokens of the first pass, (B, rows·cols, dim)."""
@@ -235,6 +336,7 @@ class VisionRetention(RetentionModeMixin, ClassifierHeadMixin, nn.Module):
         Returns:
             ``intermediates`` or ``(final normalised tokens, intermediates)``.
         """
+        self._refuse_whole_image_tokens("forward_intermediates")
         wanted = resolve_indices(indices, len(self.blocks), "blocks")
         if output_fmt not in ("NCHW", "NLC"):
             raise ValueError(f"output_fmt={output_fmt!r}; expected 'NCHW' or 'NLC'")

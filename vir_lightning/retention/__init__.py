@@ -11,6 +11,7 @@ from .functional import (
     resolve_mode,
     retention,
     retention_decay_matrix,
+    retention_step,
 )
 from .schedules import DECAY_SCHEDULES, decay_rates_for
 
@@ -24,4 +25,5 @@ __all__ = [
     "resolve_mode",
     "retention",
     "retention_decay_matrix",
+    "retention_step",
 ]

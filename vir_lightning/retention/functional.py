@@ -17,6 +17,7 @@ __all__ = [
     "resolve_mode",
     "retention",
     "retention_decay_matrix",
+    "retention_step",
 ]
 
 MODES = ("parallel", "recurrent", "chunkwise")
@@ -228,6 +229,86 @@ def retention(
     else:
         out = modes.multi_direction_2d(quadrant, q, k, v, log_gamma, grid_shape, directions)
     return out.to(out_dtype)
+
+
+def retention_step(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    decay_rates: Tensor | Sequence[float],
+    state: Tensor | None = None,
+    *,
+    grid_cols: int | None = None,
+    class_token: bool = False,
+    chunk_size: int | None = None,
+    scale: float = 1.0,
+) -> tuple[Tensor, Tensor]:
+    """One segment of a sequence whose past is carried in ``state``: the streaming form (SPEC §7).
+
+    Feeding a sequence segment by segment, each call given the state the previous one returned,
+    gives exactly what :func:`retention` gives on the whole sequence (any mode), for any cut. The
+    segment itself is computed chunkwise.
+
+    - 1D (``grid_cols=None``): the tokens continue the raster sequence; ``state`` is
+      R = Σ_{m before} γ^(age) k_mᵀ v_m, (batch, heads, head_dim, value_dim).
+    - 2D (``grid_cols=C``): the tokens are whole grid rows (tokens a multiple of C) continuing the
+      grid below the rows already seen; ``state`` is the quadrant state of the row just above,
+      one d×dv matrix per column, (batch, heads, C, head_dim, value_dim): it grows with the width.
+    - 2D with ``class_token=True``: one token, the class token below the last row (it ends the
+      sequence; the state is returned unchanged).
+
+    Args:
+        q, k, v: (batch, heads, tokens, head_dim / value_dim), as for :func:`retention`.
+        decay_rates: (heads,) rates in (0, 1).
+        state: the state returned by the previous segment, or ``None`` at the start (zeros).
+        grid_cols: ``None`` for 1D decay, else the grid's column count for 2D decay.
+        class_token: 2D only: this segment is the class token.
+        chunk_size: chunk inside the segment (tokens in 1D, rows in 2D); ``None`` = default.
+        scale: the factor on q (ViR uses head_dim^−½).
+
+    Returns:
+        ``(out, state)``: out (batch, heads, tokens, value_dim) in q's dtype; the state after the
+        segment, in float32 (float64 for float64 inputs) whatever the input dtype.
+
+    Raises:
+        ValueError: bad shapes, dtypes, rates or a state that does not fit the segment.
+    """
+    tokens = q.shape[2] if isinstance(q, Tensor) and q.dim() == 4 else 0
+    if grid_cols is not None:
+        grid_cols = _positive_int("grid_cols", grid_cols)
+        if class_token and tokens != 1:
+            raise ValueError(f"class_token=True takes one token (the class token); q has {tokens}")
+        if not class_token and tokens % grid_cols:
+            raise ValueError(f"a 2D segment holds whole rows: {tokens} tokens is not a multiple of grid_cols={grid_cols}")
+    elif class_token:
+        raise ValueError("class_token=True needs grid_cols: in 1D the class token is just the next token")
+    grid_shape = None if grid_cols is None or class_token else (tokens // grid_cols, grid_cols)
+    decay_rates = _validate(q, k, v, decay_rates, "chunkwise", chunk_size, grid_shape, False, 1)
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale < float("inf"):
+        raise ValueError(f"scale={scale!r} is invalid; expected a positive finite number (e.g. head_dim**-0.5)")
+    compute_dtype = _compute_dtype(q.dtype)
+    batch, heads, _, head_dim = q.shape
+    state_shape = (batch, heads, head_dim, v.shape[-1]) if grid_cols is None else (
+        batch, heads, grid_cols, head_dim, v.shape[-1])
+    if state is None:
+        state = q.new_zeros(state_shape, dtype=compute_dtype)
+    elif not isinstance(state, Tensor) or tuple(state.shape) != state_shape or state.dtype != compute_dtype:
+        got = (tuple(state.shape), state.dtype) if isinstance(state, Tensor) else type(state).__name__
+        raise ValueError(f"state is {got}; expected shape {state_shape} and dtype {compute_dtype}: pass the state"
+                         " the previous segment returned (or None to start)")
+    log_gamma = torch.log(decay_rates.to(compute_dtype))
+    out_dtype = q.dtype
+    q, k, v = (t.to(compute_dtype) for t in (q, k, v))
+    if grid_cols is None:
+        size = chunk_size or default_chunk_size(tokens)
+        out, state = modes.chunkwise_1d(q, k, v, log_gamma, size, float(scale), initial_state=state, return_state=True)
+    elif class_token:
+        out = modes.quadrant_class_token(q * scale, k, v, log_gamma, state)
+    else:
+        rows = chunk_size or default_chunk_size(tokens, grid_shape)
+        out, state = modes.chunkwise_2d(q * scale, k, v, log_gamma, grid_shape, False, rows,
+                                        initial_state=state, return_state=True)
+    return out.to(out_dtype), state
 
 
 def retention_decay_matrix(

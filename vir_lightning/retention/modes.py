@@ -179,7 +179,16 @@ def chunk_tables_1d(
     return tuple(t.to(dtype) for t in (inner_decay, cross_scale, key_scale))
 
 
-def chunkwise_1d(q: Tensor, k: Tensor, v: Tensor, log_gamma: Tensor, chunk_size: int, scale: float = 1.0) -> Tensor:
+def chunkwise_1d(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    log_gamma: Tensor,
+    chunk_size: int,
+    scale: float = 1.0,
+    initial_state: Tensor | None = None,
+    return_state: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
     """Chunk i (true length b ≤ B, positions j = 0..b−1 inside it), for q scaled by s:
 
         inner_i = (Q_i K_iᵀ ⊙ D_b) V_i
@@ -191,6 +200,11 @@ def chunkwise_1d(q: Tensor, k: Tensor, v: Tensor, log_gamma: Tensor, chunk_size:
     sequence; only the states R_i need a scan, one d×dv update per chunk. A short last chunk
     reuses the leading part of the tables with the final state. Working memory per head: the
     B×B score block of every chunk (N·B) and one d×dv state per chunk.
+
+    Streaming (SPEC §7): the tokens may continue a sequence whose past is summed up in
+    ``initial_state`` R₀ = Σ_{m<0} γ^(−1−m) k_mᵀ v_m, (batch, heads, d, dv). Token n of this
+    segment then also sees s·γ^(n+1) q_n R₀, and the state after the segment is
+    γ^N R₀ + R_local. With ``return_state`` the result is ``(out, state after the last token)``.
     """
     batch, heads, tokens, _ = q.shape
     chunk = min(chunk_size, tokens)
@@ -209,6 +223,8 @@ def chunkwise_1d(q: Tensor, k: Tensor, v: Tensor, log_gamma: Tensor, chunk_size:
     chunk_log_decay = chunk * log_gamma.to(q.dtype)
     states = decayed_cumsum(chunk_kv, chunk_log_decay, dim=2, exclusive=True)  # R_{i−1}
     last_state = torch.exp(chunk_log_decay).view(heads, 1, 1) * states[:, :, -1] + chunk_kv[:, :, -1] if tail else None
+    if return_state and not tail:
+        last_state = torch.exp(chunk_log_decay).view(heads, 1, 1) * states[:, :, -1] + chunk_kv[:, :, -1]
     del chunk_kv
     inner.add_((qc @ states).mul_(cross_scale))
     del qc, states
@@ -221,7 +237,19 @@ def chunkwise_1d(q: Tensor, k: Tensor, v: Tensor, log_gamma: Tensor, chunk_size:
         qt, kt, vt = (t[:, :, full:] for t in (q, k, v))
         last = parallel(qt, kt, vt, inner_decay[:, 0, :tail, :tail])
         out[:, :, full:] = last + (qt @ last_state) * cross_scale[:, 0, :tail]
-    return out
+        if return_state:  # R after the tail: γ^tail R + Σ_j γ^(tail−1−j) k_jᵀ v_j
+            tail_kv = (kt * key_scale[:, 0, chunk - tail :]).transpose(-1, -2) @ vt
+            last_state = torch.exp(tail * log_gamma.to(q.dtype)).view(heads, 1, 1) * last_state + tail_kv
+    if initial_state is not None:
+        (past_scale,) = cached_tables(  # s·γ^(n+1), (H, N, 1)
+            ("past1d", tokens, q.dtype, scale), log_gamma,
+            lambda: (torch.exp((torch.arange(tokens, dtype=log_gamma.dtype, device=log_gamma.device) + 1)
+                               * log_gamma[:, None])[..., None].to(q.dtype) * scale,),
+        )
+        out.add_((q @ initial_state).mul_(past_scale))
+        if return_state:
+            last_state = last_state + torch.exp(tokens * log_gamma.to(q.dtype)).view(heads, 1, 1) * initial_state
+    return (out, last_state) if return_state else out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -270,7 +298,9 @@ def chunkwise_2d(
     grid_shape: tuple[int, int],
     cls_token: bool,
     rows_per_chunk: int,
-) -> Tensor:
+    initial_state: Tensor | None = None,
+    return_state: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
     """Row chunks of ``rows_per_chunk`` grid rows, starting at row y0. The carried state is the
     quadrant state of the row just above the chunk, one d×dv matrix per column:
 
@@ -282,7 +312,12 @@ def chunkwise_2d(
         P(x) ← γ^r P(x) + Σ_{x' ≤ x} γ^(x−x') W(x'),   W(x') = Σ_{rows y' of chunk} γ^(y0+r−1−y') k(y',x')ᵀ v(y',x')
 
     (a decayed prefix sum over columns). Memory O(C · d · dv) per head plus one chunk's block.
-    The class token at (C−1, R) is a final one-token chunk: γ q P(C−1) + (q·k) v.
+    The class token at (C−1, R) is a final one-token chunk (:func:`quadrant_class_token`).
+
+    Streaming (SPEC §7): the rows may continue a grid whose rows above are summed up in
+    ``initial_state`` = P(x) of the row just above them, (batch, heads, C, d, dv); the decays are
+    shift-invariant, so nothing else depends on where the rows are. With ``return_state`` the
+    result is ``(out, P after the last row)``.
     """
     rows, cols = grid_shape
     batch, heads = q.shape[:2]
@@ -298,7 +333,7 @@ def chunkwise_2d(
     )
     row_pos = torch.arange(chunk, dtype=lg.dtype, device=lg.device)
     cross_scale = torch.exp((row_pos + 1) * lg[:, None]).to(q.dtype)[..., None, None]  # (H, r, 1, 1)
-    state = q.new_zeros(batch, heads, cols, head_dim, value_dim)  # P(x), x = 0..C−1
+    state = q.new_zeros(batch, heads, cols, head_dim, value_dim) if initial_state is None else initial_state  # P(x)
     outputs = []
     for y0 in range(0, rows, chunk):
         r = min(chunk, rows - y0)
@@ -306,16 +341,26 @@ def chunkwise_2d(
         inner = parallel(*(t.flatten(2, 3) for t in (qi, ki, vi)), inner_decay[:, : r * cols, : r * cols])
         cross = torch.einsum("bhrcd,bhcde->bhrce", qi, state) * cross_scale[:, :r]
         outputs.append(inner + cross.flatten(2, 3))
-        if y0 + r < rows or cls_token:
+        if y0 + r < rows or cls_token or return_state:
             key_scale = torch.exp((r - 1 - row_pos[:r]) * lg[:, None]).to(q.dtype)[..., None, None]
             column_kv = torch.einsum("bhrcd,bhrce->bhcde", ki * key_scale, vi)  # W(x'), (B,H,C,d,dv)
             chunk_decay = torch.exp(r * lg).to(q.dtype).view(heads, 1, 1, 1)
             state = chunk_decay * state + decayed_cumsum(column_kv, lg.to(q.dtype), dim=2)
     if cls_token:
-        qc, kc, vc = q[:, :, -1:], k[:, :, -1:], v[:, :, -1:]  # (B, H, 1, ·)
-        gamma = lg.exp().to(q.dtype).view(heads, 1, 1)
-        outputs.append(gamma * (qc @ state[:, :, -1]) + (qc * kc).sum(-1, keepdim=True) * vc)
-    return torch.cat(outputs, dim=2)
+        outputs.append(quadrant_class_token(q[:, :, -1:], k[:, :, -1:], v[:, :, -1:], lg, state))
+    out = torch.cat(outputs, dim=2)
+    return (out, state) if return_state else out
+
+
+def quadrant_class_token(q: Tensor, k: Tensor, v: Tensor, log_gamma: Tensor, state: Tensor) -> Tensor:
+    """The class token at (C−1, R), below the last grid row: row R holds no other token, so
+
+        S(R, C−1) = k_clsᵀ v_cls + γ S(R−1, C−1),   O_cls = γ q P(C−1) + (q·k) v
+
+    with ``state`` = P(x) = S(R−1, x), (batch, heads, C, d, dv). q, k, v: (batch, heads, 1, ·).
+    """
+    gamma = log_gamma.exp().to(q.dtype).view(q.shape[1], 1, 1)
+    return gamma * (q @ state[:, :, -1]) + (q * k).sum(-1, keepdim=True) * v
 
 
 # ----------------------------------------------------------------------------------------------

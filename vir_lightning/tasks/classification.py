@@ -12,7 +12,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torchmetrics.classification import MulticlassAccuracy
 
 from ..models import create_model
-from ..retention import check_mode
+from ..models.retention_layer import check_model_mode
 from .checkpoints import load_weights, read_state_dict
 from .optim import param_groups, warmup_cosine
 
@@ -73,7 +73,7 @@ class ImageClassifier(L.LightningModule):
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
-        check_mode(eval_mode, eval_chunk_size)
+        check_model_mode(eval_mode, eval_chunk_size)
         size = img_size if isinstance(img_size, int) else tuple(img_size)
         self.model = create_model(model_name, num_classes=num_classes, img_size=size, in_chans=in_chans,
                                   **(model_kwargs or {}))
