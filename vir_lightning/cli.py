@@ -34,6 +34,10 @@ TOOLS: dict[str, tuple[str, str]] = {
         "vir_lightning.benchmarks.retention_op", "time and peak memory of the retention op per mode and length"),
     "bench-backbone": (
         "vir_lightning.benchmarks.backbone", "H-ViR feature-pyramid forward time and memory per retention mode"),
+    "predict-large": (
+        "vir_lightning.tasks.predict_large", "top-5 (and per-patch features) of huge images, streamed band by band"),
+    "build-mosaic": (
+        "vir_lightning.data.mosaic", "a huge real-pixel tiled pyramidal TIFF (matplotlib's photos) for predict-large"),
     "export-backbone": (
         "vir_lightning.tasks.export", "classification checkpoint → tensor state_dict for mmdet/mmseg init_cfg"),
     "build-mini-datasets": (

@@ -27,6 +27,8 @@ def atomic_output(path: str, directory: bool = False) -> Iterator[str]:
         os.close(fd)
     try:
         yield tmp
+        if not directory and os.path.exists(tmp):
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; the result gets the user's umask
         if directory and os.path.isdir(path):
             shutil.rmtree(path)
         os.replace(tmp, path)
@@ -36,6 +38,12 @@ def atomic_output(path: str, directory: bool = False) -> Iterator[str]:
         else:
             os.unlink(tmp)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_csv_atomically(path: str, header: Sequence[str], rows: Iterable[Sequence]) -> None:

@@ -5,6 +5,9 @@ for inference and for a training step, with the ViT baseline (same blocks, SDPA 
         [--resolutions 224 512 1024 2048] [--batch-sizes 2] [--modes parallel chunkwise auto]
         [--tasks inference train] [--out runs/bench]
 
+``streaming`` (inference) pushes bands of ``--band-rows`` patch rows through every block; its
+memory does not grow with the image height, so it alone runs above ``--whole-image-max-resolution``.
+
 Every configuration runs in its own process (peak memory is its own; see :mod:`.measure`): one
 warm-up call, which also counts FLOPs (``torch.utils.flop_counter``) and peak memory, then timed
 calls (median, min–max). On CUDA, CUDA events with synchronisation and ``max_memory_allocated``.
@@ -29,7 +32,8 @@ from ..io import atomic_output
 from .measure import add_measure_args, measure, measure_cuda, run_isolated, write_results_csv
 
 MODULE = "vir_lightning.benchmarks.throughput"
-RETENTION_MODES = ("parallel", "chunkwise", "recurrent", "auto")
+RETENTION_MODES = ("parallel", "chunkwise", "recurrent", "auto", "streaming")
+STREAMING = "streaming"
 ATTENTION_MODE = "sdpa"  # the label of the ViT baseline's single form
 
 
@@ -146,10 +150,16 @@ def _tokens(model, res: int) -> list[int]:
 def _predicted_gb(model, cfg: dict) -> float:
     """A rough upper bound of the working memory in GB, enough to skip what cannot fit: the N×N
     tables of parallel retention dominate at high resolution; everything else is linear in N."""
+    from ..models.streaming import default_band_rows
+
     batch, res = cfg["batch"], cfg["resolution"]
     width = getattr(model, "num_features", 768)
     per_layer = []
-    for (heads, _), tokens in zip(_mixer_layers(model), _tokens(model, res), strict=True):
+    inputs = batch * 3 * res * res  # the image tensor itself
+    for (heads, stride), tokens in zip(_mixer_layers(model), _tokens(model, res), strict=True):
+        if cfg["mode"] == STREAMING:  # one band of whole rows at a time
+            cols = math.ceil(res / stride)
+            tokens = cols * (cfg["chunk_size"] or default_band_rows(cols))
         # parallel: the scores per image, the decay table and its temporaries (ViR-S at 1024²
         # measured 4.7 / 6.3 tables' worth at batch 1 / 2)
         quadratic = (2 * batch + 3) * heads * tokens**2 if cfg["mode"] == "parallel" else 0
@@ -159,7 +169,7 @@ def _predicted_gb(model, cfg: dict) -> float:
         total = sum(per_layer) + 4 * params
     else:
         total = max(per_layer, default=0) + params
-    return 4 * total / 2**30
+    return 4 * (total + inputs) / 2**30
 
 
 def _memory_limit_gb(device: str) -> float:
@@ -186,7 +196,7 @@ def _configs(args, models: dict) -> list[dict]:
             else:
                 modes = [ATTENTION_MODE]
             for mode in modes:
-                chunks = args.chunk_sizes if mode == "chunkwise" else [None]
+                chunks = {"chunkwise": args.chunk_sizes, STREAMING: args.band_rows}.get(mode, [None])
                 grid = ((c, r, b) for c in chunks for r in args.resolutions for b in args.batch_sizes)
                 for chunk, res, batch in grid:
                     rows.append(dict(
@@ -252,7 +262,8 @@ def matmul_peak_gflops(device: str, dtype: str, size: int = 2048) -> float:
 def _label(row: dict) -> str:
     if row["mode"] == ATTENTION_MODE:
         return f"{row['model']} (SDPA)"
-    chunk = f" chunk {row['chunk_size']}" if row.get("chunk_size") else ""
+    what = "band" if row["mode"] == STREAMING else "chunk"
+    chunk = f" {what} {row['chunk_size']}" if row.get("chunk_size") else ""
     return f"{row['model']} {row['mode']}{chunk}"
 
 
@@ -299,7 +310,7 @@ def markdown_report(rows: list[dict], machine: dict, command: str, baseline: str
             lines.append("")
     skipped = [r for r in rows if r.get("error", "").startswith("skipped")]
     if skipped:
-        lines += ["Skipped (predicted not to fit):", ""]
+        lines += ["Skipped (predicted not to fit, or a whole-image form above the resolution limit):", ""]
         lines += [f"- {_label(r)} {r['task']} {r['resolution']}² batch {r['batch']}: {r['error']}" for r in skipped]
         lines.append("")
     lines += [
@@ -371,6 +382,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="retention modes for the training step")
     p.add_argument("--chunk-sizes", type=int, nargs="+", default=[None],
                    help="chunkwise chunk sizes (tokens in 1D, grid rows in 2D); default: the library's")
+    p.add_argument("--band-rows", type=int, nargs="+", default=[None],
+                   help="streaming band heights in patch rows; default: about 1024 tokens of whole rows")
+    p.add_argument("--whole-image-max-resolution", type=int, default=4096,
+                   help="every form but streaming (and the ViT) only up to this resolution: each holds the"
+                        " whole image's tokens, and a ViR-S chunkwise call at 8192² takes minutes here")
     p.add_argument("--train-max-resolution", type=int, default=512,
                    help="training steps only up to this resolution (a 2048² ViT step takes minutes here)")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
@@ -394,7 +410,8 @@ def _check_args(args) -> dict:
     if not args.device.startswith(("cpu", "cuda")):
         raise ValueError(f"--device {args.device!r} is not supported; use cpu or cuda[:N]")
     for name, values in (("--resolutions", args.resolutions), ("--batch-sizes", args.batch_sizes),
-                         ("--chunk-sizes", [c for c in args.chunk_sizes if c is not None])):
+                         ("--chunk-sizes", [c for c in args.chunk_sizes if c is not None]),
+                         ("--band-rows", [c for c in args.band_rows if c is not None])):
         bad = [v for v in values if v < 1]
         if bad:
             raise ValueError(f"{name} {bad}: every value must be a positive integer")
@@ -438,7 +455,9 @@ def main(argv: list[str] | None = None) -> int:
         if cfg["task"] == "train" and cfg["resolution"] > args.train_max_resolution:
             continue
         predicted = _predicted_gb(model, cfg)
-        if predicted > limit:
+        if cfg["mode"] != STREAMING and cfg["resolution"] > args.whole_image_max_resolution:
+            result = {"error": f"skipped: whole-image form above --whole-image-max-resolution {args.whole_image_max_resolution}"}
+        elif predicted > limit:
             result = {"error": f"skipped: predicted {predicted:.1f} GB > {limit:.1f} GB"}
         else:
             result = run_isolated(MODULE, cfg)

@@ -82,7 +82,7 @@ def stream(
         count += out.shape[1]
         return out
 
-    cls = model.cls_token.expand(batch, -1, -1) if model.has_class_token else None
+    cls = model.cls_token.detach().expand(batch, -1, -1) if model.has_class_token else None
     if model.pooling == "token_first":  # only with multipass: the sequence opens with the class token
         through_blocks(cls)
     for row0, row1 in bands:

@@ -1,0 +1,270 @@
+"""``predict-large``: classify huge images (whole-slide scans, satellite tiles) in streaming form.
+
+    python -m vir_lightning predict-large --config CFG --ckpt_path CKPT --images A.tif [B.svs …]
+        --out predictions.csv [--chunk-size R] [--level L] [--features-dir DIR] [--edge crop|pad]
+
+Each image is read band by band from disk (:mod:`vir_lightning.data.large_image`), normalised like
+the training data, and pushed through the ViR in streaming mode: neither the image nor its tokens
+are ever held whole, so memory does not grow with the image height. Per image: top-5 classes in a
+CSV (rewritten atomically after every image, so a killed run loses nothing and a rerun skips what
+is done), and optionally the final-norm feature of every patch as float16 ``(rows, cols, dim)`` in
+``DIR/<name>.npy`` (a NumPy memmap filled band by band) with ``DIR/<name>.json`` describing it.
+An unreadable image is reported with its path and the others go on (exit status 1 at the end).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import inspect
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..io import atomic_output, write_csv_atomically
+
+TOP_K = 5
+FIXED_COLUMNS = ["path", "level", "reader", "height", "width", "grid_rows", "grid_cols", "edge", "edge_rows_px",
+                 "edge_cols_px"]
+COLUMNS = FIXED_COLUMNS + [f"{what}_{i}" for i in range(1, TOP_K + 1) for what in ("class", "prob")] + ["seconds"]
+
+
+# ----------------------------------------------------------------------------------------------
+# The model and its normalisation, from the checkpoint and the config
+# ----------------------------------------------------------------------------------------------
+
+
+def _config_sections(path: str) -> tuple[dict, dict]:
+    """``(model init_args, data section)`` of a LightningCLI YAML config."""
+    import yaml
+
+    try:
+        config = yaml.safe_load(Path(path).read_text()) or {}
+    except FileNotFoundError:
+        raise FileNotFoundError(f"--config {path!r} does not exist") from None
+    except yaml.YAMLError as err:
+        raise ValueError(f"--config {path!r} is not valid YAML: {str(err).splitlines()[0]}") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"--config {path!r} is not a LightningCLI config (a mapping with model: and data:)")
+    model, data = config.get("model") or {}, config.get("data") or {}
+    return (model.get("init_args") or {}) if isinstance(model, dict) else {}, data if isinstance(data, dict) else {}
+
+
+def normalisation(data_section: dict) -> tuple[list[float], list[float]]:
+    """mean/std of the config's data module: given in ``init_args``, else the class's defaults."""
+    from .. import data as data_modules
+
+    init_args = data_section.get("init_args") or {}
+    class_name = str(data_section.get("class_path", "ClassificationDataModule")).rsplit(".", 1)[-1]
+    cls = getattr(data_modules, class_name, data_modules.ClassificationDataModule)
+    defaults = {}
+    for klass in reversed(cls.__mro__):  # a subclass's defaults win over its base's
+        if klass.__init__ is not object.__init__:
+            defaults.update({k: p.default for k, p in inspect.signature(klass.__init__).parameters.items()
+                             if p.default is not inspect.Parameter.empty})
+    return list(init_args.get("mean", defaults["mean"])), list(init_args.get("std", defaults["std"]))
+
+
+def load_streaming_model(config_path: str, ckpt_path: str, band_rows: int | None):
+    """The checkpoint's ViR in streaming mode (``dynamic_img_size``), eval, plus (class names, mean, std).
+
+    The architecture comes from the checkpoint (it describes its weights); a config that names
+    another model or other model options is refused rather than silently ignored.
+    """
+    from ..models import create_model
+    from .checkpoints import load_tensors_only, read_state_dict
+
+    model_args, data_section = _config_sections(config_path)
+    checkpoint = load_tensors_only(ckpt_path)
+    hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
+    if not isinstance(hparams, dict) or "model_name" not in hparams:
+        raise ValueError(f"--ckpt_path {ckpt_path!r} has no hyper_parameters: predict-large needs a checkpoint"
+                         " written by `python -m vir_lightning fit`")
+    for key in ("model_name", "model_kwargs"):
+        wanted = model_args.get(key)
+        if wanted is not None and (wanted or None) != (hparams.get(key) or None):
+            raise ValueError(f"--config sets model {key}={wanted!r} but the checkpoint was trained with"
+                             f" {hparams.get(key)!r}; use the config the checkpoint was trained with")
+    kwargs = {k: v for k, v in (hparams.get("model_kwargs") or {}).items() if k not in ("retention_mode", "chunk_size")}
+    size = hparams.get("img_size", 224)
+    model = create_model(hparams["model_name"], num_classes=hparams.get("num_classes", 1000),
+                         img_size=size if isinstance(size, int) else tuple(size),
+                         in_chans=hparams.get("in_chans", 3), **{**kwargs, "dynamic_img_size": True})
+    model.load_state_dict(read_state_dict(ckpt_path))  # strict: the same architecture
+    model.set_retention_mode("streaming", band_rows)  # ValueError naming what cannot stream
+    model.eval().requires_grad_(False)
+    names = hparams.get("class_names") or [str(i) for i in range(model.num_classes)]
+    mean, std = normalisation(data_section)
+    return model, list(names), mean, std
+
+
+# ----------------------------------------------------------------------------------------------
+# One image
+# ----------------------------------------------------------------------------------------------
+
+
+def predict_image(model, image, mean, std, edge: str = "crop", features_path: str | None = None,
+                  progress=None) -> dict:
+    """Stream one opened :class:`LargeImage` through ``model``: the CSV row's fields plus
+    ``probs`` (num_classes,). Writes the features memmap (atomically) when ``features_path``."""
+    import torch
+
+    from ..data.large_image import pixel_scale, to_model_channels
+
+    ph, pw = model.patch_embed.patch_size
+    channels = model.patch_embed.proj.in_channels
+    if image.height < ph or image.width < pw:
+        raise ValueError(f"{image.path}: {image.width}×{image.height} px at level {image.level} is smaller than"
+                         f" one {pw}×{ph} patch; use a lower --level (larger image)")
+    if edge == "crop":
+        rows, cols = image.height // ph, image.width // pw
+        edge_rows, edge_cols = image.height - rows * ph, image.width - cols * pw
+    else:
+        rows, cols = math.ceil(image.height / ph), math.ceil(image.width / pw)
+        edge_rows, edge_cols = rows * ph - image.height, cols * pw - image.width
+    scale = pixel_scale(image.dtype)
+    mean_t = torch.tensor(mean[:channels] if len(mean) >= channels else mean * channels).view(1, -1, 1, 1)
+    std_t = torch.tensor(std[:channels] if len(std) >= channels else std * channels).view(1, -1, 1, 1)
+
+    def read_band(row0: int, row1: int):
+        y0, y1 = row0 * ph, min(row1 * ph, image.height)
+        pixels = to_model_channels(image.read_rows(y0, y1), channels)
+        band = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32)).permute(2, 0, 1)[None]
+        band = (band / scale - mean_t) / std_t
+        band = band[..., : cols * pw]  # crop: the right edge; pad: zeros (the mean colour) beyond it
+        missing_rows, missing_cols = (row1 - row0) * ph - band.shape[2], cols * pw - band.shape[3]
+        if missing_rows or missing_cols:
+            band = torch.nn.functional.pad(band, (0, missing_cols, 0, missing_rows))
+        if progress is not None:
+            progress.update(1)
+        return band
+
+    features = None
+    start = time.perf_counter()
+    with torch.inference_mode():
+        if features_path is None:
+            logits = model.forward_streaming(read_band, (rows, cols), 1)
+        else:
+            with atomic_output(features_path) as tmp:
+                features = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16,
+                                                     shape=(rows, cols, model.num_features))
+
+                def sink(row0, band_features):
+                    features[row0 : row0 + band_features.shape[1]] = band_features[0].to(torch.float16).numpy()
+
+                logits = model.forward_streaming(read_band, (rows, cols), 1, on_features=sink)
+                features.flush()
+                del features
+    return {
+        "level": image.level, "reader": image.reader, "height": image.height, "width": image.width,
+        "grid_rows": rows, "grid_cols": cols, "edge": edge, "edge_rows_px": edge_rows, "edge_cols_px": edge_cols,
+        "probs": logits[0].float().softmax(-1), "seconds": time.perf_counter() - start,
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line
+# ----------------------------------------------------------------------------------------------
+
+
+def _read_done(out: str) -> list[dict]:
+    """Rows of an earlier run's CSV (resume), or [] when there is none."""
+    if not os.path.exists(out):
+        return []
+    if os.path.isdir(out):
+        raise ValueError(f"--out {out!r} is a directory; give a CSV file name")
+    with open(out, newline="") as f:
+        reader = csv.DictReader(f)
+        if reader.fieldnames != COLUMNS:
+            raise ValueError(f"--out {out!r} exists and is not a predict-large CSV; choose another file (it was left as is)")
+        return list(reader)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m vir_lightning predict-large", description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", required=True, help="the training config (normalisation; checked against the checkpoint)")
+    p.add_argument("--ckpt_path", required=True, help="a checkpoint written by `python -m vir_lightning fit`")
+    p.add_argument("--images", nargs="+", required=True, help="TIFF/BigTIFF, whole-slide (OpenSlide) or PNG/JPEG files")
+    p.add_argument("--out", required=True, help="CSV of top-5 predictions (rerun: images already in it are skipped)")
+    p.add_argument("--chunk-size", type=int, default=None,
+                   help="band height in patch rows (default: about 1024 tokens of whole rows)")
+    p.add_argument("--level", type=int, default=0, help="pyramid level to read (0 = full resolution)")
+    p.add_argument("--reader", choices=("auto", "tifffile", "openslide", "pil"), default="auto",
+                   help="auto: TIFF → tifffile, slide formats → OpenSlide, others → Pillow")
+    p.add_argument("--edge", choices=("crop", "pad"), default="crop",
+                   help="sides that are not a multiple of the patch: crop them (default) or pad with the mean colour")
+    p.add_argument("--features-dir", default=None, help="also write per-patch float16 features: DIR/<name>.npy + .json")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.chunk_size is not None and args.chunk_size < 1:
+        raise ValueError(f"--chunk-size {args.chunk_size}: the band height must be at least 1 patch row")
+    if args.level < 0:
+        raise ValueError(f"--level {args.level}: pyramid levels count from 0")
+    stems = {}
+    if args.features_dir:
+        for path in args.images:
+            stem = Path(path).stem
+            if stems.setdefault(stem, path) != path:
+                raise ValueError(f"--features-dir: {stems[stem]!r} and {path!r} would both write {stem}.npy;"
+                                 " rename one or run them separately")
+        os.makedirs(args.features_dir, exist_ok=True)
+    done = _read_done(args.out)
+    model, names, mean, std = load_streaming_model(args.config, args.ckpt_path, args.chunk_size)
+
+    from tqdm import tqdm
+
+    from ..data.large_image import open_large_image
+    from ..models.streaming import band_bounds, default_band_rows
+
+    finished = {(row["path"], row["level"]) for row in done}
+    failures = 0
+    for path in args.images:
+        if (path, str(args.level)) in finished:
+            print(f"{path}: already in {args.out}, skipped")
+            continue
+        try:
+            with open_large_image(path, args.level, args.reader) as image:
+                ph = model.patch_embed.patch_size[0]
+                rows = (image.height // ph) if args.edge == "crop" else math.ceil(image.height / ph)
+                cols = math.ceil(image.width / model.patch_embed.patch_size[1])
+                bands = len(band_bounds(max(rows, 1), args.chunk_size or default_band_rows(cols)))
+                passes = 2 if model.multipass else 1
+                features = os.path.join(args.features_dir, Path(path).stem + ".npy") if args.features_dir else None
+                with tqdm(total=bands * passes, desc=Path(path).name, unit="band", file=sys.stderr,
+                          leave=False, dynamic_ncols=True) as progress:
+                    result = predict_image(model, image, mean, std, args.edge, features, progress)
+        except (ValueError, FileNotFoundError, OSError, MemoryError) as err:
+            failures += 1
+            print(f"error: {err}", file=sys.stderr)
+            continue
+        top = result["probs"].topk(min(TOP_K, len(names)))
+        pairs = [(names[i], f"{p:.6f}") for p, i in zip(top.values.tolist(), top.indices.tolist(), strict=True)]
+        pairs += [("", "")] * (TOP_K - len(pairs))
+        row = {"path": path, **{k: result[k] for k in FIXED_COLUMNS[1:]}, "seconds": f"{result['seconds']:.2f}"}
+        row.update({f"class_{i}": c for i, (c, _) in enumerate(pairs, 1)})
+        row.update({f"prob_{i}": p for i, (_, p) in enumerate(pairs, 1)})
+        if features:
+            meta = {"source": os.path.abspath(path), "level": image.level, "reader": image.reader,
+                    "image_size": [image.height, image.width], "grid": [result["grid_rows"], result["grid_cols"]],
+                    "patch_size": list(model.patch_embed.patch_size), "edge": args.edge,
+                    "edge_px": [result["edge_rows_px"], result["edge_cols_px"]], "dim": model.num_features,
+                    "dtype": "float16", "layout": "rows, cols, dim (final-norm features, first pass)",
+                    "checkpoint": os.path.abspath(args.ckpt_path)}
+            with atomic_output(features[: -len(".npy")] + ".json") as tmp:
+                Path(tmp).write_text(json.dumps(meta, indent=1))
+        done.append(row)
+        write_csv_atomically(args.out, COLUMNS, ([r[c] for c in COLUMNS] for r in done))
+        edge = {"crop": "cropped", "pad": "padded"}[args.edge]
+        print(f"{path}: {image.width}×{image.height} px (level {image.level}, {image.reader}), grid"
+              f" {result['grid_rows']}×{result['grid_cols']}, {edge} {result['edge_cols_px']}×{result['edge_rows_px']}"
+              f" px → {pairs[0][0]} ({float(pairs[0][1]):.3f}) in {result['seconds']:.1f} s")
+    print(f"wrote {args.out}: {len(done)} images" + (f"; {failures} failed (see error: lines)" if failures else ""))
+    return 1 if failures else 0
