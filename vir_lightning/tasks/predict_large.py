@@ -94,9 +94,10 @@ def load_streaming_model(config_path: str, ckpt_path: str, band_rows: int | None
     size = hparams.get("img_size", 224)
     model = create_model(hparams["model_name"], num_classes=hparams.get("num_classes", 1000),
                          img_size=size if isinstance(size, int) else tuple(size),
-                         in_chans=hparams.get("in_chans", 3), **{**kwargs, "dynamic_img_size": True})
-    model.load_state_dict(read_state_dict(ckpt_path))  # strict: the same architecture
+                         in_chans=hparams.get("in_chans", 3), **kwargs)
     model.set_retention_mode("streaming", band_rows)  # ValueError naming what cannot stream
+    model.dynamic_img_size = True  # any image size: the position embedding is resized band by band
+    model.load_state_dict(read_state_dict(ckpt_path))  # strict: the same architecture
     model.eval().requires_grad_(False)
     names = hparams.get("class_names") or [str(i) for i in range(model.num_classes)]
     mean, std = normalisation(data_section)
