@@ -72,7 +72,7 @@ def _worker(cfg: dict) -> dict:
     torch.manual_seed(0)
     device = torch.device(cfg["device"])
     res, batch = cfg["resolution"], cfg["batch"]
-    model = create_model(cfg["model"], img_size=res).to(device)
+    model = create_model(cfg["model"], img_size=res, **json.loads(cfg.get("model_kwargs") or "{}")).to(device)
     if cfg["mode"] != ATTENTION_MODE:
         model.set_retention_mode(cfg["mode"], cfg["chunk_size"])
     images = torch.randn(batch, 3, res, res, device=device)
@@ -201,6 +201,7 @@ def _configs(args, models: dict) -> list[dict]:
                 for chunk, res, batch in grid:
                     rows.append(dict(
                         task=task, model=name, mode=mode, chunk_size=chunk, resolution=res, batch=batch,
+                        model_kwargs=args.model_kwargs if model.retention_layers() else "",
                         device=args.device, dtype=args.dtype, threads=args.threads, repeats=args.repeats,
                         min_seconds=args.min_seconds, allocator=args.allocator,
                     ))
@@ -264,7 +265,8 @@ def _label(row: dict) -> str:
         return f"{row['model']} (SDPA)"
     what = "band" if row["mode"] == STREAMING else "chunk"
     chunk = f" {what} {row['chunk_size']}" if row.get("chunk_size") else ""
-    return f"{row['model']} {row['mode']}{chunk}"
+    options = f" {row['model_kwargs']}" if row.get("model_kwargs") else ""
+    return f"{row['model']}{options} {row['mode']}{chunk}"
 
 
 def _cell(row: dict | None, key: str, fmt: str) -> str:
@@ -389,6 +391,8 @@ def _parser() -> argparse.ArgumentParser:
                         " whole image's tokens, and a ViR-S chunkwise call at 8192² takes minutes here")
     p.add_argument("--train-max-resolution", type=int, default=512,
                    help="training steps only up to this resolution (a 2048² ViT step takes minutes here)")
+    p.add_argument("--model-kwargs", default="",
+                   help="JSON options for the retention models (not the ViT), e.g. '{\"decay\": \"2d\"}'")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
                    help="float32, or autocast to a 16-bit type")
@@ -415,10 +419,20 @@ def _check_args(args) -> dict:
         bad = [v for v in values if v < 1]
         if bad:
             raise ValueError(f"{name} {bad}: every value must be a positive integer")
+    try:
+        model_kwargs = json.loads(args.model_kwargs) if args.model_kwargs else {}
+    except json.JSONDecodeError as err:
+        raise ValueError(
+            f"--model-kwargs {args.model_kwargs!r} is not JSON ({err}); e.g. '{{\"decay\": \"2d\"}}'"
+        ) from None
+    if not isinstance(model_kwargs, dict):
+        raise ValueError(f"--model-kwargs {args.model_kwargs!r} must be a JSON object, e.g. '{{\"decay\": \"2d\"}}'")
     models = {}
     with torch.device("meta"):
         for name in dict.fromkeys(args.models):
             models[name] = create_model(name)  # ValueError names close matches for a typo
+            if model_kwargs and models[name].retention_layers():
+                models[name] = create_model(name, **model_kwargs)  # ValueError for a bad option
     for name, model in models.items():
         patch = getattr(getattr(model, "patch_embed", None), "patch_size", (1, 1))[0]
         bad = [r for r in args.resolutions if r % patch]
@@ -456,7 +470,8 @@ def main(argv: list[str] | None = None) -> int:
             continue
         predicted = _predicted_gb(model, cfg)
         if cfg["mode"] != STREAMING and cfg["resolution"] > args.whole_image_max_resolution:
-            result = {"error": f"skipped: whole-image form above --whole-image-max-resolution {args.whole_image_max_resolution}"}
+            limit_res = args.whole_image_max_resolution
+            result = {"error": f"skipped: whole-image form above --whole-image-max-resolution {limit_res}"}
         elif predicted > limit:
             result = {"error": f"skipped: predicted {predicted:.1f} GB > {limit:.1f} GB"}
         else:

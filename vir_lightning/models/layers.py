@@ -108,7 +108,9 @@ class PatchEmbed(nn.Module):
             )
         grid = self.grid_shape_for(x.shape[2], x.shape[3])
         x = self.proj(x)  # (B, D, rows, cols)
-        return x.flatten(2).transpose(1, 2), grid
+        # contiguous (B, N, D): a transposed view would make every later elementwise result and
+        # LayerNorm input strided (measured: LayerNorm then copies its input on every call)
+        return x.flatten(2).transpose(1, 2).contiguous(), grid
 
 
 def init_linear_trunc_normal(module: nn.Module, std: float = 0.02) -> None:

@@ -232,9 +232,11 @@ class VisionRetention(RetentionModeMixin, ClassifierHeadMixin, nn.Module):
         """ValueError naming the option that has no streaming form, if any."""
         reason = None
         if not self.retention_layers():
-            reason = "the ViT baseline (token_mixer='attention') has no recurrent state: softmax attention needs every token at once"
+            reason = ("the ViT baseline (token_mixer='attention') has no recurrent state: softmax attention needs"
+                      " every token at once")
         elif self.retention_layers()[0].softmax_retention:
-            reason = "softmax_retention normalises over the whole sequence (and is not causal), so it has no state to carry"
+            reason = ("softmax_retention normalises over the whole sequence (and is not causal), so it has no"
+                      " state to carry")
         elif self.retention_layers()[0].directions != 1:
             reason = (f"directions={self.retention_layers()[0].directions} lets every token see the rows below it, so"
                       " no band can finish before the image does; use directions=1")
@@ -247,7 +249,8 @@ class VisionRetention(RetentionModeMixin, ClassifierHeadMixin, nn.Module):
     def _check_images(self, x: Tensor) -> tuple[int, int]:
         if not isinstance(x, Tensor) or x.dim() != 4 or x.shape[1] != self.patch_embed.proj.in_channels:
             shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-            raise ValueError(f"input has shape {shape}; expected (batch, {self.patch_embed.proj.in_channels}, height, width)")
+            channels = self.patch_embed.proj.in_channels
+            raise ValueError(f"input has shape {shape}; expected (batch, {channels}, height, width)")
         ph, pw = self.patch_embed.patch_size
         if x.shape[2] < ph or x.shape[3] < pw:
             raise ValueError(f"image of {x.shape[2]}×{x.shape[3]} px is smaller than one {ph}×{pw} patch")

@@ -279,7 +279,9 @@ def retention_step(
         if class_token and tokens != 1:
             raise ValueError(f"class_token=True takes one token (the class token); q has {tokens}")
         if not class_token and tokens % grid_cols:
-            raise ValueError(f"a 2D segment holds whole rows: {tokens} tokens is not a multiple of grid_cols={grid_cols}")
+            raise ValueError(
+                f"a 2D segment holds whole rows: {tokens} tokens is not a multiple of grid_cols={grid_cols}"
+            )
     elif class_token:
         raise ValueError("class_token=True needs grid_cols: in 1D the class token is just the next token")
     grid_shape = None if grid_cols is None or class_token else (tokens // grid_cols, grid_cols)

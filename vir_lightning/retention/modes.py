@@ -202,9 +202,9 @@ def chunkwise_1d(
     B×B score block of every chunk (N·B) and one d×dv state per chunk.
 
     Streaming (SPEC §7): the tokens may continue a sequence whose past is summed up in
-    ``initial_state`` R₀ = Σ_{m<0} γ^(−1−m) k_mᵀ v_m, (batch, heads, d, dv). Token n of this
-    segment then also sees s·γ^(n+1) q_n R₀, and the state after the segment is
-    γ^N R₀ + R_local. With ``return_state`` the result is ``(out, state after the last token)``.
+    ``initial_state`` R₀ = Σ_{m<0} γ^(−1−m) k_mᵀ v_m, (batch, heads, d, dv): it enters the scan as
+    R_{−1}, so chunk i starts from its local state plus γ^(i·B) R₀, and everything else is unchanged.
+    With ``return_state`` the result is ``(out, state after the last token)``.
     """
     batch, heads, tokens, _ = q.shape
     chunk = min(chunk_size, tokens)
@@ -222,6 +222,13 @@ def chunkwise_1d(
     del kc, vc  # peak memory: only q is needed from here on
     chunk_log_decay = chunk * log_gamma.to(q.dtype)
     states = decayed_cumsum(chunk_kv, chunk_log_decay, dim=2, exclusive=True)  # R_{i−1}
+    if initial_state is not None:  # the past reaches chunk i decayed by γ^(i·B): R_{i−1} += γ^(i·B) R₀
+        (past_decay,) = cached_tables(  # (H, chunks, 1, 1)
+            ("past1d", num_full, chunk, q.dtype), log_gamma,
+            lambda: (torch.exp(torch.arange(num_full, dtype=log_gamma.dtype, device=log_gamma.device) * chunk
+                               * log_gamma[:, None])[..., None, None].to(q.dtype),),
+        )
+        states = states + past_decay * initial_state[:, :, None]
     last_state = torch.exp(chunk_log_decay).view(heads, 1, 1) * states[:, :, -1] + chunk_kv[:, :, -1] if tail else None
     if return_state and not tail:
         last_state = torch.exp(chunk_log_decay).view(heads, 1, 1) * states[:, :, -1] + chunk_kv[:, :, -1]
@@ -240,15 +247,6 @@ def chunkwise_1d(
         if return_state:  # R after the tail: γ^tail R + Σ_j γ^(tail−1−j) k_jᵀ v_j
             tail_kv = (kt * key_scale[:, 0, chunk - tail :]).transpose(-1, -2) @ vt
             last_state = torch.exp(tail * log_gamma.to(q.dtype)).view(heads, 1, 1) * last_state + tail_kv
-    if initial_state is not None:
-        (past_scale,) = cached_tables(  # s·γ^(n+1), (H, N, 1)
-            ("past1d", tokens, q.dtype, scale), log_gamma,
-            lambda: (torch.exp((torch.arange(tokens, dtype=log_gamma.dtype, device=log_gamma.device) + 1)
-                               * log_gamma[:, None])[..., None].to(q.dtype) * scale,),
-        )
-        out.add_((q @ initial_state).mul_(past_scale))
-        if return_state:
-            last_state = last_state + torch.exp(tokens * log_gamma.to(q.dtype)).view(heads, 1, 1) * initial_state
     return (out, last_state) if return_state else out
 
 

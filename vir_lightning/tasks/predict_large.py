@@ -182,13 +182,15 @@ def _read_done(out: str) -> list[dict]:
     with open(out, newline="") as f:
         reader = csv.DictReader(f)
         if reader.fieldnames != COLUMNS:
-            raise ValueError(f"--out {out!r} exists and is not a predict-large CSV; choose another file (it was left as is)")
+            raise ValueError(f"--out {out!r} exists and is not a predict-large CSV; choose another file"
+                             " (it was left as is)")
         return list(reader)
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m vir_lightning predict-large", description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", required=True, help="the training config (normalisation; checked against the checkpoint)")
+    p.add_argument("--config", required=True,
+                   help="the training config (normalisation; checked against the checkpoint)")
     p.add_argument("--ckpt_path", required=True, help="a checkpoint written by `python -m vir_lightning fit`")
     p.add_argument("--images", nargs="+", required=True, help="TIFF/BigTIFF, whole-slide (OpenSlide) or PNG/JPEG files")
     p.add_argument("--out", required=True, help="CSV of top-5 predictions (rerun: images already in it are skipped)")
