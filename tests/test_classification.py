@@ -226,12 +226,12 @@ def test_metrics_of_one_checkpoint_are_identical_in_every_retention_mode(tmp_pat
                         enable_checkpointing=False, enable_progress_bar=False, default_root_dir=tmp_path)
     trainer.fit(module, dm)
     results = {}
-    for mode, chunk in (("parallel", None), ("chunkwise", 2), ("recurrent", None)):
+    for mode, chunk in (("parallel", None), ("chunkwise", 2), ("recurrent", None), ("streaming", 3)):
         module.hparams.eval_mode, module.hparams.eval_chunk_size = mode, chunk
         evaluator = L.Trainer(logger=False, enable_progress_bar=False, default_root_dir=tmp_path)
         results[mode] = evaluator.validate(module, dm, verbose=False)[0]
     assert results["parallel"]["val/acc1"] > 0.3  # it learned something, so equality means something
-    for mode in ("chunkwise", "recurrent"):
+    for mode in ("chunkwise", "recurrent", "streaming"):
         assert results[mode]["val/acc1"] == results["parallel"]["val/acc1"]
         assert results[mode]["val/acc5"] == results["parallel"]["val/acc5"]
         assert results[mode]["val/loss"] == pytest.approx(results["parallel"]["val/loss"], rel=1e-5)

@@ -8,7 +8,8 @@ the training data, and pushed through the ViR in streaming mode: neither the ima
 are ever held whole, so memory does not grow with the image height. Per image: top-5 classes in a
 CSV (rewritten atomically after every image, so a killed run loses nothing and a rerun skips what
 is done), and optionally the final-norm feature of every patch as float16 ``(rows, cols, dim)`` in
-``DIR/<name>.npy`` (a NumPy memmap filled band by band) with ``DIR/<name>.json`` describing it.
+``DIR/<name>.npy`` (written band by band; open it with ``np.load(path, mmap_mode="r")``) with
+``DIR/<name>.json`` describing it.
 An unreadable image is reported with its path and the others go on (exit status 1 at the end).
 """
 
@@ -145,22 +146,25 @@ def predict_image(model, image, mean, std, edge: str = "crop", features_path: st
             progress.update(1)
         return band
 
-    features = None
     start = time.perf_counter()
     with torch.inference_mode():
         if features_path is None:
             logits = model.forward_streaming(read_band, (rows, cols), 1)
         else:
             with atomic_output(features_path) as tmp:
-                features = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16,
-                                                     shape=(rows, cols, model.num_features))
+                # The .npy header (shape, dtype) from NumPy, then each band written at its place
+                # with plain file writes: a writable memmap would keep every written page resident.
+                header = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16,
+                                                   shape=(rows, cols, model.num_features))
+                offset, row_bytes = header.offset, cols * model.num_features * 2
+                del header
+                with open(tmp, "r+b") as features:
 
-                def sink(row0, band_features):
-                    features[row0 : row0 + band_features.shape[1]] = band_features[0].to(torch.float16).numpy()
+                    def sink(row0, band_features):
+                        features.seek(offset + row0 * row_bytes)
+                        features.write(band_features[0].to(torch.float16).contiguous().numpy().tobytes())
 
-                logits = model.forward_streaming(read_band, (rows, cols), 1, on_features=sink)
-                features.flush()
-                del features
+                    logits = model.forward_streaming(read_band, (rows, cols), 1, on_features=sink)
     return {
         "level": image.level, "reader": image.reader, "height": image.height, "width": image.width,
         "grid_rows": rows, "grid_cols": cols, "edge": edge, "edge_rows_px": edge_rows, "edge_cols_px": edge_cols,
