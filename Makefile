@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.vir-core-installed
 MM_STAMP := $(VENV)/.vir-mm-installed
 TORCH  ?= torch==2.13.0
 
-.PHONY: help install mm data mini-datasets fit test test-fast bench bench-retention bench-backbone lint clean
+.PHONY: help install mm data mini-datasets fit test test-fast bench bench-streaming bench-retention bench-backbone lint clean
 
 help:
 	@echo "make fit              set up .venv and data if needed, then train the quickstart (~7 min)"
@@ -16,6 +16,7 @@ help:
 	@echo "make mm               install the OpenMMLab tier (first time: builds mmcv 2.1.0, ~10-17 min)"
 	@echo "make mini-datasets    build data/mini/{coco,ade} from real pixels for the mm smoke runs"
 	@echo "make bench            ViR-S modes vs the SDPA ViT-S, 224-2048 px: runs/bench/{results.csv,results.md,*.png}"
+	@echo "make bench-streaming  streaming vs chunkwise vs the ViT: speed at 1024/2048 px, memory up to 16384 px (~1 h)"
 	@echo "make bench-retention  time and peak memory of the retention op (1k/4k/16k tokens)"
 	@echo "make bench-backbone   H-ViR-T forward time and memory at 1333x800, parallel vs chunkwise"
 
@@ -67,6 +68,19 @@ bench: $(STAMP)
 	$(PY) -m vir_lightning bench --models vir_small_patch16_224 vit_small_patch16_224 \
 	  --resolutions 224 512 1024 2048 --batch-sizes 1 2 --modes parallel chunkwise auto \
 	  --tasks inference train --repeats 3 --min-seconds 2 --out runs/bench
+
+# The README's streaming tables: speed side by side (band heights; the ViT), then working memory as
+# the image grows (one call each; whole-image forms stop at 4096 px, streaming goes on to 16384 px).
+bench-streaming: $(STAMP)
+	$(PY) -m vir_lightning bench --models vir_small_patch16_224 vit_small_patch16_224 --resolutions 1024 2048 \
+	  --batch-sizes 1 --modes chunkwise streaming --band-rows 4 8 16 32 --tasks inference --repeats 5 \
+	  --min-seconds 4 --out runs/bench_streaming_speed
+	$(PY) -m vir_lightning bench --models vir_small_patch16_224 --resolutions 1024 2048 4096 8192 16384 \
+	  --batch-sizes 1 --modes chunkwise streaming --tasks inference --repeats 1 --min-seconds 0 \
+	  --allocator system --out runs/bench_streaming_memory
+	$(PY) -m vir_lightning bench --models vir_small_patch16_224 --model-kwargs '{"decay": "2d"}' \
+	  --resolutions 1024 2048 4096 --batch-sizes 1 --modes chunkwise streaming --tasks inference --repeats 1 \
+	  --min-seconds 0 --allocator system --out runs/bench_streaming_2d
 
 bench-retention: $(STAMP)
 	$(PY) -m vir_lightning bench-retention
