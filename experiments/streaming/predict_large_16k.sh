@@ -23,7 +23,9 @@ rm -f "$OUT/predictions.csv" "$OUT/predictions_features.csv"
 for run in plain features; do
   extra=(); csv="$OUT/predictions.csv"
   if [ $run = features ]; then extra=(--features-dir "$OUT/features"); csv="$OUT/predictions_features.csv"; fi
-  /usr/bin/time -f "predict-large ($run): %e s wall, peak resident %M KB" \
+  # the progress bar and any error lines go to $OUT/$run.log; /usr/bin/time's line to $OUT/time_$run.txt
+  /usr/bin/time -o "$OUT/time_$run.txt" -f "predict-large ($run): %e s wall, peak resident %M KB" \
     "$PY" -m vir_lightning predict-large --config $CONFIG --ckpt_path "$OUT/vir_small_untrained.ckpt" \
-      --images "$OUT/mosaic_16k.tif" --out "$csv" "${extra[@]}" 2> >(grep -v "band/s" >&2)
+      --images "$OUT/mosaic_16k.tif" --out "$csv" "${extra[@]}" 2> "$OUT/$run.log"
+  cat "$OUT/time_$run.txt"
 done
