@@ -1,0 +1,126 @@
+"""A huge real-pixel test image: a mosaic of the photos matplotlib ships, as a tiled pyramidal TIFF.
+
+    python -m vir_lightning build-mosaic mosaic.tif --size 16384 16384 [--levels 3] [--tile 256]
+
+Cells of 512×512 px are crops of the bundled photos (Grace Hopper's portrait and a colour photo of
+a gift box), each flipped, transposed or colour-permuted by a hash of its position, so no two
+neighbours repeat. The image is written tile by tile (never held whole; memory is one row of tiles),
+zlib-compressed, level 0 first and each further level half the size of the previous one in the
+following pages: the generic tiled-TIFF pyramid that tifffile and OpenSlide both read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+
+import numpy as np
+
+from ..io import atomic_output
+
+CELL = 512
+PHOTOS = ("grace_hopper.jpg", "Minduka_Present_Blue_Pack.png")
+
+
+@functools.lru_cache(maxsize=1)
+def photo_cells() -> tuple[np.ndarray, ...]:
+    """CELL×CELL RGB crops of matplotlib's bundled photos (real pixels, no network)."""
+    import matplotlib
+    from PIL import Image
+
+    cells = []
+    folder = os.path.join(matplotlib.get_data_path(), "sample_data")
+    for name in PHOTOS:
+        with Image.open(os.path.join(folder, name)) as image:
+            rgb = np.asarray(image.convert("RGB"))
+        scale = CELL / min(rgb.shape[:2])
+        if scale > 1:  # small photos are enlarged to a whole cell
+            with Image.fromarray(rgb) as image:
+                size = (round(rgb.shape[1] * scale + 0.5), round(rgb.shape[0] * scale + 0.5))
+                rgb = np.asarray(image.resize(size, Image.Resampling.BICUBIC))
+        cells.append(np.ascontiguousarray(rgb[:CELL, :CELL]))
+    return tuple(cells)
+
+
+def _cell(row: int, col: int) -> np.ndarray:
+    """The photo cell at mosaic cell (row, col): a photo, flipped/transposed/colour-permuted by a hash."""
+    h = (row * 73_856_093) ^ (col * 19_349_663)
+    cells = photo_cells()
+    pixels = cells[h % len(cells)]
+    if (h >> 3) & 1:
+        pixels = pixels[:, ::-1]
+    if (h >> 4) & 1:
+        pixels = pixels[::-1]
+    if (h >> 5) & 1:
+        pixels = pixels.transpose(1, 0, 2)
+    return pixels[..., [(0, 1, 2), (1, 2, 0), (2, 0, 1)][(h >> 6) % 3]]
+
+
+def mosaic_region(y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+    """Pixels [y0:y1, x0:x1] of the (unbounded) level-0 mosaic, (y1−y0, x1−x0, 3) uint8."""
+    out = np.empty((y1 - y0, x1 - x0, 3), np.uint8)
+    for row in range(y0 // CELL, (y1 - 1) // CELL + 1):
+        for col in range(x0 // CELL, (x1 - 1) // CELL + 1):
+            top, left = row * CELL, col * CELL
+            ys, ye = max(y0, top), min(y1, top + CELL)
+            xs, xe = max(x0, left), min(x1, left + CELL)
+            out[ys - y0 : ye - y0, xs - x0 : xe - x0] = _cell(row, col)[ys - top : ye - top, xs - left : xe - left]
+    return out
+
+
+def level_region(level: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+    """Pixels of pyramid ``level`` (level 0 averaged over 2^level × 2^level blocks)."""
+    f = 2**level
+    block = mosaic_region(y0 * f, y1 * f, x0 * f, x1 * f).astype(np.float32)
+    if f == 1:
+        return block.astype(np.uint8)
+    block = block.reshape(y1 - y0, f, x1 - x0, f, 3).mean(axis=(1, 3))
+    return np.rint(block).astype(np.uint8)
+
+
+def write_mosaic(path: str, height: int, width: int, levels: int = 3, tile: int = 256) -> list[tuple[int, int]]:
+    """Write the mosaic as a tiled pyramidal TIFF (BigTIFF above 2 GB of pixels), atomically.
+
+    Returns the (height, width) of every level written.
+    """
+    import tifffile
+
+    if height < 1 or width < 1:
+        raise ValueError(f"--size {height} {width}: both sides must be positive")
+    if tile < 16 or tile % 16:
+        raise ValueError(f"--tile {tile}: TIFF tiles must be a positive multiple of 16")
+    shapes = []
+    for level in range(levels):
+        h, w = height // 2**level, width // 2**level
+        if h < 1 or w < 1:
+            break
+        shapes.append((h, w))
+    bigtiff = height * width * 3 * 4 // 3 > 2**31
+    with atomic_output(path) as tmp, tifffile.TiffWriter(tmp, bigtiff=bigtiff) as tif:
+        for level, (h, w) in enumerate(shapes):
+            def tiles(level=level, h=h, w=w):
+                for y in range(0, h, tile):
+                    band = level_region(level, y, min(y + tile, h), 0, w)
+                    for x in range(0, w, tile):
+                        piece = np.zeros((tile, tile, 3), np.uint8)  # edge tiles are padded
+                        part = band[:, x : x + tile]
+                        piece[: part.shape[0], : part.shape[1]] = part
+                        yield piece
+
+            tif.write(tiles(), shape=(h, w, 3), dtype=np.uint8, tile=(tile, tile), photometric="rgb",
+                      compression="zlib", subfiletype=1 if level else 0, metadata=None)
+    return shapes
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m vir_lightning build-mosaic", description=__doc__.split("\n\n")[0])
+    parser.add_argument("out", help="output .tif")
+    parser.add_argument("--size", type=int, nargs=2, default=(16384, 16384), metavar=("HEIGHT", "WIDTH"))
+    parser.add_argument("--levels", type=int, default=3, help="pyramid levels (each half the previous size)")
+    parser.add_argument("--tile", type=int, default=256, help="tile side in pixels")
+    args = parser.parse_args(argv)
+    shapes = write_mosaic(args.out, *args.size, levels=args.levels, tile=args.tile)
+    sizes = ", ".join(f"{w}×{h}" for h, w in shapes)
+    print(f"wrote {args.out}: levels {sizes} px, {args.tile}² zlib tiles, {os.path.getsize(args.out) / 2**20:.0f} MB")
+    return 0
