@@ -166,6 +166,27 @@ def test_bench_skips_configurations_predicted_not_to_fit(tmp_path, capsys):
     assert "Skipped (predicted not to fit)" in (out / "results.md").read_text()
 
 
+def test_streaming_runs_above_the_whole_image_limit_and_other_forms_are_skipped(tmp_path):
+    out = tmp_path / "bench"
+    assert main(["bench", "--models", "vir_nano_patch16_224", "--resolutions", "64", "128", "--batch-sizes", "1",
+                 "--tasks", "inference", "--modes", "chunkwise", "streaming", "--band-rows", "2",
+                 "--whole-image-max-resolution", "64", "--repeats", "1", "--min-seconds", "0",
+                 "--out", str(out)]) == 0
+    rows = {(r["mode"], r["resolution"]): r for r in _rows(out / "results.csv")}
+    assert rows[("chunkwise", "128")]["error"].startswith("skipped: whole-image form")
+    assert not rows[("streaming", "128")]["error"] and float(rows[("streaming", "128")]["images_per_s"]) > 0
+    assert "streaming band 2" in (out / "results.md").read_text()
+
+
+def test_streaming_memory_prediction_does_not_grow_with_the_height():
+    with torch.device("meta"):
+        model = create_model("vir_small_patch16_224")
+    cfg = dict(task="inference", mode="streaming", batch=1, chunk_size=None)
+    inputs = [4 * 3 * r * r / 2**30 for r in (1024, 8192)]
+    small, large = (throughput._predicted_gb(model, {**cfg, "resolution": r}) for r in (1024, 8192))
+    assert large - inputs[1] < 1.2 * (small - inputs[0])
+
+
 def test_parallel_memory_prediction_grows_with_the_square_of_the_tokens():
     with torch.device("meta"):
         model = create_model("vir_small_patch16_224")

@@ -312,7 +312,7 @@ def markdown_report(rows: list[dict], machine: dict, command: str, baseline: str
             lines.append("")
     skipped = [r for r in rows if r.get("error", "").startswith("skipped")]
     if skipped:
-        lines += ["Skipped (predicted not to fit, or a whole-image form above the resolution limit):", ""]
+        lines += ["Skipped (predicted not to fit), or whole-image forms above --whole-image-max-resolution:", ""]
         lines += [f"- {_label(r)} {r['task']} {r['resolution']}² batch {r['batch']}: {r['error']}" for r in skipped]
         lines.append("")
     lines += [

@@ -181,10 +181,12 @@ class SlideImage(LargeImage):
         try:
             region = self._slide.read_region((0, y), self.level, (self.width, row1 - row0))
         except openslide.OpenSlideError as err:
-            raise ValueError(f"{self.path}: OpenSlide failed on rows {row0}:{row1} at level {self.level}: {err}") from None
+            raise ValueError(
+                f"{self.path}: OpenSlide failed on rows {row0}:{row1} at level {self.level}: {err}"
+            ) from None
         rgba = np.asarray(region)
         rgb, alpha = rgba[..., :3].astype(np.float32), rgba[..., 3:].astype(np.float32) / 255.0
-        # OpenSlide returns premultiplied-free RGBA with alpha 0 outside the scanned area.
+        # OpenSlide returns non-premultiplied RGBA, with alpha 0 outside the scanned area.
         return np.rint(rgb * alpha + 255.0 * (1.0 - alpha)).astype(np.uint8)
 
     def close(self) -> None:
