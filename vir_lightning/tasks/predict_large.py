@@ -21,7 +21,9 @@ import inspect
 import json
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -211,6 +213,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if threading.current_thread() is threading.main_thread():
+        # A `kill` (SIGTERM) unwinds like Ctrl-C, so the temporary CSV / features files are removed.
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     if args.chunk_size is not None and args.chunk_size < 1:
         raise ValueError(f"--chunk-size {args.chunk_size}: the band height must be at least 1 patch row")
     if args.level < 0:
