@@ -26,9 +26,9 @@ import torch
 from torch import Tensor
 
 #: Tokens per band when no band height is given: the band height is this many tokens' worth of
-#: whole rows. Measured with ``python -m vir_lightning bench --modes streaming --chunk-sizes …``
-#: (README, "Streaming"): time per image is flat from ~512 to ~4096 tokens per band at 1024² and
-#: 2048², and working memory grows with the band.
+#: whole rows. Measured with ``make bench-streaming`` (``bench --modes streaming --band-rows …``;
+#: README, "Streaming"): at 1024² and 2048², bands of 256–512 tokens were 10–12% slower than
+#: chunkwise, 1024–2048 tokens the fastest, and working memory grows with the band.
 DEFAULT_BAND_TOKENS = 1024
 
 #: ``read_band(row0, row1)`` → pixels of patch rows [row0, row1): (batch, channels, (row1−row0)·p, cols·p).
@@ -76,11 +76,10 @@ def stream(
     average = model.pooling == "avg"
     total, count, last = None, 0, None
 
-    def pool(out: Tensor) -> Tensor:
+    def pool(out: Tensor) -> None:
         nonlocal total, count
         total = out.sum(1) if total is None else total + out.sum(1)
         count += out.shape[1]
-        return out
 
     cls = model.cls_token.detach().expand(batch, -1, -1) if model.has_class_token else None
     if model.pooling == "token_first":  # only with multipass: the sequence opens with the class token

@@ -230,15 +230,15 @@ class VisionRetention(RetentionModeMixin, ClassifierHeadMixin, nn.Module):
 
     def check_streamable(self) -> None:
         """ValueError naming the option that has no streaming form, if any."""
-        reason = None
-        if not self.retention_layers():
+        reason, layers = None, self.retention_layers()
+        if not layers:
             reason = ("the ViT baseline (token_mixer='attention') has no recurrent state: softmax attention needs"
                       " every token at once")
-        elif self.retention_layers()[0].softmax_retention:
+        elif layers[0].softmax_retention:
             reason = ("softmax_retention normalises over the whole sequence (and is not causal), so it has no"
                       " state to carry")
-        elif self.retention_layers()[0].directions != 1:
-            reason = (f"directions={self.retention_layers()[0].directions} lets every token see the rows below it, so"
+        elif layers[0].directions != 1:
+            reason = (f"directions={layers[0].directions} lets every token see the rows below it, so"
                       " no band can finish before the image does; use directions=1")
         elif self.pooling == "token_first" and not self.multipass:
             reason = ("pooling='token_first' without multipass reads a class token that has seen only itself;"
@@ -266,11 +266,7 @@ class VisionRetention(RetentionModeMixin, ClassifierHeadMixin, nn.Module):
                 f"band of patch rows {row0}:{row1} read as a {band_grid[0]}×{band_grid[1]} grid; expected"
                 f" {row1 - row0}×{grid_shape[1]} (the band reader returned the wrong pixel rows)"
             )
-        if grid_shape == self.grid_shape:
-            pos = self.pos_embed.reshape(1, *grid_shape, -1)[:, row0:row1].flatten(1, 2)
-        else:
-            pos = resize_pos_embed(self.pos_embed, self.grid_shape, grid_shape, rows=slice(row0, row1))
-        return tokens + pos
+        return tokens + resize_pos_embed(self.pos_embed, self.grid_shape, grid_shape, rows=slice(row0, row1))
 
     def forward_streaming(
         self,

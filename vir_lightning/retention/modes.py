@@ -229,9 +229,11 @@ def chunkwise_1d(
                                * log_gamma[:, None])[..., None, None].to(q.dtype),),
         )
         states = states + past_decay * initial_state[:, :, None]
-    last_state = torch.exp(chunk_log_decay).view(heads, 1, 1) * states[:, :, -1] + chunk_kv[:, :, -1] if tail else None
-    if return_state and not tail:
-        last_state = torch.exp(chunk_log_decay).view(heads, 1, 1) * states[:, :, -1] + chunk_kv[:, :, -1]
+    # R after the full chunks: the tail starts from it, and streaming returns it.
+    last_state = (
+        torch.exp(chunk_log_decay).view(heads, 1, 1) * states[:, :, -1] + chunk_kv[:, :, -1]
+        if tail or return_state else None
+    )
     del chunk_kv
     inner.add_((qc @ states).mul_(cross_scale))
     del qc, states

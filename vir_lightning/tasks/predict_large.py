@@ -112,6 +112,17 @@ def load_streaming_model(config_path: str, ckpt_path: str, band_rows: int | None
 # ----------------------------------------------------------------------------------------------
 
 
+def patch_grid(height: int, width: int, patch: tuple[int, int], edge: str) -> tuple[int, int, int, int]:
+    """(rows, cols, edge rows px, edge cols px) of an image cut into patches: sides that are not a
+    multiple of the patch are cropped (``edge="crop"``) or padded (``"pad"``) by that many pixels."""
+    ph, pw = patch
+    if edge == "crop":
+        rows, cols = height // ph, width // pw
+        return rows, cols, height - rows * ph, width - cols * pw
+    rows, cols = math.ceil(height / ph), math.ceil(width / pw)
+    return rows, cols, rows * ph - height, cols * pw - width
+
+
 def predict_image(model, image, mean, std, edge: str = "crop", features_path: str | None = None,
                   progress=None) -> dict:
     """Stream one opened :class:`LargeImage` through ``model``: the CSV row's fields plus
@@ -125,12 +136,7 @@ def predict_image(model, image, mean, std, edge: str = "crop", features_path: st
     if image.height < ph or image.width < pw:
         raise ValueError(f"{image.path}: {image.width}×{image.height} px at level {image.level} is smaller than"
                          f" one {pw}×{ph} patch; use a lower --level (larger image)")
-    if edge == "crop":
-        rows, cols = image.height // ph, image.width // pw
-        edge_rows, edge_cols = image.height - rows * ph, image.width - cols * pw
-    else:
-        rows, cols = math.ceil(image.height / ph), math.ceil(image.width / pw)
-        edge_rows, edge_cols = rows * ph - image.height, cols * pw - image.width
+    rows, cols, edge_rows, edge_cols = patch_grid(image.height, image.width, (ph, pw), edge)
     scale = pixel_scale(image.dtype)
     mean_t = torch.tensor(mean[:channels] if len(mean) >= channels else mean * channels).view(1, -1, 1, 1)
     std_t = torch.tensor(std[:channels] if len(std) >= channels else std * channels).view(1, -1, 1, 1)
@@ -244,10 +250,8 @@ def main(argv: list[str] | None = None) -> int:
             continue
         try:
             with open_large_image(path, args.level, args.reader) as image:
-                ph = model.patch_embed.patch_size[0]
-                rows = (image.height // ph) if args.edge == "crop" else math.ceil(image.height / ph)
-                cols = math.ceil(image.width / model.patch_embed.patch_size[1])
-                bands = len(band_bounds(max(rows, 1), args.chunk_size or default_band_rows(cols)))
+                rows, cols, _, _ = patch_grid(image.height, image.width, model.patch_embed.patch_size, args.edge)
+                bands = len(band_bounds(max(rows, 1), args.chunk_size or default_band_rows(max(cols, 1))))
                 passes = 2 if model.multipass else 1
                 features = os.path.join(args.features_dir, Path(path).stem + ".npy") if args.features_dir else None
                 with tqdm(total=bands * passes, desc=Path(path).name, unit="band", file=sys.stderr,
