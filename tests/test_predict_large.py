@@ -215,3 +215,18 @@ def test_models_and_configs_that_cannot_serve_are_refused_before_reading(
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and match in errors[0]
     assert not out.exists()
+
+
+def test_a_second_run_into_the_same_csv_is_refused_while_the_first_holds_it(mosaic, trained, tmp_path, capsys):
+    import fcntl
+
+    _, ckpt, config = trained
+    out = tmp_path / "pred.csv"
+    out.write_text("earlier results, not a predict-large CSV\n")
+    with open(str(out) + ".lock", "a") as held:  # another run in progress
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert cli_main(["predict-large", "--config", config, "--ckpt_path", ckpt, "--images", mosaic,
+                         "--level", "2", "--out", str(out)]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "being written by another predict-large run" in errors[0]
+    assert out.read_text() == "earlier results, not a predict-large CSV\n"

@@ -199,6 +199,23 @@ def _read_done(out: str) -> list[dict]:
         return list(reader)
 
 
+def _lock_output(out: str):
+    """An exclusive lock on ``<out>.lock`` (the open file; closing it releases the lock): two runs
+    writing the same CSV would each rewrite it with only their own rows."""
+    import fcntl
+
+    parent = os.path.dirname(os.path.abspath(out))
+    os.makedirs(parent, exist_ok=True)
+    handle = open(os.path.abspath(out) + ".lock", "a")  # noqa: SIM115 (returned open: the lock lives with it)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise ValueError(f"--out {out!r} is being written by another predict-large run; wait for it to finish"
+                         " or choose another --out") from None
+    return handle
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m vir_lightning predict-large", description=__doc__.split("\n\n")[0])
     p.add_argument("--config", required=True,
@@ -234,53 +251,55 @@ def main(argv: list[str] | None = None) -> int:
                 raise ValueError(f"--features-dir: {stems[stem]!r} and {path!r} would both write {stem}.npy;"
                                  " rename one or run them separately")
         os.makedirs(args.features_dir, exist_ok=True)
-    done = _read_done(args.out)
-    model, names, mean, std = load_streaming_model(args.config, args.ckpt_path, args.chunk_size)
+    with _lock_output(args.out):
+        done = _read_done(args.out)
+        model, names, mean, std = load_streaming_model(args.config, args.ckpt_path, args.chunk_size)
 
-    from tqdm import tqdm
+        from tqdm import tqdm
 
-    from ..data.large_image import open_large_image
-    from ..models.streaming import band_bounds, default_band_rows
+        from ..data.large_image import open_large_image
+        from ..models.streaming import band_bounds, default_band_rows
 
-    finished = {(row["path"], row["level"]) for row in done}
-    failures = 0
-    for path in args.images:
-        if (path, str(args.level)) in finished:
-            print(f"{path}: already in {args.out}, skipped")
-            continue
-        try:
-            with open_large_image(path, args.level, args.reader) as image:
-                rows, cols, _, _ = patch_grid(image.height, image.width, model.patch_embed.patch_size, args.edge)
-                bands = len(band_bounds(max(rows, 1), args.chunk_size or default_band_rows(max(cols, 1))))
-                passes = 2 if model.multipass else 1
-                features = os.path.join(args.features_dir, Path(path).stem + ".npy") if args.features_dir else None
-                with tqdm(total=bands * passes, desc=Path(path).name, unit="band", file=sys.stderr,
-                          leave=False, dynamic_ncols=True) as progress:
-                    result = predict_image(model, image, mean, std, args.edge, features, progress)
-        except (ValueError, FileNotFoundError, OSError, MemoryError) as err:
-            failures += 1
-            print(f"error: {err}", file=sys.stderr)
-            continue
-        top = result["probs"].topk(min(TOP_K, len(names)))
-        pairs = [(names[i], f"{p:.6f}") for p, i in zip(top.values.tolist(), top.indices.tolist(), strict=True)]
-        pairs += [("", "")] * (TOP_K - len(pairs))
-        row = {"path": path, **{k: result[k] for k in FIXED_COLUMNS[1:]}, "seconds": f"{result['seconds']:.2f}"}
-        row.update({f"class_{i}": c for i, (c, _) in enumerate(pairs, 1)})
-        row.update({f"prob_{i}": p for i, (_, p) in enumerate(pairs, 1)})
-        if features:
-            meta = {"source": os.path.abspath(path), "level": image.level, "reader": image.reader,
-                    "image_size": [image.height, image.width], "grid": [result["grid_rows"], result["grid_cols"]],
-                    "patch_size": list(model.patch_embed.patch_size), "edge": args.edge,
-                    "edge_px": [result["edge_rows_px"], result["edge_cols_px"]], "dim": model.num_features,
-                    "dtype": "float16", "layout": "rows, cols, dim (final-norm features, first pass)",
-                    "checkpoint": os.path.abspath(args.ckpt_path)}
-            with atomic_output(features[: -len(".npy")] + ".json") as tmp:
-                Path(tmp).write_text(json.dumps(meta, indent=1))
-        done.append(row)
-        write_csv_atomically(args.out, COLUMNS, ([r[c] for c in COLUMNS] for r in done))
-        edge = {"crop": "cropped", "pad": "padded"}[args.edge]
-        print(f"{path}: {image.width}×{image.height} px (level {image.level}, {image.reader}), grid"
-              f" {result['grid_rows']}×{result['grid_cols']}, {edge} {result['edge_cols_px']}×{result['edge_rows_px']}"
-              f" px → {pairs[0][0]} ({float(pairs[0][1]):.3f}) in {result['seconds']:.1f} s")
-    print(f"wrote {args.out}: {len(done)} images" + (f"; {failures} failed (see error: lines)" if failures else ""))
-    return 1 if failures else 0
+        finished = {(row["path"], row["level"]) for row in done}
+        failures = 0
+        for path in args.images:
+            if (path, str(args.level)) in finished:
+                print(f"{path}: already in {args.out}, skipped")
+                continue
+            try:
+                with open_large_image(path, args.level, args.reader) as image:
+                    rows, cols, _, _ = patch_grid(image.height, image.width, model.patch_embed.patch_size, args.edge)
+                    bands = len(band_bounds(max(rows, 1), args.chunk_size or default_band_rows(max(cols, 1))))
+                    passes = 2 if model.multipass else 1
+                    features = os.path.join(args.features_dir, Path(path).stem + ".npy") if args.features_dir else None
+                    with tqdm(total=bands * passes, desc=Path(path).name, unit="band", file=sys.stderr,
+                              leave=False, dynamic_ncols=True) as progress:
+                        result = predict_image(model, image, mean, std, args.edge, features, progress)
+            except (ValueError, FileNotFoundError, OSError, MemoryError) as err:
+                failures += 1
+                print(f"error: {err}", file=sys.stderr)
+                continue
+            top = result["probs"].topk(min(TOP_K, len(names)))
+            pairs = [(names[i], f"{p:.6f}") for p, i in zip(top.values.tolist(), top.indices.tolist(), strict=True)]
+            pairs += [("", "")] * (TOP_K - len(pairs))
+            row = {"path": path, **{k: result[k] for k in FIXED_COLUMNS[1:]}, "seconds": f"{result['seconds']:.2f}"}
+            row.update({f"class_{i}": c for i, (c, _) in enumerate(pairs, 1)})
+            row.update({f"prob_{i}": p for i, (_, p) in enumerate(pairs, 1)})
+            if features:
+                meta = {"source": os.path.abspath(path), "level": image.level, "reader": image.reader,
+                        "image_size": [image.height, image.width], "grid": [result["grid_rows"], result["grid_cols"]],
+                        "patch_size": list(model.patch_embed.patch_size), "edge": args.edge,
+                        "edge_px": [result["edge_rows_px"], result["edge_cols_px"]], "dim": model.num_features,
+                        "dtype": "float16", "layout": "rows, cols, dim (final-norm features, first pass)",
+                        "checkpoint": os.path.abspath(args.ckpt_path)}
+                with atomic_output(features[: -len(".npy")] + ".json") as tmp:
+                    Path(tmp).write_text(json.dumps(meta, indent=1))
+            done.append(row)
+            write_csv_atomically(args.out, COLUMNS, ([r[c] for c in COLUMNS] for r in done))
+            edge = {"crop": "cropped", "pad": "padded"}[args.edge]
+            grid = f"{result['grid_rows']}×{result['grid_cols']}"
+            edge_px = f"{result['edge_cols_px']}×{result['edge_rows_px']}"
+            print(f"{path}: {image.width}×{image.height} px (level {image.level}, {image.reader}), grid {grid},"
+                  f" {edge} {edge_px} px → {pairs[0][0]} ({float(pairs[0][1]):.3f}) in {result['seconds']:.1f} s")
+        print(f"wrote {args.out}: {len(done)} images" + (f"; {failures} failed (see error: lines)" if failures else ""))
+        return 1 if failures else 0
