@@ -100,7 +100,7 @@ class MultiHeadRetention(nn.Module):
         x (B, n, dim) → (output (B, n, dim), the state after the segment)."""
         q, k, v = self._heads(x)
         out, state = retention_step(
-            q, k, v, self.rates(x.device, x.dtype), state, grid_cols=grid_cols, class_token=class_token,
+            q, k, v, self.decay_rates, state, grid_cols=grid_cols, class_token=class_token,
             chunk_size=self.chunk_size, scale=self.scale,
         )
         return self._merge_heads(out), state
@@ -109,16 +109,15 @@ class MultiHeadRetention(nn.Module):
         """x: (B, N, dim) → (B, N, dim). ``grid_shape``/``cls_token`` select the 2D decay."""
         tokens = x.shape[1]
         q, k, v = self._heads(x)
-        rates = self.rates(x.device, x.dtype)
         directions = self.directions if grid_shape is not None else 1
         if self.softmax_retention:
             decay = retention_decay_matrix(
-                tokens, rates, grid_shape=grid_shape, cls_token=cls_token, directions=directions
+                tokens, self.rates(x.device, x.dtype), grid_shape=grid_shape, cls_token=cls_token, directions=directions
             )
             out = ((q @ k.transpose(-1, -2)) * (decay.to(q.dtype) * self.scale)).softmax(dim=-1) @ v
         else:
-            out = retention(
-                q, k, v, rates, mode=self.mode, chunk_size=self.chunk_size,
+            out = retention(  # the rates as Python floats: no device read per call
+                q, k, v, self.decay_rates, mode=self.mode, chunk_size=self.chunk_size,
                 grid_shape=grid_shape, cls_token=cls_token, directions=directions, scale=self.scale,
             )
         return self._merge_heads(out)

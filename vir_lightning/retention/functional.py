@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from . import modes
+from .autograd import ChunkwiseSpec, chunkwise_retention
 
 __all__ = [
     "AUTO_PARALLEL_MAX_TOKENS",
@@ -30,21 +31,31 @@ AUTO = "auto"
 #: --tokens 64 144 256 400 576 784 1024 1600 2304 --crossover`` (1D: 0.9 vs 1.0 ms at 256 tokens,
 #: 2.2 vs 1.7 ms at 400; 2D: 15.4 vs 22.1 ms at 1024, 147 vs 38 ms at 1600). Devices without an
 #: entry use the CPU's until measured there: rerun that command on the device and add one.
-AUTO_PARALLEL_MAX_TOKENS = {"cpu": {"1d": 256, "2d": 1024}}
+AUTO_PARALLEL_MAX_TOKENS = {"cpu": {"1d": 256, "2d": 1024, "1d_train": 256, "2d_train": 1024}}
 
 #: Chunkwise defaults in tokens per chunk, measured on 2 CPU cores (README, "Retention op benchmark").
 #: 1D: a ViR-S layer at 4,097 tokens took the same time (±4%) for chunks of 32–128; 64 halves the
-#: score blocks' memory of 128. 2D chunks are larger because each chunk also pays a scan over the
-#: C per-column d×d states.
+#: score blocks' memory of 128. 2D chunks are tiles of about 1,024 tokens: whole rows while the grid
+#: is at most DEFAULT_TILE_SIDE_2D columns wide, square tiles beyond (a fixed tile keeps the cost
+#: linear in the tokens; whole-row chunks of a wide grid grew as N·√N).
 DEFAULT_CHUNK_TOKENS_1D = 64
 DEFAULT_CHUNK_TOKENS_2D = 1024
+DEFAULT_TILE_SIDE_2D = 32
 
 
 def default_chunk_size(num_tokens: int, grid_shape: tuple[int, int] | None = None) -> int:
-    """Chunk size used when ``chunk_size=None``: tokens per chunk in 1D, grid rows per chunk in 2D."""
+    """Chunk size used when ``chunk_size=None``: tokens per chunk in 1D, grid rows per tile in 2D."""
     if grid_shape is None:
         return max(1, min(DEFAULT_CHUNK_TOKENS_1D, num_tokens))
-    return max(1, DEFAULT_CHUNK_TOKENS_2D // grid_shape[1])
+    cols = grid_shape[1]
+    return DEFAULT_TILE_SIDE_2D if cols > DEFAULT_TILE_SIDE_2D else max(1, DEFAULT_CHUNK_TOKENS_2D // cols)
+
+
+def tile_shape(grid_shape: tuple[int, int], chunk_size: int | None) -> tuple[int, int]:
+    """(rows, cols) of a 2D chunkwise tile: ``chunk_size`` (or the default) rows, and as many
+    columns as make about :data:`DEFAULT_CHUNK_TOKENS_2D` tokens, at most the grid's width."""
+    rows = chunk_size or default_chunk_size(grid_shape[0] * grid_shape[1], grid_shape)
+    return rows, max(1, min(grid_shape[1], DEFAULT_CHUNK_TOKENS_2D // rows))
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -58,12 +69,14 @@ def _positive_int(name: str, value) -> int:
     return value
 
 
-def resolve_mode(mode: str, num_tokens: int, grid_shape, device: torch.device) -> str:
-    """The exact form ``mode`` stands for: itself, or for ``"auto"`` the faster one at this length."""
+def resolve_mode(mode: str, num_tokens: int, grid_shape, device: torch.device, training: bool = False) -> str:
+    """The exact form ``mode`` stands for: itself, or for ``"auto"`` the faster one at this length
+    (``training``: the forward and backward pass together)."""
     if mode != AUTO:
         return mode
     table = AUTO_PARALLEL_MAX_TOKENS.get(device.type, AUTO_PARALLEL_MAX_TOKENS["cpu"])
-    return "parallel" if num_tokens <= table["1d" if grid_shape is None else "2d"] else "chunkwise"
+    key = ("1d" if grid_shape is None else "2d") + ("_train" if training else "")
+    return "parallel" if num_tokens <= table[key] else "chunkwise"
 
 
 def check_mode(mode: str, chunk_size: int | None) -> None:
@@ -96,21 +109,7 @@ def _validate(q, k, v, decay_rates, mode, chunk_size, grid_shape, cls_token, dir
         )
     batch, heads, tokens, _ = q.shape
 
-    if not isinstance(decay_rates, Tensor):
-        if not isinstance(decay_rates, Sequence):
-            raise ValueError(f"decay_rates={decay_rates!r}; expected a tensor or sequence of {heads} floats")
-        decay_rates = torch.tensor(decay_rates, dtype=torch.float64)
-    if decay_rates.shape != (heads,):
-        raise ValueError(f"decay_rates has shape {tuple(decay_rates.shape)}; expected ({heads},), one rate per head")
-    if not decay_rates.is_floating_point():
-        raise ValueError(f"decay_rates has dtype {decay_rates.dtype}; expected floating point")
-    if not torch.compiler.is_compiling():
-        bad = ~((decay_rates > 0) & (decay_rates < 1))
-        if bool(bad.any()):
-            raise ValueError(
-                f"decay_rates={decay_rates.tolist()} has values outside the open interval (0, 1);"
-                " every rate must satisfy 0 < γ < 1 (see vir_lightning.retention.decay_rates_for)"
-            )
+    decay_rates = _rates_as_floats(decay_rates, heads)
 
     check_mode(mode, chunk_size)
     if directions not in (1, 2, 4):
@@ -143,7 +142,29 @@ def _validate(q, k, v, decay_rates, mode, chunk_size, grid_shape, cls_token, dir
                 " below the grid and only the upper-left quadrant (directions=1) reaches it;"
                 " use directions=1 or drop the class token (e.g. average pooling)"
             )
-    return decay_rates.to(device=q.device)
+    return decay_rates
+
+
+def _rates_as_floats(decay_rates, heads: int) -> tuple[float, ...]:
+    """The rates as a tuple of Python floats, checked. A sequence of floats (what the model layers
+    pass) is checked without touching a device; a tensor costs one read to the host."""
+    if isinstance(decay_rates, Tensor):
+        if decay_rates.shape != (heads,):
+            raise ValueError(
+                f"decay_rates has shape {tuple(decay_rates.shape)}; expected ({heads},), one rate per head")
+        if not decay_rates.is_floating_point():
+            raise ValueError(f"decay_rates has dtype {decay_rates.dtype}; expected floating point")
+        decay_rates = decay_rates.tolist()
+    elif not isinstance(decay_rates, Sequence) or isinstance(decay_rates, str):
+        raise ValueError(f"decay_rates={decay_rates!r}; expected a tensor or sequence of {heads} floats")
+    if len(decay_rates) != heads:
+        raise ValueError(f"decay_rates has {len(decay_rates)} values; expected ({heads},), one rate per head")
+    if not all(isinstance(r, float | int) and not isinstance(r, bool) and 0 < r < 1 for r in decay_rates):
+        raise ValueError(
+            f"decay_rates={list(decay_rates)} has values outside the open interval (0, 1);"
+            " every rate must satisfy 0 < γ < 1 (see vir_lightning.retention.decay_rates_for)"
+        )
+    return tuple(float(r) for r in decay_rates)
 
 
 def retention(
@@ -188,18 +209,16 @@ def retention(
         ValueError: an argument has the wrong shape, dtype, value or combination; the message names
             the argument, its value and what was expected.
     """
-    decay_rates = _validate(q, k, v, decay_rates, mode, chunk_size, grid_shape, cls_token, directions)
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale < float("inf"):
-        raise ValueError(f"scale={scale!r} is invalid; expected a positive finite number (e.g. head_dim**-0.5)")
-    scale = float(scale)
-    mode = resolve_mode(mode, q.shape[2], grid_shape, q.device)
+    rates = _validate(q, k, v, decay_rates, mode, chunk_size, grid_shape, cls_token, directions)
+    scale = _check_scale(scale)
+    mode = resolve_mode(mode, q.shape[2], grid_shape, q.device, training=_needs_grad(q, k, v))
     compute_dtype = _compute_dtype(q.dtype)
-    log_gamma = torch.log(decay_rates.to(compute_dtype))
+    log_gamma = modes.log_rates(rates, compute_dtype, q.device)
 
     if grid_shape is not None:
         grid_shape = (int(grid_shape[0]), int(grid_shape[1]))
-    # The scale of q is folded into the decay tables where the form has them (free); the others
-    # scale q itself.
+    # The scale of q is folded into the decay tables where the form has them (free); the
+    # recurrent forms scale q itself.
     if mode == "parallel":
         (decay,) = modes.cached_tables(
             ("matrix", q.shape[2], grid_shape, cls_token, directions, scale),
@@ -211,24 +230,37 @@ def retention(
     out_dtype = q.dtype
     if q.dtype != compute_dtype:  # 16-bit input: accumulate states in float32
         q, k, v = (t.to(compute_dtype) for t in (q, k, v))
-    if grid_shape is None and mode == "chunkwise":
-        size = chunk_size or default_chunk_size(q.shape[2])
-        return modes.chunkwise_1d(q, k, v, log_gamma, size, scale).to(out_dtype)
+    if mode == "chunkwise":
+        spec = _chunkwise_spec(q.shape[2], chunk_size, scale, grid_shape, cls_token, directions)
+        return chunkwise_retention(spec, log_gamma, q, k, v).to(out_dtype)
     if scale != 1.0:
         q = q * scale
     if grid_shape is None:
         return modes.recurrent_1d(q, k, v, log_gamma).to(out_dtype)
-
-    if mode == "recurrent":
-        quadrant = lambda q_, k_, v_: modes.recurrent_2d(q_, k_, v_, log_gamma, grid_shape, cls_token)  # noqa: E731
-    else:
-        rows = chunk_size or default_chunk_size(q.shape[2], grid_shape)
-        quadrant = lambda q_, k_, v_: modes.chunkwise_2d(q_, k_, v_, log_gamma, grid_shape, cls_token, rows)  # noqa: E731
+    quadrant = lambda q_, k_, v_: modes.recurrent_2d(q_, k_, v_, log_gamma, grid_shape, cls_token)  # noqa: E731
     if directions == 1:
         out = quadrant(q, k, v)
     else:
         out = modes.multi_direction_2d(quadrant, q, k, v, log_gamma, grid_shape, directions)
     return out.to(out_dtype)
+
+
+def _needs_grad(*tensors: Tensor) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
+def _check_scale(scale) -> float:
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale < float("inf"):
+        raise ValueError(f"scale={scale!r} is invalid; expected a positive finite number (e.g. head_dim**-0.5)")
+    return float(scale)
+
+
+def _chunkwise_spec(tokens, chunk_size, scale, grid_shape, cls_token=False, directions=1) -> ChunkwiseSpec:
+    """The chunk (1D) or tile (2D) the chunkwise form uses for this call."""
+    if grid_shape is None:
+        return ChunkwiseSpec(chunk_size or default_chunk_size(tokens), scale)
+    rows, cols = tile_shape(grid_shape, chunk_size)
+    return ChunkwiseSpec(rows, scale, grid_shape, cls_token, directions, cols)
 
 
 def retention_step(
@@ -285,9 +317,8 @@ def retention_step(
     elif class_token:
         raise ValueError("class_token=True needs grid_cols: in 1D the class token is just the next token")
     grid_shape = None if grid_cols is None or class_token else (tokens // grid_cols, grid_cols)
-    decay_rates = _validate(q, k, v, decay_rates, "chunkwise", chunk_size, grid_shape, False, 1)
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale < float("inf"):
-        raise ValueError(f"scale={scale!r} is invalid; expected a positive finite number (e.g. head_dim**-0.5)")
+    rates = _validate(q, k, v, decay_rates, "chunkwise", chunk_size, grid_shape, False, 1)
+    scale = _check_scale(scale)
     compute_dtype = _compute_dtype(q.dtype)
     batch, heads, _, head_dim = q.shape
     state_shape = (batch, heads, head_dim, v.shape[-1]) if grid_cols is None else (
@@ -298,18 +329,18 @@ def retention_step(
         got = (tuple(state.shape), state.dtype) if isinstance(state, Tensor) else type(state).__name__
         raise ValueError(f"state is {got}; expected shape {state_shape} and dtype {compute_dtype}: pass the state"
                          " the previous segment returned (or None to start)")
-    log_gamma = torch.log(decay_rates.to(compute_dtype))
+    log_gamma = modes.log_rates(rates, compute_dtype, q.device)
     out_dtype = q.dtype
     q, k, v = (t.to(compute_dtype) for t in (q, k, v))
-    if grid_cols is None:
-        size = chunk_size or default_chunk_size(tokens)
-        out, state = modes.chunkwise_1d(q, k, v, log_gamma, size, float(scale), initial_state=state, return_state=True)
-    elif class_token:
+    if class_token:
         out = modes.quadrant_class_token(q * scale, k, v, log_gamma, state)
+    elif grid_cols is None:
+        spec = _chunkwise_spec(tokens, chunk_size, scale, None)
+        out, state = modes.chunkwise_1d(q, k, v, log_gamma, spec.chunk, scale, initial_state=state, return_state=True)
     else:
-        rows = chunk_size or default_chunk_size(tokens, grid_shape)
-        out, state = modes.chunkwise_2d(q * scale, k, v, log_gamma, grid_shape, False, rows,
-                                        initial_state=state, return_state=True)
+        spec = _chunkwise_spec(tokens, chunk_size, scale, grid_shape)
+        out, state = modes.chunkwise_2d(q, k, v, log_gamma, grid_shape, False, spec.chunk, initial_state=state,
+                                        return_state=True, cols_per_chunk=spec.tile_cols, scale=scale)
     return out.to(out_dtype), state
 
 

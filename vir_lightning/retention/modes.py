@@ -95,9 +95,14 @@ def cached_tables(key: tuple, log_gamma: Tensor, build) -> tuple[Tensor, ...]:
     """``build()`` (a tuple of decay tables), memoised per (key, rates, dtype, device).
 
     Decay tables depend only on these, and every layer of a model asks for the same ones. They
-    are built without autograd: they are constants (``log_gamma`` never requires grad).
+    are built without autograd: they are constants (``log_gamma`` never requires grad). The rates
+    in the key are the Python floats :func:`log_rates` was given, so a lookup never reads the device;
+    under ``torch.compile`` the tables are built in the graph instead (the compiler folds them).
     """
-    full_key = (*key, tuple(log_gamma.tolist()), log_gamma.dtype, log_gamma.device)
+    if torch.compiler.is_compiling():
+        with torch.no_grad():
+            return build()
+    full_key = (*key, _rates_key(log_gamma), log_gamma.dtype, log_gamma.device)
     tables = _TABLE_CACHE.get(full_key)
     if tables is not None:
         _TABLE_CACHE.move_to_end(full_key)
@@ -109,6 +114,32 @@ def cached_tables(key: tuple, log_gamma: Tensor, build) -> tuple[Tensor, ...]:
         if len(_TABLE_CACHE) > _TABLE_CACHE_ENTRIES:
             _TABLE_CACHE.popitem(last=False)
     return tables
+
+
+# log γ tensors by (rates, dtype, device), never freed, so the rates of a tensor can be looked up by
+# its id without reading it back from the device. Bounded: further rate sets are not registered.
+_LOG_RATES: dict[tuple, Tensor] = {}
+_RATES_BY_ID: dict[int, tuple[float, ...]] = {}
+_LOG_RATES_MAX = 256
+
+
+def log_rates(rates: tuple[float, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
+    """log γ_h as a (heads,) tensor of ``dtype`` on ``device`` (computed in float64, then cast)."""
+    if torch.compiler.is_compiling():
+        return torch.log(torch.tensor(rates, dtype=torch.float64)).to(dtype=dtype, device=device)
+    key = (rates, dtype, device)
+    log_gamma = _LOG_RATES.get(key)
+    if log_gamma is None:
+        log_gamma = torch.log(torch.tensor(rates, dtype=torch.float64)).to(dtype=dtype, device=device)
+        if len(_LOG_RATES) < _LOG_RATES_MAX:
+            _LOG_RATES[key] = log_gamma
+            _RATES_BY_ID[id(log_gamma)] = rates
+    return log_gamma
+
+
+def _rates_key(log_gamma: Tensor) -> tuple[float, ...]:
+    rates = _RATES_BY_ID.get(id(log_gamma))
+    return rates if rates is not None else tuple(log_gamma.tolist())  # a tensor from elsewhere: one read
 
 
 def decayed_cumsum(x: Tensor, log_gamma: Tensor, dim: int, exclusive: bool = False) -> Tensor:
@@ -290,6 +321,37 @@ def recurrent_2d(
     return torch.cat(outputs, dim=2)
 
 
+def chunk_tables_2d(
+    tile: tuple[int, int], log_gamma: Tensor, dtype: torch.dtype, scale: float = 1.0
+) -> tuple[Tensor, ...]:
+    """The decay tables of one th×tw tile of :func:`chunkwise_2d` (tile coordinates yl, xl):
+
+    - s·quadrant mask of the tile, (H, th·tw, th·tw) (raster order inside the tile);
+    - s·γ^(yl+1), (H, th, 1, 1): what reaches a tile row from the band above;
+    - s·γ^(xl+1), (H, 1, tw, 1): what reaches a tile column from the tiles to the left;
+    - γ^(tw−1−xl), (H, 1, tw, 1), and γ^(th−1−yl), (H, th, 1, 1): a key's decay to the tile's
+      right edge and bottom row;
+    - γ^(a−b) for b ≤ a (else 0) of sizes th and tw: the decayed prefix sums inside a tile as matmuls;
+    - γ^(xl+1), unscaled, (H, tw, 1): the left state's decay into the bottom-row state.
+    """
+    rows, cols = tile
+    lg = log_gamma
+    row_pos = torch.arange(rows, dtype=lg.dtype, device=lg.device)
+    col_pos = torch.arange(cols, dtype=lg.dtype, device=lg.device)
+    lg_ = lg[:, None]
+    tables = (
+        manhattan_decay_2d(tile, lg) * scale,
+        (torch.exp((row_pos + 1) * lg_) * scale)[..., None, None],
+        (torch.exp((col_pos + 1) * lg_) * scale)[:, None, :, None],
+        torch.exp((cols - 1 - col_pos) * lg_)[:, None, :, None],
+        torch.exp((rows - 1 - row_pos) * lg_)[..., None, None],
+        causal_decay_1d(rows, lg),
+        causal_decay_1d(cols, lg),
+        torch.exp((col_pos + 1) * lg_)[..., None],
+    )
+    return tuple(t.to(dtype) for t in tables)
+
+
 def chunkwise_2d(
     q: Tensor,
     k: Tensor,
@@ -300,19 +362,32 @@ def chunkwise_2d(
     rows_per_chunk: int,
     initial_state: Tensor | None = None,
     return_state: bool = False,
+    cols_per_chunk: int | None = None,
+    scale: float = 1.0,
 ) -> Tensor | tuple[Tensor, Tensor]:
-    """Row chunks of ``rows_per_chunk`` grid rows, starting at row y0. The carried state is the
-    quadrant state of the row just above the chunk, one d×dv matrix per column:
+    """The quadrant in tiles of th = ``rows_per_chunk`` rows × tw = ``cols_per_chunk`` columns
+    (default: whole rows), for q scaled by s. Bands of th rows are visited top to bottom; the tiles of
+    a band are computed together. For a token (y, x) of the tile at (Y0, X0), everything it sees
+    outside its tile comes through two states:
 
-        P(x) = S(y0−1, x) = Σ_{y' < y0, x' ≤ x} γ^((y0−1−y') + (x−x')) k(y',x')ᵀ v(y',x')
+        P(x) = S(Y0−1, x)   the quadrant state of the row above the band, one d×dv per column:
+             everything above (including up-left) reaches (y, x) as γ^(y−Y0+1) · q P(x);
+        L(y) = Σ_{Y0 ≤ y' ≤ y, x' < X0} γ^((y−y') + (X0−1−x')) k(y',x')ᵀ v(y',x')
+             the band's part left of the tile, one d×dv per tile row: it reaches (y, x) as γ^(x−X0+1) · q L(y);
 
-    so for (y, x) in the chunk the cross-chunk term is γ^(y−y0+1) · q(y,x) P(x), and the
-    within-chunk term is the parallel quadrant mask restricted to the chunk. After a chunk of r rows
+    and the within-tile term is the parallel quadrant mask of the tile. Per tile, with local
+    coordinates (yl, xl) and E(y) = Σ_{y' ≤ y, x'} γ^((y−y') + (tw−1−xl')) kᵀv (the tile's own
+    contribution at its right edge), L of the next tile is γ^tw L + E; after the band
 
-        P(x) ← γ^r P(x) + Σ_{x' ≤ x} γ^(x−x') W(x'),   W(x') = Σ_{rows y' of chunk} γ^(y0+r−1−y') k(y',x')ᵀ v(y',x')
+        P(x) ← γ^th P(x) + γ^(xl+1) L(th−1) + Σ_{x' ≤ x in tile} γ^(x−x') W(x'),   W(x') = Σ_{y'} γ^(th−1−yl') kᵀv
 
-    (a decayed prefix sum over columns). Memory O(C · d · dv) per head plus one chunk's block.
-    The class token at (C−1, R) is a final one-token chunk (:func:`quadrant_class_token`).
+    The prefix sums inside a tile are matmuls with th×th and tw×tw decay tables, and the only loop
+    over tiles is the scan of L (C / tw steps per band): time is linear in the tokens for a fixed
+    tile. Working memory: one tile block per tile of a band, O(C·d·dv) states per head.
+
+    A ragged last band uses the leading rows of the tables; a ragged last tile is padded with zero
+    keys and values on the right (they contribute nothing; their outputs are dropped). The class
+    token at (C−1, R) is a final one-token step (:func:`quadrant_class_token`).
 
     Streaming (SPEC §7): the rows may continue a grid whose rows above are summed up in
     ``initial_state`` = P(x) of the row just above them, (batch, heads, C, d, dv); the decays are
@@ -323,32 +398,57 @@ def chunkwise_2d(
     batch, heads = q.shape[:2]
     head_dim, value_dim = q.shape[-1], v.shape[-1]
     lg = log_gamma
-    chunk = min(rows_per_chunk, rows)
+    th, tw = min(rows_per_chunk, rows), min(cols_per_chunk or cols, cols)
+    num_tiles = -(-cols // tw)
+    padded_cols = num_tiles * tw
     n_grid = rows * cols
-    qg, kg = (t[:, :, :n_grid].reshape(batch, heads, rows, cols, head_dim) for t in (q, k))
-    vg = v[:, :, :n_grid].reshape(batch, heads, rows, cols, value_dim)
-
-    (inner_decay,) = cached_tables(  # (H, chunk·C, chunk·C)
-        ("quadrant", chunk, cols, q.dtype), lg, lambda: (manhattan_decay_2d((chunk, cols), lg).to(q.dtype),)
+    inner_decay, row_cross, col_cross, key_to_edge, key_to_bottom, row_prefix, col_prefix, left_to_bottom = (
+        cached_tables(("tile2d", th, tw, q.dtype, scale), lg, lambda: chunk_tables_2d((th, tw), lg, q.dtype, scale))
     )
-    row_pos = torch.arange(chunk, dtype=lg.dtype, device=lg.device)
-    cross_scale = torch.exp((row_pos + 1) * lg[:, None]).to(q.dtype)[..., None, None]  # (H, r, 1, 1)
-    state = q.new_zeros(batch, heads, cols, head_dim, value_dim) if initial_state is None else initial_state  # P(x)
-    outputs = []
-    for y0 in range(0, rows, chunk):
-        r = min(chunk, rows - y0)
-        qi, ki, vi = qg[:, :, y0 : y0 + r], kg[:, :, y0 : y0 + r], vg[:, :, y0 : y0 + r]
-        inner = parallel(*(t.flatten(2, 3) for t in (qi, ki, vi)), inner_decay[:, : r * cols, : r * cols])
-        cross = torch.einsum("bhrcd,bhcde->bhrce", qi, state) * cross_scale[:, :r]
-        outputs.append(inner + cross.flatten(2, 3))
+
+    def tiled(t: Tensor) -> Tensor:  # (B, H, R·C, e) → (B, H, tiles, R, tw, e): a band's tiles are one view
+        g = t[:, :, :n_grid].unflatten(2, (rows, cols))
+        if padded_cols != cols:
+            g = F.pad(g, (0, 0, 0, padded_cols - cols))
+        return g.unflatten(3, (num_tiles, tw)).permute(0, 1, 3, 2, 4, 5).contiguous()
+
+    qt, kt, vt = tiled(q), tiled(k), tiled(v)
+    out = q.new_empty(batch, heads, num_tiles, rows, tw, value_dim)
+    state = q.new_zeros(batch, heads, padded_cols, head_dim, value_dim)  # P(x)
+    if initial_state is not None:
+        state[:, :, :cols] = initial_state
+    log_decay_per_tile = (tw * lg).to(q.dtype)
+    for y0 in range(0, rows, th):
+        r = min(th, rows - y0)
+        qb, kb, vb = (t[:, :, :, y0 : y0 + r] for t in (qt, kt, vt))  # (B, H, tiles, r, tw, ·)
+        inner = parallel(*(t.flatten(3, 4) for t in (qb, kb, vb)), inner_decay[:, None, : r * tw, : r * tw])
+        band_out = out[:, :, :, y0 : y0 + r]
+        band_out.copy_(inner.unflatten(3, (r, tw)))
+        del inner
+        # From above: γ^(yl+1) q(y, x) P(x) — per column, so columns lead the batched matmul.
+        tile_state = state.unflatten(2, (num_tiles, tw))  # (B, H, tiles, tw, d, dv)
+        above = qb.transpose(3, 4) @ tile_state  # (B, H, tiles, tw, r, dv)
+        band_out.add_(above.transpose(3, 4).mul_(row_cross[:, None, :r]))
+        del above
+        # The band's part left of each tile: E per tile, then an exclusive scan over the tiles.
+        row_kv = (kb * key_to_edge[:, None]).transpose(-1, -2) @ vb  # M(y), (B, H, tiles, r, d, dv)
+        edge = (row_prefix[:, None, :r, :r] @ row_kv.flatten(4)).view_as(row_kv)  # E(y)
+        del row_kv
+        left = decayed_cumsum(edge, log_decay_per_tile, dim=2, exclusive=True)  # L(y) of every tile
+        band_out.add_((qb @ left).mul_(col_cross[:, None]))
         if y0 + r < rows or cls_token or return_state:
-            key_scale = torch.exp((r - 1 - row_pos[:r]) * lg[:, None]).to(q.dtype)[..., None, None]
-            column_kv = torch.einsum("bhrcd,bhrce->bhcde", ki * key_scale, vi)  # W(x'), (B,H,C,d,dv)
-            chunk_decay = torch.exp(r * lg).to(q.dtype).view(heads, 1, 1, 1)
-            state = chunk_decay * state + decayed_cumsum(column_kv, lg.to(q.dtype), dim=2)
+            bottom = key_to_bottom[:, None, th - r : th]  # γ^(r−1−yl) for the r rows of this band
+            column_kv = (kb * bottom).permute(0, 1, 2, 4, 5, 3) @ vb.transpose(3, 4)  # W(x'), (B,H,tiles,tw,d,dv)
+            column_sum = (col_prefix[:, None] @ column_kv.flatten(4)).view_as(column_kv)
+            column_sum.add_(left[:, :, :, r - 1, None] * left_to_bottom[:, None, :, :, None])
+            # Out of place: ``above`` saved a view of the old state for autograd.
+            state = torch.exp(r * lg).to(q.dtype).view(heads, 1, 1, 1) * state + column_sum.flatten(2, 3)
+        del left, edge
+    out = out.permute(0, 1, 3, 2, 4, 5).flatten(3, 4)[:, :, :, :cols].flatten(2, 3)  # (B, H, R·C, dv)
+    state = state[:, :, :cols]
     if cls_token:
-        outputs.append(quadrant_class_token(q[:, :, -1:], k[:, :, -1:], v[:, :, -1:], lg, state))
-    out = torch.cat(outputs, dim=2)
+        cls_out = quadrant_class_token(q[:, :, -1:] * scale, k[:, :, -1:], v[:, :, -1:], lg, state)
+        out = torch.cat([out, cls_out], dim=2)
     return (out, state) if return_state else out
 
 
@@ -393,7 +493,9 @@ def shift_grid(t: Tensor, grid_shape: tuple[int, int], rows: bool, cols: bool) -
     return g.reshape(b, h, n, d)
 
 
-def multi_direction_2d(quadrant, q: Tensor, k: Tensor, v: Tensor, log_gamma: Tensor, grid_shape, directions: int):
+def multi_direction_2d(
+    quadrant, q: Tensor, k: Tensor, v: Tensor, log_gamma: Tensor, grid_shape, directions: int, scale: float = 1.0
+):
     """Sum of quadrant passes over flipped grids so that each position pair counts once.
 
     With Δ = source − target: directions = 4 partitions the plane into
@@ -403,14 +505,15 @@ def multi_direction_2d(quadrant, q: Tensor, k: Tensor, v: Tensor, log_gamma: Ten
         {Δx > 0, Δy > 0}  both flipped, strict in both,
     which sums to the symmetric Manhattan decay γ^(|Δx|+|Δy|). directions = 2 is the closed
     upper-left plus the closed lower-right quadrant minus the token itself (their only overlap).
-    ``quadrant(q, k, v)`` is the recurrent or chunkwise closed-quadrant function.
+    ``quadrant(q, k, v)`` is the recurrent or chunkwise closed-quadrant function; ``scale`` is the
+    factor on q it applies (1 when the caller scaled q itself).
     """
     heads = q.shape[1]
     out = quadrant(q, k, v)
     if directions == 2:
         flipped = [flip_grid(t, grid_shape, True, True) for t in (q, k, v)]
         out = out + flip_grid(quadrant(*flipped), grid_shape, True, True)
-        return out - (q * k).sum(-1, keepdim=True) * v
+        return out - scale * (q * k).sum(-1, keepdim=True) * v
     for flip_rows, flip_cols in ((False, True), (True, False), (True, True)):
         qf, kf, vf = (flip_grid(t, grid_shape, flip_rows, flip_cols) for t in (q, k, v))
         kf, vf = (shift_grid(t, grid_shape, flip_rows, flip_cols) for t in (kf, vf))
