@@ -131,8 +131,19 @@ def test_trains_with_the_classification_task_parameter_groups():
     groups = param_groups(model)
     decayed = {n for g in groups if "weight_decay" not in g for n in g["names"]}
     assert decayed and all(dict(model.named_parameters())[n].ndim > 1 for n in decayed)
-    with pytest.raises(ValueError, match="layer_decay=0.65 needs an isotropic model"):
-        param_groups(model, layer_decay=0.65)
+
+
+def test_layer_decay_follows_the_blocks_of_all_four_stages():
+    model = small()  # depths (1, 1, 2, 1): stem 0, blocks 1–5, norm and head 6
+    scale = {n: g["lr_scale"] for g in param_groups(model, layer_decay=0.5) for n in g["names"]}
+    assert scale["head.weight"] == scale["norm.weight"] == 1.0
+    assert scale["stem.0.weight"] == 0.5**6
+    assert scale["stages.0.0.body.0.weight"] == 0.5**5
+    assert scale["downsamples.1.weight"] == scale["stages.1.0.body.0.weight"] == 0.5**4
+    assert scale["stages.2.blocks.0.retention.qkv.weight"] == 0.5**3
+    assert scale["stages.2.blocks.1.mlp.fc1.weight"] == 0.5**2
+    assert scale["stages.3.blocks.0.norm1.weight"] == 0.5**1
+    assert len({model.get_layer_depth(n)[0] for n, _ in model.named_parameters()}) == 7
 
 
 def test_reset_classifier_and_pre_logits():

@@ -1,6 +1,9 @@
 """Time and peak memory of the retention op per mode and sequence length.
 
-    python -m vir_lightning bench-retention [--tokens 1024 4096 16384] [--decay 1d 2d] [--csv out.csv]
+    python -m vir_lightning bench-retention [--tokens 1024 4096 16384] [--decay 1d 2d] [--task train] [--csv out.csv]
+
+``--task inference`` times the forward pass without autograd; ``--task train`` the forward and the
+backward pass (q, k, v requiring gradients, the output times a fixed random gradient).
 
 Every configuration runs in its own process (see :mod:`vir_lightning.benchmarks.measure`): peak
 memory is the resident memory the op adds; time is the median of several calls after a warm-up.
@@ -42,19 +45,33 @@ def _worker(cfg: dict) -> dict:
     grid = _grid_for(cfg["tokens"]) if cfg["decay"] == "2d" else None
     kwargs = dict(mode=cfg["mode"], chunk_size=cfg["chunk_size"], grid_shape=grid)
 
-    with torch.inference_mode():
-        out, stats = measure(
-            lambda: retention(q, k, v, rates, **kwargs), cfg["repeats"], cfg["min_seconds"], allocator=cfg["allocator"]
-        )
+    if cfg.get("task", "inference") == "train":
+        for t in (q, k, v):
+            t.requires_grad_(True)
+        upstream = torch.randn(shape, dtype=q.dtype)
+
+        def step():
+            out = retention(q, k, v, rates, **kwargs)
+            grads = torch.autograd.grad(out, (q, k, v), upstream)
+            return torch.stack([g.abs().sum() for g in grads])
+
+        out, stats = measure(step, cfg["repeats"], cfg["min_seconds"], allocator=cfg["allocator"])
+    else:
+        with torch.inference_mode():
+            out, stats = measure(
+                lambda: retention(q, k, v, rates, **kwargs), cfg["repeats"], cfg["min_seconds"],
+                allocator=cfg["allocator"],
+            )
     return {**stats, "finite": bool(torch.isfinite(out).all())}
 
 
 def _predicted_bytes(cfg: dict) -> int:
     """Rough upper bound of the op's working memory (bytes), to skip configurations that cannot fit."""
     n, h, b, d = cfg["tokens"], cfg["heads"], cfg["batch"], cfg["head_dim"]
+    train = 2 if cfg.get("task") == "train" else 1  # the backward pass keeps (or rebuilds) as much again
     if cfg["mode"] == "parallel":
-        return 4 * n * n * (3 * b * h + 3)  # scores, product, decay table and its distance grid
-    return 4 * b * h * n * d * 8  # inputs, outputs and per-chunk intermediates
+        return train * 4 * n * n * (3 * b * h + 3)  # scores, product, decay table and its distance grid
+    return train * 4 * b * h * n * d * 8  # inputs, outputs and per-chunk intermediates
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -67,6 +84,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--head-dim", type=int, default=64)
     p.add_argument("--chunk-size", type=int, default=None, help="tokens (1D) / grid rows (2D); default per op")
     p.add_argument("--dtype", choices=("float32", "float64", "bfloat16"), default="float32")
+    p.add_argument("--task", choices=("inference", "train"), default="inference",
+                   help="inference: forward without autograd; train: forward + backward")
     p.add_argument("--crossover", action="store_true",
                    help="print the length up to which parallel is faster than chunkwise (for mode='auto')")
     p.add_argument("--max-memory-gb", type=float, default=12.0, help="skip configurations predicted above this")
@@ -84,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"# retention op benchmark — {platform.processor() or platform.machine()}, {os.cpu_count()} cores,"
         f" torch {torch.__version__}, {args.threads} threads, CPU, {args.dtype},"
-        f" batch {args.batch}, heads {args.heads}, head_dim {args.head_dim}"
+        f" batch {args.batch}, heads {args.heads}, head_dim {args.head_dim}, {args.task}"
     )
     print("| decay | tokens | mode | chunk | time ms (median) | min–max ms | peak MB | finite |")
     print("|---|---|---|---|---|---|---|---|")
@@ -95,8 +114,8 @@ def main(argv: list[str] | None = None) -> int:
                 cfg = dict(
                     decay=decay, mode=mode, tokens=tokens, batch=args.batch, heads=args.heads,
                     head_dim=args.head_dim, chunk_size=args.chunk_size if mode == "chunkwise" else None,
-                    dtype=args.dtype, threads=args.threads, allocator=args.allocator, repeats=args.repeats,
-                    min_seconds=args.min_seconds,
+                    dtype=args.dtype, task=args.task, threads=args.threads, allocator=args.allocator,
+                    repeats=args.repeats, min_seconds=args.min_seconds,
                 )
                 if _predicted_bytes(cfg) > args.max_memory_gb * 2**30:
                     result = {"error": f"skipped: predicted > {args.max_memory_gb:g} GB"}
@@ -120,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
             steps = zip(args.tokens, args.tokens[1:], strict=False)
             for a, b in [(a, b) for a, b in steps if a in by_tokens and b in by_tokens]:
                 ratio = by_tokens[b]["time_ms"] / by_tokens[a]["time_ms"]
-                print(f"{decay} {mode}: time({b})/time({a}) = {ratio:.2f}  (token ratio {b / a:g})")
+                print(f"{decay} {mode}: time({b})/time({a}) = {ratio:.2f}  (token ratio {b / a:g};"
+                      f" time per token × {ratio * a / b:.2f})")
     if args.crossover:
         for decay in args.decay:
             print(f"auto crossover {decay}: parallel up to {crossover(rows, decay)} tokens, chunkwise beyond")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from .attention import MultiHeadAttention
 from .layers import DropPath, LayerScale, Mlp
@@ -55,8 +57,18 @@ class RetentionBlock(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop)
         self.ls2 = scale()
         self.drop_path2 = DropPath(drop_path)
+        #: Recompute this block in the backward pass instead of keeping its activations
+        #: (set through the model's ``set_grad_checkpointing``).
+        self.grad_checkpointing = False
 
     def forward(self, x: Tensor, grid_shape: tuple[int, int] | None = None, cls_token: bool = False) -> Tensor:
+        if self.grad_checkpointing and torch.is_grad_enabled():
+            # Non-reentrant: works with keyword arguments and inputs that need no gradient; the RNG
+            # state is replayed, so drop path draws the same mask when the block is recomputed.
+            return checkpoint(self._forward, x, grid_shape, cls_token, use_reentrant=False)
+        return self._forward(x, grid_shape, cls_token)
+
+    def _forward(self, x: Tensor, grid_shape: tuple[int, int] | None, cls_token: bool) -> Tensor:
         mixer = self.retention if self.token_mixer == "retention" else self.attn
         return self._residuals(x, mixer(self.norm1(x), grid_shape, cls_token))
 
@@ -72,3 +84,25 @@ class RetentionBlock(nn.Module):
         """Both residual branches around the token mixer's output; everything here is per token."""
         x = x + self.drop_path1(self.ls1(mixed))
         return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
+
+
+class GradCheckpointingMixin:
+    """timm's ``set_grad_checkpointing`` for models built from :class:`RetentionBlock`."""
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute every retention (or attention) block in the backward pass instead of storing its
+        activations: training memory drops to about one block's worth plus each block's input, for
+        roughly one more forward pass of time. Gradients are unchanged.
+
+        Only the token-mixing blocks are checkpointed. H-ViR's convolutional blocks are not: their
+        BatchNorm would update its running statistics a second time when recomputed.
+        """
+        if not isinstance(enable, bool):
+            raise ValueError(f"enable={enable!r}; expected True or False")
+        for block in self.modules():
+            if isinstance(block, RetentionBlock):
+                block.grad_checkpointing = enable
+
+    @property
+    def grad_checkpointing(self) -> bool:
+        return any(isinstance(m, RetentionBlock) and m.grad_checkpointing for m in self.modules())

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from .blocks import RetentionBlock
+from .blocks import GradCheckpointingMixin, RetentionBlock
 from .layers import ClassifierHeadMixin, DropPath, init_linear_trunc_normal, resolve_indices, to_2tuple
 from .registry import register_model
 from .retention_layer import RetentionModeMixin
@@ -66,7 +66,7 @@ class RetentionStage(nn.Module):
         return tokens.transpose(1, 2).reshape(batch, channels, height, width)
 
 
-class HybridViR(RetentionModeMixin, ClassifierHeadMixin, nn.Module):
+class HybridViR(RetentionModeMixin, GradCheckpointingMixin, ClassifierHeadMixin, nn.Module):
     """H-ViR: conv stages 1–2, 2D-retention stages 3–4, features at strides 4/8/16/32.
 
     Args:
@@ -222,6 +222,25 @@ class HybridViR(RetentionModeMixin, ClassifierHeadMixin, nn.Module):
     def no_weight_decay(self) -> set[str]:
         """Every bias, norm weight and LayerScale (all parameters with fewer than 2 dimensions)."""
         return {n for n, p in self.named_parameters() if p.ndim <= 1}
+
+    def get_layer_depth(self, name: str) -> tuple[int, int]:
+        """(layer id, number of layers) of a parameter, for layer-wise lr decay: the stem is layer 0,
+        the blocks of all four stages follow in order (a stage's downsampling belongs to its first
+        block), and the final norm and the head are the last layer."""
+        starts = [0]
+        for stage in self.stages:
+            starts.append(starts[-1] + len(stage.blocks if isinstance(stage, RetentionStage) else stage))
+        num_layers = starts[-1] + 2
+        parts = name.split(".")
+        if parts[0] == "stem":
+            return 0, num_layers
+        if parts[0] == "downsamples":
+            return starts[int(parts[1])] + 1, num_layers
+        if parts[0] == "stages":
+            stage = int(parts[1])
+            block = int(parts[3] if parts[2] == "blocks" else parts[2])
+            return starts[stage] + block + 1, num_layers
+        return num_layers - 1, num_layers
 
 
 

@@ -65,9 +65,12 @@ class MultiHeadRetention(nn.Module):
         self.set_mode(mode, chunk_size)
 
     def set_mode(self, mode: str, chunk_size: int | None = None) -> None:
-        """Switch between the three exactly equivalent forms (and set the chunk size)."""
+        """Switch between the three exactly equivalent forms (and set the chunk size).
+
+        With ``softmax_retention`` only ``"parallel"`` exists; ``"auto"`` then always means parallel.
+        """
         check_mode(mode, chunk_size)
-        if self.softmax_retention and mode != "parallel":
+        if self.softmax_retention and mode not in ("parallel", "auto"):
             raise ValueError(
                 f"mode={mode!r} is impossible with softmax_retention=True: the softmax variant has no"
                 " recurrent or chunkwise form; use mode='parallel' or softmax_retention=False"

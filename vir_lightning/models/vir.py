@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .blocks import RetentionBlock
+from .blocks import GradCheckpointingMixin, RetentionBlock
 from .layers import ClassifierHeadMixin, PatchEmbed, init_linear_trunc_normal, resolve_indices, to_2tuple
 from .pos_embed import infer_grid_shape, resize_pos_embed
 from .registry import register_model
@@ -33,7 +33,7 @@ POOLINGS = ("token_last", "token_first", "avg")
 DECAYS = ("1d", "2d")
 
 
-class VisionRetention(RetentionModeMixin, ClassifierHeadMixin, nn.Module):
+class VisionRetention(RetentionModeMixin, GradCheckpointingMixin, ClassifierHeadMixin, nn.Module):
     """Isotropic ViR.
 
     Args:
@@ -363,6 +363,17 @@ class VisionRetention(RetentionModeMixin, ClassifierHeadMixin, nn.Module):
         every bias, norm weight and LayerScale (all parameters with fewer than 2 dimensions)."""
         names = {"pos_embed"} | ({"cls_token"} if self.cls_token is not None else set())
         return names | {n for n, p in self.named_parameters() if p.ndim <= 1}
+
+    def get_layer_depth(self, name: str) -> tuple[int, int]:
+        """(layer id, number of layers) of a parameter, for layer-wise lr decay: the patch and
+        position embeddings and the class token are layer 0, block i is layer i + 1, the final norm
+        and the head the last layer (depth + 1)."""
+        num_layers = len(self.blocks) + 2
+        if name.startswith(("patch_embed.", "pos_embed", "cls_token")):
+            return 0, num_layers
+        if name.startswith("blocks."):
+            return int(name.split(".")[1]) + 1, num_layers
+        return num_layers - 1, num_layers
 
 
     def _resize_pos_embed_on_load(self, module, state_dict, prefix, *args) -> None:

@@ -148,13 +148,14 @@ def decayed_cumsum(x: Tensor, log_gamma: Tensor, dim: int, exclusive: bool = Fal
 
     A sequential scan of small fused updates: it is memory-bound, and a log-step scan rewrites
     the whole tensor at every step (measured 15× slower for 64 chunks of 64×64 states). Without
-    autograd it writes straight into its output; with autograd it stacks the steps.
+    autograd it writes straight into its output; with autograd (or under ``torch.compile``, which
+    refuses ``out=`` views) it stacks the steps.
     """
     # γ must broadcast against one slice of x (``dim`` removed, heads first after batch).
     factor = torch.exp(log_gamma).view((-1,) + (1,) * (x.dim() - 3))
     inputs = x.unbind(dim)
     inputs = inputs[: len(inputs) - 1] if exclusive else inputs[1:]
-    if torch.is_grad_enabled() and x.requires_grad:
+    if (torch.is_grad_enabled() and x.requires_grad) or torch.compiler.is_compiling():
         running = torch.zeros_like(x.select(dim, 0)) if exclusive else x.select(dim, 0)
         steps = [running]
         for item in inputs:

@@ -12,9 +12,20 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torchmetrics.classification import MulticlassAccuracy
 
 from ..models import create_model
-from ..models.retention_layer import check_model_mode
+from ..models.retention_layer import STREAMING, check_model_mode
 from .checkpoints import load_weights, read_state_dict
 from .optim import param_groups, warmup_cosine
+
+
+def check_train_mode(mode: str, chunk_size: int | None) -> None:
+    """ValueError unless ``mode`` is a retention form that can train (not streaming)."""
+    if mode == STREAMING:
+        raise ValueError("train_mode='streaming' is inference-only (no gradients flow between bands);"
+                         " train with 'chunkwise' (linear memory) or 'auto', and use streaming for eval_mode")
+    try:
+        check_model_mode(mode, chunk_size)
+    except ValueError as error:
+        raise ValueError(f"train_mode: {error}") from None
 
 
 def default_optimizer(params) -> torch.optim.Optimizer:
@@ -39,8 +50,16 @@ class ImageClassifier(L.LightningModule):
         label_smoothing: label smoothing of the (soft-target) cross-entropy.
         mixup_alpha, cutmix_alpha, mixup_prob, mixup_switch_prob: batch Mixup/CutMix (off at 0).
         layer_decay: layer-wise lr decay for fine-tuning (e.g. 0.65); ``None`` = off.
-        eval_mode, eval_chunk_size: retention form used by validate/test/predict (training is
-            always in the model's own mode, parallel by default). Results are identical in all forms.
+        train_mode, train_chunk_size: retention form of the training steps. ``None`` (default) =
+            the ``retention_mode`` that ``model_kwargs`` sets, else ``"auto"``: parallel up to the
+            measured crossover, chunkwise beyond (its backward pass keeps only q, k, v, so training
+            memory grows linearly with the image). ``"parallel"``/``"chunkwise"``/``"recurrent"``
+            force a form; gradients are identical in all of them.
+        grad_checkpointing: recompute every retention block in the backward pass instead of
+            keeping its activations (the model's ``set_grad_checkpointing``): less memory, about
+            one more forward pass of time, identical gradients.
+        eval_mode, eval_chunk_size: retention form used by validate/test/predict (default ``"auto"``;
+            ``"streaming"`` for images larger than memory allows). Results are identical in all forms.
         pretrained: weights to start from (Lightning checkpoint or plain state_dict, tensors only);
             another resolution is fine (position embedding resized), another head size is
             re-initialised, anything else that does not fit raises.
@@ -66,7 +85,10 @@ class ImageClassifier(L.LightningModule):
         mixup_prob: float = 1.0,
         mixup_switch_prob: float = 0.5,
         layer_decay: float | None = None,
-        eval_mode: str = "parallel",
+        train_mode: str | None = None,
+        train_chunk_size: int | None = None,
+        grad_checkpointing: bool = False,
+        eval_mode: str = "auto",
         eval_chunk_size: int | None = None,
         pretrained: str | None = None,
         class_names: list[str] | None = None,
@@ -77,7 +99,16 @@ class ImageClassifier(L.LightningModule):
         size = img_size if isinstance(img_size, int) else tuple(img_size)
         self.model = create_model(model_name, num_classes=num_classes, img_size=size, in_chans=in_chans,
                                   **(model_kwargs or {}))
-        self.train_mode = self.model.retention_mode
+        if train_mode is None:
+            train_mode = (model_kwargs or {}).get("retention_mode", "auto")
+        check_train_mode(train_mode, train_chunk_size)
+        self.model.set_retention_mode(train_mode, train_chunk_size)  # refuses a form the model lacks
+        self.train_mode, self.train_chunk_size = train_mode, train_chunk_size
+        if grad_checkpointing is not False:
+            if not hasattr(self.model, "set_grad_checkpointing"):
+                raise ValueError(f"grad_checkpointing=True: {model_name} cannot checkpoint its blocks;"
+                                 " leave grad_checkpointing unset")
+            self.model.set_grad_checkpointing(grad_checkpointing)
         self.optimizer_factory, self.scheduler_factory = optimizer, lr_scheduler
         self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
         self.mixup = None
@@ -107,7 +138,7 @@ class ImageClassifier(L.LightningModule):
         torch.manual_seed((base * 1_000_003 + self.global_step) * 64 + self.global_rank)
 
     def on_train_epoch_start(self) -> None:
-        self.model.set_retention_mode(self.train_mode)
+        self.model.set_retention_mode(self.train_mode, self.train_chunk_size)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         images, targets = batch
@@ -131,7 +162,7 @@ class ImageClassifier(L.LightningModule):
         self._eval_form()
 
     def on_validation_epoch_end(self) -> None:
-        self.model.set_retention_mode(self.train_mode)
+        self.model.set_retention_mode(self.train_mode, self.train_chunk_size)
 
     def on_test_epoch_start(self) -> None:
         self._eval_form()

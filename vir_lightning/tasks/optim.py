@@ -3,44 +3,35 @@
 from __future__ import annotations
 
 import math
-import re
 
 import torch
 from torch import nn
 
 
-def layer_id(name: str, depth: int) -> int:
-    """Depth index of a parameter for layer-wise lr decay: embeddings 0, block i → i+1, rest depth+1."""
-    if name.startswith(("pos_embed", "cls_token", "patch_embed")):
-        return 0
-    match = re.match(r"blocks\.(\d+)\.", name)
-    return int(match.group(1)) + 1 if match else depth + 1
-
-
 def param_groups(model: nn.Module, layer_decay: float | None = None) -> list[dict]:
     """Optimizer groups: parameters in ``model.no_weight_decay()`` (or with < 2 dims) get
     ``weight_decay=0``; the rest keep the optimizer's weight decay. With ``layer_decay`` every group
-    carries ``lr_scale = layer_decay ** (depth + 1 − layer_id)`` (the head learns at full lr)."""
+    carries ``lr_scale = layer_decay ** (num_layers − 1 − layer_id)`` from the model's own
+    ``get_layer_depth(name) -> (layer_id, num_layers)`` (the head learns at full lr)."""
     skip = model.no_weight_decay() if hasattr(model, "no_weight_decay") else set()
-    depth = len(getattr(model, "blocks", []))
-    if layer_decay is not None and depth == 0:
+    if layer_decay is not None and not hasattr(model, "get_layer_depth"):
         raise ValueError(
-            f"layer_decay={layer_decay} needs an isotropic model with `blocks` (ViR); {type(model).__name__} has"
-            " none (H-ViR's stages differ in width): leave layer_decay unset"
+            f"layer_decay={layer_decay} needs a model that knows its layers (get_layer_depth);"
+            f" {type(model).__name__} has none: leave layer_decay unset"
         )
     groups: dict[tuple, dict] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
         no_decay = name in skip or param.ndim <= 1
-        lid = layer_id(name, depth) if layer_decay is not None else 0
-        key = (no_decay, lid)
+        layer, num_layers = model.get_layer_depth(name) if layer_decay is not None else (0, 1)
+        key = (no_decay, layer)
         if key not in groups:
             group = {"params": [], "names": [], "lr_scale": 1.0}
             if no_decay:
                 group["weight_decay"] = 0.0
             if layer_decay is not None:
-                group["lr_scale"] = layer_decay ** (depth + 1 - lid)
+                group["lr_scale"] = layer_decay ** (num_layers - 1 - layer)
             groups[key] = group
         groups[key]["params"].append(param)
         groups[key]["names"].append(name)
