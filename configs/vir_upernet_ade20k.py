@@ -26,7 +26,9 @@ model = dict(
         arch='tiny',
         out_indices=(0, 1, 2, 3),
         drop_path_rate=0.2,
-        train_mode='parallel',
+        # Parallel for short grids, chunkwise with the lean backward above the crossover.
+        train_mode='auto',
+        with_cp=False,  # True: checkpoint the retention blocks (less memory, same gradients)
         test_mode='chunkwise',
         # ImageNet weights from `python -m vir_lightning export-backbone CKPT OUT`:
         #   --cfg-options model.backbone.init_cfg.checkpoint=OUT

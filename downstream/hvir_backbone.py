@@ -49,10 +49,14 @@ class HViRBackbone(BaseModule):
         drop_path_rate: stochastic depth over all blocks.
         directions: 2D decay directions (1, 2 or 4); ``None`` keeps H-ViR's default.
         layer_scale_init: LayerScale of the retention blocks.
-        train_mode: retention form while training (``"parallel"`` is the fast one for backward).
+        train_mode: retention form while training. ``"auto"`` (default) picks parallel for short
+            grids and chunkwise above the measured crossover, whose backward pass keeps only q, k, v
+            (the same path as the classifier's ``train_mode``); gradients are identical in all forms.
         test_mode: retention form in eval mode (validation/test/inference). Every form gives the
             same outputs; chunkwise needs far less memory at detection resolutions.
-        chunk_size: chunkwise chunk size in grid rows (``None`` = about 1024 tokens per chunk).
+        chunk_size: chunkwise tile height in grid rows (``None`` = tiles of about 1024 tokens).
+        with_cp: gradient checkpointing of the retention blocks (MMDetection's name for it, as in
+            its Swin and ResNet): less training memory, identical gradients.
         frozen_stages: ``-1`` trains everything; ``0`` freezes the stem; ``k ≥ 1`` freezes the stem
             and stages 0…k−1 (with the downsampling convs before them), kept in eval mode.
         norm_eval: keep every BatchNorm in eval mode while training (frozen statistics), as
@@ -70,9 +74,10 @@ class HViRBackbone(BaseModule):
         drop_path_rate: float = 0.2,
         directions: int | None = None,
         layer_scale_init: float | None = 1e-5,
-        train_mode: str = "parallel",
-        test_mode: str = "chunkwise",
+        train_mode: str = "auto",
+        test_mode: str = "auto",
         chunk_size: int | None = None,
+        with_cp: bool = False,
         frozen_stages: int = -1,
         norm_eval: bool = False,
         in_chans: int = 3,
@@ -102,6 +107,7 @@ class HViRBackbone(BaseModule):
         # Parameters that never reach the outputs would break DDP (unused parameters): the
         # classification norm, and the stages after the last requested one, are removed.
         self.model.norm = nn.Identity()
+        self.model.set_grad_checkpointing(with_cp)
         self.unused_prefixes = CLASSIFIER_ONLY_PREFIXES
         for i in range(max(out_indices) + 1, 4):
             self.model.stages[i] = nn.Identity()

@@ -119,7 +119,7 @@ def test_norm_eval_keeps_every_batchnorm_in_eval_while_training():
 def test_train_uses_train_mode_and_eval_uses_test_mode_with_equal_outputs():
     model = backbone(layer_scale_init=1.0, test_mode="chunkwise", chunk_size=2)
     model.train()
-    assert model.model.retention_mode == "parallel"
+    assert model.model.retention_mode == "auto"  # parallel up to the crossover, lean chunkwise above
     model.eval()
     assert model.model.retention_mode == "chunkwise"
     x = torch.randn(1, 3, 120, 90)
@@ -129,6 +129,18 @@ def test_train_uses_train_mode_and_eval_uses_test_mode_with_equal_outputs():
         parallel = model(x)
     for a, b in zip(chunkwise, parallel, strict=True):
         assert relative_error(a, b) < 1e-5
+
+
+def test_with_cp_checkpoints_the_retention_blocks_with_identical_gradients():
+    images = torch.randn(1, 3, 64, 64)
+    grads = []
+    for with_cp in (False, True):
+        torch.manual_seed(0)
+        model = backbone(layer_scale_init=1.0, with_cp=with_cp, train_mode="chunkwise").train()
+        assert model.model.grad_checkpointing is with_cp
+        sum(f.square().sum() for f in model(images)).backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-5, atol=1e-7)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,10 +1,15 @@
-"""Forward time and peak memory of a backbone's feature pyramid per retention mode, at one input size.
+"""Time and peak memory of a backbone's feature pyramid per retention mode, at one input size,
+beside MMDetection's own backbones.
 
     python -m vir_lightning bench-backbone [--model hvir_tiny] [--size 800 1333] [--modes parallel chunkwise]
+        [--tasks inference train] [--baselines swin_t resnet50]
 
-The measured call is what a detector runs: ``forward_intermediates`` (all four stage outputs) in
-eval mode under ``torch.inference_mode``, batch ``--batch``, float32 on the CPU. Each configuration
-runs in its own process (see :mod:`vir_lightning.benchmarks.measure`); the outputs of every mode are
+The measured call is what a detector runs: all four stage outputs, batch ``--batch``, float32 on
+the CPU. ``inference``: eval mode under ``torch.inference_mode``; ``train``: train mode, forward,
+a loss on every output (sum of squares) and the backward pass. ``--baselines`` builds MMDetection's
+Swin-T and ResNet-50 through its registry with the settings of its Mask R-CNN configs (every stage
+trainable, as H-ViR's), when the mm tier is installed (``make mm``). Each configuration runs in its
+own process (see :mod:`vir_lightning.benchmarks.measure`); the outputs of every retention mode are
 checked against parallel mode's (the relative difference is printed).
 """
 
@@ -18,7 +23,35 @@ import sys
 
 from .measure import add_measure_args, measure, run_isolated, write_results_csv
 
-MODE_CHOICES = ("parallel", "chunkwise", "recurrent")
+MODE_CHOICES = ("parallel", "chunkwise", "recurrent", "auto")
+
+#: MMDetection's backbones as its Mask R-CNN configs build them (mask-rcnn_swin-t-p4-w7 and
+#: mask-rcnn_r50), except that every stage trains (mmdet freezes ResNet's stem and first stage).
+MM_BASELINES = {
+    "swin_t": dict(type="SwinTransformer", embed_dims=96, depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24],
+                   window_size=7, mlp_ratio=4, qkv_bias=True, drop_path_rate=0.2, patch_norm=True,
+                   out_indices=(0, 1, 2, 3), convert_weights=False),
+    "resnet50": dict(type="ResNet", depth=50, num_stages=4, out_indices=(0, 1, 2, 3), frozen_stages=-1,
+                     norm_cfg=dict(type="BN", requires_grad=True), norm_eval=False, style="pytorch"),
+}
+
+
+def _build(cfg: dict):
+    """(model, features(x)) for a retention model of the registry or an MMDetection baseline."""
+    if cfg["mode"] == "mmdet":
+        from mmdet.registry import MODELS
+        from mmdet.utils import register_all_modules
+
+        register_all_modules()
+        model = MODELS.build(dict(MM_BASELINES[cfg["model"]]))
+        model.init_weights()
+        return model, model
+    from ..models import create_model
+
+    extra = {"directions": cfg["directions"]} if cfg["directions"] else {}
+    model = create_model(cfg["model"], num_classes=0, layer_scale_init=1.0, **extra)
+    model.set_retention_mode(cfg["mode"], cfg["chunk_size"])
+    return model, lambda x: model.forward_intermediates(x, intermediates_only=True)
 
 
 def _worker(cfg: dict) -> dict:
@@ -28,18 +61,26 @@ def _worker(cfg: dict) -> dict:
 
     torch.set_num_threads(cfg["threads"])
     torch.manual_seed(0)
-    extra = {"directions": cfg["directions"]} if cfg["directions"] else {}
-    model = create_model(cfg["model"], num_classes=0, layer_scale_init=1.0, **extra).eval()
-    model.set_retention_mode(cfg["mode"], cfg["chunk_size"])
+    model, features = _build(cfg)
     x = torch.randn(cfg["batch"], 3, cfg["height"], cfg["width"], generator=torch.Generator().manual_seed(0))
+    if cfg["task"] == "train":
+        model.train()
+
+        def step():
+            feats = features(x)
+            sum(f.square().mean() for f in feats).backward()
+            model.zero_grad(set_to_none=True)
+            return [f.detach() for f in feats]
+
+        _, stats = measure(step, cfg["repeats"], cfg["min_seconds"], allocator=cfg["allocator"])
+        return {**stats, "params_m": sum(p.numel() for p in model.parameters()) / 1e6}
+    model.eval()
     with torch.inference_mode():
-        feats, stats = measure(
-            lambda: model.forward_intermediates(x, intermediates_only=True), cfg["repeats"], cfg["min_seconds"],
-            allocator=cfg["allocator"],
-        )
+        feats, stats = measure(lambda: features(x), cfg["repeats"], cfg["min_seconds"], allocator=cfg["allocator"])
         # A fingerprint of the outputs, so the parent can compare modes without moving tensors.
         probe = torch.cat([f.flatten()[:: max(1, f.numel() // 4096)] for f in feats]).double()
-    return {**stats, "probe": probe.tolist(), "grids": [list(f.shape[-2:]) for f in feats]}
+    return {**stats, "probe": probe.tolist(), "grids": [list(f.shape[-2:]) for f in feats],
+            "params_m": sum(p.numel() for p in model.parameters()) / 1e6}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -49,7 +90,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--modes", nargs="+", choices=MODE_CHOICES, default=["parallel", "chunkwise"])
     p.add_argument("--directions", type=int, nargs="+", default=[0], help="2D decay directions (0 = model default)")
-    p.add_argument("--chunk-size", type=int, default=None, help="chunkwise chunk size in grid rows")
+    p.add_argument("--chunk-size", type=int, default=None, help="chunkwise tile height in grid rows")
+    p.add_argument("--tasks", nargs="+", choices=("inference", "train"), default=["inference"],
+                   help="inference, and/or a training step (forward, loss on every output, backward)")
+    p.add_argument("--baselines", nargs="*", choices=sorted(MM_BASELINES), default=[],
+                   help="MMDetection backbones measured alongside, in the same run (needs `make mm`)")
     add_measure_args(p)
     return p
 
@@ -62,41 +107,52 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     height, width = args.size
+    if args.baselines:
+        try:
+            import mmdet  # noqa: F401
+        except ImportError:
+            raise SystemExit("error: --baselines needs MMDetection: run `make mm` (or drop --baselines)") from None
     print(
-        f"# backbone benchmark — {args.model} {height}×{width} batch {args.batch}, forward_intermediates, fp32,"
+        f"# backbone benchmark — {args.model} {height}×{width} batch {args.batch}, all four stage outputs, fp32,"
         f" {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {args.threads} threads,"
         f" torch {torch.__version__}"
     )
-    print("| directions | mode | chunk | time ms (median) | min–max ms | peak MB | rel. diff vs parallel |")
-    print("|---|---|---|---|---|---|---|")
+    print("| task | backbone | directions | mode | chunk | time ms (median) | min–max ms | peak MB | params M |"
+          " rel. diff vs parallel |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     rows = []
-    for directions in args.directions:
-        reference = None
-        for mode in args.modes:
-            cfg = dict(
-                model=args.model, height=height, width=width, batch=args.batch, mode=mode, directions=directions,
-                chunk_size=args.chunk_size if mode == "chunkwise" else None, threads=args.threads,
-                allocator=args.allocator,
-                repeats=args.repeats, min_seconds=args.min_seconds,
-            )
+    common = dict(height=height, width=width, batch=args.batch, threads=args.threads, allocator=args.allocator,
+                  repeats=args.repeats, min_seconds=args.min_seconds)
+    for task in args.tasks:
+        plan = [dict(model=args.model, mode=mode, directions=directions,
+                     chunk_size=args.chunk_size if mode == "chunkwise" else None)
+                for directions in args.directions for mode in args.modes]
+        plan += [dict(model=name, mode="mmdet", directions=0, chunk_size=None) for name in args.baselines]
+        references = {}
+        for entry in plan:
+            cfg = {**entry, **common, "task": task}
             result = run_isolated("vir_lightning.benchmarks.backbone", cfg)
             probe = result.pop("probe", None)
             diff = ""
-            if probe is not None:
-                if reference is None and mode == "parallel":
-                    reference = torch.tensor(probe)
+            if probe is not None and cfg["mode"] != "mmdet":
+                reference = references.get(cfg["directions"])
+                if reference is None and cfg["mode"] == "parallel":
+                    references[cfg["directions"]] = torch.tensor(probe)
                 elif reference is not None:
                     diff = f"{float((torch.tensor(probe) - reference).norm() / reference.norm()):.1e}"
             row = {**cfg, **result, "rel_diff": diff}
             rows.append(row)
-            label = directions or "default"
-            chunk = "default" if mode == "chunkwise" and cfg["chunk_size"] is None else (cfg["chunk_size"] or "—")
+            label = "—" if cfg["mode"] == "mmdet" else (cfg["directions"] or "default")
+            chunk = "default" if cfg["mode"] == "chunkwise" and cfg["chunk_size"] is None else (cfg["chunk_size"] or "—")
+            name = f"{cfg['model']} (MMDetection)" if cfg["mode"] == "mmdet" else cfg["model"]
+            mode = "—" if cfg["mode"] == "mmdet" else cfg["mode"]
             if "error" in result:
-                print(f"| {label} | {mode} | {chunk} | {result['error']} | | | |")
+                print(f"| {task} | {name} | {label} | {mode} | {chunk} | {result['error']} | | | | |")
             else:
                 print(
-                    f"| {label} | {mode} | {chunk} | {result['time_ms']:.0f} | {result['time_min_ms']:.0f}–"
-                    f"{result['time_max_ms']:.0f} | {result['peak_mb']:.0f} | {diff or '—'} |"
+                    f"| {task} | {name} | {label} | {mode} | {chunk} | {result['time_ms']:.0f} |"
+                    f" {result['time_min_ms']:.0f}–{result['time_max_ms']:.0f} | {result['peak_mb']:.0f} |"
+                    f" {result['params_m']:.1f} | {diff or '—'} |"
                 )
             sys.stdout.flush()
     if rows and "grids" in rows[0]:

@@ -75,6 +75,8 @@ def _worker(cfg: dict) -> dict:
     model = create_model(cfg["model"], img_size=res, **json.loads(cfg.get("model_kwargs") or "{}")).to(device)
     if cfg["mode"] != ATTENTION_MODE:
         model.set_retention_mode(cfg["mode"], cfg["chunk_size"])
+    if cfg.get("grad_checkpointing"):
+        model.set_grad_checkpointing(True)
     images = torch.randn(batch, 3, res, res, device=device)
     autocast = (
         (lambda: torch.autocast(device.type, dtype=getattr(torch, cfg["dtype"])))
@@ -195,13 +197,16 @@ def _configs(args, models: dict) -> list[dict]:
                 modes = args.modes if task == "inference" else args.train_modes
             else:
                 modes = [ATTENTION_MODE]
-            for mode in modes:
+            retention = bool(model.retention_layers())
+            option_sets = args.model_kwargs if retention else [""]
+            checkpointing = [c == "on" for c in args.grad_checkpointing] if retention and task == "train" else [False]
+            for options, mode, ckpt in ((o, m, c) for o in option_sets for m in modes for c in checkpointing):
                 chunks = {"chunkwise": args.chunk_sizes, STREAMING: args.band_rows}.get(mode, [None])
                 grid = ((c, r, b) for c in chunks for r in args.resolutions for b in args.batch_sizes)
                 for chunk, res, batch in grid:
                     rows.append(dict(
                         task=task, model=name, mode=mode, chunk_size=chunk, resolution=res, batch=batch,
-                        model_kwargs=args.model_kwargs if model.retention_layers() else "",
+                        model_kwargs=options, grad_checkpointing=ckpt,
                         device=args.device, dtype=args.dtype, threads=args.threads, repeats=args.repeats,
                         min_seconds=args.min_seconds, allocator=args.allocator,
                     ))
@@ -266,7 +271,8 @@ def _label(row: dict) -> str:
     what = "band" if row["mode"] == STREAMING else "chunk"
     chunk = f" {what} {row['chunk_size']}" if row.get("chunk_size") else ""
     options = f" {row['model_kwargs']}" if row.get("model_kwargs") else ""
-    return f"{row['model']}{options} {row['mode']}{chunk}"
+    checkpointing = " +grad ckpt" if row.get("grad_checkpointing") in (True, "True") else ""
+    return f"{row['model']}{options} {row['mode']}{chunk}{checkpointing}"
 
 
 def _cell(row: dict | None, key: str, fmt: str) -> str:
@@ -391,8 +397,11 @@ def _parser() -> argparse.ArgumentParser:
                         " whole image's tokens, and a ViR-S chunkwise call at 8192² takes minutes here")
     p.add_argument("--train-max-resolution", type=int, default=512,
                    help="training steps only up to this resolution (a 2048² ViT step takes minutes here)")
-    p.add_argument("--model-kwargs", default="",
-                   help="JSON options for the retention models (not the ViT), e.g. '{\"decay\": \"2d\"}'")
+    p.add_argument("--model-kwargs", nargs="+", default=[""],
+                   help="JSON options for the retention models (not the ViT), e.g. '{\"decay\": \"2d\"}';"
+                        " several sets give rows side by side ('' = the defaults)")
+    p.add_argument("--grad-checkpointing", nargs="+", choices=("off", "on"), default=["off"],
+                   help="training steps of the retention models without and/or with gradient checkpointing")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
                    help="float32, or autocast to a 16-bit type")
@@ -419,20 +428,22 @@ def _check_args(args) -> dict:
         bad = [v for v in values if v < 1]
         if bad:
             raise ValueError(f"{name} {bad}: every value must be a positive integer")
-    try:
-        model_kwargs = json.loads(args.model_kwargs) if args.model_kwargs else {}
-    except json.JSONDecodeError as err:
-        raise ValueError(
-            f"--model-kwargs {args.model_kwargs!r} is not JSON ({err}); e.g. '{{\"decay\": \"2d\"}}'"
-        ) from None
-    if not isinstance(model_kwargs, dict):
-        raise ValueError(f"--model-kwargs {args.model_kwargs!r} must be a JSON object, e.g. '{{\"decay\": \"2d\"}}'")
+    option_sets = []
+    for text in args.model_kwargs:
+        try:
+            options = json.loads(text) if text else {}
+        except json.JSONDecodeError as err:
+            raise ValueError(f"--model-kwargs {text!r} is not JSON ({err}); e.g. '{{\"decay\": \"2d\"}}'") from None
+        if not isinstance(options, dict):
+            raise ValueError(f"--model-kwargs {text!r} must be a JSON object, e.g. '{{\"decay\": \"2d\"}}'")
+        option_sets.append(options)
     models = {}
     with torch.device("meta"):
         for name in dict.fromkeys(args.models):
             models[name] = create_model(name)  # ValueError names close matches for a typo
-            if model_kwargs and models[name].retention_layers():
-                models[name] = create_model(name, **model_kwargs)  # ValueError for a bad option
+            if models[name].retention_layers():
+                for options in option_sets:
+                    create_model(name, **options)  # ValueError for a bad option
     for name, model in models.items():
         patch = getattr(getattr(model, "patch_embed", None), "patch_size", (1, 1))[0]
         bad = [r for r in args.resolutions if r % patch]

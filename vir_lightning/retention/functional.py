@@ -25,13 +25,15 @@ MODES = ("parallel", "recurrent", "chunkwise")
 AUTO = "auto"
 
 #: ``mode="auto"`` runs the parallel form up to this many tokens and chunkwise beyond, per device
-#: type and decay: the longest length at which parallel was still at least as fast as chunkwise
-#: (default chunk), measured on 2 CPU cores, fp32, batch 2, 6 heads of 64 with
+#: type, decay and pass: the longest length at which parallel was still at least as fast as
+#: chunkwise (default chunk), measured on 2 CPU cores, fp32, batch 2, 6 heads of 64 with
 #: ``python -m vir_lightning bench-retention --modes parallel chunkwise --batch 2 --heads 6
-#: --tokens 64 144 256 400 576 784 1024 1600 2304 --crossover`` (1D: 0.9 vs 1.0 ms at 256 tokens,
-#: 2.2 vs 1.7 ms at 400; 2D: 15.4 vs 22.1 ms at 1024, 147 vs 38 ms at 1600). Devices without an
-#: entry use the CPU's until measured there: rerun that command on the device and add one.
-AUTO_PARALLEL_MAX_TOKENS = {"cpu": {"1d": 256, "2d": 1024, "1d_train": 256, "2d_train": 1024}}
+#: --tokens 64 144 256 400 576 784 1024 1600 2304 --crossover [--task train]``. Inference —
+#: 1D: 0.9 vs 1.0 ms at 256 tokens, 2.2 vs 1.7 ms at 400; 2D: 15.4 vs 22.1 ms at 1024, 147 vs 38 ms
+#: at 1600. Training (forward + the lean backward) — 1D: 8.2 vs 8.0 ms at 256, 19.4 vs 14.7 at 400;
+#: 2D: 312 vs 439 ms at 1600, 670 vs 350 at 2304 (docs/bench/retention_crossover_train.csv). Devices
+#: without an entry use the CPU's until measured there: rerun that command on the device and add one.
+AUTO_PARALLEL_MAX_TOKENS = {"cpu": {"1d": 256, "2d": 1024, "1d_train": 256, "2d_train": 1600}}
 
 #: Chunkwise defaults in tokens per chunk, measured on 2 CPU cores (README, "Retention op benchmark").
 #: 1D: a ViR-S layer at 4,097 tokens took the same time (±4%) for chunks of 32–128; 64 halves the
@@ -43,19 +45,27 @@ DEFAULT_CHUNK_TOKENS_2D = 1024
 DEFAULT_TILE_SIDE_2D = 32
 
 
+def _balanced(length: int, most: int) -> int:
+    """The smallest piece that cuts ``length`` into as few pieces of at most ``most`` as possible
+    (40 → 20 + 20 rather than 32 + 8: a ragged last tile is padded, so it costs a whole one)."""
+    return -(-length // -(-length // most))
+
+
 def default_chunk_size(num_tokens: int, grid_shape: tuple[int, int] | None = None) -> int:
     """Chunk size used when ``chunk_size=None``: tokens per chunk in 1D, grid rows per tile in 2D."""
     if grid_shape is None:
         return max(1, min(DEFAULT_CHUNK_TOKENS_1D, num_tokens))
-    cols = grid_shape[1]
-    return DEFAULT_TILE_SIDE_2D if cols > DEFAULT_TILE_SIDE_2D else max(1, DEFAULT_CHUNK_TOKENS_2D // cols)
+    rows, cols = grid_shape
+    if cols > DEFAULT_TILE_SIDE_2D:
+        return _balanced(rows, DEFAULT_TILE_SIDE_2D)
+    return max(1, DEFAULT_CHUNK_TOKENS_2D // cols)
 
 
 def tile_shape(grid_shape: tuple[int, int], chunk_size: int | None) -> tuple[int, int]:
     """(rows, cols) of a 2D chunkwise tile: ``chunk_size`` (or the default) rows, and as many
-    columns as make about :data:`DEFAULT_CHUNK_TOKENS_2D` tokens, at most the grid's width."""
+    columns as make about :data:`DEFAULT_CHUNK_TOKENS_2D` tokens (split evenly), at most the grid's width."""
     rows = chunk_size or default_chunk_size(grid_shape[0] * grid_shape[1], grid_shape)
-    return rows, max(1, min(grid_shape[1], DEFAULT_CHUNK_TOKENS_2D // rows))
+    return rows, _balanced(grid_shape[1], max(1, DEFAULT_CHUNK_TOKENS_2D // rows))
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
