@@ -247,3 +247,40 @@ def test_bench_measures_hierarchical_models_too(tmp_path):
     (row,) = _rows(out / "results.csv")
     assert not row.get("error") and float(row["images_per_s"]) > 0
     assert int(row["tokens"]) == (64 // 16) ** 2  # the longest retention sequence: stage 3, stride 16
+
+
+def test_auto_mode_has_its_own_crossover_for_training():
+    cpu = torch.device("cpu")
+    limit = AUTO_PARALLEL_MAX_TOKENS["cpu"]["2d_train"]
+    assert resolve_mode("auto", limit, (1, limit), cpu, training=True) == "parallel"
+    assert resolve_mode("auto", limit + 1, (1, limit + 1), cpu, training=True) == "chunkwise"
+
+
+def test_bench_training_rows_with_and_without_checkpointing_and_two_option_sets(tmp_path):
+    out = tmp_path / "bench"
+    assert main(["bench", *SMALL, "--resolutions", "32", "--tasks", "train", "--train-modes", "chunkwise",
+                 "--grad-checkpointing", "off", "on", "--model-kwargs", "", '{"decay": "2d"}',
+                 "--out", str(out)]) == 0
+    rows = _rows(out / "results.csv")
+    vir = {(r["model_kwargs"], r["grad_checkpointing"]) for r in rows if r["mode"] == "chunkwise"}
+    assert vir == {("", "False"), ("", "True"), ('{"decay": "2d"}', "False"), ('{"decay": "2d"}', "True")}
+    assert [r["grad_checkpointing"] for r in rows if r["mode"] == "sdpa"] == ["False"]  # the baseline once
+    assert all(not r.get("error") for r in rows)
+    assert "chunkwise +grad ckpt" in (out / "results.md").read_text()
+
+
+def test_bench_backbone_times_training_and_mmdetection_baselines(tmp_path, capsys):
+    pytest.importorskip("mmdet")
+    csv_path = tmp_path / "backbone.csv"
+    assert main(["bench-backbone", "--model", "hvir_nano", "--size", "64", "96", "--modes", "parallel", "chunkwise",
+                 "--tasks", "inference", "train", "--baselines", "resnet50", "--repeats", "1", "--min-seconds", "0",
+                 "--csv", str(csv_path)]) == 0
+    rows = _rows(csv_path)
+    assert [(r["task"], r["model"], r["mode"]) for r in rows] == [
+        (task, model, mode) for task in ("inference", "train")
+        for model, mode in (("hvir_nano", "parallel"), ("hvir_nano", "chunkwise"), ("resnet50", "mmdet"))
+    ]
+    assert all(not r.get("error") and float(r["time_ms"]) > 0 for r in rows)
+    assert 25 < float(rows[2]["params_m"]) < 25.6  # MMDetection's ResNet-50 without its classifier: 23.5 M
+    chunkwise = next(r for r in rows if r["task"] == "inference" and r["mode"] == "chunkwise")
+    assert float(chunkwise["rel_diff"]) < 1e-5

@@ -57,10 +57,10 @@ def test_tile_shaped_2d_chunks_equal_parallel_values_and_gradients(grid_shape, c
 
 @pytest.mark.parametrize("cls_token", [False, True])
 def test_grid_wider_than_the_default_tile_uses_tiles_and_stays_exact(cls_token, rates3):
-    """45×50 patches: default tiles of 23×25 (2×2 of them, the bottom band one row short)."""
-    grid_shape = (45, 50)
-    assert tile_shape(grid_shape, None) == (23, 25)
-    tokens = 45 * 50 + cls_token
+    """23×40 patches: default tiles of 12×20 (2×2 of them, the bottom band one row short)."""
+    grid_shape = (23, 40)
+    assert tile_shape(grid_shape, None) == (12, 20)
+    tokens = 23 * 40 + cls_token
     upstream = torch.randn(1, 3, tokens, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
 
     def grads(mode):

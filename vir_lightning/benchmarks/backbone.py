@@ -57,8 +57,6 @@ def _build(cfg: dict):
 def _worker(cfg: dict) -> dict:
     import torch
 
-    from ..models import create_model
-
     torch.set_num_threads(cfg["threads"])
     torch.manual_seed(0)
     model, features = _build(cfg)
@@ -143,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
             row = {**cfg, **result, "rel_diff": diff}
             rows.append(row)
             label = "—" if cfg["mode"] == "mmdet" else (cfg["directions"] or "default")
-            chunk = "default" if cfg["mode"] == "chunkwise" and cfg["chunk_size"] is None else (cfg["chunk_size"] or "—")
+            default_chunk = cfg["mode"] == "chunkwise" and cfg["chunk_size"] is None
+            chunk = "default" if default_chunk else (cfg["chunk_size"] or "—")
             name = f"{cfg['model']} (MMDetection)" if cfg["mode"] == "mmdet" else cfg["model"]
             mode = "—" if cfg["mode"] == "mmdet" else cfg["mode"]
             if "error" in result:

@@ -28,22 +28,24 @@ AUTO = "auto"
 #: type, decay and pass: the longest length at which parallel was still at least as fast as
 #: chunkwise (default chunk), measured on 2 CPU cores, fp32, batch 2, 6 heads of 64 with
 #: ``python -m vir_lightning bench-retention --modes parallel chunkwise --batch 2 --heads 6
-#: --tokens 64 144 256 400 576 784 1024 1600 2304 --crossover [--task train]``. Inference —
-#: 1D: 0.9 vs 1.0 ms at 256 tokens, 2.2 vs 1.7 ms at 400; 2D: 15.4 vs 22.1 ms at 1024, 147 vs 38 ms
-#: at 1600. Training (forward + the lean backward) — 1D: 8.2 vs 8.0 ms at 256, 19.4 vs 14.7 at 400;
-#: 2D: 312 vs 439 ms at 1600, 670 vs 350 at 2304 (docs/bench/retention_crossover_train.csv). Devices
-#: without an entry use the CPU's until measured there: rerun that command on the device and add one.
-AUTO_PARALLEL_MAX_TOKENS = {"cpu": {"1d": 256, "2d": 1024, "1d_train": 256, "2d_train": 1600}}
+#: --tokens 64 144 196 256 400 576 784 1024 1600 2304 --crossover [--task train]`` (CSVs in
+#: docs/bench/). Inference — 1D: 0.9 vs 1.0 ms at 256 tokens, 2.2 vs 1.7 ms at 400; 2D (16×16 tiles):
+#: 21.0 vs 22.0 ms at 784, 61.2 vs 43.7 ms at 1024. Training (forward + the lean backward) — 1D:
+#: 8.9 vs 9.4 ms at 256, 15.4 vs 14.7 ms at 400; 2D: 283 vs 311 ms at 1600, 566 vs 311 ms at 2304.
+#: Devices without an entry use the CPU's until measured there: rerun that command on the device
+#: and add one.
+AUTO_PARALLEL_MAX_TOKENS = {"cpu": {"1d": 256, "2d": 784, "1d_train": 256, "2d_train": 1600}}
 
 #: Chunkwise defaults in tokens per chunk, measured on 2 CPU cores (README, "Retention op benchmark").
 #: 1D: a ViR-S layer at 4,097 tokens took the same time (±4%) for chunks of 32–128; 64 halves the
-#: score blocks' memory of 128. 2D chunks are tiles of about 1,024 tokens: whole rows while the grid
+#: score blocks' memory of 128. 2D chunks are tiles of about 256 tokens: whole rows while the grid
 #: is at most DEFAULT_TILE_SIDE_2D columns wide, square tiles beyond (a fixed tile keeps the cost
-#: linear in the tokens; whole-row chunks of a wide grid grew as N·√N).
+#: linear in the tokens; whole-row chunks of a wide grid grew as N·√N). 16×16 tiles were 1.5–2.4×
+#: faster than 32×32 ones (64², 128², 50×84 and 25×42 grids, inference and training) and no
+#: slower than 8×8 or 16×32 ones beyond noise.
 DEFAULT_CHUNK_TOKENS_1D = 64
-DEFAULT_CHUNK_TOKENS_2D = 1024
-DEFAULT_TILE_SIDE_2D = 32
-
+DEFAULT_CHUNK_TOKENS_2D = 256
+DEFAULT_TILE_SIDE_2D = 16
 
 def _balanced(length: int, most: int) -> int:
     """The smallest piece that cuts ``length`` into as few pieces of at most ``most`` as possible

@@ -419,6 +419,8 @@ def chunkwise_2d(
     if initial_state is not None:
         state[:, :, :cols] = initial_state
     log_decay_per_tile = (tw * lg).to(q.dtype)
+    inputs = (q, k, v) if initial_state is None else (q, k, v, initial_state)
+    recording = torch.is_grad_enabled() and any(t.requires_grad for t in inputs)
     for y0 in range(0, rows, th):
         r = min(th, rows - y0)
         qb, kb, vb = (t[:, :, :, y0 : y0 + r] for t in (qt, kt, vt))  # (B, H, tiles, r, tw, ·)
@@ -442,8 +444,11 @@ def chunkwise_2d(
             column_kv = (kb * bottom).permute(0, 1, 2, 4, 5, 3) @ vb.transpose(3, 4)  # W(x'), (B,H,tiles,tw,d,dv)
             column_sum = (col_prefix[:, None] @ column_kv.flatten(4)).view_as(column_kv)
             column_sum.add_(left[:, :, :, r - 1, None] * left_to_bottom[:, None, :, :, None])
-            # Out of place: ``above`` saved a view of the old state for autograd.
-            state = torch.exp(r * lg).to(q.dtype).view(heads, 1, 1, 1) * state + column_sum.flatten(2, 3)
+            band_decay = torch.exp(r * lg).to(q.dtype).view(heads, 1, 1, 1)
+            if recording:  # ``above`` saved a view of the old state for the backward pass
+                state = band_decay * state + column_sum.flatten(2, 3)
+            else:  # in place: the state is the largest tensor of the loop (C·d·dv per head)
+                state.mul_(band_decay).add_(column_sum.flatten(2, 3))
         del left, edge
     out = out.permute(0, 1, 3, 2, 4, 5).flatten(3, 4)[:, :, :, :cols].flatten(2, 3)  # (B, H, R·C, dv)
     state = state[:, :, :cols]
