@@ -54,7 +54,7 @@ class HViRBackbone(BaseModule):
             (the same path as the classifier's ``train_mode``); gradients are identical in all forms.
         test_mode: retention form in eval mode (validation/test/inference). Every form gives the
             same outputs; chunkwise needs far less memory at detection resolutions.
-        chunk_size: chunkwise tile height in grid rows (``None`` = tiles of about 1024 tokens).
+        chunk_size: chunkwise tile height in grid rows (``None`` = tiles of about 256 tokens).
         with_cp: gradient checkpointing of the retention blocks (MMDetection's name for it, as in
             its Swin and ResNet): less training memory, identical gradients.
         frozen_stages: ``-1`` trains everything; ``0`` freezes the stem; ``k ≥ 1`` freezes the stem

@@ -109,3 +109,22 @@ def test_lean_backward_skips_inputs_without_gradient(rates3):
     retention(q, k, expected, rates3).sum().backward()
     assert q.grad is None and k.grad is None
     assert relative_error(v.grad, expected.grad) <= TOL
+
+
+def test_bf16_under_autocast_saves_bf16_and_computes_in_float32(rates3):
+    """Mixed precision: q, k, v are kept in bfloat16 for the backward pass (half the memory of
+    float32 copies), the states are float32 whatever autocast says, and dtypes come back as given."""
+    q, k, v = (t.to(torch.bfloat16).requires_grad_(True) for t in random_qkv(1, 3, 40, 8, seed=5))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        saved = _saved_bytes(lambda: retention(q, k, v, rates3, mode="chunkwise", chunk_size=7))
+        out = retention(q, k, v, rates3, mode="chunkwise", chunk_size=7)
+    assert saved == 3 * q.numel() * 2
+    assert out.dtype == torch.bfloat16
+    out.float().square().sum().backward()
+    assert q.grad.dtype == k.grad.dtype == v.grad.dtype == torch.bfloat16
+    reference = [t.detach().double().requires_grad_(True) for t in (q, k, v)]
+    expected = retention(*reference, rates3, mode="chunkwise", chunk_size=7)
+    expected.square().sum().backward()
+    assert relative_error(out.double(), expected) < 1e-2  # bfloat16 output rounding
+    for t, ref in zip((q, k, v), reference, strict=True):
+        assert relative_error(t.grad.double(), ref.grad) < 2e-2

@@ -110,6 +110,27 @@ def test_bad_training_options_get_one_clear_error(kwargs, message):
         ImageClassifier(num_classes=10, img_size=28, in_chans=1, **kwargs)
 
 
+def test_train_mode_from_model_kwargs_keeps_their_chunk_size_and_streaming_falls_back_to_auto():
+    module = ImageClassifier(num_classes=10, img_size=28, in_chans=1,
+                             model_kwargs={"retention_mode": "chunkwise", "chunk_size": 5})
+    assert (module.train_mode, module.train_chunk_size) == ("chunkwise", 5)
+    assert module.model.retention_layers()[0].chunk_size == 5
+    module = ImageClassifier(num_classes=10, img_size=28, in_chans=1, model_kwargs={"retention_mode": "streaming"})
+    assert module.train_mode == "auto"
+
+
+def test_grad_checkpointing_attribute_is_assignable_like_timms():
+    model = tiny_vir()
+    model.grad_checkpointing = True
+    assert all(block.grad_checkpointing for block in model.blocks)
+
+
+def test_layer_depth_of_a_backbone_without_its_last_stages():
+    model = tiny_hvir()
+    model.stages[3] = torch.nn.Identity()  # what a detection backbone with out_indices (0, 1, 2) does
+    assert model.get_layer_depth("stages.2.blocks.1.mlp.fc1.weight") == (4, 6)
+
+
 def test_grad_checkpointing_option_reaches_the_model():
     module = ImageClassifier(num_classes=10, img_size=28, in_chans=1, grad_checkpointing=True)
     assert module.model.grad_checkpointing

@@ -154,8 +154,9 @@ def main(argv: list[str] | None = None) -> int:
                     f" {result['params_m']:.1f} | {diff or '—'} |"
                 )
             sys.stdout.flush()
-    if rows and "grids" in rows[0]:
-        print(f"stage grids: {rows[0]['grids']}")
+    grids = next((row["grids"] for row in rows if "grids" in row), None)
+    if grids:
+        print(f"stage grids: {grids}")
     if args.csv:
         write_results_csv(args.csv, rows)
     return 0

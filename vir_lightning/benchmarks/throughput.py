@@ -77,6 +77,9 @@ def _worker(cfg: dict) -> dict:
         model.set_retention_mode(cfg["mode"], cfg["chunk_size"])
     if cfg.get("grad_checkpointing"):
         model.set_grad_checkpointing(True)
+    forward = model
+    if cfg.get("compile"):
+        forward = torch.compile(model, fullgraph=True)
     images = torch.randn(batch, 3, res, res, device=device)
     autocast = (
         (lambda: torch.autocast(device.type, dtype=getattr(torch, cfg["dtype"])))
@@ -87,7 +90,7 @@ def _worker(cfg: dict) -> dict:
 
         def call():
             with torch.inference_mode(), autocast():
-                return model(images)
+                return forward(images)
     else:
         model.train()
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -95,7 +98,7 @@ def _worker(cfg: dict) -> dict:
 
         def call():
             with autocast():
-                loss = torch.nn.functional.cross_entropy(model(images), targets)
+                loss = torch.nn.functional.cross_entropy(forward(images), targets)
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -103,11 +106,22 @@ def _worker(cfg: dict) -> dict:
 
     _register_cpu_sdpa_flops()
     counter = FlopCounterMode(display=False)  # wraps the warm-up call only (see measure)
+    if cfg.get("compile"):  # FLOPs from one eager pass (compiled kernels are not aten ops); compile untimed
+        inference = cfg["task"] == "inference"
+        with counter, torch.no_grad() if inference else contextlib.nullcontext():
+            out = model(images)
+            if not inference:
+                out.sum().backward()
+        model.zero_grad(set_to_none=True)
+        call()
+        counter_context = contextlib.nullcontext
+    else:
+        counter_context = lambda: counter  # noqa: E731
     try:
         if device.type == "cuda":
-            _, stats = measure_cuda(call, cfg["repeats"], cfg["min_seconds"], lambda: counter)
+            _, stats = measure_cuda(call, cfg["repeats"], cfg["min_seconds"], counter_context)
         else:
-            _, stats = measure(call, cfg["repeats"], cfg["min_seconds"], lambda: counter, cfg["allocator"])
+            _, stats = measure(call, cfg["repeats"], cfg["min_seconds"], counter_context, cfg["allocator"])
     except (torch.OutOfMemoryError, RuntimeError) as err:  # CPU allocators raise RuntimeError
         if "out of memory" in str(err).lower() or "can't allocate memory" in str(err).lower():
             return {"error": "OOM"}
@@ -200,13 +214,15 @@ def _configs(args, models: dict) -> list[dict]:
             retention = bool(model.retention_layers())
             option_sets = args.model_kwargs if retention else [""]
             checkpointing = [c == "on" for c in args.grad_checkpointing] if retention and task == "train" else [False]
-            for options, mode, ckpt in ((o, m, c) for o in option_sets for m in modes for c in checkpointing):
+            compiling = [c == "on" for c in args.compile]
+            variants = ((o, m, c, k) for o in option_sets for m in modes for c in checkpointing for k in compiling)
+            for options, mode, ckpt, compiled in variants:
                 chunks = {"chunkwise": args.chunk_sizes, STREAMING: args.band_rows}.get(mode, [None])
                 grid = ((c, r, b) for c in chunks for r in args.resolutions for b in args.batch_sizes)
                 for chunk, res, batch in grid:
                     rows.append(dict(
                         task=task, model=name, mode=mode, chunk_size=chunk, resolution=res, batch=batch,
-                        model_kwargs=options, grad_checkpointing=ckpt,
+                        model_kwargs=options, grad_checkpointing=ckpt, compile=compiled,
                         device=args.device, dtype=args.dtype, threads=args.threads, repeats=args.repeats,
                         min_seconds=args.min_seconds, allocator=args.allocator,
                     ))
@@ -272,7 +288,8 @@ def _label(row: dict) -> str:
     chunk = f" {what} {row['chunk_size']}" if row.get("chunk_size") else ""
     options = f" {row['model_kwargs']}" if row.get("model_kwargs") else ""
     checkpointing = " +grad ckpt" if row.get("grad_checkpointing") in (True, "True") else ""
-    return f"{row['model']}{options} {row['mode']}{chunk}{checkpointing}"
+    compiled = " compiled" if row.get("compile") in (True, "True") else ""
+    return f"{row['model']}{options} {row['mode']}{chunk}{checkpointing}{compiled}"
 
 
 def _cell(row: dict | None, key: str, fmt: str) -> str:
@@ -402,6 +419,8 @@ def _parser() -> argparse.ArgumentParser:
                         " several sets give rows side by side ('' = the defaults)")
     p.add_argument("--grad-checkpointing", nargs="+", choices=("off", "on"), default=["off"],
                    help="training steps of the retention models without and/or with gradient checkpointing")
+    p.add_argument("--compile", nargs="+", choices=("off", "on"), default=["off"],
+                   help="eager and/or torch.compile(model, fullgraph=True) (compiled before timing; CPU: inductor)")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
                    help="float32, or autocast to a 16-bit type")

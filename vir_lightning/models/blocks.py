@@ -105,4 +105,9 @@ class GradCheckpointingMixin:
 
     @property
     def grad_checkpointing(self) -> bool:
+        """Whether the blocks are checkpointed; assigning to it calls :meth:`set_grad_checkpointing`."""
         return any(isinstance(m, RetentionBlock) and m.grad_checkpointing for m in self.modules())
+
+    @grad_checkpointing.setter
+    def grad_checkpointing(self, enable: bool) -> None:
+        self.set_grad_checkpointing(enable)

@@ -84,7 +84,7 @@ class HybridViR(RetentionModeMixin, GradCheckpointingMixin, ClassifierHeadMixin,
         decay_schedule: ``"vir"`` or ``"retnet"``.
         retention_mode: ``"parallel"``, ``"recurrent"`` or ``"chunkwise"``; see
             :meth:`set_retention_mode`. Outputs are identical in every mode.
-        chunk_size: chunkwise chunk size in grid rows (``None`` = about 1024 tokens per chunk).
+        chunk_size: chunkwise tile height in grid rows (``None`` = tiles of about 256 tokens).
         drop_rate: dropout before the head and inside the MLPs.
         img_size: the nominal training size, recorded only (every family takes it, so the
             classification task can pass it); H-ViR runs at any input size.
@@ -228,8 +228,9 @@ class HybridViR(RetentionModeMixin, GradCheckpointingMixin, ClassifierHeadMixin,
         the blocks of all four stages follow in order (a stage's downsampling belongs to its first
         block), and the final norm and the head are the last layer."""
         starts = [0]
-        for stage in self.stages:
-            starts.append(starts[-1] + len(stage.blocks if isinstance(stage, RetentionStage) else stage))
+        for stage in self.stages:  # a stage a backbone dropped (nn.Identity) has no blocks
+            blocks = stage.blocks if isinstance(stage, RetentionStage) else stage
+            starts.append(starts[-1] + (len(blocks) if isinstance(blocks, nn.Sequential | nn.ModuleList) else 0))
         num_layers = starts[-1] + 2
         parts = name.split(".")
         if parts[0] == "stem":
@@ -241,7 +242,6 @@ class HybridViR(RetentionModeMixin, GradCheckpointingMixin, ClassifierHeadMixin,
             block = int(parts[3] if parts[2] == "blocks" else parts[2])
             return starts[stage] + block + 1, num_layers
         return num_layers - 1, num_layers
-
 
 
 def hvir_from_arch(arch: str, **overrides) -> HybridViR:

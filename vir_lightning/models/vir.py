@@ -375,7 +375,6 @@ class VisionRetention(RetentionModeMixin, GradCheckpointingMixin, ClassifierHead
             return int(name.split(".")[1]) + 1, num_layers
         return num_layers - 1, num_layers
 
-
     def _resize_pos_embed_on_load(self, module, state_dict, prefix, *args) -> None:
         """Load hook: a checkpoint trained at another resolution gets its position embedding
         resized (bicubic on the patch grid) to this model's grid."""

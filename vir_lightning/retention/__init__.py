@@ -12,6 +12,7 @@ from .functional import (
     retention,
     retention_decay_matrix,
     retention_step,
+    tile_shape,
 )
 from .schedules import DECAY_SCHEDULES, decay_rates_for
 
@@ -26,4 +27,5 @@ __all__ = [
     "retention",
     "retention_decay_matrix",
     "retention_step",
+    "tile_shape",
 ]

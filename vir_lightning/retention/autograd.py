@@ -76,44 +76,64 @@ def _class_token_weights(spec: ChunkwiseSpec, log_gamma: Tensor) -> Tensor:
 
 
 class ChunkwiseRetention(torch.autograd.Function):
-    """``chunkwise_forward`` with the lean backward above (first-order gradients)."""
+    """``chunkwise_forward`` with the lean backward above (first-order gradients).
+
+    Inputs of any floating dtype: both passes compute in ``log_gamma``'s dtype (float32, or float64)
+    with autocast off, so a 16-bit input keeps float32 states; q, k, v are saved in their own dtype
+    (half the memory of float32 copies) and the output and gradients come back in it.
+    """
 
     @staticmethod
     def forward(ctx, q: Tensor, k: Tensor, v: Tensor, log_gamma: Tensor, spec: ChunkwiseSpec) -> Tensor:
         ctx.save_for_backward(q, k, v)
-        ctx.spec, ctx.log_gamma = spec, log_gamma  # the very tensor: its rates key the table cache
-        return chunkwise_forward(spec, log_gamma, q, k, v)
+        # Kept on ctx, not saved: a constant, and this very tensor's rates key the table cache.
+        ctx.spec, ctx.log_gamma = spec, log_gamma
+        with torch.autocast(q.device.type, enabled=False):
+            dtype = log_gamma.dtype
+            return chunkwise_forward(spec, log_gamma, q.to(dtype), k.to(dtype), v.to(dtype)).to(q.dtype)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, d_out: Tensor):
-        q, k, v = ctx.saved_tensors
         spec: ChunkwiseSpec = ctx.spec
         log_gamma = ctx.log_gamma
-        need_q, need_k, need_v = ctx.needs_input_grad[:3]
-        d_out = d_out.contiguous()
-        dq = chunkwise_forward(spec, log_gamma, d_out, v, k) if need_q else None
-        if not (need_k or need_v):
-            return dq, None, None, None, None
-        cls = spec.cls_token
-        grid = slice(0, -1) if cls else slice(None)  # Dᵀ below covers the patches only
-        qg, kg, vg, dg = (t[:, :, grid] for t in (q, k, v, d_out))
-        dk = _transposed_forward(spec, log_gamma, vg, dg, qg) if need_k else None
-        dv = _transposed_forward(spec, log_gamma, kg, qg, dg) if need_v else None
-        if cls:  # the class token's row of D: it sees patch j with weight w_j, and itself with s
-            weights = _class_token_weights(spec, log_gamma).to(q.dtype)  # (H, R·C, 1)
-            q_cls, k_cls, v_cls, d_cls = (t[:, :, -1:] for t in (q, k, v, d_out))
-            if need_k:
-                dk = dk + weights * (vg @ d_cls.transpose(-1, -2)) * q_cls
-                dk = torch.cat([dk, spec.scale * (d_cls * v_cls).sum(-1, keepdim=True) * q_cls], dim=2)
-            if need_v:
-                dv = dv + weights * (kg @ q_cls.transpose(-1, -2)) * d_cls
-                dv = torch.cat([dv, spec.scale * (q_cls * k_cls).sum(-1, keepdim=True) * d_cls], dim=2)
-        return dq, dk, dv, None, None
+        saved = ctx.saved_tensors
+        with torch.autocast(d_out.device.type, enabled=False):
+            q, k, v = (t.to(log_gamma.dtype) for t in saved)
+            grads = _gradients(spec, log_gamma, q, k, v, d_out.to(log_gamma.dtype).contiguous(),
+                               ctx.needs_input_grad[:3])
+        return (*(None if g is None else g.to(t.dtype) for g, t in zip(grads, saved, strict=True)), None, None)
+
+
+def _gradients(spec: ChunkwiseSpec, log_gamma: Tensor, q: Tensor, k: Tensor, v: Tensor, d_out: Tensor,
+               needed: tuple[bool, bool, bool]) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """(dq, dk, dv) of retention with ``spec``'s mask (module docstring); None where not ``needed``."""
+    need_q, need_k, need_v = needed
+    dq = chunkwise_forward(spec, log_gamma, d_out, v, k) if need_q else None
+    if not (need_k or need_v):
+        return dq, None, None
+    cls = spec.cls_token
+    grid = slice(0, -1) if cls else slice(None)  # Dᵀ below covers the patches only
+    qg, kg, vg, dg = (t[:, :, grid] for t in (q, k, v, d_out))
+    dk = _transposed_forward(spec, log_gamma, vg, dg, qg) if need_k else None
+    dv = _transposed_forward(spec, log_gamma, kg, qg, dg) if need_v else None
+    if cls:  # the class token's row of D: it sees patch j with weight w_j, and itself with s
+        weights = _class_token_weights(spec, log_gamma).to(q.dtype)  # (H, R·C, 1)
+        q_cls, k_cls, v_cls, d_cls = (t[:, :, -1:] for t in (q, k, v, d_out))
+        if need_k:
+            dk = dk + weights * (vg @ d_cls.transpose(-1, -2)) * q_cls
+            dk = torch.cat([dk, spec.scale * (d_cls * v_cls).sum(-1, keepdim=True) * q_cls], dim=2)
+        if need_v:
+            dv = dv + weights * (kg @ q_cls.transpose(-1, -2)) * d_cls
+            dv = torch.cat([dv, spec.scale * (q_cls * k_cls).sum(-1, keepdim=True) * d_cls], dim=2)
+    return dq, dk, dv
 
 
 def chunkwise_retention(spec: ChunkwiseSpec, log_gamma: Tensor, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-    """Chunkwise retention; when gradients are needed, through :class:`ChunkwiseRetention`."""
-    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+    """Chunkwise retention in ``log_gamma``'s dtype with autocast off, returned in q's dtype; when
+    gradients are needed, through :class:`ChunkwiseRetention` (which saves only q, k, v)."""
+    if modes.needs_grad(q, k, v):
         return ChunkwiseRetention.apply(q, k, v, log_gamma, spec)
-    return chunkwise_forward(spec, log_gamma, q, k, v)
+    with torch.autocast(q.device.type, enabled=False):
+        dtype = log_gamma.dtype
+        return chunkwise_forward(spec, log_gamma, q.to(dtype), k.to(dtype), v.to(dtype)).to(q.dtype)

@@ -19,6 +19,7 @@ __all__ = [
     "retention",
     "retention_decay_matrix",
     "retention_step",
+    "tile_shape",
 ]
 
 MODES = ("parallel", "recurrent", "chunkwise")
@@ -39,13 +40,14 @@ AUTO_PARALLEL_MAX_TOKENS = {"cpu": {"1d": 256, "2d": 784, "1d_train": 256, "2d_t
 #: Chunkwise defaults in tokens per chunk, measured on 2 CPU cores (README, "Retention op benchmark").
 #: 1D: a ViR-S layer at 4,097 tokens took the same time (±4%) for chunks of 32–128; 64 halves the
 #: score blocks' memory of 128. 2D chunks are tiles of about 256 tokens: whole rows while the grid
-#: is at most DEFAULT_TILE_SIDE_2D columns wide, square tiles beyond (a fixed tile keeps the cost
+#: is at most DEFAULT_TILE_SIDE_2D columns wide, 16-row tiles of ~256 tokens beyond (a fixed tile keeps the cost
 #: linear in the tokens; whole-row chunks of a wide grid grew as N·√N). 16×16 tiles were 1.5–2.4×
 #: faster than 32×32 ones (64², 128², 50×84 and 25×42 grids, inference and training) and no
 #: slower than 8×8 or 16×32 ones beyond noise.
 DEFAULT_CHUNK_TOKENS_1D = 64
 DEFAULT_CHUNK_TOKENS_2D = 256
 DEFAULT_TILE_SIDE_2D = 16
+
 
 def _balanced(length: int, most: int) -> int:
     """The smallest piece that cuts ``length`` into as few pieces of at most ``most`` as possible
@@ -66,7 +68,7 @@ def default_chunk_size(num_tokens: int, grid_shape: tuple[int, int] | None = Non
 def tile_shape(grid_shape: tuple[int, int], chunk_size: int | None) -> tuple[int, int]:
     """(rows, cols) of a 2D chunkwise tile: ``chunk_size`` (or the default) rows, and as many
     columns as make about :data:`DEFAULT_CHUNK_TOKENS_2D` tokens (split evenly), at most the grid's width."""
-    rows = chunk_size or default_chunk_size(grid_shape[0] * grid_shape[1], grid_shape)
+    rows = min(chunk_size or default_chunk_size(grid_shape[0] * grid_shape[1], grid_shape), grid_shape[0])
     return rows, _balanced(grid_shape[1], max(1, DEFAULT_CHUNK_TOKENS_2D // rows))
 
 
@@ -87,8 +89,9 @@ def resolve_mode(mode: str, num_tokens: int, grid_shape, device: torch.device, t
     if mode != AUTO:
         return mode
     table = AUTO_PARALLEL_MAX_TOKENS.get(device.type, AUTO_PARALLEL_MAX_TOKENS["cpu"])
-    key = ("1d" if grid_shape is None else "2d") + ("_train" if training else "")
-    return "parallel" if num_tokens <= table[key] else "chunkwise"
+    decay = "1d" if grid_shape is None else "2d"
+    limit = table.get(f"{decay}_train", table[decay]) if training else table[decay]
+    return "parallel" if num_tokens <= limit else "chunkwise"
 
 
 def check_mode(mode: str, chunk_size: int | None) -> None:
@@ -99,8 +102,8 @@ def check_mode(mode: str, chunk_size: int | None) -> None:
         _positive_int("chunk_size", chunk_size)
 
 
-def _validate(q, k, v, decay_rates, mode, chunk_size, grid_shape, cls_token, directions) -> Tensor:
-    """Check every argument; return ``decay_rates`` as a tensor on q's device."""
+def _validate(q, k, v, decay_rates, mode, chunk_size, grid_shape, cls_token, directions) -> tuple[float, ...]:
+    """Check every argument; return ``decay_rates`` as a tuple of Python floats."""
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, Tensor) or t.dim() != 4:
             shape = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
@@ -171,7 +174,10 @@ def _rates_as_floats(decay_rates, heads: int) -> tuple[float, ...]:
         raise ValueError(f"decay_rates={decay_rates!r}; expected a tensor or sequence of {heads} floats")
     if len(decay_rates) != heads:
         raise ValueError(f"decay_rates has {len(decay_rates)} values; expected ({heads},), one rate per head")
-    if not all(isinstance(r, float | int) and not isinstance(r, bool) and 0 < r < 1 for r in decay_rates):
+    if not all(isinstance(r, float | int) and not isinstance(r, bool) for r in decay_rates):
+        kinds = sorted({type(r).__name__ for r in decay_rates})
+        raise ValueError(f"decay_rates holds {', '.join(kinds)} values; expected Python floats (or a float tensor)")
+    if not all(0 < r < 1 for r in decay_rates):
         raise ValueError(
             f"decay_rates={list(decay_rates)} has values outside the open interval (0, 1);"
             " every rate must satisfy 0 < γ < 1 (see vir_lightning.retention.decay_rates_for)"
@@ -199,23 +205,28 @@ def retention(
         k: keys, same shape as ``q``.
         v: values, (batch, heads, tokens, value_dim).
         decay_rates: (heads,) rates γ_h in the open interval (0, 1).
-        mode: ``"parallel"`` (O(N²) memory, training), ``"recurrent"`` (token by token, O(d²)
-            state per head in 1D) or ``"chunkwise"`` (linear cost). All give the same result.
+        mode: ``"parallel"`` (O(N²) memory), ``"recurrent"`` (token by token, O(d²)
+            state per head in 1D) or ``"chunkwise"`` (linear cost and memory, training included).
+            All give the same result.
             ``"auto"`` picks parallel or chunkwise by the length, from the measured crossover
             :data:`AUTO_PARALLEL_MAX_TOKENS`.
-        chunk_size: chunkwise only — tokens per chunk in 1D, grid rows per chunk in 2D; any positive
-            integer (need not divide the length). ``None`` picks :func:`default_chunk_size`.
+        chunk_size: chunkwise only — tokens per chunk in 1D, grid rows per tile in 2D (the tile is
+            as wide as makes about 256 tokens, see :func:`tile_shape`); any positive integer (need
+            not divide the length). ``None`` picks :func:`default_chunk_size`.
         grid_shape: ``None`` for 1D raster-causal decay γ^(i−j); ``(rows, cols)`` for the 2D
             upper-left-quadrant Manhattan decay over a raster-ordered patch grid.
         cls_token: 2D only — the last token is a class token at (x = cols−1, y = rows).
         directions: 2D without class token — 1 quadrant, 2 upper-left + lower-right, 4 = full
             symmetric Manhattan decay γ^(|Δx|+|Δy|); each position pair is counted once.
         scale: s, the factor on q (ViR uses head_dim^−½). Folded into the decay tables in the
-            parallel and 1D chunkwise forms, so it costs nothing there.
+            parallel and chunkwise forms, so it costs nothing there.
 
     Returns:
         (batch, heads, tokens, value_dim), in the dtype of ``q``. Half-precision inputs are computed
-        with float32 decays, and with a float32 state in the recurrent and chunkwise modes.
+        with float32 decays, and with a float32 state in the recurrent and chunkwise modes. In
+        chunkwise mode the backward pass keeps only q, k and v and recomputes the rest
+        (:mod:`vir_lightning.retention.autograd`). ``decay_rates`` given as Python floats (as the
+        model layers do) are never read back from the device.
 
     Raises:
         ValueError: an argument has the wrong shape, dtype, value or combination; the message names
@@ -223,7 +234,7 @@ def retention(
     """
     rates = _validate(q, k, v, decay_rates, mode, chunk_size, grid_shape, cls_token, directions)
     scale = _check_scale(scale)
-    mode = resolve_mode(mode, q.shape[2], grid_shape, q.device, training=_needs_grad(q, k, v))
+    mode = resolve_mode(mode, q.shape[2], grid_shape, q.device, training=modes.needs_grad(q, k, v))
     compute_dtype = _compute_dtype(q.dtype)
     log_gamma = modes.log_rates(rates, compute_dtype, q.device)
 
@@ -239,12 +250,12 @@ def retention(
         )
         return modes.parallel(q, k, v, decay)
 
+    if mode == "chunkwise":  # computes in log_gamma's dtype; 16-bit inputs are saved as they are
+        spec = _chunkwise_spec(q.shape[2], chunk_size, scale, grid_shape, cls_token, directions)
+        return chunkwise_retention(spec, log_gamma, q, k, v)
     out_dtype = q.dtype
     if q.dtype != compute_dtype:  # 16-bit input: accumulate states in float32
         q, k, v = (t.to(compute_dtype) for t in (q, k, v))
-    if mode == "chunkwise":
-        spec = _chunkwise_spec(q.shape[2], chunk_size, scale, grid_shape, cls_token, directions)
-        return chunkwise_retention(spec, log_gamma, q, k, v).to(out_dtype)
     if scale != 1.0:
         q = q * scale
     if grid_shape is None:
@@ -255,10 +266,6 @@ def retention(
     else:
         out = modes.multi_direction_2d(quadrant, q, k, v, log_gamma, grid_shape, directions)
     return out.to(out_dtype)
-
-
-def _needs_grad(*tensors: Tensor) -> bool:
-    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
 def _check_scale(scale) -> float:

@@ -125,16 +125,25 @@ _LOG_RATES_MAX = 256
 
 def log_rates(rates: tuple[float, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
     """log γ_h as a (heads,) tensor of ``dtype`` on ``device`` (computed in float64, then cast)."""
-    if torch.compiler.is_compiling():
+
+    def build() -> Tensor:
         return torch.log(torch.tensor(rates, dtype=torch.float64)).to(dtype=dtype, device=device)
+
+    if torch.compiler.is_compiling():
+        return build()
     key = (rates, dtype, device)
     log_gamma = _LOG_RATES.get(key)
     if log_gamma is None:
-        log_gamma = torch.log(torch.tensor(rates, dtype=torch.float64)).to(dtype=dtype, device=device)
+        log_gamma = build()
         if len(_LOG_RATES) < _LOG_RATES_MAX:
             _LOG_RATES[key] = log_gamma
             _RATES_BY_ID[id(log_gamma)] = rates
     return log_gamma
+
+
+def needs_grad(*tensors: Tensor | None) -> bool:
+    """Whether autograd records ops on ``tensors`` here (grad mode on and one of them requires grad)."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 def _rates_key(log_gamma: Tensor) -> tuple[float, ...]:
@@ -419,8 +428,7 @@ def chunkwise_2d(
     if initial_state is not None:
         state[:, :, :cols] = initial_state
     log_decay_per_tile = (tw * lg).to(q.dtype)
-    inputs = (q, k, v) if initial_state is None else (q, k, v, initial_state)
-    recording = torch.is_grad_enabled() and any(t.requires_grad for t in inputs)
+    recording = needs_grad(q, k, v, initial_state)
     for y0 in range(0, rows, th):
         r = min(th, rows - y0)
         qb, kb, vb = (t[:, :, :, y0 : y0 + r] for t in (qt, kt, vt))  # (B, H, tiles, r, tw, ·)

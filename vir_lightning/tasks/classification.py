@@ -51,7 +51,7 @@ class ImageClassifier(L.LightningModule):
         mixup_alpha, cutmix_alpha, mixup_prob, mixup_switch_prob: batch Mixup/CutMix (off at 0).
         layer_decay: layer-wise lr decay for fine-tuning (e.g. 0.65); ``None`` = off.
         train_mode, train_chunk_size: retention form of the training steps. ``None`` (default) =
-            the ``retention_mode`` that ``model_kwargs`` sets, else ``"auto"``: parallel up to the
+            the ``retention_mode`` (and ``chunk_size``) that ``model_kwargs`` sets, else ``"auto"``: parallel up to the
             measured crossover, chunkwise beyond (its backward pass keeps only q, k, v, so training
             memory grows linearly with the image). ``"parallel"``/``"chunkwise"``/``"recurrent"``
             force a form; gradients are identical in all of them.
@@ -99,8 +99,11 @@ class ImageClassifier(L.LightningModule):
         size = img_size if isinstance(img_size, int) else tuple(img_size)
         self.model = create_model(model_name, num_classes=num_classes, img_size=size, in_chans=in_chans,
                                   **(model_kwargs or {}))
-        if train_mode is None:
-            train_mode = (model_kwargs or {}).get("retention_mode", "auto")
+        if train_mode is None:  # the model's own form, when model_kwargs chose one (streaming is inference-only)
+            own_mode = (model_kwargs or {}).get("retention_mode")
+            train_mode = own_mode if own_mode not in (None, STREAMING) else "auto"
+            if own_mode == train_mode and train_chunk_size is None:
+                train_chunk_size = (model_kwargs or {}).get("chunk_size")
         check_train_mode(train_mode, train_chunk_size)
         self.model.set_retention_mode(train_mode, train_chunk_size)  # refuses a form the model lacks
         self.train_mode, self.train_chunk_size = train_mode, train_chunk_size
