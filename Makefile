@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.vir-core-installed
 MM_STAMP := $(VENV)/.vir-mm-installed
 TORCH  ?= torch==2.13.0
 
-.PHONY: help install mm data mini-datasets fit test test-fast bench bench-streaming bench-retention bench-backbone lint clean
+.PHONY: help install mm data mini-datasets fit test test-fast bench bench-streaming bench-train bench-retention bench-backbone lint clean
 
 help:
 	@echo "make fit              set up .venv and data if needed, then train the quickstart (~7 min)"
@@ -18,7 +18,8 @@ help:
 	@echo "make bench            ViR-S modes vs the SDPA ViT-S, 224-2048 px: runs/bench/{results.csv,results.md,*.png}"
 	@echo "make bench-streaming  streaming vs chunkwise vs the ViT: speed at 1024/2048 px, memory up to 16384 px (~1 h)"
 	@echo "make bench-retention  time and peak memory of the retention op (1k/4k/16k tokens)"
-	@echo "make bench-backbone   H-ViR-T forward time and memory at 1333x800, parallel vs chunkwise"
+	@echo "make bench-train      ViR-S training step (chunkwise/auto, checkpointing, 1D/2D) vs the SDPA ViT-S, 224-2048 px (~1 h)"
+	@echo "make bench-backbone   H-ViR-T at 1333x800 beside MMDetection's Swin-T and ResNet-50: inference and training step"
 
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 export NO_ALBUMENTATIONS_UPDATE := 1
@@ -85,8 +86,17 @@ bench-streaming: $(STAMP)
 bench-retention: $(STAMP)
 	$(PY) -m vir_lightning bench-retention
 
-bench-backbone: $(STAMP)
-	$(PY) -m vir_lightning bench-backbone --model hvir_tiny --size 800 1333 --modes parallel chunkwise --directions 1 4
+bench-train: $(STAMP)
+	$(PY) -m vir_lightning bench --models vir_small_patch16_224 vit_small_patch16_224 --resolutions 224 512 1024 \
+	  --batch-sizes 1 --tasks train --train-modes chunkwise auto --grad-checkpointing off on \
+	  --model-kwargs '' '{"decay": "2d"}' --train-max-resolution 2048 --repeats 3 --min-seconds 2 --out runs/bench_train
+	$(PY) -m vir_lightning bench --models vir_small_patch16_224 vit_small_patch16_224 --resolutions 2048 \
+	  --batch-sizes 1 --tasks train --train-modes chunkwise --grad-checkpointing off on \
+	  --model-kwargs '' '{"decay": "2d"}' --train-max-resolution 2048 --repeats 1 --min-seconds 0 --out runs/bench_train_2048
+
+bench-backbone: $(STAMP) $(MM_STAMP)
+	$(PY) -m vir_lightning bench-backbone --model hvir_tiny --size 800 1333 --modes chunkwise \
+	  --tasks inference train --baselines swin_t resnet50
 
 mini-datasets: $(MM_STAMP) $(FMNIST)
 	$(PY) -m vir_lightning build-mini-datasets data/mini

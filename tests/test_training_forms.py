@@ -131,6 +131,20 @@ def test_layer_depth_of_a_backbone_without_its_last_stages():
     assert model.get_layer_depth("stages.2.blocks.1.mlp.fc1.weight") == (4, 6)
 
 
+def test_compile_option_keeps_the_checkpoint_keys_and_the_logits():
+    eager = ImageClassifier(num_classes=10, img_size=28, in_chans=1,
+                            model_kwargs={"embed_dim": 16, "depth": 1, "num_heads": 2})
+    compiled = ImageClassifier(num_classes=10, img_size=28, in_chans=1, compile=True,
+                               model_kwargs={"embed_dim": 16, "depth": 1, "num_heads": 2})
+    assert compiled.state_dict().keys() == eager.state_dict().keys()
+    compiled.load_state_dict(eager.state_dict())
+    images = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled.eval()(images), eager.eval()(images), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="compile='yes'; expected true or false"):
+        ImageClassifier(num_classes=10, img_size=28, in_chans=1, compile="yes")
+
+
 def test_grad_checkpointing_option_reaches_the_model():
     module = ImageClassifier(num_classes=10, img_size=28, in_chans=1, grad_checkpointing=True)
     assert module.model.grad_checkpointing

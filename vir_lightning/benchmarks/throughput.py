@@ -24,6 +24,7 @@ import json
 import math
 import os
 import platform
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -490,7 +491,7 @@ def main(argv: list[str] | None = None) -> int:
     machine["matmul_peak_gflops"] = round(matmul_peak_gflops(args.device, args.dtype), 1)
     machine["allocator"] = args.allocator
     limit = args.max_memory_gb or _memory_limit_gb(args.device)
-    command = "python -m vir_lightning bench " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python -m vir_lightning bench " + shlex.join(argv if argv is not None else sys.argv[1:])
     print(f"# {command}\n# " + ", ".join(f"{k} {v}" for k, v in machine.items()))
 
     rows = []

@@ -58,6 +58,8 @@ class ImageClassifier(L.LightningModule):
         grad_checkpointing: recompute every retention block in the backward pass instead of
             keeping its activations (the model's ``set_grad_checkpointing``): less memory, about
             one more forward pass of time, identical gradients.
+        compile: run the model through ``torch.compile`` (the first steps compile; a change of
+            retention form recompiles once). Checkpoints and weights are unchanged.
         eval_mode, eval_chunk_size: retention form used by validate/test/predict (default ``"auto"``;
             ``"streaming"`` for images larger than memory allows). Results are identical in all forms.
         pretrained: weights to start from (Lightning checkpoint or plain state_dict, tensors only);
@@ -88,6 +90,7 @@ class ImageClassifier(L.LightningModule):
         train_mode: str | None = None,
         train_chunk_size: int | None = None,
         grad_checkpointing: bool = False,
+        compile: bool = False,
         eval_mode: str = "auto",
         eval_chunk_size: int | None = None,
         pretrained: str | None = None,
@@ -112,6 +115,10 @@ class ImageClassifier(L.LightningModule):
                 raise ValueError(f"grad_checkpointing=True: {model_name} cannot checkpoint its blocks;"
                                  " leave grad_checkpointing unset")
             self.model.set_grad_checkpointing(grad_checkpointing)
+        if not isinstance(compile, bool):
+            raise ValueError(f"compile={compile!r}; expected true or false")
+        # Kept out of the module tree (a plain attribute), so state_dict keys stay "model.*".
+        self.__dict__["_run_model"] = torch.compile(self.model) if compile else self.model
         self.optimizer_factory, self.scheduler_factory = optimizer, lr_scheduler
         self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
         self.mixup = None
@@ -130,7 +137,7 @@ class ImageClassifier(L.LightningModule):
             self.load_report = load_weights(self.model, read_state_dict(pretrained), source=pretrained)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model(images)
+        return self._run_model(images)
 
     # -- training ------------------------------------------------------------------------------
 
