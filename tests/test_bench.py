@@ -281,6 +281,6 @@ def test_bench_backbone_times_training_and_mmdetection_baselines(tmp_path, capsy
         for model, mode in (("hvir_nano", "parallel"), ("hvir_nano", "chunkwise"), ("resnet50", "mmdet"))
     ]
     assert all(not r.get("error") and float(r["time_ms"]) > 0 for r in rows)
-    assert 25 < float(rows[2]["params_m"]) < 25.6  # MMDetection's ResNet-50 without its classifier: 23.5 M
+    assert 23.4 < float(rows[2]["params_m"]) < 23.6  # MMDetection's ResNet-50 without its classifier: 23.5 M
     chunkwise = next(r for r in rows if r["task"] == "inference" and r["mode"] == "chunkwise")
     assert float(chunkwise["rel_diff"]) < 1e-5
