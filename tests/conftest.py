@@ -118,3 +118,17 @@ def require_mm() -> None:
             pytest.fail(f"VIR_REQUIRE_MM=1 but the OpenMMLab tier is not importable ({err}); run `make mm`",
                         pytrace=False)
         pytest.skip(f"OpenMMLab tier not installed ({err}); `make mm` installs it", allow_module_level=True)
+
+
+def saved_tensor_bytes(fn) -> int:
+    """Bytes of the tensors autograd keeps for the backward pass while ``fn()`` runs."""
+    total = 0
+
+    def pack(t):
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return total

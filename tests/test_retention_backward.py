@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import random_qkv, relative_error
+from conftest import random_qkv, relative_error, saved_tensor_bytes
 
 from vir_lightning.retention import modes, retention
 from vir_lightning.retention.autograd import ChunkwiseRetention, ChunkwiseSpec, chunkwise_forward
@@ -73,30 +73,16 @@ def test_grid_wider_than_the_default_tile_uses_tiles_and_stays_exact(cls_token, 
         assert relative_error(got, want) <= TOL
 
 
-def _saved_bytes(fn) -> int:
-    """Bytes of the tensors autograd keeps for the backward pass while ``fn()`` runs."""
-    total = 0
-
-    def pack(t):
-        nonlocal total
-        total += t.numel() * t.element_size()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        fn()
-    return total
-
-
 @pytest.mark.parametrize("grid_shape", [None, (16, 24)])
 def test_lean_backward_keeps_only_q_k_v(grid_shape, rates3):
     tokens = 384
     q, k, v = random_qkv(1, 3, tokens, 8, dtype=torch.float32, requires_grad=True)
     qkv_bytes = 3 * q.numel() * q.element_size()
     kwargs = dict(mode="chunkwise", grid_shape=grid_shape, chunk_size=4 if grid_shape else 32)
-    lean = _saved_bytes(lambda: retention(q, k, v, rates3, **kwargs))
+    lean = saved_tensor_bytes(lambda: retention(q, k, v, rates3, **kwargs))
     spec = ChunkwiseSpec(4, 1.0, grid_shape, False, 1, 24) if grid_shape else ChunkwiseSpec(32, 1.0)
     log_gamma = modes.log_rates(tuple(rates3.tolist()), torch.float32, torch.device("cpu"))
-    plain = _saved_bytes(lambda: chunkwise_forward(spec, log_gamma, q, k, v))
+    plain = saved_tensor_bytes(lambda: chunkwise_forward(spec, log_gamma, q, k, v))
     assert lean == qkv_bytes
     assert plain > 2 * qkv_bytes  # what the lean backward avoids: score blocks and scan states
 
@@ -116,7 +102,7 @@ def test_bf16_under_autocast_saves_bf16_and_computes_in_float32(rates3):
     float32 copies), the states are float32 whatever autocast says, and dtypes come back as given."""
     q, k, v = (t.to(torch.bfloat16).requires_grad_(True) for t in random_qkv(1, 3, 40, 8, seed=5))
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        saved = _saved_bytes(lambda: retention(q, k, v, rates3, mode="chunkwise", chunk_size=7))
+        saved = saved_tensor_bytes(lambda: retention(q, k, v, rates3, mode="chunkwise", chunk_size=7))
         out = retention(q, k, v, rates3, mode="chunkwise", chunk_size=7)
     assert saved == 3 * q.numel() * 2
     assert out.dtype == torch.bfloat16

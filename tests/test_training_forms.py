@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import saved_tensor_bytes
 
 from vir_lightning.models import create_model
 from vir_lightning.models.hvir import HybridViR
@@ -44,27 +45,14 @@ def test_grad_checkpointing_gives_identical_gradients_with_less_saved(build, sha
     model.set_retention_mode(mode)
     images = torch.randn(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     expected = gradients(model, images)
-    saved_plain = _saved_bytes(lambda: model(images))
+    saved_plain = saved_tensor_bytes(lambda: model(images))
     model.set_grad_checkpointing(True)
     assert model.grad_checkpointing
     actual = gradients(model, images)
     assert actual.keys() == expected.keys()
     for name in expected:
         torch.testing.assert_close(actual[name], expected[name], rtol=1e-10, atol=1e-12, msg=name)
-    assert _saved_bytes(lambda: model(images)) < saved_plain
-
-
-def _saved_bytes(fn) -> int:
-    total = 0
-
-    def pack(t):
-        nonlocal total
-        total += t.numel() * t.element_size()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        fn()
-    return total
+    assert saved_tensor_bytes(lambda: model(images)) < saved_plain
 
 
 def test_hvir_checkpointing_leaves_batchnorm_statistics_as_without():
