@@ -88,9 +88,7 @@ class ChunkwiseRetention(torch.autograd.Function):
         ctx.save_for_backward(q, k, v)
         # Kept on ctx, not saved: a constant, and this very tensor's rates key the table cache.
         ctx.spec, ctx.log_gamma = spec, log_gamma
-        with torch.autocast(q.device.type, enabled=False):
-            dtype = log_gamma.dtype
-            return chunkwise_forward(spec, log_gamma, q.to(dtype), k.to(dtype), v.to(dtype)).to(q.dtype)
+        return _forward_in_state_dtype(spec, log_gamma, q, k, v)
 
     @staticmethod
     @once_differentiable
@@ -134,6 +132,11 @@ def chunkwise_retention(spec: ChunkwiseSpec, log_gamma: Tensor, q: Tensor, k: Te
     gradients are needed, through :class:`ChunkwiseRetention` (which saves only q, k, v)."""
     if modes.needs_grad(q, k, v):
         return ChunkwiseRetention.apply(q, k, v, log_gamma, spec)
+    return _forward_in_state_dtype(spec, log_gamma, q, k, v)
+
+
+def _forward_in_state_dtype(spec: ChunkwiseSpec, log_gamma: Tensor, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """:func:`chunkwise_forward` in ``log_gamma``'s dtype with autocast off, returned in q's dtype."""
     with torch.autocast(q.device.type, enabled=False):
         dtype = log_gamma.dtype
         return chunkwise_forward(spec, log_gamma, q.to(dtype), k.to(dtype), v.to(dtype)).to(q.dtype)
