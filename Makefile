@@ -10,7 +10,7 @@ TORCH  ?= torch==2.13.0
 .PHONY: help install mm data mini-datasets fit test test-fast bench bench-streaming bench-train bench-retention bench-backbone lint clean
 
 help:
-	@echo "make fit              set up .venv and data if needed, then train the quickstart (~7 min)"
+	@echo "make fit              set up .venv and data if needed, then train the quickstart (~7 min; FIT_ARGS=\"--overwrite true\" to redo it)"
 	@echo "make test             set up .venv and the OpenMMLab tier if needed, then run the whole test suite"
 	@echo "make test-fast        the suite without tests marked slow (core tier only; mm tests skip if absent)"
 	@echo "make mm               install the OpenMMLab tier (first time: builds mmcv 2.1.0, ~10-17 min)"
@@ -54,7 +54,7 @@ install: $(STAMP)
 
 # The quickstart: a small ViR on Fashion-MNIST, then the test split (prints test/acc1).
 fit: $(STAMP) $(FMNIST)
-	$(PY) -m vir_lightning fit --config configs/quickstart.yaml
+	$(PY) -m vir_lightning fit --config configs/quickstart.yaml $(FIT_ARGS)
 
 # pytest exits 5 when it collects nothing; that is a broken suite here, so it stays a failure.
 # VIR_REQUIRE_MM=1 turns "mm tier not installed" from a skip into a failure: here it must be there.

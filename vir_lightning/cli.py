@@ -7,9 +7,11 @@ not training runs (benchmarks, …) are plain commands registered in ``TOOLS``.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -45,29 +47,133 @@ TOOLS: dict[str, tuple[str, str]] = {
 }
 
 
-def _build_cli_class():
-    from lightning.pytorch.cli import LightningCLI
+#: Lightning's special ``ckpt_path`` values, resolved by the Trainer rather than read here.
+SPECIAL_CKPT_PATHS = ("last", "best", "hpc", "registry")
 
-    from .tasks import PredictionCSVWriter
-    from .tasks.checkpoints import read_state_dict
+
+def _one_line(message: str) -> str:
+    """A configuration error reduced to the line that names the problem (and the offending key).
+
+    jsonargparse reports a mistake as "Does not validate against any of the Union subtypes", the
+    subtypes, one error per subtype and the given value (for a class, a dump of the whole
+    namespace). The real message is the error of the type the value was meant to be, not
+    "Expected a <class 'NoneType'>".
+    """
+    lines = [line.strip() for line in str(message).strip().splitlines() if line.strip()]
+    if not lines:
+        return "invalid configuration"
+    key = re.match(r'Parser key "([^"]+)":', lines[0])
+    reasons = [line[2:].strip() for line in lines if line.startswith("- ")]
+    reasons = [r for r in reasons if not r.startswith("Expected a <class 'NoneType'>")]
+    given = next((line[len("Given value:"):].strip() for line in lines if line.startswith("Given value:")), "")
+    reason = reasons[0] if reasons else lines[1] if key and len(lines) > 1 else lines[0]
+    if reason.lower().startswith("unrecognized arguments"):
+        reason += " (see --help for the options)"
+    if given and not given.startswith("Namespace(") and len(given) <= 80:
+        reason += f" (given: {given})"
+    return f"{key.group(1)}: {reason}" if key else reason
+
+
+def _given(argv: list[str], option: str) -> bool:
+    """Whether ``option`` is on the command line (``--opt value`` or ``--opt=value``)."""
+    return any(arg == option or arg.startswith(option + "=") for arg in argv)
+
+
+def _build_cli_class(argv: list[str], exit_stack: contextlib.ExitStack):
+    from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+    from lightning.pytorch.utilities import rank_zero_only
+
+    from . import run_folder
+    from .tasks import MinTrainSteps, PredictionCSVWriter
+    from .tasks.checkpoints import load_tensors_only, read_state_dict
+    from .tasks.classification import architecture_mismatch
 
     class ViRLightningCLI(LightningCLI):
+        def init_parser(self, **kwargs) -> LightningArgumentParser:
+            # Errors raise, so run_lightning prints them as one line instead of usage + a namespace dump.
+            return super().init_parser(**{**kwargs, "exit_on_error": False})
+
         def add_arguments_to_parser(self, parser) -> None:
             # The data decides these; the model must never be told twice.
             for key in ("num_classes", "img_size", "in_chans", "class_names"):
                 parser.link_arguments(f"data.{key}", f"model.init_args.{key}", apply_on="instantiate")
             parser.add_argument("--test_after_fit", type=bool, default=False,
                                 help="after fit, run the test split on the best (or last) checkpoint")
+            parser.add_argument("--overwrite", type=bool, default=False,
+                                help="fit: replace the results of an earlier run in the same default_root_dir")
             parser.add_argument("--predictions_csv", type=str | None, default=None,
                                 help="predict: CSV to write (default: <log dir>/predictions.csv)")
 
-        def _save_metrics(self) -> None:
-            """Merge the logged metrics into ``<default_root_dir>/metrics.json`` (atomically): what
-            `grid` and scripts read, whatever loggers the config has."""
+        def _parse_ckpt_path(self) -> None:
+            """Read the checkpoint's hyperparameters to check them, never to apply them.
+
+            LightningCLI's own version replaces the model options of the config and command line with
+            the checkpoint's, so ``--model.init_args.eval_mode chunkwise`` would be ignored and a
+            checkpoint of another architecture trained on silently. Here the command line wins and the
+            architecture must match (checked once the data has set the linked options).
+            """
+            self.checkpoint_hparams = None
+            subcommand = self.config.get("subcommand")
+            ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+            if not ckpt_path or ckpt_path in SPECIAL_CKPT_PATHS:
+                return
+            checkpoint = load_tensors_only(ckpt_path)
+            if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+                raise ValueError(f"{ckpt_path!r} is a plain state_dict, not a Lightning checkpoint: start from its "
+                                 "weights with --model.init_args.pretrained instead of --ckpt_path")
+            self.checkpoint_hparams = checkpoint.get("hyper_parameters") or {}
+
+        def _run_config(self):
+            return self.config[self.config.subcommand]
+
+        def before_instantiate_classes(self) -> None:
+            trainer = self._run_config()["trainer"]
+            root = trainer.get("default_root_dir") or "."
+            if _given(argv, "--trainer.default_root_dir"):
+                # A root given on the command line takes the config's pinned logger and checkpoint
+                # folders with it, so the run cannot write into (and overwrite) the config's own run.
+                run_folder.point_outputs_into(trainer, root)
+
+        def before_fit(self) -> None:
+            if _given(argv, "--trainer.max_epochs"):  # asked for by hand: obeyed as given
+                for callback in self.trainer.callbacks:
+                    if isinstance(callback, MinTrainSteps):
+                        callback.steps = 0
+            if rank_zero_only.rank != 0:
+                return  # DDP: the launching process (rank 0) holds the lock for all of them
+            root = self.trainer.default_root_dir
+            exit_stack.enter_context(run_folder.fit_lock(root))
+            if self._run_config().get("ckpt_path"):
+                return  # a resume continues the folder's run
+            checkpoint_dirs = [cb.dirpath for cb in self.trainer.checkpoint_callbacks if cb.dirpath]
+            earlier = run_folder.previous_results(root, checkpoint_dirs)
+            if earlier and not self._run_config().get("overwrite"):
+                raise ValueError(
+                    f"{root} holds the results of an earlier run ({len(earlier)} files, e.g. {earlier[0]}); resume "
+                    "it with --ckpt_path last, give this run its own --trainer.default_root_dir, or replace it "
+                    "with --overwrite true")
+            for path in earlier:
+                os.remove(path)
+
+        def after_instantiate_classes(self) -> None:
+            super().after_instantiate_classes()
+            if self.checkpoint_hparams:
+                mismatch = architecture_mismatch(self.checkpoint_hparams, dict(self.model.hparams))
+                if mismatch:
+                    ckpt_path = self._run_config().get("ckpt_path")
+                    raise ValueError(
+                        f"checkpoint {ckpt_path} was trained for another model: {mismatch}; use the config it was "
+                        "trained with (config.yaml in its run folder), or start from its weights with "
+                        "--model.init_args.pretrained")
+
+        def _save_metrics(self, fresh: bool = False) -> None:
+            """Write the logged metrics into ``<default_root_dir>/metrics.json`` (atomically): what
+            `grid` and scripts read, whatever loggers the config has. A fit starts the file afresh
+            (``fresh``); validate and test merge into it."""
             if self.trainer.global_rank != 0:
                 return
             path = os.path.join(self.trainer.default_root_dir, "metrics.json")
-            metrics = json.loads(Path(path).read_text()) if os.path.exists(path) else {}
+            metrics = json.loads(Path(path).read_text()) if os.path.exists(path) and not fresh else {}
             metrics.update({k: float(v) for k, v in self.trainer.callback_metrics.items() if v.numel() == 1})
             with atomic_output(path) as tmp:
                 Path(tmp).write_text(json.dumps(metrics, indent=1, sort_keys=True))
@@ -75,7 +181,13 @@ def _build_cli_class():
         after_validate = after_test = _save_metrics
 
         def after_fit(self) -> None:
-            self._save_metrics()
+            if self.trainer.global_step == 0:
+                # Lightning only warns ("No training batches" / max_epochs=0) and would go on to test
+                # and report the metrics of weights that were never trained.
+                raise ValueError(
+                    "the fit ran no training step (max_epochs/max_steps of 0, or no training batch); nothing "
+                    "was tested or saved: give the trainer at least one epoch and the data at least one image")
+            self._save_metrics(fresh=True)
             checkpoint = self.trainer.checkpoint_callback
             best = checkpoint.best_model_path if checkpoint is not None else ""
             if self.trainer.global_rank == 0:
@@ -107,24 +219,27 @@ def run_lightning(argv: list[str] | None) -> int:
     """Run a LightningCLI subcommand (``argv=None``: from sys.argv). Configuration errors print one
     line (VIR_DEBUG=1: traceback)."""
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations otherwise calls the network
+    from jsonargparse import ArgumentError
+
     from .data import ClassificationDataModule
     from .tasks import ImageClassifier
 
-    cli_class = _build_cli_class()
-    try:
-        cli_class(
-            ImageClassifier,
-            ClassificationDataModule,
-            subclass_mode_model=True,
-            subclass_mode_data=True,
-            save_config_kwargs={"overwrite": True},
-            args=argv,
-        )
-    except (ValueError, FileNotFoundError) as err:
-        if os.environ.get("VIR_DEBUG"):
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    with contextlib.ExitStack() as exit_stack:  # the run folder's lock, held until the command ends
+        cli_class = _build_cli_class(sys.argv[1:] if argv is None else list(argv), exit_stack)
+        try:
+            cli_class(
+                ImageClassifier,
+                ClassificationDataModule,
+                subclass_mode_model=True,
+                subclass_mode_data=True,
+                save_config_kwargs={"overwrite": True},
+                args=argv,
+            )
+        except (ValueError, FileNotFoundError, ArgumentError) as err:
+            if os.environ.get("VIR_DEBUG"):
+                raise
+            print(f"error: {_one_line(str(err))}", file=sys.stderr)
+            return 2
     return 0
 
 

@@ -171,7 +171,11 @@ class ClassificationDataModule(L.LightningDataModule):
                                                         shuffle=True, seed=self.seed, drop_last=True)
             else:
                 sampler = EpochSeededRandomSampler(dataset, self.seed)
-        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, drop_last=shuffle,
+        # Training drops a ragged last batch (steady batch statistics), unless the split is smaller
+        # than one batch: then the one partial batch is all there is to train on.
+        per_rank = len(sampler) if sampler is not None else len(dataset)
+        drop_last = shuffle and per_rank >= self.batch_size
+        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, drop_last=drop_last,
                           num_workers=self.num_workers, collate_fn=collate_skipping_none,
                           persistent_workers=False)  # fresh workers see the dataset's new epoch
 

@@ -23,6 +23,7 @@ from pathlib import Path
 import yaml
 
 from ..io import atomic_output
+from ..run_folder import point_outputs_into
 from .spec import GridPoint, GridSpec, Step
 
 
@@ -119,19 +120,10 @@ def _step_config(config: dict, step: Step) -> dict:
 
 
 def place_outputs(config: dict, run_dir: str) -> dict:
-    """Point the config's outputs into ``run_dir``: root dir, every logger's save_dir, every
-    callback's dirpath (as ``run_dir/checkpoints``), so runs never share a folder."""
+    """A copy of ``config`` with its outputs in ``run_dir`` (:func:`vir_lightning.run_folder.point_outputs_into`),
+    so runs never share a folder."""
     config = copy.deepcopy(config)
-    trainer = config.setdefault("trainer", {})
-    trainer["default_root_dir"] = run_dir
-    loggers = trainer.get("logger")
-    for logger in loggers if isinstance(loggers, list) else [loggers] if isinstance(loggers, dict) else []:
-        if isinstance(logger.get("init_args"), dict) and "save_dir" in logger["init_args"]:
-            logger["init_args"]["save_dir"] = run_dir
-    for callback in trainer.get("callbacks") or []:
-        if isinstance(callback, dict) and isinstance(callback.get("init_args"), dict):
-            if "dirpath" in callback["init_args"]:
-                callback["init_args"]["dirpath"] = os.path.join(run_dir, "checkpoints")
+    point_outputs_into(config.setdefault("trainer", {}), run_dir)
     return config
 
 

@@ -33,6 +33,37 @@ def default_optimizer(params) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=1e-3, betas=(0.9, 0.999), weight_decay=0.05)
 
 
+#: Hyperparameters that define the network a checkpoint's weights belong to. A checkpoint given with
+#: ``--ckpt_path`` must agree on them; everything else (retention forms, chunk sizes, schedule, data)
+#: comes from the command line and config, never from the checkpoint.
+ARCHITECTURE_HPARAMS = ("model_name", "model_kwargs", "num_classes", "img_size", "in_chans", "class_names")
+#: ``model_kwargs`` that choose a retention form or a training regulariser, not the network.
+NON_ARCHITECTURE_MODEL_KWARGS = frozenset({"retention_mode", "chunk_size", "drop_rate", "drop_path_rate"})
+
+
+def architecture_mismatch(saved: dict, current: dict) -> str | None:
+    """What differs between a checkpoint's architecture hyperparameters and this run's, or None.
+
+    Args:
+        saved: the checkpoint's ``hyper_parameters``.
+        current: this module's ``hparams``.
+    """
+    def normal(key, value):
+        if key == "model_kwargs":
+            return {k: v for k, v in (value or {}).items() if k not in NON_ARCHITECTURE_MODEL_KWARGS}
+        if key == "img_size" and not isinstance(value, int) and value is not None:
+            return list(value)
+        return value
+
+    for key in ARCHITECTURE_HPARAMS:
+        if key not in saved or (key == "class_names" and (saved[key] is None or current.get(key) is None)):
+            continue  # older checkpoints, or no names on one side: the weights' shapes still get checked
+        was, now = normal(key, saved[key]), normal(key, current.get(key))
+        if was != now:
+            return f"{key} is {was!r} in the checkpoint but {now!r} here"
+    return None
+
+
 class ImageClassifier(L.LightningModule):
     """Image classification with a registry model (``model_name`` + ``model_kwargs``).
 
@@ -98,7 +129,10 @@ class ImageClassifier(L.LightningModule):
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
-        check_model_mode(eval_mode, eval_chunk_size)
+        try:
+            check_model_mode(eval_mode, eval_chunk_size)
+        except ValueError as error:
+            raise ValueError(f"eval_mode: {error}") from None
         size = img_size if isinstance(img_size, int) else tuple(img_size)
         self.model = create_model(model_name, num_classes=num_classes, img_size=size, in_chans=in_chans,
                                   **(model_kwargs or {}))
