@@ -390,3 +390,16 @@ def test_predict_large_refuses_unwritable_outputs_before_loading_anything(tmp_pa
     assert error_lines(capsys.readouterr().err)[0].startswith(f"error: --out {str(tmp_path / 'f' / 'p.csv')!r}:")
     assert main([*base, "--out", str(tmp_path / "p.csv"), "--features-dir", str(tmp_path / "f")]) == 2
     assert "--features-dir" in error_lines(capsys.readouterr().err)[0]
+
+
+def test_predict_large_reads_exif_rotated_jpeg_upright(tmp_path):
+    from vir_lightning.data.large_image import open_large_image
+
+    rgb = photo(64, 48)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(np.ascontiguousarray(np.rot90(rgb, 1))).save(tmp_path / "phone.jpg", exif=exif.tobytes(),
+                                                                  quality=95)
+    with open_large_image(str(tmp_path / "phone.jpg")) as image:
+        assert (image.height, image.width) == (64, 48)
+        assert np.abs(image.read_rows(0, 64).astype(int) - rgb).mean() < 8
