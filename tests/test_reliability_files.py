@@ -403,3 +403,16 @@ def test_predict_large_reads_exif_rotated_jpeg_upright(tmp_path):
     with open_large_image(str(tmp_path / "phone.jpg")) as image:
         assert (image.height, image.width) == (64, 48)
         assert np.abs(image.read_rows(0, 64).astype(int) - rgb).mean() < 8
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not gzip"])
+def test_damaged_fashion_mnist_file_is_a_clear_error(tmp_path, damage):
+    from conftest import FASHION_MNIST
+
+    from vir_lightning.data.fashion_mnist import read_idx
+
+    data = Path(FASHION_MNIST, "t10k-labels-idx1-ubyte.gz").read_bytes()
+    path = tmp_path / "t10k-labels-idx1-ubyte.gz"
+    path.write_bytes(data[: len(data) // 2] if damage == "truncated" else b"plain text, not gzip")
+    with pytest.raises(ValueError, match=r"t10k-labels-idx1-ubyte\.gz cannot be read .*replace it"):
+        read_idx(str(path))
