@@ -123,19 +123,9 @@ def run_lightning(argv: list[str] | None) -> int:
     except (ValueError, FileNotFoundError) as err:
         if os.environ.get("VIR_DEBUG"):
             raise
-        print(f"error: {_one_line(err)}", file=sys.stderr)
+        print(f"error: {err}", file=sys.stderr)
         return 2
     return 0
-
-
-def _one_line(err: BaseException) -> str:
-    """The error's message on one line. An error raised in a DataLoader worker arrives re-raised
-    with the worker's whole traceback in its message; its last line is the original message."""
-    lines = [line for line in str(err).splitlines() if line.strip()]
-    if len(lines) <= 1:
-        return " ".join(lines)
-    last, prefix = lines[-1].strip(), f"{type(err).__name__}: "
-    return last[len(prefix):] if last.startswith(prefix) else " ".join(line.strip() for line in lines)
 
 
 def _usage() -> str:
@@ -162,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         except (ValueError, FileNotFoundError, ImportError) as err:
             if os.environ.get("VIR_DEBUG"):
                 raise
-            print(f"error: {_one_line(err)}", file=sys.stderr)
+            print(f"error: {err}", file=sys.stderr)
             return 2
     print(f"error: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
     return 2

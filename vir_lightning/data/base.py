@@ -186,11 +186,7 @@ class ClassificationDataModule(L.LightningDataModule):
                           persistent_workers=False)  # fresh workers see the dataset's new epoch
 
     def train_dataloader(self) -> DataLoader:
-        loader = self._loader("train", shuffle=True)
-        if len(loader) == 0:  # incomplete batches are dropped: fit would train on nothing and exit 0
-            raise ValueError(f"the training split has {len(loader.dataset)} images, fewer than one batch of"
-                             f" batch_size={self.batch_size} per device; lower batch_size")
-        return loader
+        return self._loader("train", shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", shuffle=False)

@@ -23,6 +23,20 @@ SKIP_HINT = "delete or replace it, or set skip_bad_images: true in the data sect
 log = logging.getLogger(__name__)
 
 
+class ImageDecodeError(ValueError):
+    """An image file that cannot be decoded (a ValueError: the CLI prints it as one ``error:`` line).
+
+    A DataLoader worker's error reaches the main process re-made as ``type(err)(message)``, with
+    the worker's whole traceback in front of the message; this class keeps only its own message,
+    so the one error line still names the file and the fix.
+    """
+
+    def __init__(self, message: str):
+        if "\nOriginal Traceback" in message:  # the last line: "<module>.ImageDecodeError: <message>"
+            message = message.rstrip().splitlines()[-1].split(": ", 1)[-1]
+        super().__init__(message)
+
+
 def list_images(folder: str, recursive: bool = False) -> list[str]:
     """Sorted image paths (jpg/jpeg/png, any case) in ``folder``.
 
@@ -57,11 +71,11 @@ def _check_pixel_count(path: str) -> None:
             with Image.open(path) as image:
                 width, height = image.size
     except Image.DecompressionBombError:  # Pillow's own limit (at its default, the same as ours)
-        raise ValueError(too_large) from None
+        raise ImageDecodeError(too_large) from None
     except Exception:  # Pillow cannot parse the header: let OpenCV decide (and fail with the usual error)
         return
     if width * height > MAX_IMAGE_PIXELS:
-        raise ValueError(too_large.replace("has more", f"is {width}×{height} px, more", 1))
+        raise ImageDecodeError(too_large.replace("has more", f"is {width}×{height} px, more", 1))
 
 
 def decode_image(path: str, channels: int = 3) -> np.ndarray:
@@ -83,11 +97,11 @@ def decode_image(path: str, channels: int = 3) -> np.ndarray:
             image = None
     if image is None:
         what = "an empty file" if not data.size else "corrupt, truncated or not a jpg/png"
-        raise ValueError(f"cannot decode image {path!r} ({what}); {SKIP_HINT}")
+        raise ImageDecodeError(f"cannot decode image {path!r} ({what}); {SKIP_HINT}")
     if image.dtype == np.uint16:  # 16-bit PNG
         image = (image >> 8).astype(np.uint8)
     elif image.dtype != np.uint8:
-        raise ValueError(f"image {path!r} has {image.dtype} samples; convert it to 8- or 16-bit")
+        raise ImageDecodeError(f"image {path!r} has {image.dtype} samples; convert it to 8- or 16-bit")
     if image.ndim == 2:
         image = image[..., None]
     elif channels == 3:
