@@ -408,3 +408,24 @@ def test_damaged_fashion_mnist_file_is_a_clear_error(tmp_path, damage):
     path.write_bytes(data[: len(data) // 2] if damage == "truncated" else b"plain text, not gzip")
     with pytest.raises(ValueError, match=r"t10k-labels-idx1-ubyte\.gz cannot be read .*replace it"):
         read_idx(str(path))
+
+
+def test_images_in_formats_that_are_not_read_are_reported_not_silently_dropped(tmp_path, caplog):
+    Image.fromarray(photo()).save(tmp_path / "a.png")
+    Image.fromarray(photo()).save(tmp_path / "b.webp")
+    Image.fromarray(photo()).save(tmp_path / "c.BMP")
+    with caplog.at_level(logging.WARNING):
+        assert list_images(str(tmp_path)) == [str(tmp_path / "a.png")]
+    assert "ignoring 2 image files" in caplog.text and "b.webp" in caplog.text
+
+
+def test_output_through_a_symlink_writes_its_target_and_a_trailing_slash_is_an_error(tmp_path):
+    (tmp_path / "shared").mkdir()
+    target = tmp_path / "shared" / "preds.csv"
+    target.write_text("old\n")
+    os.symlink(target, tmp_path / "link.csv")
+    write_csv_atomically(str(tmp_path / "link.csv"), ["a"], [[1]])
+    assert os.path.islink(tmp_path / "link.csv") and target.read_text().splitlines() == ["a", "1"]
+    with pytest.raises(ValueError, match="ends with '/', so it names a folder; give a file name"):
+        write_csv_atomically(str(tmp_path / "results") + "/", ["a"], [[1]])
+    assert not (tmp_path / "results").exists()

@@ -31,6 +31,8 @@ def check_output_path(path: str, what: str = "output", directory: bool = False) 
     """
     if not path:
         raise ValueError(f"{what}: the output path is empty; give a file name")
+    if not directory and path.endswith(("/", os.sep)) and not os.path.isdir(path):
+        raise ValueError(f"{what} {path!r} ends with '/', so it names a folder; give a file name")
     if not directory and os.path.isdir(path):
         raise ValueError(f"{what} {path!r} is a directory; give a file name (e.g. {os.path.join(path, 'out')}…)")
     if directory and os.path.lexists(path) and not os.path.isdir(path):
@@ -56,6 +58,8 @@ def atomic_output(path: str, directory: bool = False) -> Iterator[str]:
     is replaced (a read-only file is refused: see :func:`check_output_path`); the result gets the
     user's umask. A path that cannot be written, or a full or read-only disk, is a ValueError.
     """
+    if os.path.islink(path):  # write what the link points to, rather than replace the link by a file
+        path = os.path.realpath(path)
     check_output_path(path, directory=directory)
     parent = os.path.dirname(os.path.abspath(path))
     base = os.path.basename(path)

@@ -15,6 +15,9 @@ import cv2
 import numpy as np
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+#: Image formats that are listed (with a warning) but not read.
+OTHER_IMAGE_SUFFIXES = (".webp", ".bmp", ".gif", ".tif", ".tiff", ".heic", ".heif", ".avif", ".jxl", ".ppm",
+                        ".pgm")
 #: Images above this many pixels are refused before decoding (Pillow's decompression-bomb error
 #: threshold): a tiny crafted PNG could otherwise claim gigabytes per decoding worker. Raise it
 #: here for legitimately huge photos, or stream them with ``predict-large``.
@@ -56,6 +59,10 @@ def list_images(folder: str, recursive: bool = False) -> list[str]:
             paths += [os.path.join(d, f) for f in files]
     else:
         paths = [os.path.join(folder, f) for f in os.listdir(folder)]
+    ignored = sorted(p for p in paths if p.lower().endswith(OTHER_IMAGE_SUFFIXES))
+    if ignored:  # said once per folder: these images would otherwise vanish from the data silently
+        log.warning("ignoring %d image files in %s that are not jpg/jpeg/png (e.g. %s); convert them to PNG to"
+                    " use them", len(ignored), folder, os.path.basename(ignored[0]))
     return sorted(p for p in paths if p.lower().endswith(IMAGE_SUFFIXES) and os.path.isfile(p))
 
 
