@@ -429,3 +429,17 @@ def test_output_through_a_symlink_writes_its_target_and_a_trailing_slash_is_an_e
     with pytest.raises(ValueError, match="ends with '/', so it names a folder; give a file name"):
         write_csv_atomically(str(tmp_path / "results") + "/", ["a"], [[1]])
     assert not (tmp_path / "results").exists()
+
+
+def test_all_skipped_batch_under_ddp_gives_a_zero_loss_that_keeps_ranks_in_step():
+    from types import SimpleNamespace
+
+    model = ImageClassifier("vir_nano_patch4_28", TINY, num_classes=3, img_size=32)
+    model._trainer = SimpleNamespace(world_size=2)  # only the world size is read for a skipped batch
+    model._batches.start("train")
+    loss = model.training_step(None, 0)
+    loss.backward()  # every rank runs backward, so DDP's gradient all-reduce does not hang
+    assert loss.item() == 0.0
+    assert all(p.grad is not None and not p.grad.any() for p in model.parameters() if p.requires_grad)
+    model._trainer = SimpleNamespace(world_size=1)
+    assert model.training_step(None, 1) is None  # one device: Lightning skips the step
