@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
+from .files import ImageFileList, list_images
 from .transforms import build_eval_transform, build_train_transform
 
 
@@ -44,7 +45,11 @@ class TransformedDataset(Dataset):
 
 
 def collate_skipping_none(batch):
-    """Default collation after dropping the items an image-skipping source returned as None."""
+    """Default collation after dropping the items an image-skipping source returned as None.
+
+    A batch whose every image was skipped collates to None; :class:`~vir_lightning.tasks.ImageClassifier`
+    skips such a batch (default_collate of an empty list would raise a TypeError).
+    """
     batch = [item for item in batch if item is not None]
     return torch.utils.data.default_collate(batch) if batch else None
 
@@ -96,6 +101,8 @@ class ClassificationDataModule(L.LightningDataModule):
         eval_crop_pct: evaluation centre-crop fraction.
         seed: seed of the shuffling order and of the augmentations.
         predict_root: a folder of images (searched recursively) for ``predict``.
+        skip_bad_images: skip (log and count) undecodable image files instead of failing on the
+            first one; a batch with no decodable image at all is skipped whole.
     """
 
     def __init__(
@@ -114,6 +121,7 @@ class ClassificationDataModule(L.LightningDataModule):
         eval_crop_pct: float = 0.875,
         seed: int = 0,
         predict_root: str | None = None,
+        skip_bad_images: bool = False,
     ):
         super().__init__()
         if batch_size < 1:
@@ -124,7 +132,7 @@ class ClassificationDataModule(L.LightningDataModule):
         self.augment = dict(crop_scale=crop_scale, crop_ratio=crop_ratio, hflip=hflip, color_jitter=color_jitter,
                             rand_augment=rand_augment, random_erasing=random_erasing)
         self.mean, self.std, self.eval_crop_pct, self.seed = mean, std, eval_crop_pct, seed
-        self.predict_root = predict_root
+        self.predict_root, self.skip_bad_images = predict_root, skip_bad_images
         self.num_classes: int = 0
         self.class_names: list[str] = []
         self.in_chans: int = 3
@@ -150,11 +158,13 @@ class ClassificationDataModule(L.LightningDataModule):
             tf = train_tf if split == "train" else eval_tf
             self._datasets[split] = TransformedDataset(source, tf, seed=self.seed)
         if self.predict_root is not None:
-            from .image_folder import ImageFileList, list_images
-
             self.predict_paths = list_images(self.predict_root, recursive=True)
+            if not self.predict_paths:
+                # Predicting nothing would exit 0 with no output at all.
+                raise ValueError(f"predict_root {self.predict_root!r} holds no jpg/jpeg/png images (searched"
+                                 " recursively); point it at a folder of images")
             self._datasets["predict"] = TransformedDataset(
-                ImageFileList(self.predict_paths, channels=self.in_chans),
+                ImageFileList(self.predict_paths, skip_bad=self.skip_bad_images, channels=self.in_chans),
                 eval_tf,
             )
 

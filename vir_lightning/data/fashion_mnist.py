@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import zlib
 from collections.abc import Sequence
 
 import numpy as np
@@ -24,8 +25,14 @@ CLASS_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", 
 def read_idx(path: str) -> np.ndarray:
     """Read an IDX file (optionally gzipped): magic 0x0000 + dtype 0x08 (uint8) + ndim, then dims."""
     opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rb") as f:
-        data = f.read()
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise
+    except (OSError, EOFError, zlib.error) as err:  # a truncated or non-gzip .gz: not a traceback
+        raise ValueError(f"{path} cannot be read ({err}); replace it with an intact copy (e.g. reinstall"
+                         " dataset-fashion-mnist)") from None
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
         raise ValueError(f"{path} is not a uint8 IDX file (bad magic number {data[:4].hex()})")
     ndim = data[3]

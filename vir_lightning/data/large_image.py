@@ -199,12 +199,14 @@ class PillowImage(LargeImage):
     reader = "pil"
 
     def __init__(self, path: str, level: int = 0):
-        from PIL import Image
+        from PIL import Image, ImageOps
 
         Image.MAX_IMAGE_PIXELS = None  # the user asked for this file: no decompression-bomb refusal
         try:
             with Image.open(path) as image:
                 image.load()
+                # A phone photo stores its pixels on their side plus an EXIF orientation tag.
+                image = ImageOps.exif_transpose(image)
                 if image.mode not in ("L", "RGB", "RGBA", "I;16", "I;16B", "I;16L"):
                     image = image.convert("RGB")
                 self._pixels = np.asarray(image)

@@ -17,6 +17,32 @@ from .checkpoints import load_weights, read_state_dict
 from .optim import param_groups, warmup_cosine
 
 
+class _DecodedBatches:
+    """Per split, the batches an epoch saw and how many of them held a decodable image."""
+
+    def __init__(self):
+        self.seen: dict[str, int] = {}
+        self.decoded: dict[str, int] = {}
+
+    def start(self, split: str) -> None:
+        self.seen[split] = self.decoded[split] = 0
+
+    def count(self, split: str, batch) -> bool:
+        """Count ``batch``; True when it holds images (False: all skipped, collated to None)."""
+        self.seen[split] = self.seen.get(split, 0) + 1
+        if batch is None:
+            return False
+        self.decoded[split] = self.decoded.get(split, 0) + 1
+        return True
+
+    def require(self, split: str) -> None:
+        """ValueError when every batch this epoch saw was skipped: its metrics would silently be missing."""
+        seen = self.seen.get(split, 0)
+        if seen and not self.decoded.get(split, 0):
+            raise ValueError(f"no image of the {split} split could be decoded ({seen} batches, every image"
+                             " skipped as undecodable); check the image files of that split")
+
+
 def check_train_mode(mode: str, chunk_size: int | None) -> None:
     """ValueError unless ``mode`` is a retention form that can train (not streaming)."""
     if mode == STREAMING:
@@ -156,6 +182,7 @@ class ImageClassifier(L.LightningModule):
         self.optimizer_factory, self.scheduler_factory = optimizer, lr_scheduler
         self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
         self.mixup = None
+        self._batches = _DecodedBatches()
         if mixup_alpha > 0 or cutmix_alpha > 0:
             from ..data.augment import MixupCutmix
 
@@ -183,8 +210,15 @@ class ImageClassifier(L.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         self.model.set_retention_mode(self.train_mode, self.train_chunk_size)
+        self._batches.start("train")
 
-    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor | None:
+        if not self._batches.count("train", batch):  # every image undecodable and skipped (skip_bad_images)
+            if self.trainer.world_size == 1:
+                return None  # Lightning skips the optimizer step
+            # Under DDP every rank must run backward (its gradient all-reduce): a zero loss tied to
+            # the parameters keeps the ranks in step while contributing nothing.
+            return sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0
         images, targets = batch
         if self.mixup is not None:
             images, soft_targets = self.mixup(images, targets)
@@ -197,6 +231,9 @@ class ImageClassifier(L.LightningModule):
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=images.shape[0])
         return loss
 
+    def on_train_epoch_end(self) -> None:
+        self._batches.require("train")
+
     # -- evaluation ------------------------------------------------------------------------------
 
     def _eval_form(self) -> None:
@@ -204,17 +241,25 @@ class ImageClassifier(L.LightningModule):
 
     def on_validation_epoch_start(self) -> None:
         self._eval_form()
+        self._batches.start("val")
 
     def on_validation_epoch_end(self) -> None:
         self.model.set_retention_mode(self.train_mode, self.train_chunk_size)
+        self._batches.require("val")
 
     def on_test_epoch_start(self) -> None:
         self._eval_form()
+        self._batches.start("test")
+
+    def on_test_epoch_end(self) -> None:
+        self._batches.require("test")
 
     def on_predict_epoch_start(self) -> None:
         self._eval_form()
 
     def _evaluate(self, batch, stage: str) -> None:
+        if not self._batches.count(stage, batch):  # every image undecodable and skipped (skip_bad_images)
+            return
         images, targets = batch
         logits = self(images)
         acc1, acc5 = (self.val_acc1, self.val_acc5) if stage == "val" else (self.test_acc1, self.test_acc5)
@@ -231,7 +276,9 @@ class ImageClassifier(L.LightningModule):
     def test_step(self, batch, batch_idx: int) -> None:
         self._evaluate(batch, "test")
 
-    def predict_step(self, batch, batch_idx: int) -> dict:
+    def predict_step(self, batch, batch_idx: int) -> dict | None:
+        if batch is None:  # every image of the batch was undecodable and skipped (skip_bad_images)
+            return None
         images, sample_index = batch
         probs = self(images).softmax(-1)
         top = probs.topk(min(5, probs.shape[-1]), dim=-1)

@@ -14,7 +14,7 @@ import argparse
 
 import torch
 
-from ..io import atomic_output
+from ..io import atomic_output, check_output_path
 from .checkpoints import load_tensors_only
 
 HEAD_PREFIX = "head."
@@ -33,6 +33,7 @@ def export_backbone(checkpoint_path: str, out_path: str, keep_head: bool = False
 
     Returns the ``meta`` written: model name, whether the weights are the EMA ones, counts.
     """
+    check_output_path(out_path, "export-backbone output")  # before reading a large checkpoint
     checkpoint = read_lightning_checkpoint(checkpoint_path)
     state = {k[len("model."):]: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
     if not state:
@@ -52,8 +53,10 @@ def export_backbone(checkpoint_path: str, out_path: str, keep_head: bool = False
         "dropped": dropped,
         "source": str(checkpoint_path),
     }
-    with atomic_output(out_path) as tmp:
-        torch.save({"state_dict": state, "meta": meta}, tmp)
+    with atomic_output(out_path) as tmp, open(tmp, "wb") as f:
+        # Through a file object: given a path, torch.save names the zip's records after the file
+        # name and rejects a temporary name without an extension (an output given as plain "out").
+        torch.save({"state_dict": state, "meta": meta}, f)
     return meta
 
 

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io import atomic_output, write_csv_atomically
+from ..io import atomic_output, check_output_path, write_csv_atomically
 
 TOP_K = 5
 FIXED_COLUMNS = ["path", "level", "reader", "height", "width", "grid_rows", "grid_cols", "edge", "edge_rows_px",
@@ -243,8 +243,10 @@ def main(argv: list[str] | None = None) -> int:
         raise ValueError(f"--chunk-size {args.chunk_size}: the band height must be at least 1 patch row")
     if args.level < 0:
         raise ValueError(f"--level {args.level}: pyramid levels count from 0")
+    check_output_path(args.out, "--out")  # before loading the model and reading huge images
     stems = {}
     if args.features_dir:
+        check_output_path(args.features_dir, "--features-dir", directory=True)
         for path in args.images:
             stem = Path(path).stem
             if stems.setdefault(stem, path) != path:
