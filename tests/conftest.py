@@ -106,6 +106,19 @@ def image_folder(tmp_path_factory):
     return root
 
 
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory) -> str:
+    """Weights (a plain state_dict) of the quickstart ViR cut down to width 32, depth 2, for the
+    commands that need trained weights (predict, validate) without training first."""
+    from vir_lightning.models import create_model
+
+    path = tmp_path_factory.mktemp("weights") / "tiny_vir.pt"
+    model = create_model("vir_nano_patch4_28", num_classes=10, img_size=28, in_chans=1,
+                         embed_dim=32, depth=2, num_heads=2)
+    torch.save(model.state_dict(), path)
+    return str(path)
+
+
 def require_mm() -> None:
     """Skip a test module when the OpenMMLab tier is not installed — or fail, under VIR_REQUIRE_MM=1
     (``make test`` sets it: there the tier must be present, and a skip would hide a broken install)."""

@@ -285,9 +285,10 @@ def test_ddp_fit_on_two_cpu_processes(tmp_path):
     assert "distributed_backend=gloo" in proc.stderr + proc.stdout
 
 
-def test_predict_writes_top5_csv_for_a_folder(image_folder, tmp_path):
+def test_predict_writes_top5_csv_for_a_folder(image_folder, tiny_weights, tmp_path):
     out = tmp_path / "preds" / "out.csv"
-    proc = run_cli("predict", "--config", QUICKSTART, *TINY_MODEL, f"--data.init_args.predict_root={image_folder}",
+    proc = run_cli("predict", "--config", QUICKSTART, *TINY_MODEL, f"--model.init_args.pretrained={tiny_weights}",
+                   f"--data.init_args.predict_root={image_folder}",
                    f"--predictions_csv={out}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = list(csv.DictReader(out.open()))

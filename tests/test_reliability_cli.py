@@ -87,6 +87,11 @@ def test_truncated_or_plain_checkpoint_is_one_clear_line(earlier_run, tmp_path):
     assert_one_clear_error(proc, "--model.init_args.pretrained")
 
 
+def test_evaluating_without_trained_weights_is_an_error(tmp_path):
+    proc = run_cli("validate", "--config", QUICKSTART, *TINY_MODEL, cwd=tmp_path)
+    assert_one_clear_error(proc, "validate needs trained weights", "--ckpt_path", "pretrained")
+
+
 # -- configuration errors are one line ------------------------------------------------------------------
 
 
@@ -180,6 +185,14 @@ def test_min_train_steps_stretches_a_short_schedule_and_says_so(image_folder, tm
     assert "training 4 epochs instead" in caplog.text
     with pytest.raises(ValueError, match="non-negative integer"):
         MinTrainSteps(-1)
+
+
+def test_resume_from_last_with_nothing_to_resume_counts_as_a_fresh_fit(tmp_path):
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "epoch03-acc1_0.5000.ckpt").write_bytes(b"best of an earlier run")
+    assert not run_folder.has_last_checkpoint([str(tmp_path / "checkpoints")])
+    (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"")
+    assert run_folder.has_last_checkpoint([str(tmp_path / "checkpoints")])
 
 
 def test_fit_lock_is_released_when_the_holder_ends(tmp_path):

@@ -231,12 +231,17 @@ def test_undecodable_image_in_a_worker_is_one_error_line(tmp_path, capsys):
 # -- predict ---------------------------------------------------------------------------------------
 
 
-def predict(tmp_path, predict_root, csv, *extra):
-    return main(["predict", "--config", QUICKSTART, *TINY_MODEL, f"--data.init_args.predict_root={predict_root}",
-                 f"--predictions_csv={csv}", f"--trainer.default_root_dir={tmp_path / 'run'}", *extra])
+@pytest.fixture
+def predict(tiny_weights):
+    def run(tmp_path, predict_root, csv, *extra):
+        return main(["predict", "--config", QUICKSTART, *TINY_MODEL, f"--model.init_args.pretrained={tiny_weights}",
+                     f"--data.init_args.predict_root={predict_root}",
+                     f"--predictions_csv={csv}", f"--trainer.default_root_dir={tmp_path / 'run'}", *extra])
+
+    return run
 
 
-def test_predictions_csv_that_cannot_be_written_fails_before_predicting(tmp_path, capsys):
+def test_predictions_csv_that_cannot_be_written_fails_before_predicting(tmp_path, capsys, predict):
     (tmp_path / "a_file").write_text("x")
     for target, message in ((tmp_path, "is a directory"), (tmp_path / "a_file" / "p.csv", "is a file")):
         with pytest.raises(ValueError, match=message):
@@ -251,7 +256,7 @@ def test_predictions_csv_that_cannot_be_written_fails_before_predicting(tmp_path
     assert "Predicting" not in out.out + out.err  # refused before the predict loop started
 
 
-def test_predict_on_a_folder_without_images_is_an_error(tmp_path, capsys):
+def test_predict_on_a_folder_without_images_is_an_error(tmp_path, capsys, predict):
     (tmp_path / "empty" / "sub").mkdir(parents=True)
     (tmp_path / "empty" / "notes.txt").write_text("no images here")
     assert predict(tmp_path, tmp_path / "empty", tmp_path / "p.csv") == 2
@@ -261,7 +266,7 @@ def test_predict_on_a_folder_without_images_is_an_error(tmp_path, capsys):
     assert not (tmp_path / "p.csv").exists()
 
 
-def test_predict_skips_undecodable_images_when_asked(tmp_path, capsys):
+def test_predict_skips_undecodable_images_when_asked(tmp_path, capsys, predict):
     images = tmp_path / "images"
     images.mkdir()
     for i in range(3):

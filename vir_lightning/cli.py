@@ -143,9 +143,10 @@ def _build_cli_class(argv: list[str], exit_stack: contextlib.ExitStack):
                 return  # DDP: the launching process (rank 0) holds the lock for all of them
             root = self.trainer.default_root_dir
             exit_stack.enter_context(run_folder.fit_lock(root))
-            if self._run_config().get("ckpt_path"):
-                return  # a resume continues the folder's run
             checkpoint_dirs = [cb.dirpath for cb in self.trainer.checkpoint_callbacks if cb.dirpath]
+            ckpt_path = self._run_config().get("ckpt_path")
+            if ckpt_path and (ckpt_path != "last" or run_folder.has_last_checkpoint(checkpoint_dirs)):
+                return  # a resume continues the folder's run ("last" with none to resume starts afresh)
             earlier = run_folder.previous_results(root, checkpoint_dirs)
             if earlier and not self._run_config().get("overwrite"):
                 raise ValueError(
@@ -157,6 +158,12 @@ def _build_cli_class(argv: list[str], exit_stack: contextlib.ExitStack):
 
         def after_instantiate_classes(self) -> None:
             super().after_instantiate_classes()
+            subcommand = self.config.subcommand
+            if (subcommand in ("validate", "test", "predict") and not self._run_config().get("ckpt_path")
+                    and not self.model.hparams.get("pretrained")):
+                # Lightning would evaluate (or predict with) freshly initialised weights and exit 0.
+                raise ValueError(f"{subcommand} needs trained weights: pass --ckpt_path CKPT (a checkpoint of this"
+                                 " config's model) or --model.init_args.pretrained WEIGHTS")
             if self.checkpoint_hparams:
                 mismatch = architecture_mismatch(self.checkpoint_hparams, dict(self.model.hparams))
                 if mismatch:

@@ -57,6 +57,11 @@ def previous_results(run_dir: str, checkpoint_dirs: list[str]) -> list[str]:
     return found
 
 
+def has_last_checkpoint(checkpoint_dirs: list[str]) -> bool:
+    """Whether ``--ckpt_path last`` has a ``last*.ckpt`` to resume from in these folders."""
+    return any(glob.glob(os.path.join(glob.escape(d), "last*.ckpt")) for d in checkpoint_dirs)
+
+
 @contextlib.contextmanager
 def fit_lock(run_dir: str) -> Iterator[None]:
     """Hold ``run_dir``'s fit lock for the duration; ValueError at once if another process holds it.
