@@ -23,7 +23,6 @@ no patch sees it; in Dᵀ its row is a column, so its part of dk and dv is added
 from __future__ import annotations
 
 import contextlib
-
 from typing import NamedTuple
 
 import torch

@@ -375,7 +375,8 @@ def retention_step(
         state = q.new_zeros(state_shape, dtype=compute_dtype)
     elif (not isinstance(state, Tensor) or tuple(state.shape) != state_shape or state.dtype != compute_dtype
           or state.device != q.device):
-        got = (tuple(state.shape), state.dtype, str(state.device)) if isinstance(state, Tensor) else type(state).__name__
+        got = ((tuple(state.shape), state.dtype, str(state.device)) if isinstance(state, Tensor)
+               else type(state).__name__)
         raise ValueError(f"state is {got}; expected shape {state_shape}, dtype {compute_dtype} on {q.device}:"
                          " pass the state the previous segment returned (or None to start)")
     if tokens == 0:
