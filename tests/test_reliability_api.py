@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from vir_lightning.models import UnknownOptionError, create_model
 from vir_lightning.retention import retention, retention_decay_matrix, retention_step, tile_shape
 
 RATES = [0.9, 0.8]
@@ -119,3 +120,122 @@ def test_decay_matrix_takes_python_floats():
 def test_tile_shape_checks_the_grid():
     with pytest.raises(ValueError, match="grid_shape rows=0 is invalid"):
         tile_shape((0, 3), None)
+
+
+# ------------------------------------------------------------------------------------------------
+# The models
+# ------------------------------------------------------------------------------------------------
+
+TINY_VIR = dict(embed_dim=16, depth=1, num_heads=2, num_classes=3, in_chans=1)
+TINY_HVIR = dict(dim=8, depths=(1, 1, 1, 1), num_heads=(2, 2), num_classes=3, in_chans=1)
+FAMILIES = {
+    "vir": ("vir_nano_patch4_28", TINY_VIR, 28),
+    "vit": ("vit_nano_patch16_224", dict(TINY_VIR, img_size=32), 32),
+    "hvir": ("hvir_nano", TINY_HVIR, 32),
+}
+
+
+def tiny(family):
+    name, kwargs, size = FAMILIES[family]
+    return create_model(name, **kwargs).eval(), size
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize(
+    "make_input,error,match",
+    [
+        (lambda s: torch.randint(0, 255, (2, 1, s, s), dtype=torch.uint8), ValueError,
+         r"dtype torch.uint8; expected floating-point images .*x.float\(\) / 255"),
+        (lambda s: torch.randn(2, 1, s, s, dtype=torch.float64), ValueError,
+         r"dtype torch.float64 but the model's weights are torch.float32; pass x.to\(torch.float32\)"),
+        (lambda s: torch.randn(2, 1, s, s, dtype=torch.bfloat16), ValueError, r"dtype torch.bfloat16 but the model"),
+        (lambda s: torch.randn(2, 1, s, s).numpy(), TypeError, r"input is a ndarray; expected a torch.Tensor"),
+        (lambda s: torch.randn(1, s, s), ValueError, r"input has shape \(1, \d+, \d+\); expected \(batch, 1,"),
+        (lambda s: torch.randn(2, 1, s, s, device="meta"), ValueError, r"input is on meta but the model is on cpu"),
+    ],
+)
+def test_bad_images_get_one_clear_error(family, make_input, error, match):
+    model, size = tiny(family)
+    with pytest.raises(error, match=match):
+        model(make_input(size))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_another_dtype_under_autocast_is_fine(family):
+    model, size = tiny(family)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert model(torch.randn(2, 1, size, size, dtype=torch.bfloat16)).shape == (2, 3)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_an_empty_batch_gives_empty_logits(family):
+    model, size = tiny(family)
+    with torch.no_grad():
+        assert model(torch.randn(0, 1, size, size)).shape == (0, 3)
+
+
+def test_vit_image_smaller_than_a_patch_says_so():
+    model, _ = tiny("vit")
+    with pytest.raises(ValueError, match=r"image of 8×8 px is smaller than one 16×16 patch"):
+        model(torch.randn(1, 1, 8, 8))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("num_classes", [-1, 2.5, True, "3"])
+def test_num_classes_must_be_a_non_negative_integer(family, num_classes):
+    name, kwargs, _ = FAMILIES[family]
+    with pytest.raises(ValueError, match=f"num_classes={num_classes!r} is invalid; expected an integer >= 0"):
+        create_model(name, **{**kwargs, "num_classes": num_classes})
+    model, _ = tiny(family)
+    with pytest.raises(ValueError, match="num_classes=.* is invalid"):
+        model.reset_classifier(num_classes)
+
+
+@pytest.mark.parametrize(
+    "overrides,match",
+    [
+        (dict(img_size=0), r"img_size=0 is invalid; expected a positive int"),
+        (dict(img_size=2), r"img_size=2 is smaller than one 4×4 patch"),
+        (dict(patch_size=0), r"patch_size=0 is invalid"),
+        (dict(embed_dim=0), r"embed_dim=0 is invalid; expected an integer >= 1"),
+        (dict(in_chans=0), r"in_chans=0 is invalid"),
+        (dict(drop_rate=1.5), r"drop_rate=1.5; expected 0 <= rate < 1"),
+        (dict(mlp_ratio=0), r"mlp_ratio=0; expected a positive number"),
+    ],
+)
+def test_vir_options_are_checked_when_built(overrides, match):
+    with pytest.raises(ValueError, match=match):
+        create_model("vir_nano_patch4_28", **{**TINY_VIR, **overrides})
+
+
+@pytest.mark.parametrize(
+    "overrides,match",
+    [
+        (dict(num_heads=5), r"num_heads=5: expected 4 stage depths and 2 head counts"),
+        (dict(depths=(1, 1, -1, 1)), r"depths=\(1, 1, -1, 1\)"),
+        (dict(dim=1), r"dim=1 is invalid; expected an integer >= 2"),
+        (dict(img_size=0), r"img_size=0 is invalid"),
+    ],
+)
+def test_hvir_options_are_checked_when_built(overrides, match):
+    with pytest.raises(ValueError, match=match):
+        create_model("hvir_nano", **{**TINY_HVIR, **overrides})
+
+
+def test_an_unknown_model_option_lists_the_options():
+    with pytest.raises(UnknownOptionError, match=r"model 'hvir_nano' has no option 'embed_dim'; its options are .*dim"):
+        create_model("hvir_nano", embed_dim=16)
+    # a TypeError as Python's own, and a ValueError for the commands' one-line errors
+    assert issubclass(UnknownOptionError, TypeError) and issubclass(UnknownOptionError, ValueError)
+
+
+def test_a_model_name_that_is_not_a_string_is_refused_clearly():
+    with pytest.raises(TypeError, match="model name None is not a string"):
+        create_model(None)
+
+
+@pytest.mark.parametrize("indices", [True, [0.5]])
+def test_intermediate_indices_must_be_integers(indices):
+    model, size = tiny("vir")
+    with pytest.raises(ValueError, match="indices=.* is invalid"):
+        model.forward_intermediates(torch.randn(1, 1, size, size), indices=indices)
