@@ -239,3 +239,132 @@ def test_intermediate_indices_must_be_integers(indices):
     model, size = tiny("vir")
     with pytest.raises(ValueError, match="indices=.* is invalid"):
         model.forward_intermediates(torch.randn(1, 1, size, size), indices=indices)
+
+
+# ------------------------------------------------------------------------------------------------
+# The tool commands: one `error:` line and exit status 2, before anything runs or is written
+# ------------------------------------------------------------------------------------------------
+
+
+def run_tool(argv, capsys):
+    from vir_lightning.cli import main
+
+    code = main(argv)
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    return code, lines
+
+
+ONE_1D = ["--modes", "parallel", "--decay", "1d"]
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["bench-retention", "--tokens", "0", *ONE_1D], "--tokens 0: expected a value >= 1"),
+        (["bench-retention", "--tokens", "16", "--batch", "0", *ONE_1D], "--batch 0: expected a value >= 1"),
+        (["bench-retention", "--tokens", "16", "--heads", "0", *ONE_1D], "--heads 0"),
+        (["bench-retention", "--tokens", "16", "--head-dim", "0", *ONE_1D], "--head-dim 0"),
+        (["bench-retention", "--tokens", "16", "--chunk-size", "0", *ONE_1D], "--chunk-size 0"),
+        (["bench-retention", "--tokens", "15", "--decay", "2d"], "--decay 2d needs square token counts"),
+        (["bench-retention", "--tokens", "16", "--threads", "0", *ONE_1D], "--threads 0: expected at least 1"),
+        (["bench-retention", "--tokens", "16", "--repeats", "0", *ONE_1D], "--repeats 0"),
+        (["bench-retention", "--tokens", "16", "--min-seconds", "-1", *ONE_1D], "--min-seconds -1.0"),
+        (["bench-retention", "--tokens", "16", "--max-memory-gb", "0", *ONE_1D], "--max-memory-gb 0.0"),
+        (["bench-retention", "--tokens", "16", "--csv", "{tmp}", *ONE_1D], "is a folder; give a file name"),
+        (["bench-backbone", "--size", "0", "0"], "--size 0 0: expected values >= 1"),
+        (["bench-backbone", "--size", "64", "64", "--batch", "0"], "--batch 0"),
+        (["bench-backbone", "--size", "64", "64", "--directions", "3"], "--directions 3: expected 0"),
+        (["bench-backbone", "--size", "64", "64", "--chunk-size", "0"], "--chunk-size 0"),
+        (["bench-backbone", "--model", "vir_nano_patch16_224"], "is not an H-ViR backbone"),
+        (["bench-backbone", "--model", "hvir_tni"], "unknown model 'hvir_tni'"),
+        (["bench", "--models", "vir_nano_patch16_224", "--resolutions", "32", "--model-kwargs", '{"bogus": 1}'],
+         "--model-kwargs '{\"bogus\": 1}' for vir_nano_patch16_224: model 'vir_nano_patch16_224' has no option"),
+        (["bench", "--models", "vir_nano_patch16_224", "--resolutions", "32", "--model-kwargs", '{"embed_dim": 0}'],
+         "embed_dim=0 is invalid"),
+        (["bench", "--models", "vir_nano_patch16_224", "--resolutions", "32", "--max-memory-gb", "-1"],
+         "--max-memory-gb -1.0"),
+        (["bench", "--models", "vir_nano_patch16_224", "--resolutions", "32", "--whole-image-max-resolution", "0"],
+         "--whole-image-max-resolution 0"),
+        (["bench", "--models", "vir_nano_patch16_224", "--resolutions", "32", "--threads", "0"], "--threads 0"),
+        (["bench", "--models", "vir_nano_patch16_224", "--resolutions", "32", "--out", "{tmp}/file/x"],
+         "is a file, not a folder"),
+    ],
+)
+def test_benchmark_bad_values_give_one_error_line_before_any_run(argv, message, tmp_path, capsys):
+    (tmp_path / "file").write_text("not a folder")
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    code, lines = run_tool(argv, capsys)
+    assert code == 2
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
+    assert capsys.readouterr().out == ""  # no table was started: nothing ran
+
+
+def _spec(tmp_path, text, name="spec.yaml"):
+    path = tmp_path / name
+    path.write_text(text) if isinstance(text, str) else path.write_bytes(text)
+    return str(path)
+
+
+BASE = "base: configs/quickstart.yaml\naxes: {trainer.max_epochs: [1]}\nmetrics: [test/acc1]\n"
+
+
+@pytest.mark.parametrize(
+    "text,args,message",
+    [
+        ("base: [\n", [], "is not valid YAML (while parsing"),
+        (b"\xff\xfe\x00base", [], "is not a text (UTF-8) file"),
+        ("name: ../../elsewhere\n" + BASE, [], "name='../../elsewhere' is invalid"),
+        (BASE, ["--cpus-per-run", "0"], "--cpus-per-run 0.0: expected a positive number"),
+        (BASE, ["--out", "{tmp}/file"], "is a file; give a folder"),
+    ],
+)
+def test_grid_bad_specs_and_options_give_one_error_line(text, args, message, tmp_path, capsys):
+    (tmp_path / "file").write_text("not a folder")
+    spec = _spec(tmp_path, text)
+    code, lines = run_tool(["grid", spec, *[a.replace("{tmp}", str(tmp_path)) for a in args]], capsys)
+    assert code == 2
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
+    assert not (tmp_path / "runs").exists() and not (tmp_path.parent / "elsewhere").exists()
+
+
+def test_grid_spec_that_is_a_folder_says_so(tmp_path, capsys):
+    code, lines = run_tool(["grid", str(tmp_path)], capsys)
+    assert code == 2 and lines == [f"error: grid spec {tmp_path} is a folder; give the spec's YAML file"]
+
+
+def test_a_metric_added_to_the_spec_after_a_run_ended_is_read_or_the_run_is_failed(tmp_path):
+    from vir_lightning.grid.execute import status_for_metrics
+
+    (tmp_path / "metrics.json").write_text('{"test/acc1": 0.5, "val/acc1": 0.6}')
+    run = {"run_dir": str(tmp_path), "steps": [{"run": "fit", "tag": None, "name": "fit"}],
+           "metrics": ["test/acc1", "val/acc1"]}
+    done = {"state": "done", "metrics": {"test/acc1": 0.5}}
+    assert status_for_metrics(run, done)["metrics"] == {"test/acc1": 0.5, "val/acc1": 0.6}
+    never_logged = status_for_metrics({**run, "metrics": ["test/acc1", "test/acc5"]}, done)
+    assert never_logged["state"] == "failed" and "['test/acc5'] were not logged" in never_logged["reason"]
+    assert status_for_metrics(run, None) is None
+    assert status_for_metrics(run, {"state": "failed"}) == {"state": "failed"}
+
+
+PREDICT = ["predict-large", "--config", "configs/quickstart.yaml", "--ckpt_path", "{tmp}/none.ckpt",
+           "--images", "{tmp}/a.png", "--out", "{tmp}/out.csv"]
+
+
+@pytest.mark.parametrize(
+    "replace,extra,message",
+    [
+        (("configs/quickstart.yaml", "{tmp}"), [], "is a folder; give the training config's YAML file"),
+        (("{tmp}/none.ckpt", "{tmp}"), [], "is a folder; give the .ckpt file"),
+        (("{tmp}/none.ckpt", "{tmp}/file"), [], "is not a tensors-only checkpoint (refusing to unpickle code):"),
+        (("{tmp}/out.csv", "{tmp}/file/out.csv"), [], "--out"),
+        (None, ["--features-dir", "{tmp}/file"], "--features-dir"),
+    ],
+)
+def test_predict_large_bad_paths_give_one_error_line(replace, extra, message, tmp_path, capsys):
+    (tmp_path / "file").write_text("not a folder, not a checkpoint")
+    argv = [replace[1] if replace and a == replace[0] else a for a in PREDICT] + extra
+    code, lines = run_tool([a.replace("{tmp}", str(tmp_path)) for a in argv], capsys)
+    assert code == 2
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
+    assert not (tmp_path / "out.csv").exists()

@@ -18,8 +18,19 @@ def load_tensors_only(path: str):
         return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise FileNotFoundError(f"checkpoint {path!r} does not exist") from None
+    except IsADirectoryError:
+        raise ValueError(f"checkpoint {path!r} is a folder; give the .ckpt file") from None
     except (pickle.UnpicklingError, RuntimeError) as err:
-        raise ValueError(f"{path!r} is not a tensors-only checkpoint (refusing to unpickle code): {err}") from None
+        raise ValueError(f"{path!r} is not a tensors-only checkpoint (refusing to unpickle code):"
+                         f" {_one_line(err)}") from None
+
+
+def _one_line(err: Exception) -> str:
+    """torch's weights_only error spans several lines around its cause: that cause, on one line."""
+    text = str(err)
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation", 1)[0]
+    return " ".join(text.split()) or type(err).__name__
 
 
 def read_state_dict(path: str) -> dict[str, torch.Tensor]:
