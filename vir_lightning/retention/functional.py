@@ -223,7 +223,8 @@ def retention(
         q: queries, (batch, heads, tokens, head_dim).
         k: keys, same shape as ``q``.
         v: values, (batch, heads, tokens, value_dim).
-        decay_rates: (heads,) rates γ_h in the open interval (0, 1).
+        decay_rates: (heads,) rates γ_h in the open interval (0, 1): Python floats, or a float
+            tensor with data (read once to the host; constants: one that requires grad is refused).
         mode: ``"parallel"`` (O(N²) memory), ``"recurrent"`` (token by token, O(d²)
             state per head in 1D) or ``"chunkwise"`` (linear cost and memory, training included).
             All give the same result.
@@ -245,7 +246,8 @@ def retention(
         with float32 decays, and with a float32 state in the recurrent and chunkwise modes. In
         chunkwise mode the backward pass keeps only q, k and v and recomputes the rest
         (:mod:`vir_lightning.retention.autograd`). ``decay_rates`` given as Python floats (as the
-        model layers do) are never read back from the device.
+        model layers do) are never read back from the device. Zero tokens give an empty result in
+        every mode; meta tensors give the output's shape.
 
     Raises:
         ValueError: an argument has the wrong shape, dtype, value or combination; the message names
@@ -347,8 +349,11 @@ def retention_step(
         ``(out, state)``: out (batch, heads, tokens, value_dim) in q's dtype; the state after the
         segment, in float32 (float64 for float64 inputs) whatever the input dtype.
 
+    An empty segment (zero tokens) returns an empty output and the state unchanged.
+
     Raises:
-        ValueError: bad shapes, dtypes, rates or a state that does not fit the segment.
+        ValueError: bad shapes, dtypes, rates, or a state that does not fit the segment (shape,
+            dtype or device).
     """
     tokens = q.shape[2] if isinstance(q, Tensor) and q.dim() == 4 else 0
     if not isinstance(class_token, bool):
