@@ -368,3 +368,35 @@ def test_predict_large_bad_paths_give_one_error_line(replace, extra, message, tm
     assert code == 2
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
     assert not (tmp_path / "out.csv").exists()
+
+
+def streaming_vir(decay):
+    model = create_model("vir_nano_patch4_28", **TINY_VIR, decay=decay).eval()
+    model.set_retention_mode("streaming", 2)
+    return model
+
+
+@pytest.mark.parametrize("decay", ["1d", "2d"])
+@pytest.mark.parametrize(
+    "grid_shape,batch,match",
+    [
+        ((0, 7), 2, r"grid_shape rows=0 is invalid; expected an integer >= 1"),
+        (7, 2, r"grid_shape=7 is invalid; expected the image's patch grid \(rows, cols\)"),
+        ((7, 7), 3, r"read_band\(0, 2\) returned 2 images; expected batch=3"),
+        ((7, 7), -1, r"batch=-1 is invalid"),
+    ],
+)
+def test_forward_streaming_checks_its_grid_and_batch(decay, grid_shape, batch, match):
+    model = streaming_vir(decay)
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad(), pytest.raises(ValueError, match=match):
+        model.forward_streaming(lambda row0, row1: x[:, :, row0 * 4 : row1 * 4], grid_shape, batch)
+
+
+@pytest.mark.parametrize("decay", ["1d", "2d"])
+def test_streaming_forward_checks_the_images_like_the_other_forms(decay):
+    model = streaming_vir(decay)
+    with torch.no_grad(), pytest.raises(ValueError, match="dtype torch.uint8"):
+        model(torch.zeros(2, 1, 28, 28, dtype=torch.uint8))
+    with torch.no_grad():
+        assert model(torch.randn(0, 1, 28, 28)).shape == (0, 3)

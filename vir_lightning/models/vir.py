@@ -306,8 +306,12 @@ class VisionRetention(RetentionModeMixin, GradCheckpointingMixin, ClassifierHead
         if not self.streaming:
             raise ValueError("forward_streaming needs streaming mode: call model.set_retention_mode('streaming') first")
         check_inference_only(self)
+        if not (isinstance(grid_shape, (tuple, list)) and len(grid_shape) == 2):
+            raise ValueError(f"grid_shape={grid_shape!r} is invalid; expected the image's patch grid (rows, cols)")
+        grid_shape = (check_int("grid_shape rows", grid_shape[0]), check_int("grid_shape cols", grid_shape[1]))
+        batch = check_int("batch", batch, 0)
         self._pos_embed_size_check(grid_shape)
-        pooled = stream(self, read_band, tuple(grid_shape), batch, self.band_rows, on_features)
+        pooled = stream(self, read_band, grid_shape, batch, self.band_rows, on_features)
         return self._head_of_pooled(pooled, pre_logits)
 
     def _pos_embed_size_check(self, grid_shape: tuple[int, int]) -> None:
