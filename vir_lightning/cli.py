@@ -242,7 +242,7 @@ def run_lightning(argv: list[str] | None) -> int:
                 save_config_kwargs={"overwrite": True},
                 args=argv,
             )
-        except (ValueError, FileNotFoundError, ArgumentError) as err:
+        except (ValueError, OSError, ArgumentError) as err:  # OSError: unreadable/unwritable paths
             if os.environ.get("VIR_DEBUG"):
                 raise
             print(f"error: {_one_line(str(err))}", file=sys.stderr)
@@ -271,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     if command in TOOLS:
         try:
             return importlib.import_module(TOOLS[command][0]).main(rest)
-        except (ValueError, FileNotFoundError, ImportError) as err:
+        except (ValueError, OSError, ImportError) as err:  # OSError: unreadable/unwritable paths
             if os.environ.get("VIR_DEBUG"):
                 raise
             print(f"error: {err}", file=sys.stderr)

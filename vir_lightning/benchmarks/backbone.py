@@ -21,7 +21,7 @@ import os
 import platform
 import sys
 
-from .measure import add_measure_args, measure, run_isolated, write_results_csv
+from .measure import add_measure_args, check_measure_args, check_positive, measure, run_isolated, write_results_csv
 
 MODE_CHOICES = ("parallel", "chunkwise", "recurrent", "auto")
 
@@ -97,19 +97,40 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _check_args(args: argparse.Namespace) -> None:
+    """Every bad value as one ValueError before any configuration runs (each would otherwise fail
+    in its own row and the command still succeed)."""
+    import torch
+
+    from ..models import HybridViR, create_model
+
+    check_measure_args(args)
+    for option, values in (("--size", args.size), ("--batch", args.batch), ("--chunk-size", args.chunk_size)):
+        check_positive(option, values)
+    bad = [d for d in args.directions if d not in (0, 1, 2, 4)]
+    if bad:
+        raise ValueError(f"--directions {' '.join(map(str, bad))}: expected 0 (the model's default), 1, 2 or 4")
+    with torch.device("meta"):  # cheap: no weights
+        model = create_model(args.model, num_classes=0)  # ValueError names close matches for a typo
+    if not isinstance(model, HybridViR):
+        raise ValueError(f"--model {args.model!r} is not an H-ViR backbone; expected one of hvir_nano, hvir_tiny,"
+                         " hvir_small, hvir_base (`bench` measures the ViR/ViT classifiers)")
+    if args.baselines:
+        try:
+            import mmdet  # noqa: F401
+        except ImportError:
+            raise ImportError("--baselines needs MMDetection: run `make mm` (or drop --baselines)") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.worker:
         print(json.dumps(_worker(json.loads(args.worker))))
         return 0
+    _check_args(args)
     import torch
 
     height, width = args.size
-    if args.baselines:
-        try:
-            import mmdet  # noqa: F401
-        except ImportError:
-            raise SystemExit("error: --baselines needs MMDetection: run `make mm` (or drop --baselines)") from None
     print(
         f"# backbone benchmark — {args.model} {height}×{width} batch {args.batch}, all four stage outputs, fp32,"
         f" {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {args.threads} threads,"

@@ -192,6 +192,44 @@ def add_measure_args(parser: argparse.ArgumentParser, repeats: int = 3) -> None:
     parser.add_argument("--worker", help=argparse.SUPPRESS)
 
 
+def check_measure_args(args: argparse.Namespace) -> None:
+    """ValueError naming the option, before anything runs, for a value :func:`add_measure_args`'
+    options cannot take (each configuration would otherwise fail alone, or the CSV after the runs)."""
+    if args.threads < 1:
+        raise ValueError(f"--threads {args.threads}: expected at least 1")
+    if args.repeats < 1:
+        raise ValueError(f"--repeats {args.repeats}: expected at least 1 timed call")
+    if not 0 <= args.min_seconds < float("inf"):
+        raise ValueError(f"--min-seconds {args.min_seconds}: expected a finite number >= 0")
+    if args.csv is not None:
+        check_output_file("--csv", args.csv)
+
+
+def check_output_file(option: str, path: str) -> None:
+    """ValueError unless ``path`` can become a file: not a folder, and no file where a folder on
+    its way must be (checked before the runs, so no measurement is lost at the end)."""
+    if os.path.isdir(path):
+        raise ValueError(f"{option} {path!r} is a folder; give a file name")
+    check_output_folder(option, os.path.dirname(os.path.abspath(path)))
+
+
+def check_output_folder(option: str, path: str) -> None:
+    """ValueError if ``path`` (or a folder above it) exists as something other than a folder."""
+    head = os.path.abspath(path)
+    while not os.path.exists(head):
+        head = os.path.dirname(head)
+    if not os.path.isdir(head):
+        raise ValueError(f"{option} {path!r}: {head!r} is a file, not a folder; choose another path")
+
+
+def check_positive(option: str, values, minimum: float = 1) -> None:
+    """ValueError naming ``option`` unless every value is at least ``minimum``."""
+    bad = [v for v in (values if isinstance(values, list) else [values]) if v is not None and not v >= minimum]
+    if bad:
+        raise ValueError(f"{option} {' '.join(map(str, bad))}: expected {'values' if len(bad) > 1 else 'a value'}"
+                         f" >= {minimum:g}")
+
+
 def write_results_csv(path: str, rows: list[dict]) -> None:
     """One row per configuration, the union of all keys as columns, written atomically."""
     fields = sorted({key for row in rows for key in row})

@@ -19,7 +19,7 @@ import os
 import platform
 import sys
 
-from .measure import add_measure_args, measure, run_isolated, write_results_csv
+from .measure import add_measure_args, check_measure_args, check_positive, measure, run_isolated, write_results_csv
 
 MODE_CHOICES = ("parallel", "chunkwise", "recurrent")
 
@@ -27,7 +27,7 @@ MODE_CHOICES = ("parallel", "chunkwise", "recurrent")
 def _grid_for(tokens: int) -> tuple[int, int]:
     side = math.isqrt(tokens)
     if side * side != tokens:
-        raise ValueError(f"--decay 2d needs square token counts (got {tokens})")
+        raise ValueError(f"--decay 2d needs square token counts (a side×side grid); got --tokens {tokens}")
     return side, side
 
 
@@ -93,11 +93,26 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _check_args(args: argparse.Namespace) -> None:
+    """Every bad value as one ValueError before any configuration runs (each would otherwise
+    fail, or be skipped, in its own row and the command still succeed)."""
+    check_measure_args(args)
+    for option, values in (("--tokens", args.tokens), ("--batch", args.batch), ("--heads", args.heads),
+                           ("--head-dim", args.head_dim), ("--chunk-size", args.chunk_size)):
+        check_positive(option, values)
+    if not args.max_memory_gb > 0:
+        raise ValueError(f"--max-memory-gb {args.max_memory_gb}: expected a positive number of GB")
+    if "2d" in args.decay:
+        for tokens in args.tokens:
+            _grid_for(tokens)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.worker:
         print(json.dumps(_worker(json.loads(args.worker))))
         return 0
+    _check_args(args)
     import torch
 
     print(

@@ -30,7 +30,16 @@ import time
 from pathlib import Path
 
 from ..io import atomic_output
-from .measure import add_measure_args, measure, measure_cuda, run_isolated, write_results_csv
+from .measure import (
+    add_measure_args,
+    check_measure_args,
+    check_output_folder,
+    check_positive,
+    measure,
+    measure_cuda,
+    run_isolated,
+    write_results_csv,
+)
 
 MODULE = "vir_lightning.benchmarks.throughput"
 RETENTION_MODES = ("parallel", "chunkwise", "recurrent", "auto", "streaming")
@@ -442,6 +451,12 @@ def _check_args(args) -> dict:
         raise ValueError(f"--device {args.device}: CUDA is not available here; use --device cpu")
     if not args.device.startswith(("cpu", "cuda")):
         raise ValueError(f"--device {args.device!r} is not supported; use cpu or cuda[:N]")
+    check_measure_args(args)
+    check_positive("--whole-image-max-resolution", args.whole_image_max_resolution)
+    check_positive("--train-max-resolution", args.train_max_resolution)
+    if args.max_memory_gb is not None and not args.max_memory_gb > 0:
+        raise ValueError(f"--max-memory-gb {args.max_memory_gb}: expected a positive number of GB")
+    check_output_folder("--out", args.out)
     for name, values in (("--resolutions", args.resolutions), ("--batch-sizes", args.batch_sizes),
                          ("--chunk-sizes", [c for c in args.chunk_sizes if c is not None]),
                          ("--band-rows", [c for c in args.band_rows if c is not None])):
@@ -462,8 +477,11 @@ def _check_args(args) -> dict:
         for name in dict.fromkeys(args.models):
             models[name] = create_model(name)  # ValueError names close matches for a typo
             if models[name].retention_layers():
-                for options in option_sets:
-                    create_model(name, **options)  # ValueError for a bad option
+                for options, text in zip(option_sets, args.model_kwargs, strict=True):
+                    try:
+                        create_model(name, **options)
+                    except (TypeError, ValueError) as err:  # a bad option, named with its flag
+                        raise ValueError(f"--model-kwargs {text!r} for {name}: {err}") from None
     for name, model in models.items():
         patch = getattr(getattr(model, "patch_embed", None), "patch_size", (1, 1))[0]
         bad = [r for r in args.resolutions if r % patch]

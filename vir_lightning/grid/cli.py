@@ -16,7 +16,7 @@ import os
 import sys
 import time
 
-from .execute import execute_run, read_status
+from .execute import execute_run, read_status, status_for_metrics
 from .plan import plan
 from .report import write_reports
 from .spec import load_spec
@@ -79,18 +79,22 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.workers < 1:
         raise ValueError(f"--workers {args.workers}: expected at least 1")
+    if not args.cpus_per_run > 0:
+        raise ValueError(f"--cpus-per-run {args.cpus_per_run}: expected a positive number of CPUs")
     spec = load_spec(args.spec)
     out_dir = os.path.abspath(args.out or os.path.join("runs", "grids", spec.name))
     if args.dry_run:
         lock = None
     else:
+        if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+            raise ValueError(f"--out {out_dir} is a file; give a folder for the results and runs")
         os.makedirs(out_dir, exist_ok=True)
         lock = _lock(out_dir)
     command = "python -m vir_lightning grid " + " ".join(argv if argv is not None else sys.argv[1:])
 
     print(f"grid {spec.name}: checking {len(spec.points())} runs against the CLI …", flush=True)
     runs = plan(spec, out_dir, workers=min(4, os.cpu_count() or 1))
-    statuses = {run.run_id: read_status(run.run_dir) for run in runs}
+    statuses = {run.run_id: status_for_metrics(run.to_dict(), read_status(run.run_dir)) for run in runs}
     ended = {rid for rid, st in statuses.items() if st and (st["state"] == "done" or not args.retry_failed)}
     pending = [run for run in runs if run.run_id not in ended]
     for run in runs:
@@ -116,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         results = _local([r.to_dict() for r in pending], args.workers, args.retry_failed)
     start = time.time()
     for finished, (run, status) in enumerate(results, start=1):
-        statuses[run["run_id"]] = status
+        status = statuses[run["run_id"]] = status_for_metrics(run, status)
         write_reports(spec, runs, statuses, out_dir, command)
         detail = ", ".join(f"{k} {v:.4f}" for k, v in (status.get("metrics") or {}).items()) or status.get("reason")
         print(f"[{finished}/{len(pending)}] {status['state']:6s} {run['run_id']}  {by_id[run['run_id']].point.label()}"

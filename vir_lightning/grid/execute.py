@@ -54,6 +54,29 @@ def read_status(run_dir: str) -> dict | None:
     return _read_json(os.path.join(run_dir, "status.json"))
 
 
+def status_for_metrics(run: dict, status: dict | None) -> dict | None:
+    """``status`` of ``run`` (see :meth:`Run.to_dict`) for the metrics the spec names now.
+
+    A grid resumed after its spec gained a metric finds runs that ended ``done`` with only the old
+    ones: the new metric is read from the ``metrics.json`` the run's steps wrote (they log every
+    metric); one that was never logged makes the run ``failed`` here, with the reason, instead of a
+    blank cell in a done row. ``status.json`` itself is left as the run wrote it.
+    """
+    if not status or status.get("state") != "done":
+        return status
+    metrics = status.get("metrics") or {}
+    if all(m in metrics for m in run["metrics"]):
+        return status
+    logged = {**_collect_metrics(run), **metrics}
+    missing = [m for m in run["metrics"] if m not in logged]
+    if missing:
+        status_path = os.path.join(run["run_dir"], "status.json")
+        return {**status, "state": "failed", "reason": (
+            f"metrics {missing} were not logged (logged: {sorted(logged)}); the spec names them since this"
+            f" run ended: delete {status_path} to run it again")}
+    return {**status, "metrics": {m: logged[m] for m in run["metrics"]}}
+
+
 def _write_status(run_dir: str, status: dict) -> dict:
     return _write_json(os.path.join(run_dir, "status.json"), status)
 

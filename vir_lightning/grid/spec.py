@@ -121,12 +121,17 @@ def _value_lists(source: str, what: str, mapping: dict) -> dict[str, list]:
 def load_spec(path: str) -> GridSpec:
     """Read and check a grid spec. Raises ValueError naming the file and the problem."""
     source = str(path)
+    if os.path.isdir(source):
+        raise ValueError(f"grid spec {source} is a folder; give the spec's YAML file")
     if not os.path.isfile(source):
         raise FileNotFoundError(f"grid spec {source} does not exist")
     try:
         raw = yaml.safe_load(Path(source).read_text())
     except yaml.YAMLError as err:
-        raise _fail(source, f"is not valid YAML ({err})") from None
+        # PyYAML's message spans several lines (with a caret under the spot): one line here
+        raise _fail(source, f"is not valid YAML ({' '.join(str(err).split())})") from None
+    except UnicodeDecodeError as err:
+        raise _fail(source, f"is not a text (UTF-8) file ({err.reason} at byte {err.start})") from None
     if not isinstance(raw, dict):
         raise _fail(source, "must be a YAML mapping with base, axes, seeds, metrics")
     unknown = sorted(set(raw) - SPEC_KEYS)
@@ -175,6 +180,9 @@ def load_spec(path: str) -> GridSpec:
         if "@" in metric and tag not in tags:
             raise _fail(source, f"metric {metric!r} names no step tagged {tag!r} (tags: {sorted(tags)})")
     name = raw.get("name") or Path(source).stem
+    if "name" in raw and (not isinstance(name, str) or not TAG_PATTERN.fullmatch(name)):
+        # it names the results folder runs/grids/<name> and prefixes every run id
+        raise _fail(source, f"name={name!r} is invalid; expected letters, digits, '_', '.', '-' (it names a folder)")
     return GridSpec(name, base, steps, args, axes, zipped, seeds, metrics, source, names)
 
 

@@ -5,7 +5,7 @@ from .attention import MultiHeadAttention
 from .blocks import RetentionBlock
 from .hvir import ARCH_ZOO as HVIR_ARCH_ZOO
 from .hvir import HybridViR
-from .registry import create_model, list_models, register_model
+from .registry import UnknownOptionError, create_model, list_models, register_model
 from .retention_layer import MultiHeadRetention, RetentionModeMixin
 from .vir import ARCH_ZOO, VisionRetention
 
@@ -17,6 +17,7 @@ __all__ = [
     "MultiHeadRetention",
     "RetentionBlock",
     "RetentionModeMixin",
+    "UnknownOptionError",
     "VisionRetention",
     "create_model",
     "list_models",

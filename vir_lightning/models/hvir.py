@@ -18,7 +18,16 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from .blocks import GradCheckpointingMixin, RetentionBlock
-from .layers import ClassifierHeadMixin, DropPath, init_linear_trunc_normal, resolve_indices, to_2tuple
+from .layers import (
+    ClassifierHeadMixin,
+    DropPath,
+    check_images,
+    check_int,
+    check_num_classes,
+    init_linear_trunc_normal,
+    resolve_indices,
+    to_2tuple,
+)
 from .registry import register_model
 from .retention_layer import RetentionModeMixin
 
@@ -108,15 +117,28 @@ class HybridViR(RetentionModeMixin, GradCheckpointingMixin, ClassifierHeadMixin,
         img_size: int | tuple[int, int] = 224,
     ):
         super().__init__()
-        if len(depths) != 4 or len(num_heads) != 2:
-            raise ValueError(f"depths={depths} / num_heads={num_heads}: expected 4 stage depths and 2 head counts")
+        def ints(value, count: int, minimum: int) -> bool:
+            return (isinstance(value, (tuple, list)) and len(value) == count
+                    and all(isinstance(v, int) and not isinstance(v, bool) and v >= minimum for v in value))
+
+        if not ints(depths, 4, 0) or not ints(num_heads, 2, 1):
+            raise ValueError(f"depths={depths!r} / num_heads={num_heads!r}: expected 4 stage depths and 2 head counts"
+                             " (integers >= 0 and >= 1), e.g. depths=(1, 3, 6, 4), num_heads=(8, 16)")
+        # The stem's first convolution is dim // 2 wide.
+        check_int("dim", dim, 2, " (stage 1 width; the stem starts at dim // 2)")
+        check_int("in_chans", in_chans, 1)
+        num_classes = check_num_classes(num_classes)
+        if not 0.0 <= drop_rate < 1.0:
+            raise ValueError(f"drop_rate={drop_rate!r}; expected 0 <= rate < 1")
+        if not mlp_ratio > 0:
+            raise ValueError(f"mlp_ratio={mlp_ratio!r}; expected a positive number (e.g. 4.0)")
         if directions not in (1, 2, 4):
             raise ValueError(f"directions={directions!r} is invalid; expected 1, 2 or 4")
         if not 0.0 <= drop_path_rate < 1.0:
             raise ValueError(f"drop_path_rate={drop_path_rate!r}; expected 0 <= rate < 1")
         self.num_classes = num_classes
         self.in_chans = in_chans
-        self.img_size = to_2tuple(img_size)
+        self.img_size = to_2tuple(img_size, "img_size")
         self.directions = directions
         widths = [dim * 2**i for i in range(4)]
         self.num_features = widths[-1]
@@ -160,8 +182,7 @@ class HybridViR(RetentionModeMixin, GradCheckpointingMixin, ClassifierHeadMixin,
     # ------------------------------------------------------------------------------------------
 
     def _check_input(self, x: Tensor) -> None:
-        if x.dim() != 4 or x.shape[1] != self.in_chans:
-            raise ValueError(f"input has shape {tuple(x.shape)}; expected (batch, {self.in_chans}, height, width)")
+        check_images(x, self.in_chans, self.stem[0].weight)
 
     def forward_features(self, x: Tensor) -> Tensor:
         """Images (B, C, H, W) → normalised stage-4 map (B, 8C, ⌈H/32⌉, ⌈W/32⌉)."""

@@ -2,19 +2,57 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 
 
-def to_2tuple(value) -> tuple[int, int]:
-    """``224 -> (224, 224)``; ``(224, 320) -> (224, 320)``."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return (value, value)
-    if isinstance(value, (tuple, list)) and len(value) == 2:
-        return (int(value[0]), int(value[1]))
-    raise ValueError(f"expected an int or a pair of ints, got {value!r}")
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def to_2tuple(value, name: str = "value") -> tuple[int, int]:
+    """``224 -> (224, 224)``; ``(224, 320) -> (224, 320)``; ValueError unless positive integers."""
+    pair = (value, value) if _is_int(value) else tuple(value) if isinstance(value, (tuple, list)) else ()
+    if len(pair) != 2 or not all(_is_int(v) and v >= 1 for v in pair):
+        raise ValueError(f"{name}={value!r} is invalid; expected a positive int or a pair of positive ints")
+    return (int(pair[0]), int(pair[1]))
+
+
+def check_int(name: str, value, minimum: int = 1, hint: str = "") -> int:
+    """``value`` as an int, or ValueError naming ``name`` unless it is an integer >= ``minimum``."""
+    if not _is_int(value) or value < minimum:
+        raise ValueError(f"{name}={value!r} is invalid; expected an integer >= {minimum}{hint}")
+    return int(value)
+
+
+def check_num_classes(num_classes) -> int:
+    return check_int("num_classes", num_classes, 0, " (0 = no classifier head: forward returns pooled features)")
+
+
+def check_images(x, in_chans: int, weight: Tensor) -> None:
+    """One clear error for input a model's first layer (``weight``) cannot take: not a tensor, not
+    (batch, in_chans, H, W), not floating point, or another dtype / device than the weights.
+
+    Shapes, dtypes and devices only (no device read). Under autocast the first layer casts the
+    input itself, so another floating dtype is fine there.
+    """
+    if not isinstance(x, Tensor):
+        raise TypeError(f"input is a {type(x).__name__}; expected a torch.Tensor (batch, {in_chans}, height, width),"
+                        " e.g. torch.from_numpy(array)")
+    if x.dim() != 4 or x.shape[1] != in_chans:
+        raise ValueError(f"input has shape {tuple(x.shape)}; expected (batch, {in_chans}, height, width)")
+    if not x.is_floating_point():
+        raise ValueError(f"input has dtype {x.dtype}; expected floating-point images normalised like the training"
+                         " data (e.g. x.float() / 255, then the mean/std normalisation)")
+    if x.device != weight.device:
+        raise ValueError(f"input is on {x.device} but the model is on {weight.device}; move one of them"
+                         f" (x.to({str(weight.device)!r}) or model.to({str(x.device)!r}))")
+    if x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):
+        raise ValueError(f"input has dtype {x.dtype} but the model's weights are {weight.dtype}; pass"
+                         f" x.to({weight.dtype}), convert the model (model.to({x.dtype})) or run under torch.autocast")
 
 
 def resolve_indices(indices: int | Sequence[int] | None, count: int, what: str = "blocks") -> list[int]:
@@ -22,10 +60,14 @@ def resolve_indices(indices: int | Sequence[int] | None, count: int, what: str =
     a list = those positions (negative counts from the end). Raises ValueError when out of range."""
     if indices is None:
         return list(range(count))
-    if isinstance(indices, int):
+    if isinstance(indices, bool) or not (indices is None or _is_int(indices) or isinstance(indices, Sequence)):
+        raise ValueError(f"indices={indices!r} is invalid; expected None, the number of last {what} or a list of them")
+    if _is_int(indices):
         if not 1 <= indices <= count:
             raise ValueError(f"indices={indices} is invalid; expected 1..{count} (the last n {what})")
         return list(range(count - indices, count))
+    if not all(_is_int(i) for i in indices):
+        raise ValueError(f"indices={list(indices)} is invalid; expected integer positions of {what} 0..{count - 1}")
     wanted = [i + count if i < 0 else i for i in indices]
     if not wanted or any(not 0 <= i < count for i in wanted):
         raise ValueError(f"indices={list(indices)} is invalid; there are {what} 0..{count - 1}")
@@ -88,7 +130,7 @@ class PatchEmbed(nn.Module):
 
     def __init__(self, patch_size: int, in_chans: int, embed_dim: int):
         super().__init__()
-        self.patch_size = to_2tuple(patch_size)
+        self.patch_size = to_2tuple(patch_size, "patch_size")
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=self.patch_size, stride=self.patch_size)
 
     def grid_shape_for(self, height: int, width: int) -> tuple[int, int]:
@@ -101,12 +143,16 @@ class PatchEmbed(nn.Module):
             )
         return height // ph, width // pw
 
+    def check_images(self, x: Tensor) -> tuple[int, int]:
+        """(height, width) of images this layer can embed, else one ValueError/TypeError naming the fix."""
+        check_images(x, self.proj.in_channels, self.proj.weight)
+        ph, pw = self.patch_size
+        if x.shape[2] < ph or x.shape[3] < pw:
+            raise ValueError(f"image of {x.shape[2]}×{x.shape[3]} px is smaller than one {ph}×{pw} patch")
+        return x.shape[2], x.shape[3]
+
     def forward(self, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
-        if x.dim() != 4 or x.shape[1] != self.proj.in_channels:
-            raise ValueError(
-                f"input has shape {tuple(x.shape)}; expected (batch, {self.proj.in_channels}, height, width)"
-            )
-        grid = self.grid_shape_for(x.shape[2], x.shape[3])
+        grid = self.grid_shape_for(*self.check_images(x))
         x = self.proj(x)  # (B, D, rows, cols)
         # contiguous (B, N, D): a transposed view would make every later elementwise result and
         # LayerNorm input strided (measured: LayerNorm then copies its input on every call)
@@ -129,7 +175,12 @@ class ClassifierHeadMixin:
         return self.head
 
     def reset_classifier(self, num_classes: int) -> None:
-        """Replace the head with a fresh one for ``num_classes`` outputs (0 = no head)."""
+        """Replace the head with a fresh one for ``num_classes`` outputs (0 = no head).
+
+        Raises:
+            ValueError: ``num_classes`` is not an integer >= 0.
+        """
+        num_classes = check_num_classes(num_classes)
         self.num_classes = num_classes
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         init_linear_trunc_normal(self.head)

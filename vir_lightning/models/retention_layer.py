@@ -93,8 +93,9 @@ class MultiHeadRetention(nn.Module):
 
     def _merge_heads(self, out: Tensor) -> Tensor:
         """(B, H, N, head_dim) → the output projection of the concatenated heads, (B, N, dim)."""
-        batch, _, tokens, _ = out.shape
-        return self.proj(out.transpose(1, 2).reshape(batch, tokens, -1))
+        batch, heads, tokens, head_dim = out.shape
+        # explicit width: a -1 cannot be inferred from an empty batch
+        return self.proj(out.transpose(1, 2).reshape(batch, tokens, heads * head_dim))
 
     def forward_step(
         self, x: Tensor, state: Tensor | None, grid_cols: int | None = None, class_token: bool = False

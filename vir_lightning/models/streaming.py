@@ -71,7 +71,12 @@ def stream(
         return model.norm(x)
 
     def embedded(row0: int, row1: int) -> Tensor:
-        return model.embed_band(read_band(row0, row1), grid_shape, row0, row1)
+        pixels = read_band(row0, row1)
+        if isinstance(pixels, Tensor) and pixels.dim() == 4 and pixels.shape[0] != batch:
+            # caught here: further on it would only show as a state of the wrong shape
+            raise ValueError(f"read_band({row0}, {row1}) returned {pixels.shape[0]} images; expected batch={batch}"
+                             " (the batch passed to forward_streaming)")
+        return model.embed_band(pixels, grid_shape, row0, row1)
 
     average = model.pooling == "avg"
     total, count, last = None, 0, None

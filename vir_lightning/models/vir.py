@@ -14,7 +14,15 @@ import torch
 from torch import Tensor, nn
 
 from .blocks import GradCheckpointingMixin, RetentionBlock
-from .layers import ClassifierHeadMixin, PatchEmbed, init_linear_trunc_normal, resolve_indices, to_2tuple
+from .layers import (
+    ClassifierHeadMixin,
+    PatchEmbed,
+    check_int,
+    check_num_classes,
+    init_linear_trunc_normal,
+    resolve_indices,
+    to_2tuple,
+)
 from .pos_embed import infer_grid_shape, resize_pos_embed
 from .registry import register_model
 from .retention_layer import STREAMING, RetentionModeMixin
@@ -118,6 +126,14 @@ class VisionRetention(RetentionModeMixin, GradCheckpointingMixin, ClassifierHead
             )
         if not 0.0 <= drop_path_rate < 1.0:
             raise ValueError(f"drop_path_rate={drop_path_rate!r}; expected 0 <= rate < 1")
+        if not 0.0 <= drop_rate < 1.0:
+            raise ValueError(f"drop_rate={drop_rate!r}; expected 0 <= rate < 1")
+        if not mlp_ratio > 0:
+            raise ValueError(f"mlp_ratio={mlp_ratio!r}; expected a positive number (e.g. 4.0)")
+        num_classes = check_num_classes(num_classes)
+        for name, value, minimum in (("in_chans", in_chans, 1), ("embed_dim", embed_dim, 1),
+                                     ("num_heads", num_heads, 1), ("depth", depth, 0)):
+            check_int(name, value, minimum)
 
         self.num_classes = num_classes
         self.embed_dim = self.num_features = embed_dim
@@ -128,7 +144,11 @@ class VisionRetention(RetentionModeMixin, GradCheckpointingMixin, ClassifierHead
         self.has_class_token = pooling != "avg"
 
         self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim)
-        self.img_size = to_2tuple(img_size)
+        self.img_size = to_2tuple(img_size, "img_size")
+        ph, pw = self.patch_embed.patch_size
+        if self.img_size[0] < ph or self.img_size[1] < pw:
+            raise ValueError(f"img_size={img_size!r} is smaller than one {ph}×{pw} patch; expected at least"
+                             " the patch size")
         self.grid_shape = self.patch_embed.grid_shape_for(*self.img_size)
         num_patches = self.grid_shape[0] * self.grid_shape[1]
         self.pos_embed = nn.Parameter(torch.zeros(1, num_patches, embed_dim))
@@ -247,14 +267,7 @@ class VisionRetention(RetentionModeMixin, GradCheckpointingMixin, ClassifierHead
             raise ValueError(f"streaming is not possible with this model: {reason}")
 
     def _check_images(self, x: Tensor) -> tuple[int, int]:
-        if not isinstance(x, Tensor) or x.dim() != 4 or x.shape[1] != self.patch_embed.proj.in_channels:
-            shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-            channels = self.patch_embed.proj.in_channels
-            raise ValueError(f"input has shape {shape}; expected (batch, {channels}, height, width)")
-        ph, pw = self.patch_embed.patch_size
-        if x.shape[2] < ph or x.shape[3] < pw:
-            raise ValueError(f"image of {x.shape[2]}×{x.shape[3]} px is smaller than one {ph}×{pw} patch")
-        return x.shape[2], x.shape[3]
+        return self.patch_embed.check_images(x)
 
     def embed_band(self, pixels: Tensor, grid_shape: tuple[int, int], row0: int, row1: int) -> Tensor:
         """Patch and position embedding of patch rows [row0, row1) of an image whose whole grid is
@@ -293,8 +306,12 @@ class VisionRetention(RetentionModeMixin, GradCheckpointingMixin, ClassifierHead
         if not self.streaming:
             raise ValueError("forward_streaming needs streaming mode: call model.set_retention_mode('streaming') first")
         check_inference_only(self)
+        if not (isinstance(grid_shape, (tuple, list)) and len(grid_shape) == 2):
+            raise ValueError(f"grid_shape={grid_shape!r} is invalid; expected the image's patch grid (rows, cols)")
+        grid_shape = (check_int("grid_shape rows", grid_shape[0]), check_int("grid_shape cols", grid_shape[1]))
+        batch = check_int("batch", batch, 0)
         self._pos_embed_size_check(grid_shape)
-        pooled = stream(self, read_band, tuple(grid_shape), batch, self.band_rows, on_features)
+        pooled = stream(self, read_band, grid_shape, batch, self.band_rows, on_features)
         return self._head_of_pooled(pooled, pre_logits)
 
     def _pos_embed_size_check(self, grid_shape: tuple[int, int]) -> None:
@@ -348,7 +365,7 @@ class VisionRetention(RetentionModeMixin, GradCheckpointingMixin, ClassifierHead
             if i in wanted:
                 feats = self._patch_tokens(self.norm(x) if norm else x, grid_shape)
                 if output_fmt == "NCHW":
-                    feats = feats.transpose(1, 2).reshape(x.shape[0], -1, *grid_shape)
+                    feats = feats.transpose(1, 2).reshape(x.shape[0], feats.shape[-1], *grid_shape)
                 intermediates.append(feats)
             if intermediates_only and i >= max(wanted):
                 return intermediates

@@ -22,6 +22,7 @@ no patch sees it; in Dᵀ its row is a column, so its part of dk and dv is added
 
 from __future__ import annotations
 
+import contextlib
 from typing import NamedTuple
 
 import torch
@@ -137,6 +138,9 @@ def chunkwise_retention(spec: ChunkwiseSpec, log_gamma: Tensor, q: Tensor, k: Te
 
 def _forward_in_state_dtype(spec: ChunkwiseSpec, log_gamma: Tensor, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     """:func:`chunkwise_forward` in ``log_gamma``'s dtype with autocast off, returned in q's dtype."""
-    with torch.autocast(q.device.type, enabled=False):
+    # Devices without autocast (meta, for shape inference) refuse even a disabled autocast context.
+    off = torch.autocast(q.device.type, enabled=False) if torch.amp.is_autocast_available(q.device.type) else (
+        contextlib.nullcontext())
+    with off:
         dtype = log_gamma.dtype
         return chunkwise_forward(spec, log_gamma, q.to(dtype), k.to(dtype), v.to(dtype)).to(q.dtype)

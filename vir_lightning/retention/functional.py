@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 
 import torch
@@ -68,6 +69,11 @@ def default_chunk_size(num_tokens: int, grid_shape: tuple[int, int] | None = Non
 def tile_shape(grid_shape: tuple[int, int], chunk_size: int | None) -> tuple[int, int]:
     """(rows, cols) of a 2D chunkwise tile: ``chunk_size`` (or the default) rows, and as many
     columns as make about :data:`DEFAULT_CHUNK_TOKENS_2D` tokens (split evenly), at most the grid's width."""
+    if not isinstance(grid_shape, Sequence) or len(grid_shape) != 2:
+        raise ValueError(f"grid_shape={grid_shape!r} is invalid; expected (rows, cols)")
+    grid_shape = (_positive_int("grid_shape rows", grid_shape[0]), _positive_int("grid_shape cols", grid_shape[1]))
+    if chunk_size is not None:
+        _positive_int("chunk_size", chunk_size)
     rows = min(chunk_size or default_chunk_size(grid_shape[0] * grid_shape[1], grid_shape), grid_shape[0])
     return rows, _balanced(grid_shape[1], max(1, DEFAULT_CHUNK_TOKENS_2D // rows))
 
@@ -78,9 +84,10 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    # numbers.Integral admits NumPy integers (e.g. a shape read from an array), which are exact.
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise ValueError(f"{name}={value!r} is invalid; expected a positive integer")
-    return value
+    return int(value)
 
 
 def resolve_mode(mode: str, num_tokens: int, grid_shape, device: torch.device, training: bool = False) -> str:
@@ -127,8 +134,7 @@ def _validate(q, k, v, decay_rates, mode, chunk_size, grid_shape, cls_token, dir
     decay_rates = _rates_as_floats(decay_rates, heads)
 
     check_mode(mode, chunk_size)
-    if directions not in (1, 2, 4):
-        raise ValueError(f"directions={directions!r} is invalid; expected 1, 2 or 4")
+    _check_directions(directions)
     if not isinstance(cls_token, bool):
         raise ValueError(f"cls_token={cls_token!r}; expected True or False")
 
@@ -160,6 +166,12 @@ def _validate(q, k, v, decay_rates, mode, chunk_size, grid_shape, cls_token, dir
     return decay_rates
 
 
+def _check_directions(directions) -> None:
+    # Compared by type too: ``True in (1, 2, 4)`` and ``2.0 in (1, 2, 4)`` hold in Python.
+    if isinstance(directions, bool) or not isinstance(directions, int) or directions not in (1, 2, 4):
+        raise ValueError(f"directions={directions!r} is invalid; expected 1, 2 or 4")
+
+
 def _rates_as_floats(decay_rates, heads: int) -> tuple[float, ...]:
     """The rates as a tuple of Python floats, checked. A sequence of floats (what the model layers
     pass) is checked without touching a device; a tensor costs one read to the host."""
@@ -169,6 +181,13 @@ def _rates_as_floats(decay_rates, heads: int) -> tuple[float, ...]:
                 f"decay_rates has shape {tuple(decay_rates.shape)}; expected ({heads},), one rate per head")
         if not decay_rates.is_floating_point():
             raise ValueError(f"decay_rates has dtype {decay_rates.dtype}; expected floating point")
+        if decay_rates.is_meta:
+            raise ValueError("decay_rates is a meta tensor: it has no values to read; pass Python floats"
+                             " (e.g. vir_lightning.retention.decay_rates_for('vir', heads)) or a tensor with data")
+        if decay_rates.requires_grad and torch.is_grad_enabled():
+            # The rates are read as constants: a learnable tensor would silently get no gradient.
+            raise ValueError("decay_rates requires grad, but retention treats the rates as constants and"
+                             " returns no gradient for them; pass decay_rates.detach() (or Python floats)")
         decay_rates = decay_rates.tolist()
     elif not isinstance(decay_rates, Sequence) or isinstance(decay_rates, str):
         raise ValueError(f"decay_rates={decay_rates!r}; expected a tensor or sequence of {heads} floats")
@@ -204,7 +223,8 @@ def retention(
         q: queries, (batch, heads, tokens, head_dim).
         k: keys, same shape as ``q``.
         v: values, (batch, heads, tokens, value_dim).
-        decay_rates: (heads,) rates γ_h in the open interval (0, 1).
+        decay_rates: (heads,) rates γ_h in the open interval (0, 1): Python floats, or a float
+            tensor with data (read once to the host; constants: one that requires grad is refused).
         mode: ``"parallel"`` (O(N²) memory), ``"recurrent"`` (token by token, O(d²)
             state per head in 1D) or ``"chunkwise"`` (linear cost and memory, training included).
             All give the same result.
@@ -226,7 +246,8 @@ def retention(
         with float32 decays, and with a float32 state in the recurrent and chunkwise modes. In
         chunkwise mode the backward pass keeps only q, k and v and recomputes the rest
         (:mod:`vir_lightning.retention.autograd`). ``decay_rates`` given as Python floats (as the
-        model layers do) are never read back from the device.
+        model layers do) are never read back from the device. Zero tokens give an empty result in
+        every mode; meta tensors give the output's shape.
 
     Raises:
         ValueError: an argument has the wrong shape, dtype, value or combination; the message names
@@ -234,6 +255,8 @@ def retention(
     """
     rates = _validate(q, k, v, decay_rates, mode, chunk_size, grid_shape, cls_token, directions)
     scale = _check_scale(scale)
+    if q.shape[2] == 0:  # an empty sequence: an empty result (the scans of the other forms need a token)
+        return _empty_output(q, k, v)
     mode = resolve_mode(mode, q.shape[2], grid_shape, q.device, training=modes.needs_grad(q, k, v))
     compute_dtype = _compute_dtype(q.dtype)
     log_gamma = modes.log_rates(rates, compute_dtype, q.device)
@@ -266,6 +289,11 @@ def retention(
     else:
         out = modes.multi_direction_2d(quadrant, q, k, v, log_gamma, grid_shape, directions)
     return out.to(out_dtype)
+
+
+def _empty_output(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """(batch, heads, 0, value_dim) for zero tokens, still on autograd's graph of q, k and v."""
+    return (q @ k.transpose(-1, -2)) @ v
 
 
 def _check_scale(scale) -> float:
@@ -321,10 +349,15 @@ def retention_step(
         ``(out, state)``: out (batch, heads, tokens, value_dim) in q's dtype; the state after the
         segment, in float32 (float64 for float64 inputs) whatever the input dtype.
 
+    An empty segment (zero tokens) returns an empty output and the state unchanged.
+
     Raises:
-        ValueError: bad shapes, dtypes, rates or a state that does not fit the segment.
+        ValueError: bad shapes, dtypes, rates, or a state that does not fit the segment (shape,
+            dtype or device).
     """
     tokens = q.shape[2] if isinstance(q, Tensor) and q.dim() == 4 else 0
+    if not isinstance(class_token, bool):
+        raise ValueError(f"class_token={class_token!r}; expected True or False")
     if grid_cols is not None:
         grid_cols = _positive_int("grid_cols", grid_cols)
         if class_token and tokens != 1:
@@ -335,7 +368,8 @@ def retention_step(
             )
     elif class_token:
         raise ValueError("class_token=True needs grid_cols: in 1D the class token is just the next token")
-    grid_shape = None if grid_cols is None or class_token else (tokens // grid_cols, grid_cols)
+    # An empty segment (zero rows) changes nothing; it is checked like a 1D one.
+    grid_shape = None if grid_cols is None or class_token or tokens == 0 else (tokens // grid_cols, grid_cols)
     rates = _validate(q, k, v, decay_rates, "chunkwise", chunk_size, grid_shape, False, 1)
     scale = _check_scale(scale)
     compute_dtype = _compute_dtype(q.dtype)
@@ -344,10 +378,14 @@ def retention_step(
         batch, heads, grid_cols, head_dim, v.shape[-1])
     if state is None:
         state = q.new_zeros(state_shape, dtype=compute_dtype)
-    elif not isinstance(state, Tensor) or tuple(state.shape) != state_shape or state.dtype != compute_dtype:
-        got = (tuple(state.shape), state.dtype) if isinstance(state, Tensor) else type(state).__name__
-        raise ValueError(f"state is {got}; expected shape {state_shape} and dtype {compute_dtype}: pass the state"
-                         " the previous segment returned (or None to start)")
+    elif (not isinstance(state, Tensor) or tuple(state.shape) != state_shape or state.dtype != compute_dtype
+          or state.device != q.device):
+        got = ((tuple(state.shape), state.dtype, str(state.device)) if isinstance(state, Tensor)
+               else type(state).__name__)
+        raise ValueError(f"state is {got}; expected shape {state_shape}, dtype {compute_dtype} on {q.device}:"
+                         " pass the state the previous segment returned (or None to start)")
+    if tokens == 0:
+        return _empty_output(q, k, v), state
     log_gamma = modes.log_rates(rates, compute_dtype, q.device)
     out_dtype = q.dtype
     q, k, v = (t.to(compute_dtype) for t in (q, k, v))
@@ -365,7 +403,7 @@ def retention_step(
 
 def retention_decay_matrix(
     num_tokens: int,
-    decay_rates: Tensor,
+    decay_rates: Tensor | Sequence[float],
     *,
     grid_shape: tuple[int, int] | None = None,
     cls_token: bool = False,
@@ -374,6 +412,40 @@ def retention_decay_matrix(
     """The (heads, N, N) decay matrix D of the parallel form, in float32 (float64 for float64 rates).
 
     Used by the authors' softmax ablation, ``softmax((Q Kᵀ/√d) ⊙ D) V``, and handy for plotting masks.
+
+    Args:
+        num_tokens: N, the sequence length (rows·cols, plus 1 with ``cls_token``, in 2D).
+        decay_rates: (heads,) rates γ_h in (0, 1): a floating-point tensor (its values are not read
+            back from the device, so they are not checked: the softmax ablation calls this per
+            layer) or a sequence of Python floats (checked).
+        grid_shape, cls_token, directions: as for :func:`retention`.
+
+    Raises:
+        ValueError: ``num_tokens`` is negative or does not fit ``grid_shape``, the rates are not
+            one per head, or an option is invalid (the same checks as :func:`retention`).
     """
-    dtype = _compute_dtype(decay_rates.dtype)
-    return modes.decay_matrix(num_tokens, torch.log(decay_rates.to(dtype)), grid_shape, cls_token, directions)
+    if isinstance(num_tokens, bool) or not isinstance(num_tokens, numbers.Integral) or num_tokens < 0:
+        raise ValueError(f"num_tokens={num_tokens!r} is invalid; expected a non-negative integer")
+    if isinstance(decay_rates, Tensor):
+        if decay_rates.dim() != 1 or not decay_rates.is_floating_point():
+            raise ValueError(f"decay_rates has shape {tuple(decay_rates.shape)} and dtype {decay_rates.dtype};"
+                             " expected a floating-point (heads,) tensor")
+        heads, rates = decay_rates.shape[0], None
+    elif isinstance(decay_rates, Sequence) and not isinstance(decay_rates, str):
+        rates = _rates_as_floats(decay_rates, len(decay_rates))
+        heads = len(rates)
+    else:
+        raise ValueError(f"decay_rates={decay_rates!r}; expected a (heads,) float tensor or a sequence of floats")
+    # The op's own checks of the options, on an empty stand-in of the right token count (no data).
+    probe = torch.empty(0, heads, int(num_tokens), 0, device="meta")
+    try:
+        _validate(probe, probe, probe, [0.5] * heads, "parallel", None, grid_shape, cls_token, directions)
+    except ValueError as err:  # the stand-in's name is not the caller's
+        raise ValueError(str(err).replace("but q has", "but num_tokens is")) from None
+    if grid_shape is not None:
+        grid_shape = (int(grid_shape[0]), int(grid_shape[1]))
+    if rates is not None:
+        log_gamma = modes.log_rates(rates, torch.float32, torch.device("cpu"))
+    else:
+        log_gamma = torch.log(decay_rates.to(_compute_dtype(decay_rates.dtype)))
+    return modes.decay_matrix(int(num_tokens), log_gamma, grid_shape, cls_token, directions)

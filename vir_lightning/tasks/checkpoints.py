@@ -16,19 +16,27 @@ def load_tensors_only(path: str):
     """``torch.load(weights_only=True)`` on the CPU, with one clear error for a missing file or a
     file that needs arbitrary unpickling (refused: no pickled code ever runs)."""
     if os.path.isdir(path):
-        raise ValueError(f"checkpoint {path!r} is a directory; pass the .ckpt file inside it")
+        raise ValueError(f"checkpoint {path!r} is a folder; give the .ckpt file")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise FileNotFoundError(f"checkpoint {path!r} does not exist") from None
     except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(f"{path!r} is not a tensors-only checkpoint (refusing to unpickle code): {first}") from None
+        raise ValueError(f"{path!r} is not a tensors-only checkpoint (refusing to unpickle code):"
+                         f" {_one_line(err)}") from None
     except (RuntimeError, EOFError, OSError, ValueError) as err:
         # torch's reader errors for a truncated or foreign file are long; their first sentence says it.
         first = str(err).strip().split(". ")[0] if str(err).strip() else type(err).__name__
         raise ValueError(f"checkpoint {path!r} cannot be read ({first}): it is truncated or not a checkpoint;"
                          " point to a complete .ckpt file") from None
+
+
+def _one_line(err: Exception) -> str:
+    """torch's weights_only error spans several lines around its cause: that cause, on one line."""
+    text = str(err)
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation", 1)[0]
+    return " ".join(text.split()) or type(err).__name__
 
 
 def read_state_dict(path: str) -> dict[str, torch.Tensor]:

@@ -50,6 +50,8 @@ def _config_sections(path: str) -> tuple[dict, dict]:
         config = yaml.safe_load(Path(path).read_text()) or {}
     except FileNotFoundError:
         raise FileNotFoundError(f"--config {path!r} does not exist") from None
+    except IsADirectoryError:
+        raise ValueError(f"--config {path!r} is a folder; give the training config's YAML file") from None
     except yaml.YAMLError as err:
         raise ValueError(f"--config {path!r} is not valid YAML: {str(err).splitlines()[0]}") from None
     if not isinstance(config, dict):
@@ -199,6 +201,14 @@ def _read_done(out: str) -> list[dict]:
         return list(reader)
 
 
+def _make_folder(option: str, path: str) -> None:
+    """``os.makedirs(path)``, or one ValueError naming ``option`` (a file in the way, no permission)."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"{option} {path!r}: cannot create the folder ({err.strerror}: {err.filename})") from None
+
+
 def _lock_output(out: str):
     """An exclusive lock on ``<out>.lock`` (the open file; closing it releases the lock): two runs
     writing the same CSV would each rewrite it with only their own rows."""
@@ -252,7 +262,8 @@ def main(argv: list[str] | None = None) -> int:
             if stems.setdefault(stem, path) != path:
                 raise ValueError(f"--features-dir: {stems[stem]!r} and {path!r} would both write {stem}.npy;"
                                  " rename one or run them separately")
-        os.makedirs(args.features_dir, exist_ok=True)
+        _make_folder("--features-dir", args.features_dir)
+    _make_folder("--out", os.path.dirname(os.path.abspath(args.out)))
     with _lock_output(args.out):
         done = _read_done(args.out)
         model, names, mean, std = load_streaming_model(args.config, args.ckpt_path, args.chunk_size)
