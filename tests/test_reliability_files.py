@@ -448,3 +448,10 @@ def test_all_skipped_batch_under_ddp_gives_a_zero_loss_that_keeps_ranks_in_step(
     assert all(p.grad is not None and not p.grad.any() for p in model.parameters() if p.requires_grad)
     model._trainer = SimpleNamespace(world_size=1)
     assert model.training_step(None, 1) is None  # one device: Lightning skips the step
+
+
+def test_output_checks_take_a_pathlib_path(tmp_path):
+    check_output_path(tmp_path / "out.csv")  # the commands pass Path objects as well as strings
+    with atomic_output(tmp_path / "out.csv") as tmp:
+        Path(tmp).write_text("x")
+    assert (tmp_path / "out.csv").read_text() == "x"

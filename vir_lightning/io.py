@@ -29,6 +29,7 @@ def check_output_path(path: str, what: str = "output", directory: bool = False) 
     or file (folder wanted), an existing read-only file (the user protected it: it is not
     replaced), or a place below a file or without write permission.
     """
+    path = os.fspath(path)  # a pathlib.Path as well as a str
     if not path:
         raise ValueError(f"{what}: the output path is empty; give a file name")
     if not directory and path.endswith(("/", os.sep)) and not os.path.isdir(path):
@@ -58,6 +59,7 @@ def atomic_output(path: str, directory: bool = False) -> Iterator[str]:
     is replaced (a read-only file is refused: see :func:`check_output_path`); the result gets the
     user's umask. A path that cannot be written, or a full or read-only disk, is a ValueError.
     """
+    path = os.fspath(path)
     if os.path.islink(path):  # write what the link points to, rather than replace the link by a file
         path = os.path.realpath(path)
     check_output_path(path, directory=directory)
