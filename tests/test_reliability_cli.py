@@ -51,6 +51,7 @@ def earlier_run(tmp_path_factory) -> Path:
 # -- a checkpoint never overrides the command line; its architecture must match -------------------------
 
 
+@pytest.mark.slow
 def test_checkpoint_does_not_replace_the_command_lines_evaluation_form(earlier_run, tmp_path):
     ckpt = earlier_run / "checkpoints" / "last.ckpt"
     assert torch.load(ckpt, weights_only=True)["hyper_parameters"]["eval_mode"] == "auto"
@@ -65,6 +66,7 @@ def test_checkpoint_does_not_replace_the_command_lines_evaluation_form(earlier_r
     assert_one_clear_error(bad, "eval_mode", "banana")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args,fragment", [
     (["--model.init_args.model_name", "hvir_nano", "--model.init_args.model_kwargs={}"], "model_name"),
     (['--model.init_args.model_kwargs={"embed_dim": 32, "depth": 2, "num_heads": 2, "decay": "2d"}'], "decay"),
@@ -76,6 +78,7 @@ def test_checkpoint_of_another_architecture_is_an_error_not_a_silent_load(earlie
     assert_one_clear_error(proc, "trained for another model", fragment)
 
 
+@pytest.mark.slow
 def test_truncated_or_plain_checkpoint_is_one_clear_line(earlier_run, tmp_path):
     truncated = tmp_path / "truncated.ckpt"
     truncated.write_bytes((earlier_run / "checkpoints" / "last.ckpt").read_bytes()[:200])
@@ -117,6 +120,7 @@ def test_union_error_reduces_to_the_named_types_message():
 # -- runs never overwrite each other ---------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_second_fit_into_a_folder_in_use_stops_without_touching_it(tmp_path):
     run_dir = tmp_path / "busy"
     with run_folder.fit_lock(str(run_dir)):
@@ -126,6 +130,7 @@ def test_a_second_fit_into_a_folder_in_use_stops_without_touching_it(tmp_path):
     assert not list(run_dir.glob("**/*.ckpt")) and not (run_dir / "metrics.json").exists()
 
 
+@pytest.mark.slow
 def test_fresh_fit_refuses_a_folder_with_results_unless_told_to_overwrite(earlier_run, tmp_path):
     import shutil
 
@@ -147,6 +152,7 @@ def test_fresh_fit_refuses_a_folder_with_results_unless_told_to_overwrite(earlie
     assert "test/acc1" not in json.loads((run_dir / "metrics.json").read_text())  # no stale metric survives
 
 
+@pytest.mark.slow
 def test_root_dir_on_the_command_line_takes_checkpoints_and_logs_with_it(earlier_run):
     cwd = earlier_run.parent
     # The fixture's fit gave only --trainer.default_root_dir run: nothing went to the config's runs/quickstart.
@@ -158,6 +164,7 @@ def test_root_dir_on_the_command_line_takes_checkpoints_and_logs_with_it(earlier
 # -- no metrics for weights that never trained; small data trains ----------------------------------------
 
 
+@pytest.mark.slow
 def test_fit_of_zero_steps_is_an_error_and_reports_no_metrics(tmp_path):
     proc = run_cli("fit", "--config", QUICKSTART, *TINY_MODEL, "--trainer.max_epochs", "0",
                    "--trainer.default_root_dir", "run", cwd=tmp_path)

@@ -160,7 +160,12 @@ def test_decompression_bomb_is_refused_before_decoding(tmp_path, monkeypatch):
     data[16:29] = ihdr
     data[29:33] = struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
     (tmp_path / "bomb.png").write_bytes(bytes(data))
-    with pytest.raises(ValueError, match=r"bomb\.png. has more than the 178,956,970 px decoding limit"):
+    bomb = r"bomb\.png. is 20000×20000 px, more than the 178,956,970 px decoding limit"
+    with pytest.raises(ValueError, match=bomb):
+        decode_image(str(tmp_path / "bomb.png"))
+    # Our limit, whatever Pillow's process-wide one was left at (predict-large lifts it per read).
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)
+    with pytest.raises(ValueError, match=bomb):
         decode_image(str(tmp_path / "bomb.png"))
     from vir_lightning.data import files
 
@@ -455,3 +460,14 @@ def test_output_checks_take_a_pathlib_path(tmp_path):
     with atomic_output(tmp_path / "out.csv") as tmp:
         Path(tmp).write_text("x")
     assert (tmp_path / "out.csv").read_text() == "x"
+
+
+def test_predict_large_lifts_pillows_pixel_limit_only_for_its_own_read(tmp_path, monkeypatch):
+    from vir_lightning.data.large_image import open_large_image
+
+    Image.fromarray(photo()).save(tmp_path / "photo.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 123_456_789)
+    before = Image.MAX_IMAGE_PIXELS
+    image = open_large_image(str(tmp_path / "photo.png"))
+    assert (image.height, image.width) == (64, 48)
+    assert Image.MAX_IMAGE_PIXELS == before  # it used to stay None for the rest of the process

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import warnings
 from collections.abc import Sequence
 
 import cv2
@@ -70,19 +69,18 @@ def _check_pixel_count(path: str) -> None:
     """Refuse an image whose header claims more than :data:`MAX_IMAGE_PIXELS` (read lazily, no decoding)."""
     from PIL import Image
 
-    too_large = (f"image {path!r} has more than the {MAX_IMAGE_PIXELS:,} px decoding limit (a decompression bomb"
-                 " or a huge scan); downscale it, or use predict-large for huge images")
+    saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # the header only: our limit decides
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                width, height = image.size
-    except Image.DecompressionBombError:  # Pillow's own limit (at its default, the same as ours)
-        raise ImageDecodeError(too_large) from None
+        with Image.open(path) as image:  # lazy: reads the header, decodes nothing
+            width, height = image.size
     except Exception:  # Pillow cannot parse the header: let OpenCV decide (and fail with the usual error)
         return
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
     if width * height > MAX_IMAGE_PIXELS:
-        raise ImageDecodeError(too_large.replace("has more", f"is {width}×{height} px, more", 1))
+        raise ImageDecodeError(f"image {path!r} is {width}×{height} px, more than the {MAX_IMAGE_PIXELS:,} px"
+                               " decoding limit (a decompression bomb or a huge scan); downscale it, or use"
+                               " predict-large for huge images")
 
 
 def decode_image(path: str, channels: int = 3) -> np.ndarray:

@@ -201,7 +201,9 @@ class PillowImage(LargeImage):
     def __init__(self, path: str, level: int = 0):
         from PIL import Image, ImageOps
 
-        Image.MAX_IMAGE_PIXELS = None  # the user asked for this file: no decompression-bomb refusal
+        # The user asked for this file: no decompression-bomb refusal, for this read only (Pillow's
+        # limit is process-wide, and the training data's readers rely on it).
+        saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
         try:
             with Image.open(path) as image:
                 image.load()
@@ -212,6 +214,8 @@ class PillowImage(LargeImage):
                 self._pixels = np.asarray(image)
         except (OSError, SyntaxError, ValueError) as err:
             raise ValueError(f"{path}: not a readable image ({err})") from None
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
         if self._pixels.ndim == 2:
             self._pixels = self._pixels[..., None]
         super().__init__(path, level, [self._pixels.shape[:2]], self._pixels.shape[2], self._pixels.dtype)
