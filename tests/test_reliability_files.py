@@ -21,6 +21,7 @@ import pytest
 import torch
 from conftest import write_image_folder
 from PIL import Image
+from test_classification import QUICKSTART, TINY_MODEL
 
 from vir_lightning.cli import main
 from vir_lightning.data import ImageFolderDataModule
@@ -29,10 +30,7 @@ from vir_lightning.data.files import decode_image, infer_image_size, list_images
 from vir_lightning.io import atomic_output, check_output_path, write_csv_atomically
 from vir_lightning.tasks import ImageClassifier, PredictionCSVWriter
 
-REPO = Path(__file__).resolve().parents[1]
-QUICKSTART = str(REPO / "configs" / "quickstart.yaml")
-TINY = {"embed_dim": 32, "depth": 2, "num_heads": 2}
-TINY_MODEL = ['--model.init_args.model_kwargs={"embed_dim": 32, "depth": 2, "num_heads": 2}']
+TINY = {"embed_dim": 32, "depth": 2, "num_heads": 2}  # the model of TINY_MODEL, for building it in-process
 
 
 def photo(height: int = 64, width: int = 48) -> np.ndarray:
