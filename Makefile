@@ -7,14 +7,15 @@ STAMP  := $(VENV)/.vir-core-installed
 MM_STAMP := $(VENV)/.vir-mm-installed
 TORCH  ?= torch==2.13.0
 
-.PHONY: help install mm data mini-datasets fit test test-fast bench bench-streaming bench-train bench-retention bench-backbone lint clean
+.PHONY: help install mm data mini-datasets downstream-mini fit test test-fast bench bench-streaming bench-train bench-retention bench-backbone lint clean
 
 help:
 	@echo "make fit              set up .venv and data if needed, then train the quickstart (~7 min; FIT_ARGS=\"--overwrite true\" to redo it)"
 	@echo "make test             set up .venv and the OpenMMLab tier if needed, then run the whole test suite"
 	@echo "make test-fast        the suite without tests marked slow (core tier only; mm tests skip if absent)"
 	@echo "make mm               install the OpenMMLab tier (first time: builds mmcv 2.1.0, ~10-17 min)"
-	@echo "make mini-datasets    build data/mini/{coco,ade} from real pixels for the mm smoke runs"
+	@echo "make mini-datasets    build data/mini/{coco,ade} from real pixels (400 train / 100 val images each)"
+	@echo "make downstream-mini  pretrain H-ViR nano, then Mask R-CNN + UPerNet with it and the mm baselines (RUNS=...)"
 	@echo "make bench            ViR-S modes vs the SDPA ViT-S, 224-2048 px: runs/bench/{results.csv,results.md,*.png}"
 	@echo "make bench-streaming  streaming vs chunkwise vs the ViT: speed at 1024/2048 px, memory up to 16384 px (~1 h)"
 	@echo "make bench-retention  time and peak memory of the retention op (1k/4k/16k tokens)"
@@ -99,7 +100,10 @@ bench-backbone: $(STAMP) $(MM_STAMP)
 	  --tasks inference train --baselines swin_t resnet50
 
 mini-datasets: $(MM_STAMP) $(FMNIST)
-	$(PY) -m vir_lightning build-mini-datasets data/mini
+	$(PY) -m vir_lightning build-mini-datasets data/mini --train 400 --val 100
+
+downstream-mini: $(STAMP) $(MM_STAMP) $(FMNIST)
+	experiments/downstream_mini/run.sh $(RUNS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check vir_lightning downstream tests

@@ -15,7 +15,9 @@ _base_ = [
 ]
 
 # mim runs the installed mmdet's tools/train.py: this module must come from an installed package.
-custom_imports = dict(imports=['downstream.hvir_backbone'], allow_failed_imports=False)
+custom_imports = dict(imports=['downstream.hvir_backbone', 'downstream.data_checks'], allow_failed_imports=False)
+# Stops a run whose dataset classes match no annotation or differ from the heads' num_classes.
+custom_hooks = [dict(type='DataMatchesModelHook')]
 
 model = dict(
     backbone=dict(

@@ -14,7 +14,9 @@ _base_ = [
     'mmseg::_base_/schedules/schedule_160k.py',
 ]
 
-custom_imports = dict(imports=['downstream.hvir_backbone'], allow_failed_imports=False)
+custom_imports = dict(imports=['downstream.hvir_backbone', 'downstream.data_checks'], allow_failed_imports=False)
+# Stops a run whose dataset classes match no annotation or differ from the heads' num_classes.
+custom_hooks = [dict(type='DataMatchesModelHook')]
 
 crop_size = (512, 512)
 model = dict(

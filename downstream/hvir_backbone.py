@@ -181,13 +181,15 @@ class HViRBackbone(BaseModule):
         MMLogger.get_current_instance().info(
             f"HViRBackbone: loaded {report['loaded']} tensors from {checkpoint}; ignored {len(report['ignored'])}"
             f" unused keys (classifier, stages after out_indices): {report['ignored'][:4]}"
+            + (f"; grey → RGB input kernel: {report['adapted']}" if report["adapted"] else "")
         )
         self._is_init = True
 
     def load_pretrained(self, path: str, prefix: str | None = None) -> dict:
         """Load an exported H-ViR state_dict (tensors only) into the backbone.
 
-        Returns ``{"loaded": n, "ignored": [...]}``; ignored are the classifier's keys and those of
+        Returns ``{"loaded": n, "ignored": [...], "adapted": [...]}``; adapted names a grey (1-channel)
+        stem kernel spread over the RGB input (see ``_adapt_input_channels``); ignored are the classifier's keys and those of
         stages after the last of ``out_indices`` (removed from the backbone). Raises ValueError when a key the backbone
         needs is missing, when the file has keys the backbone does not know, or when shapes differ
         (another ``arch``); the message names the first offending keys.
@@ -200,6 +202,7 @@ class HViRBackbone(BaseModule):
         ignored = sorted(k for k in state if k.startswith(self.unused_prefixes))
         state = {k: v for k, v in state.items() if k not in set(ignored)}
         own = self.model.state_dict()
+        adapted = self._adapt_input_channels(state, own)
         missing = sorted(set(own) - set(state))
         unexpected = sorted(set(state) - set(own))
         mismatched = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
@@ -219,7 +222,23 @@ class HViRBackbone(BaseModule):
             )
         with torch.no_grad():
             self.model.load_state_dict(state, strict=True)
-        return {"loaded": len(state), "ignored": ignored}
+        return {"loaded": len(state), "ignored": ignored, "adapted": adapted}
+
+    @staticmethod
+    def _adapt_input_channels(state: dict[str, Tensor], own: dict[str, Tensor]) -> list[str]:
+        """Let a backbone pretrained on grey images (``in_chans=1``) start an RGB one, in place.
+
+        The stem's first kernel is repeated over the input channels and divided by their number, so
+        a grey image given as three equal channels has exactly the pretrained response. Only the
+        1 → N case is adapted; any other channel difference stays a shape mismatch.
+        """
+        key = "stem.0.weight"
+        if key in state and key in own and state[key].shape[1] == 1 and own[key].shape[1] > 1 \
+                and state[key].shape[0] == own[key].shape[0] and state[key].shape[2:] == own[key].shape[2:]:
+            channels = own[key].shape[1]
+            state[key] = state[key].repeat(1, channels, 1, 1) / channels
+            return [key]
+        return []
 
 
 def _register() -> None:

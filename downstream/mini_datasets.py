@@ -1,8 +1,8 @@
 """Build small COCO-instance and ADE20K-layout datasets from real pixels that ship with packages.
 
 No COCO or ADE20K images may be downloaded here, so the smoke sets are *real pixels in a constructed
-layout*: Fashion-MNIST garments (Debian's ``dataset-fashion-mnist``) scaled up and pasted onto crops
-of the photos matplotlib ships (``grace_hopper.jpg``, ``Minduka_Present_Blue_Pack.png``). Each garment's
+layout*: Fashion-MNIST garments (Debian's ``dataset-fashion-mnist``: training garments in training images,
+test garments in validation images) scaled up and pasted onto crops of the photos matplotlib ships (``grace_hopper.jpg``, ``Minduka_Present_Blue_Pack.png``). Each garment's
 mask is its own foreground (pixels above a threshold), so the instance masks, boxes and the semantic
 map are exact. Objects sit in separate cells of a grid, so they never overlap.
 
@@ -51,14 +51,15 @@ def _photos() -> list[np.ndarray]:
     return photos
 
 
-def _garments(root: str) -> tuple[np.ndarray, np.ndarray]:
-    path = os.path.join(root, FILES["test_images"])
+def _garments(root: str, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """Fashion-MNIST ``split`` ("train" or "test") images and labels."""
+    path = os.path.join(root, FILES[f"{split}_images"])
     if not os.path.isfile(path):
         raise FileNotFoundError(
             f"Fashion-MNIST not found in {root!r}; run `sudo apt-get install dataset-fashion-mnist`"
             " or pass --fmnist-root"
         )
-    return read_idx(path), read_idx(os.path.join(root, FILES["test_labels"]))
+    return read_idx(path), read_idx(os.path.join(root, FILES[f"{split}_labels"]))
 
 
 def compose(rng: np.random.Generator, photos, garments, labels, size: tuple[int, int], grid=(2, 3), max_objects=4):
@@ -101,13 +102,16 @@ def _polygons(mask: np.ndarray) -> list[list[float]]:
     return [c.reshape(-1).astype(float).tolist() for c in contours if len(c) >= 3]
 
 
-def build_coco(out: str, rng, photos, garments, labels, counts: dict[str, int], size=(240, 320)) -> None:
-    """COCO instance layout under ``out`` (replaced atomically)."""
+def build_coco(out: str, rng, photos, splits: dict[str, tuple[int, np.ndarray, np.ndarray]], size=(240, 320)) -> None:
+    """COCO instance layout under ``out`` (replaced atomically).
+
+    ``splits`` maps a split name to ``(image count, garments, labels)``.
+    """
     categories = [dict(id=i + 1, name=name, supercategory="garment") for i, name in enumerate(COCO_CLASSES)]
     with atomic_output(out, directory=True) as tmp:
         os.makedirs(os.path.join(tmp, "annotations"))
         next_image, next_ann = 1, 1
-        for split, count in counts.items():
+        for split, (count, garments, labels) in splits.items():
             os.makedirs(os.path.join(tmp, split))
             images, annotations = [], []
             for _ in range(count):
@@ -132,10 +136,10 @@ def build_coco(out: str, rng, photos, garments, labels, counts: dict[str, int], 
                 json.dump(dict(images=images, annotations=annotations, categories=categories), f)
 
 
-def build_ade(out: str, rng, photos, garments, labels, counts: dict[str, int], size=(192, 256)) -> None:
-    """ADE20K layout under ``out`` (``…/ADEChallengeData2016``, replaced atomically)."""
+def build_ade(out: str, rng, photos, splits: dict[str, tuple[int, np.ndarray, np.ndarray]], size=(192, 256)) -> None:
+    """ADE20K layout under ``out`` (``…/ADEChallengeData2016``, replaced atomically); ``splits`` as for COCO."""
     with atomic_output(out, directory=True) as tmp:
-        for split, count in counts.items():
+        for split, (count, garments, labels) in splits.items():
             prefix = "ADE_train" if split == "training" else "ADE_val"
             os.makedirs(os.path.join(tmp, "images", split))
             os.makedirs(os.path.join(tmp, "annotations", split))
@@ -153,11 +157,16 @@ def build(out: str, fmnist_root: str = DEBIAN_ROOT, train: int = 16, val: int = 
     if train < 1 or val < 1:
         raise ValueError(f"train={train}, val={val}: each split needs at least one image")
     photos = _photos()
-    garments, labels = _garments(fmnist_root)
+    # Training images paste Fashion-MNIST *training* garments and validation images *test* garments, so
+    # no garment is seen in both, and a backbone pretrained on Fashion-MNIST's training split has not
+    # seen the validation garments either.
+    train_garments, val_garments = _garments(fmnist_root, "train"), _garments(fmnist_root, "test")
     coco = os.path.join(out, "coco")
     ade = os.path.join(out, "ade", "ADEChallengeData2016")
-    build_coco(coco, np.random.default_rng(seed), photos, garments, labels, {"train2017": train, "val2017": val})
-    build_ade(ade, np.random.default_rng(seed + 1), photos, garments, labels, {"training": train, "validation": val})
+    build_coco(coco, np.random.default_rng(seed), photos,
+               {"train2017": (train, *train_garments), "val2017": (val, *val_garments)})
+    build_ade(ade, np.random.default_rng(seed + 1), photos,
+              {"training": (train, *train_garments), "validation": (val, *val_garments)})
     return {"coco": coco, "ade": ade}
 
 

@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Downstream that learns, at CPU scale (README "Downstream that learns"; results in
+# docs/downstream_mini.md): the mini COCO / ADE sets, Fashion-MNIST pretraining of H-ViR nano with
+# the Lightning suite, export of its backbone, then Mask R-CNN and UPerNet with H-ViR nano (from
+# scratch and pretrained) and MMDetection's / MMSegmentation's own ResNet-18 and Swin baselines of
+# the same widths, all through `mim train` with the shipped configs/mini/*.py.
+#
+#   experiments/downstream_mini/run.sh [RUN ...]      (after `make mm` and `make data`)
+#
+# RUN is any of: det_hvir_scratch det_hvir_pretrained det_r18 det_swin
+#                seg_hvir_scratch seg_hvir_pretrained seg_r18 seg_swin      (default: all, in this order)
+# Environment: OUT (default runs/mini), SEED (default 0; work folders get _s$SEED after the first),
+# THREADS (torch threads per run, default: all cores). A run whose folder has result.json is skipped,
+# so the script resumes where it stopped; each run takes 15-35 minutes on 2 cores.
+set -euo pipefail
+REPO=$(cd "$(dirname "$0")/../.." && pwd)
+cd "$REPO"
+PY=${PY:-$REPO/.venv/bin/python}
+MIM=$(dirname "$PY")/mim
+OUT=${OUT:-runs/mini}
+SEED=${SEED:-0}
+SUFFIX=$([ "$SEED" = 0 ] && echo "" || echo "_s$SEED")
+[ -n "${THREADS:-}" ] && export OMP_NUM_THREADS=$THREADS
+mkdir -p "$OUT"
+
+if [ ! -f data/mini/coco/annotations/instances_val2017.json ] || [ ! -d data/mini/ade/ADEChallengeData2016 ]; then
+  "$PY" -m vir_lightning build-mini-datasets data/mini --train 400 --val 100
+fi
+
+BACKBONE=$OUT/hvir_nano_backbone.pth
+pretrain() {
+  # H-ViR nano classifies Fashion-MNIST's training garments (56 px, 2 epochs, the quickstart recipe);
+  # the detection/segmentation validation images paste only test garments.
+  local root=$OUT/pretrain_hvir_nano
+  if [ ! -f "$root/checkpoints/last.ckpt" ]; then
+    "$PY" -m vir_lightning fit --config configs/quickstart.yaml --model.init_args.model_name hvir_nano \
+      --model.init_args.model_kwargs '{}' --data.init_args.img_size 56 --trainer.default_root_dir "$root" \
+      --trainer.max_epochs 2 --trainer.check_val_every_n_epoch 1 --overwrite true > "$root.log" 2>&1
+  fi
+  [ -f "$BACKBONE" ] || "$PY" -m vir_lightning export-backbone "$root/checkpoints/last.ckpt" "$BACKBONE"
+}
+
+train() {  # name package config [cfg-options ...]
+  local name=$1$SUFFIX package=$2 config=$3; shift 3
+  local work=$OUT/$name
+  if [ -f "$work/result.json" ]; then echo "$name: done ($work/result.json)"; return; fi
+  echo "$name: training ($work.log)"
+  local start; start=$(date +%s)
+  "$MIM" train "$package" "configs/mini/$config" --gpus 0 --work-dir "$work" \
+    --cfg-options randomness.seed="$SEED" "$@" > "$work.log" 2>&1
+  "$PY" experiments/downstream_mini/summarize.py collect "$work" "$work.log" --train-seconds $(( $(date +%s) - start ))
+}
+
+RUNS=("$@")
+[ ${#RUNS[@]} -gt 0 ] || RUNS=(det_hvir_scratch det_hvir_pretrained det_r18 det_swin seg_hvir_scratch seg_hvir_pretrained seg_r18 seg_swin)
+for run in "${RUNS[@]}"; do
+  case $run in
+    det_hvir_scratch) train "$run" mmdet hvir_maskrcnn_mini.py ;;
+    det_hvir_pretrained) pretrain; train "$run" mmdet hvir_maskrcnn_mini.py model.backbone.init_cfg.checkpoint="$BACKBONE" ;;
+    det_r18) train "$run" mmdet r18_maskrcnn_mini.py ;;
+    det_swin) train "$run" mmdet swin_maskrcnn_mini.py ;;
+    seg_hvir_scratch) train "$run" mmseg hvir_upernet_mini.py ;;
+    seg_hvir_pretrained) pretrain; train "$run" mmseg hvir_upernet_mini.py model.backbone.init_cfg.checkpoint="$BACKBONE" ;;
+    seg_r18) train "$run" mmseg r18_upernet_mini.py ;;
+    seg_swin) train "$run" mmseg swin_upernet_mini.py ;;
+    *) echo "error: unknown run '$run'; choose from det_hvir_scratch det_hvir_pretrained det_r18 det_swin seg_hvir_scratch seg_hvir_pretrained seg_r18 seg_swin" >&2; exit 2 ;;
+  esac
+done
+"$PY" experiments/downstream_mini/summarize.py table "$OUT"

@@ -1,0 +1,168 @@
+"""The CPU-scale downstream protocol: configs/mini/*.py, the mini sets' split hygiene, grey → RGB
+pretrained stems, the data/model agreement hook and the results collector."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import require_mm
+
+require_mm()
+
+from mmengine.config import Config  # noqa: E402
+from mmengine.dataset import pseudo_collate  # noqa: E402
+from mmengine.registry import init_default_scope  # noqa: E402
+from test_downstream import lightning_style_checkpoint  # noqa: E402
+
+import downstream.mini_datasets as mini_datasets  # noqa: E402
+from downstream.data_checks import DataMatchesModelHook, check_data_matches_model  # noqa: E402
+from downstream.hvir_backbone import HViRBackbone  # noqa: E402
+from vir_lightning.models import create_model  # noqa: E402
+from vir_lightning.tasks.export import export_backbone  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+DET_CONFIGS = ["hvir_maskrcnn_mini.py", "r18_maskrcnn_mini.py", "swin_maskrcnn_mini.py"]
+SEG_CONFIGS = ["hvir_upernet_mini.py", "r18_upernet_mini.py", "swin_upernet_mini.py"]
+
+
+@pytest.fixture(scope="module")
+def mini(tmp_path_factory):
+    return mini_datasets.build(str(tmp_path_factory.mktemp("mini")), train=3, val=2)
+
+
+def mini_config(name: str, roots: dict) -> Config:
+    """A configs/mini file pointed at ``roots`` the way a user does it (--cfg-options keys)."""
+    cfg = Config.fromfile(str(REPO / "configs" / "mini" / name))
+    options = {}
+    if "maskrcnn" in name:
+        for split in ("train", "val", "test"):
+            options[f"{split}_dataloader.dataset.data_root"] = roots["coco"] + "/"
+        for split in ("val", "test"):
+            options[f"{split}_evaluator.ann_file"] = roots["coco"] + "/annotations/instances_val2017.json"
+    else:
+        for split in ("train", "val", "test"):
+            options[f"{split}_dataloader.dataset.data_root"] = roots["ade"]
+    cfg.merge_from_dict(options)
+    return cfg
+
+
+@pytest.mark.parametrize("name", DET_CONFIGS + SEG_CONFIGS)
+def test_mini_configs_share_the_protocol_and_differ_only_in_the_backbone(name):
+    cfg = Config.fromfile(str(REPO / "configs" / "mini" / name))
+    reference = Config.fromfile(str(REPO / "configs" / "mini" / (DET_CONFIGS if "maskrcnn" in name else SEG_CONFIGS)[0]))
+    for key in ("train_dataloader", "val_dataloader", "train_cfg", "param_scheduler", "custom_hooks"):
+        assert cfg[key] == reference[key], key
+    assert cfg.optim_wrapper.optimizer == reference.optim_wrapper.optimizer
+    without_backbone = lambda c: {k: v for k, v in c.model.items() if k != "backbone"}  # noqa: E731
+    assert without_backbone(cfg) == without_backbone(reference)
+    assert cfg.model.backbone.get("init_cfg") in (None, dict(type="Pretrained", checkpoint=None))
+
+
+@pytest.mark.parametrize("name", DET_CONFIGS)
+def test_mini_maskrcnn_configs_compute_losses_and_check_their_data(name, mini):
+    from mmdet.registry import DATASETS, MODELS
+
+    cfg = mini_config(name, mini)
+    init_default_scope("mmdet")
+    model, dataset = MODELS.build(cfg.model), DATASETS.build(cfg.train_dataloader.dataset)
+    model.init_weights()
+    check_data_matches_model(model, dataset)
+    # the widths the heads expect are the backbone's: a loss on a real batch
+    data = model.data_preprocessor(pseudo_collate([dataset[0], dataset[1]]), training=True)
+    losses = model(**data, mode="loss")
+    total = sum(v for k, v in losses.items() if "loss" in k for v in (v if isinstance(v, list) else [v]))
+    assert torch.isfinite(total) and data["data_samples"][0].img_shape == (120, 160)  # the protocol's own scale
+
+
+@pytest.mark.parametrize("name", SEG_CONFIGS)
+def test_mini_upernet_configs_compute_losses_and_check_their_data(name, mini):
+    from mmseg.registry import DATASETS, MODELS
+
+    cfg = mini_config(name, mini)
+    init_default_scope("mmseg")
+    model, dataset = MODELS.build(cfg.model), DATASETS.build(cfg.train_dataloader.dataset)
+    model.init_weights()
+    check_data_matches_model(model, dataset)
+    data = model.data_preprocessor(pseudo_collate([dataset[0], dataset[1]]), training=True)
+    losses = model(**data, mode="loss")
+    assert torch.isfinite(losses["decode.loss_ce"]) and data["inputs"].shape[-2:] == (192, 192)
+
+
+def test_hook_refuses_heads_of_another_class_count_and_classes_matching_no_annotation(mini):
+    from mmdet.registry import DATASETS, MODELS
+
+    cfg = mini_config("hvir_maskrcnn_mini.py", mini)
+    init_default_scope("mmdet")
+    dataset = DATASETS.build(cfg.val_dataloader.dataset)
+    cfg.model.roi_head.mask_head.num_classes = 80  # COCO's count, as the shipped config has it
+    with pytest.raises(ValueError, match=r"10 classes .* model\.roi_head\.mask_head\.num_classes=80; pass "
+                                         r"--cfg-options model\.roi_head\.mask_head\.num_classes=10"):
+        check_data_matches_model(MODELS.build(cfg.model), dataset, "val")
+    cfg.model.roi_head.mask_head.num_classes = 10
+    model = MODELS.build(cfg.model)
+    # a test-mode set keeps its images, but names that match none of the file's categories drop every box
+    cfg.val_dataloader.dataset.metainfo = dict(classes=tuple(f"c{i}" for i in range(10)))
+    renamed = DATASETS.build(cfg.val_dataloader.dataset)
+    assert len(renamed) == len(dataset)
+    with pytest.raises(ValueError, match=r"no annotation of the val set belongs to metainfo\.classes"):
+        check_data_matches_model(model, renamed, "val")
+    assert DataMatchesModelHook.priority == "VERY_HIGH"
+
+
+def test_segmentation_heads_must_count_the_dataset_classes(mini):
+    from mmseg.registry import DATASETS, MODELS
+
+    cfg = mini_config("hvir_upernet_mini.py", mini)
+    init_default_scope("mmseg")
+    dataset = DATASETS.build(cfg.train_dataloader.dataset)
+    cfg.model.auxiliary_head.num_classes = 150
+    with pytest.raises(ValueError, match=r"model\.auxiliary_head\.num_classes=150; pass --cfg-options "
+                                         r"model\.auxiliary_head\.num_classes=11"):
+        check_data_matches_model(MODELS.build(cfg.model), dataset)
+
+
+def test_training_images_paste_training_garments_and_validation_images_test_garments(tmp_path, monkeypatch):
+    # Fashion-MNIST's train split stands in as class 0 only and its test split as class 9 only.
+    real = mini_datasets._garments
+
+    def one_class(root, split):
+        images, labels = real(root, split)
+        keep = labels == (0 if split == "train" else 9)
+        return images[keep][:50], labels[keep][:50]
+
+    monkeypatch.setattr(mini_datasets, "_garments", one_class)
+    roots = mini_datasets.build(str(tmp_path / "m"), train=6, val=4)
+    for split, category in (("train2017", 1), ("val2017", 10)):
+        with open(f"{roots['coco']}/annotations/instances_{split}.json") as f:
+            assert {a["category_id"] for a in json.load(f)["annotations"]} == {category}
+    import cv2
+
+    for split, label in (("training", 0 + 2), ("validation", 9 + 2)):  # ADE: 1 = photo, 2… = garments
+        maps = [cv2.imread(str(p), cv2.IMREAD_UNCHANGED) for p in Path(roots["ade"], "annotations", split).glob("*.png")]
+        assert set(np.unique(np.concatenate([m.ravel() for m in maps]))) == {1, label}
+
+
+def test_a_grey_pretrained_stem_gives_an_rgb_backbone_the_grey_response(tmp_path):
+    torch.manual_seed(0)
+    grey = create_model("hvir_nano", num_classes=10, in_chans=1)
+    torch.save({"state_dict": {f"model.{k}": v for k, v in grey.state_dict().items()},
+                "hyper_parameters": {"model_name": "hvir_nano"}}, tmp_path / "grey.ckpt")
+    export_backbone(str(tmp_path / "grey.ckpt"), str(tmp_path / "grey.pth"))
+    rgb = HViRBackbone(arch="nano", out_norm=False, init_cfg=dict(type="Pretrained", checkpoint=str(tmp_path / "grey.pth")))
+    rgb.init_weights()
+    reference = HViRBackbone(arch="nano", in_chans=1, out_norm=False)
+    assert reference.load_pretrained(str(tmp_path / "grey.pth"))["adapted"] == []
+    image = torch.rand(2, 1, 64, 64)
+    rgb.eval(), reference.eval()
+    with torch.no_grad():
+        for ours, expected in zip(rgb(image.expand(-1, 3, -1, -1)), reference(image), strict=True):
+            torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-5)
+    # any other channel difference is still a mismatch, named
+    lightning_style_checkpoint(tmp_path / "rgb.ckpt")
+    export_backbone(str(tmp_path / "rgb.ckpt"), str(tmp_path / "rgb.pth"))
+    with pytest.raises(ValueError, match="shape mismatch stem.0.weight"):
+        HViRBackbone(arch="nano", in_chans=4).load_pretrained(str(tmp_path / "rgb.pth"))
