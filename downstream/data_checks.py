@@ -60,7 +60,8 @@ def check_data_matches_model(model, dataset, split: str = "train") -> None:
         raise ValueError(
             f"no annotation of the {split} set belongs to metainfo.classes={classes}, so it would"
             f" {'train' if split == 'train' else 'evaluate'} as background only. Set --cfg-options"
-            f" {split}_dataloader.dataset.metainfo.classes=(…) (for every split) to the annotation file's category names"
+            f" {split}_dataloader.dataset.metainfo.classes=(…) (for every split) to the annotation file's"
+            " category names"
         )
 
 

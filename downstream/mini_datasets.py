@@ -2,7 +2,8 @@
 
 No COCO or ADE20K images may be downloaded here, so the smoke sets are *real pixels in a constructed
 layout*: Fashion-MNIST garments (Debian's ``dataset-fashion-mnist``: training garments in training images,
-test garments in validation images) scaled up and pasted onto crops of the photos matplotlib ships (``grace_hopper.jpg``, ``Minduka_Present_Blue_Pack.png``). Each garment's
+test garments in validation images) scaled up and pasted onto crops of the photos matplotlib ships
+(``grace_hopper.jpg``, ``Minduka_Present_Blue_Pack.png``). Each garment's
 mask is its own foreground (pixels above a threshold), so the instance masks, boxes and the semantic
 map are exact. Objects sit in separate cells of a grid, so they never overlap.
 

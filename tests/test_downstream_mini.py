@@ -53,7 +53,8 @@ def mini_config(name: str, roots: dict) -> Config:
 @pytest.mark.parametrize("name", DET_CONFIGS + SEG_CONFIGS)
 def test_mini_configs_share_the_protocol_and_differ_only_in_the_backbone(name):
     cfg = Config.fromfile(str(REPO / "configs" / "mini" / name))
-    reference = Config.fromfile(str(REPO / "configs" / "mini" / (DET_CONFIGS if "maskrcnn" in name else SEG_CONFIGS)[0]))
+    first = (DET_CONFIGS if "maskrcnn" in name else SEG_CONFIGS)[0]
+    reference = Config.fromfile(str(REPO / "configs" / "mini" / first))
     for key in ("train_dataloader", "val_dataloader", "train_cfg", "param_scheduler", "custom_hooks"):
         assert cfg[key] == reference[key], key
     assert cfg.optim_wrapper.optimizer == reference.optim_wrapper.optimizer
@@ -142,7 +143,8 @@ def test_training_images_paste_training_garments_and_validation_images_test_garm
     import cv2
 
     for split, label in (("training", 0 + 2), ("validation", 9 + 2)):  # ADE: 1 = photo, 2… = garments
-        maps = [cv2.imread(str(p), cv2.IMREAD_UNCHANGED) for p in Path(roots["ade"], "annotations", split).glob("*.png")]
+        paths = Path(roots["ade"], "annotations", split).glob("*.png")
+        maps = [cv2.imread(str(p), cv2.IMREAD_UNCHANGED) for p in paths]
         assert set(np.unique(np.concatenate([m.ravel() for m in maps]))) == {1, label}
 
 
@@ -152,7 +154,8 @@ def test_a_grey_pretrained_stem_gives_an_rgb_backbone_the_grey_response(tmp_path
     torch.save({"state_dict": {f"model.{k}": v for k, v in grey.state_dict().items()},
                 "hyper_parameters": {"model_name": "hvir_nano"}}, tmp_path / "grey.ckpt")
     export_backbone(str(tmp_path / "grey.ckpt"), str(tmp_path / "grey.pth"))
-    rgb = HViRBackbone(arch="nano", out_norm=False, init_cfg=dict(type="Pretrained", checkpoint=str(tmp_path / "grey.pth")))
+    pretrained = dict(type="Pretrained", checkpoint=str(tmp_path / "grey.pth"))
+    rgb = HViRBackbone(arch="nano", out_norm=False, init_cfg=pretrained)
     rgb.init_weights()
     reference = HViRBackbone(arch="nano", in_chans=1, out_norm=False)
     assert reference.load_pretrained(str(tmp_path / "grey.pth"))["adapted"] == []

@@ -71,9 +71,10 @@ def table(out: str) -> str:
             continue
         with open(path) as f:
             r = json.load(f)
-        cell = lambda key, fmt: fmt.format(r[key]) if r.get(key) is not None else "–"  # noqa: E731
-        rows.append(f"| {name} | {cell('bbox_mAP', '{:.3f}')} | {cell('segm_mAP', '{:.3f}')} | {cell('mIoU', '{:.2f}')}"
-                    f" | {cell('aAcc', '{:.2f}')} | {r['train_seconds'] / 60:.1f} min | {cell('seconds_per_image', '{:.3f}')} |")
+        cells = [f"{r[key]:{fmt}}" if r.get(key) is not None else "–" for key, fmt in
+                 (("bbox_mAP", ".3f"), ("segm_mAP", ".3f"), ("mIoU", ".2f"), ("aAcc", ".2f"))]
+        per_image = f"{r['seconds_per_image']:.3f}" if r.get("seconds_per_image") is not None else "–"
+        rows.append(f"| {name} | {' | '.join(cells)} | {r['train_seconds'] / 60:.1f} min | {per_image} |")
     return "\n".join(rows)
 
 
