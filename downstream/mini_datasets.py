@@ -28,28 +28,20 @@ import os
 import cv2
 import numpy as np
 
+from vir_lightning.data.cluttered_fashion_mnist import paste_garment, photo_crop, sample_photos
 from vir_lightning.data.fashion_mnist import DEBIAN_ROOT, FILES, read_idx
 from vir_lightning.io import atomic_output
 
 COCO_CLASSES = ("tshirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot")
 ADE_CLASSES = ("background", *COCO_CLASSES)
-PHOTOS = ("grace_hopper.jpg", "Minduka_Present_Blue_Pack.png")
-FOREGROUND_THRESHOLD = 40  # Fashion-MNIST background is exactly 0; garments are far brighter
 
 
 def _photos() -> list[np.ndarray]:
+    """matplotlib's sample photos, BGR (the channel order cv2.imwrite expects)."""
     try:
-        from matplotlib import cbook
+        return [cv2.cvtColor(photo, cv2.COLOR_RGB2BGR) for photo in sample_photos()]
     except ImportError:  # pragma: no cover - matplotlib comes with mmdet
         raise ImportError("matplotlib (installed with mmdet) provides the background photos; run `make mm`") from None
-    photos = []
-    for name in PHOTOS:
-        path = cbook.get_sample_data(name, asfileobj=False)
-        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if image is None:
-            raise FileNotFoundError(f"matplotlib's sample photo {path} could not be read")
-        photos.append(image)
-    return photos
 
 
 def _garments(root: str, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -66,18 +58,10 @@ def _garments(root: str, split: str) -> tuple[np.ndarray, np.ndarray]:
 def compose(rng: np.random.Generator, photos, garments, labels, size: tuple[int, int], grid=(2, 3), max_objects=4):
     """One image: a random photo crop with 1…max_objects garments pasted into distinct grid cells.
 
-    Returns ``(image HxWx3 uint8 BGR, [(class_index, mask HxW bool), …])``.
+    Returns ``(image HxWx3 uint8, [(class_index, mask HxW bool), …])``.
     """
     height, width = size
-    photo = photos[rng.integers(len(photos))]
-    scale = max(height / photo.shape[0], width / photo.shape[1]) * rng.uniform(1.0, 1.6)
-    resized = cv2.resize(photo, (int(np.ceil(photo.shape[1] * scale)), int(np.ceil(photo.shape[0] * scale))))
-    top = rng.integers(resized.shape[0] - height + 1)
-    left = rng.integers(resized.shape[1] - width + 1)
-    image = resized[top : top + height, left : left + width].copy()
-    if rng.random() < 0.5:
-        image = image[:, ::-1].copy()
-
+    image = photo_crop(rng, photos, size)
     rows, cols = grid
     cell_h, cell_w = height // rows, width // cols
     cells = rng.choice(rows * cols, size=rng.integers(1, max_objects + 1), replace=False)
@@ -85,15 +69,10 @@ def compose(rng: np.random.Generator, photos, garments, labels, size: tuple[int,
     for cell in cells:
         index = rng.integers(len(labels))
         side = int(min(cell_h, cell_w) * rng.uniform(0.6, 0.95))
-        garment = cv2.resize(garments[index], (side, side), interpolation=cv2.INTER_LINEAR)
-        mask_patch = garment > FOREGROUND_THRESHOLD
         y = (cell // cols) * cell_h + rng.integers(cell_h - side + 1)
         x = (cell % cols) * cell_w + rng.integers(cell_w - side + 1)
-        tint = rng.uniform(0.5, 1.0, size=3)  # a colour per garment so classes are not just grey levels
-        region = image[y : y + side, x : x + side]
-        region[mask_patch] = (garment[mask_patch, None] * tint).astype(np.uint8)
         mask = np.zeros((height, width), dtype=bool)
-        mask[y : y + side, x : x + side] = mask_patch
+        mask[y : y + side, x : x + side] = paste_garment(rng, image, garments[index], side, y, x)
         objects.append((int(labels[index]), mask))
     return image, objects
 

@@ -1,0 +1,88 @@
+"""Cluttered Fashion-MNIST: deterministic images, splits that share no garment and no photo region,
+the object where its layout says, and bad options refused."""
+
+from __future__ import annotations
+
+import os
+
+import cv2
+import numpy as np
+import pytest
+
+from vir_lightning.data import ClutteredFashionMNISTDataModule
+from vir_lightning.data.cluttered_fashion_mnist import FOREGROUND_THRESHOLD, sample_photos
+from vir_lightning.data.fashion_mnist import DEBIAN_ROOT, FILES, read_idx
+
+pytestmark = pytest.mark.skipif(not os.path.isfile(os.path.join(DEBIAN_ROOT, FILES["test_images"])),
+                                reason="Fashion-MNIST is installed by `make data`")
+
+
+@pytest.fixture(scope="module")
+def sources():
+    return ClutteredFashionMNISTDataModule(canvas=64)._sources()
+
+
+def test_an_image_is_a_pure_function_of_seed_split_and_index(sources):
+    image, label = sources["train"][7]
+    again, label_again = ClutteredFashionMNISTDataModule(canvas=64)._sources()["train"][7]
+    assert np.array_equal(image, again) and label == label_again
+    assert image.shape == (64, 64, 3) and image.dtype == np.uint8
+    other_seed = ClutteredFashionMNISTDataModule(canvas=64, generator_seed=1)._sources()["train"][7][0]
+    assert not np.array_equal(image, other_seed)
+    assert not np.array_equal(sources["val"][7][0], sources["test"][7][0])
+
+
+def test_splits_share_no_garment_and_no_photo_region(sources):
+    train_labels = read_idx(os.path.join(DEBIAN_ROOT, FILES["train_labels"]))
+    test_images = read_idx(os.path.join(DEBIAN_ROOT, FILES["test_images"]))
+    assert len(sources["train"]) == len(train_labels) == 60000
+    assert len(sources["val"]) + len(sources["test"]) == len(test_images)
+    # validation and test cut the test garments in two halves; training uses only training garments
+    assert np.array_equal(sources["val"].garments, test_images[:5000])
+    assert np.array_equal(sources["test"].garments, test_images[5000:])
+    assert sources["train"].garments.shape[0] == 60000
+    # training crops come from the left 60% of every photo, validation/test from the rest
+    regions = zip(sample_photos(), sources["train"].photos, sources["val"].photos, strict=True)
+    for photo, train_part, held_out in regions:
+        cut = train_part.shape[1]
+        assert cut == round(photo.shape[1] * 0.6) and train_part.shape[1] + held_out.shape[1] == photo.shape[1]
+        assert np.array_equal(train_part, photo[:, :cut]) and np.array_equal(held_out, photo[:, cut:])
+    assert sources["val"].photos is sources["test"].photos
+
+
+def test_the_garment_lies_where_its_layout_says_and_has_its_label(sources):
+    source = sources["val"]
+    for index in range(20):
+        image, label = source[index]
+        where = source.layout(index)
+        assert label == int(source.labels[index])
+        top, left, side = where["top"], where["left"], where["side"]
+        assert 0 <= top and top + side <= 64 and 0 <= left and left + side <= 64
+        assert where["center"] == (top + side / 2, left + side / 2)
+        # the pasted pixels are the garment's foreground times one colour per channel (0.5-1.0)
+        garment = cv2.resize(source.garments[index], (side, side), interpolation=cv2.INTER_LINEAR)
+        mask = garment > FOREGROUND_THRESHOLD
+        patch = image[top: top + side, left: left + side][mask].astype(float)
+        ratio = patch / garment[mask][:, None]
+        assert np.all(ratio <= 1.0 + 1e-6) and np.all(ratio >= 0.5 - 1 / garment[mask][:, None] - 1e-6)
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(canvas=16), "canvas=16"),
+    (dict(object_scale=(0.9, 0.5)), "object_scale"),
+    (dict(object_scale=(0.5,)), "object_scale"),
+    (dict(clutter=-1), "clutter=-1"),
+    (dict(train_fraction=1.0), "train_fraction=1.0"),
+    (dict(root="/nonexistent"), "Fashion-MNIST not found"),
+])
+def test_bad_options_are_refused_with_the_option_named(options, message):
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
+        ClutteredFashionMNISTDataModule(**options)
+
+
+def test_the_data_module_feeds_rgb_batches_at_the_canvas_size():
+    module = ClutteredFashionMNISTDataModule(canvas=48, batch_size=4, num_workers=0)
+    module.setup("fit")
+    images, labels = next(iter(module.train_dataloader()))
+    assert images.shape == (4, 3, 48, 48) and labels.shape == (4,) and module.in_chans == 3
+    assert module.num_classes == 10

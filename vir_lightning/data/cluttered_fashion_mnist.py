@@ -1,0 +1,186 @@
+"""Cluttered Fashion-MNIST: one garment pasted at a random place on a real photograph, among clutter.
+
+In the spirit of the cluttered-MNIST benchmarks for attention models (Mnih et al. 2014; Jaderberg
+et al. 2015), from real pixels that installed packages ship: the background is a crop of one of
+matplotlib's sample photographs, the object is a Fashion-MNIST garment (rescaled, tinted, pasted
+through its own foreground mask at a uniformly random position), and K clutter fragments are cut
+from *other* garments of the same split. The label is the garment's class.
+
+Splits never share a garment or a photo region:
+
+* ``train``: Fashion-MNIST's training garments, the left ``train_fraction`` of every photo's columns;
+* ``val``: the first half of Fashion-MNIST's test garments, the remaining right part of every photo;
+* ``test``: the second half of the test garments, the same right part.
+
+Every image is generated on the fly and is a pure function of ``(seed, split, index)``; the object's
+centre and size are kept (:meth:`ClutteredSource.layout`) so accuracy can be broken down by position.
+:func:`paste_garment` is also what ``downstream/mini_datasets.py`` uses to build its detection and
+segmentation sets.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+
+from .base import ClassificationDataModule
+from .fashion_mnist import CLASS_NAMES, DEBIAN_ROOT, FILES, read_idx
+
+PHOTOS = ("grace_hopper.jpg", "Minduka_Present_Blue_Pack.png")
+FOREGROUND_THRESHOLD = 40  # Fashion-MNIST's background is exactly 0; garments are far brighter
+SPLIT_IDS = {"train": 0, "val": 1, "test": 2}
+
+
+def sample_photos() -> list[np.ndarray]:
+    """matplotlib's bundled sample photographs as RGB uint8 arrays."""
+    from matplotlib import cbook
+
+    photos = []
+    for name in PHOTOS:
+        path = cbook.get_sample_data(name, asfileobj=False)
+        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if image is None:
+            raise FileNotFoundError(f"matplotlib's sample photo {path} could not be read")
+        photos.append(cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
+    return photos
+
+
+def photo_crop(rng: np.random.Generator, photos: Sequence[np.ndarray], size: tuple[int, int]) -> np.ndarray:
+    """A random crop of ``size`` (height, width) from a random photo, zoomed 1.0–1.6× and maybe mirrored."""
+    height, width = size
+    photo = photos[rng.integers(len(photos))]
+    scale = max(height / photo.shape[0], width / photo.shape[1]) * rng.uniform(1.0, 1.6)
+    resized = cv2.resize(photo, (int(np.ceil(photo.shape[1] * scale)), int(np.ceil(photo.shape[0] * scale))))
+    top = rng.integers(resized.shape[0] - height + 1)
+    left = rng.integers(resized.shape[1] - width + 1)
+    crop = resized[top: top + height, left: left + width]
+    return (crop[:, ::-1] if rng.random() < 0.5 else crop).copy()
+
+
+def paste_garment(rng: np.random.Generator, image: np.ndarray, garment: np.ndarray, side: int | None, top: int,
+                  left: int) -> np.ndarray:
+    """Paste a grey garment (or a piece of one), resized to ``side`` (None: as is), at (top, left).
+
+    ``image`` (H×W×3 uint8) is changed in place. Only the garment's own foreground is pasted (pixels
+    above ``FOREGROUND_THRESHOLD``), in a random colour per garment so that classes are not told
+    apart by grey level. Returns the pasted mask (bool, the pasted patch's shape).
+    """
+    resized = garment if side is None else cv2.resize(garment, (side, side), interpolation=cv2.INTER_LINEAR)
+    mask = resized > FOREGROUND_THRESHOLD
+    tint = rng.uniform(0.5, 1.0, size=3)
+    region = image[top: top + resized.shape[0], left: left + resized.shape[1]]
+    region[mask] = (resized[mask, None] * tint).astype(np.uint8)
+    return mask
+
+
+class ClutteredSource:
+    """``(H×W×3 uint8 image, label)`` pairs generated from ``(seed, split, index)``.
+
+    Args:
+        garments, labels: the split's Fashion-MNIST images (N×28×28) and labels.
+        photos: the split's photo regions (RGB).
+        canvas: image side in pixels.
+        object_scale: range of the garment's side as a fraction of the canvas.
+        clutter: fragments per image, each a ``clutter_size``-pixel square of another garment.
+        seed, split: make every image a pure function of ``(seed, split, index)``.
+    """
+
+    def __init__(self, garments: np.ndarray, labels: np.ndarray, photos: Sequence[np.ndarray], canvas: int,
+                 object_scale: Sequence[float], clutter: int, clutter_size: int, seed: int, split: str):
+        self.garments, self.labels, self.photos = garments, labels, photos
+        self.canvas, self.object_scale = canvas, tuple(object_scale)
+        self.clutter, self.clutter_size = clutter, clutter_size
+        self.seed, self.split_id = seed, SPLIT_IDS[split]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def _rng(self, index: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, self.split_id, index])
+
+    def layout(self, index: int) -> dict:
+        """Where image ``index``'s garment is: ``{"center": (y, x), "side": s}`` in pixels."""
+        rng = self._rng(index)
+        side = int(round(self.canvas * rng.uniform(*self.object_scale)))
+        top, left = int(rng.integers(self.canvas - side + 1)), int(rng.integers(self.canvas - side + 1))
+        return {"center": (top + side / 2, left + side / 2), "side": side, "top": top, "left": left, "rng": rng}
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
+        where = self.layout(index)
+        rng, side = where["rng"], where["side"]
+        image = photo_crop(rng, self.photos, (self.canvas, self.canvas))
+        # Clutter first, so that it never covers the garment: squares cut from other garments of the
+        # split at the garment's scale, anywhere on the canvas.
+        piece = min(self.clutter_size, side)
+        for _ in range(self.clutter):
+            other = cv2.resize(self.garments[rng.integers(len(self.labels))], (side, side))
+            y, x = rng.integers(side - piece + 1, size=2)
+            top, left = rng.integers(self.canvas - piece + 1, size=2)
+            paste_garment(rng, image, other[y: y + piece, x: x + piece], None, int(top), int(left))
+        paste_garment(rng, image, self.garments[index], side, where["top"], where["left"])
+        return image, int(self.labels[index])
+
+
+class ClutteredFashionMNISTDataModule(ClassificationDataModule):
+    """Cluttered Fashion-MNIST (see the module): RGB canvases, 10 garment classes.
+
+    Args:
+        root: folder of Fashion-MNIST's IDX files.
+        canvas: image side in pixels (64 by default; any size ≥ 32, e.g. 128 or 224).
+        object_scale: the garment's side as a fraction of the canvas (uniform in the range).
+        clutter: clutter fragments per image.
+        clutter_size: fragment side in pixels (at most the garment's side).
+        train_fraction: the photos' left fraction of columns that training images are cut from.
+        generator_seed: the seed of the images (not of the shuffling order: that is ``seed``).
+        img_size: model input size (default: the canvas).
+        **kwargs: loader and augmentation options of :class:`ClassificationDataModule` (the
+            defaults here are flips only: the generator already varies position, scale and colour).
+    """
+
+    def __init__(self, root: str = DEBIAN_ROOT, canvas: int = 64, object_scale: Sequence[float] = (0.45, 0.8),
+                 clutter: int = 4, clutter_size: int = 10, train_fraction: float = 0.6, generator_seed: int = 0,
+                 img_size: int | None = None, mean: Sequence[float] = (0.485, 0.456, 0.406),
+                 std: Sequence[float] = (0.229, 0.224, 0.225), crop_scale: Sequence[float] = (1.0, 1.0),
+                 color_jitter: float = 0.0, random_erasing: float = 0.0, eval_crop_pct: float = 1.0, **kwargs):
+        super().__init__(img_size=img_size or canvas, mean=mean, std=std, crop_scale=crop_scale,
+                         color_jitter=color_jitter, random_erasing=random_erasing, eval_crop_pct=eval_crop_pct,
+                         **kwargs)
+        if not isinstance(canvas, int) or canvas < 32:
+            raise ValueError(f"canvas={canvas!r}: expected an integer side of at least 32 pixels")
+        low, high = (tuple(object_scale) + (None, None))[:2]
+        if len(tuple(object_scale)) != 2 or not 0 < low <= high <= 1:
+            raise ValueError(f"object_scale={object_scale!r}: expected [low, high] with 0 < low <= high <= 1")
+        if clutter < 0 or clutter_size < 1:
+            raise ValueError(f"clutter={clutter}, clutter_size={clutter_size}: expected clutter >= 0, size >= 1")
+        if not 0 < train_fraction < 1:
+            raise ValueError(f"train_fraction={train_fraction}: expected a fraction strictly between 0 and 1")
+        missing = [name for name in FILES.values() if not os.path.isfile(os.path.join(root, name))]
+        if missing:
+            raise FileNotFoundError(
+                f"Fashion-MNIST not found in {root!r}: missing {', '.join(missing)}; run `sudo apt-get install"
+                " dataset-fashion-mnist` or pass --data.init_args.root=<folder of the IDX .gz files>"
+            )
+        self.root, self.canvas, self.object_scale = root, canvas, tuple(object_scale)
+        self.clutter, self.clutter_size, self.train_fraction = clutter, clutter_size, train_fraction
+        self.generator_seed = generator_seed
+        self.num_classes, self.class_names, self.in_chans = 10, list(CLASS_NAMES), 3
+
+    def _sources(self) -> dict[str, ClutteredSource]:
+        photos = sample_photos()
+        cut = [int(round(p.shape[1] * self.train_fraction)) for p in photos]
+        regions = {"train": [p[:, :c] for p, c in zip(photos, cut, strict=True)],
+                   "held_out": [p[:, c:] for p, c in zip(photos, cut, strict=True)]}
+        train = (read_idx(os.path.join(self.root, FILES["train_images"])),
+                 read_idx(os.path.join(self.root, FILES["train_labels"])))
+        test_images = read_idx(os.path.join(self.root, FILES["test_images"]))
+        test_labels = read_idx(os.path.join(self.root, FILES["test_labels"]))
+        half = len(test_labels) // 2
+        garments = {"train": train, "val": (test_images[:half], test_labels[:half]),
+                    "test": (test_images[half:], test_labels[half:])}
+        options = dict(canvas=self.canvas, object_scale=self.object_scale, clutter=self.clutter,
+                       clutter_size=self.clutter_size, seed=self.generator_seed)
+        return {split: ClutteredSource(*garments[split], regions["train" if split == "train" else "held_out"],
+                                       split=split, **options) for split in ("train", "val", "test")}
