@@ -169,3 +169,34 @@ def test_a_grey_pretrained_stem_gives_an_rgb_backbone_the_grey_response(tmp_path
     export_backbone(str(tmp_path / "rgb.ckpt"), str(tmp_path / "rgb.pth"))
     with pytest.raises(ValueError, match="shape mismatch stem.0.weight"):
         HViRBackbone(arch="nano", in_chans=4).load_pretrained(str(tmp_path / "rgb.pth"))
+
+
+def test_summarize_reads_metrics_curve_and_inference_time_from_mim_logs(tmp_path):
+    import importlib.util
+
+    path = REPO / "experiments" / "downstream_mini" / "summarize.py"
+    spec = importlib.util.spec_from_file_location("summarize", path)
+    summarize = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(summarize)
+    det_log = "\n".join([
+        "11/27 14:16:10 - mmengine - INFO - Epoch(train) [1][ 25/100]  base_lr: 9.7e-05 lr: 9.7e-05  time: 1.79",
+        "11/27 14:25:04 - mmengine - INFO - Epoch(val) [2][100/100]    eta: 0:00:00  time: 1.3718  data_time: 0.0096",
+        "11/27 14:25:07 - mmengine - INFO - Epoch(val) [2][100/100]    coco/bbox_mAP: 0.0010  coco/bbox_mAP_50: 0.0030"
+        "  coco/segm_mAP: 0.0020  data_time: 0.0095  time: 1.2062",
+        "11/27 14:30:00 - mmengine - INFO - Epoch(val) [4][100/100]    coco/bbox_mAP: 0.5120  coco/segm_mAP: 0.4980"
+        "  data_time: 0.0095  time: 0.2500",
+    ])
+    result = summarize.parse_log(det_log)
+    assert (result["bbox_mAP"], result["segm_mAP"], result["seconds_per_image"]) == (0.512, 0.498, 0.25)
+    assert [p["train_iter"] for p in result["curve"]] == [200, 400]
+    seg_log = ("11/27 15:20:43 - mmengine - INFO - Iter(train) [450/600]  base_lr: 1.2e-04\n"
+               "11/27 15:21:06 - mmengine - INFO - Iter(val) [100/100]    aAcc: 89.5700  mIoU: 8.1400  mAcc: 9.0900"
+               "  data_time: 0.0068  time: 0.2252\n")
+    seg = summarize.parse_log(seg_log)
+    assert (seg["mIoU"], seg["aAcc"], seg["train_iter"]) == (8.14, 89.57, 450) and "bbox_mAP" not in seg
+    with pytest.raises(ValueError, match="did not finish"):
+        summarize.parse_log("11/27 15:20:43 - mmengine - INFO - Iter(train) [450/600]")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run.log").write_text(seg_log)
+    assert summarize.main(["collect", str(tmp_path / "run"), str(tmp_path / "run.log"), "--train-seconds", "90"]) == 0
+    assert "| run | – | – | 8.14 | 89.57 | 1.5 min | 0.225 |" in summarize.table(str(tmp_path))

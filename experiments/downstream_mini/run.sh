@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Downstream that learns, at CPU scale (README "Downstream that learns"; results in
-# docs/downstream_mini.md): the mini COCO / ADE sets, Fashion-MNIST pretraining of H-ViR nano with
-# the Lightning suite, export of its backbone, then Mask R-CNN and UPerNet with H-ViR nano (from
+# docs/downstream_mini.md): the mini COCO / ADE sets, cluttered Fashion-MNIST pretraining of H-ViR
+# nano with the Lightning suite, export of its backbone, then Mask R-CNN and UPerNet with H-ViR nano (from
 # scratch and pretrained) and MMDetection's / MMSegmentation's own ResNet-18 and Swin baselines of
 # the same widths, all through `mim train` with the shipped configs/mini/*.py.
 #
@@ -29,13 +29,12 @@ fi
 
 BACKBONE=$OUT/hvir_nano_backbone.pth
 pretrain() {
-  # H-ViR nano classifies Fashion-MNIST's training garments (56 px, 2 epochs, the quickstart recipe);
+  # H-ViR nano classifies cluttered Fashion-MNIST (training garments on photo crops, 64 px, 2 epochs);
   # the detection/segmentation validation images paste only test garments.
   local root=$OUT/pretrain_hvir_nano
   if [ ! -f "$root/checkpoints/last.ckpt" ]; then
-    "$PY" -m vir_lightning fit --config configs/quickstart.yaml --model.init_args.model_name hvir_nano \
-      --model.init_args.model_kwargs '{}' --data.init_args.img_size 56 --trainer.default_root_dir "$root" \
-      --trainer.max_epochs 2 --trainer.check_val_every_n_epoch 1 --overwrite true > "$root.log" 2>&1
+    "$PY" -m vir_lightning fit --config configs/mini/pretrain_hvir_nano.yaml --trainer.default_root_dir "$root" \
+      --overwrite true > "$root.log" 2>&1
   fi
   [ -f "$BACKBONE" ] || "$PY" -m vir_lightning export-backbone "$root/checkpoints/last.ckpt" "$BACKBONE"
 }
