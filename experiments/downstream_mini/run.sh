@@ -22,6 +22,12 @@ SEED=${SEED:-0}
 SUFFIX=$([ "$SEED" = 0 ] && echo "" || echo "_s$SEED")
 [ -n "${THREADS:-}" ] && export OMP_NUM_THREADS=$THREADS
 mkdir -p "$OUT"
+ALL="det_hvir_scratch det_hvir_pretrained det_r18 det_swin seg_hvir_scratch seg_hvir_pretrained seg_r18 seg_swin"
+RUNS=("$@")
+[ ${#RUNS[@]} -gt 0 ] || read -r -a RUNS <<< "$ALL"
+for run in "${RUNS[@]}"; do  # every name checked before hours of training start
+  case " $ALL " in *" $run "*) ;; *) echo "error: unknown run '$run'; choose from $ALL" >&2; exit 2 ;; esac
+done
 
 if [ ! -f data/mini/coco/annotations/instances_val2017.json ] || [ ! -d data/mini/ade/ADEChallengeData2016 ]; then
   "$PY" -m vir_lightning build-mini-datasets data/mini --train 400 --val 100
@@ -50,8 +56,6 @@ train() {  # name package config [cfg-options ...]
   "$PY" experiments/downstream_mini/summarize.py collect "$work" "$work.log" --train-seconds $(( $(date +%s) - start ))
 }
 
-RUNS=("$@")
-[ ${#RUNS[@]} -gt 0 ] || RUNS=(det_hvir_scratch det_hvir_pretrained det_r18 det_swin seg_hvir_scratch seg_hvir_pretrained seg_r18 seg_swin)
 for run in "${RUNS[@]}"; do
   case $run in
     det_hvir_scratch) train "$run" mmdet hvir_maskrcnn_mini.py ;;
@@ -62,7 +66,6 @@ for run in "${RUNS[@]}"; do
     seg_hvir_pretrained) pretrain; train "$run" mmseg hvir_upernet_mini.py model.backbone.init_cfg.checkpoint="$BACKBONE" ;;
     seg_r18) train "$run" mmseg r18_upernet_mini.py ;;
     seg_swin) train "$run" mmseg swin_upernet_mini.py ;;
-    *) echo "error: unknown run '$run'; choose from det_hvir_scratch det_hvir_pretrained det_r18 det_swin seg_hvir_scratch seg_hvir_pretrained seg_r18 seg_swin" >&2; exit 2 ;;
   esac
 done
 "$PY" experiments/downstream_mini/summarize.py table "$OUT"
