@@ -188,10 +188,10 @@ class HViRBackbone(BaseModule):
     def load_pretrained(self, path: str, prefix: str | None = None) -> dict:
         """Load an exported H-ViR state_dict (tensors only) into the backbone.
 
-        Returns ``{"loaded": n, "ignored": [...], "adapted": [...]}``; adapted names a grey (1-channel)
-        stem kernel spread over the RGB input (see ``_adapt_input_channels``); ignored are the classifier's keys
-        and those of
-        stages after the last of ``out_indices`` (removed from the backbone). Raises ValueError when a key the backbone
+        Returns ``{"loaded": n, "ignored": [...], "adapted": [...]}``. ``adapted`` names a grey
+        (1-channel) stem kernel spread over the RGB input (see ``_adapt_input_channels``); ``ignored``
+        are the classifier's keys and those of stages after the last of ``out_indices`` (removed from
+        the backbone). Raises ValueError when a key the backbone
         needs is missing, when the file has keys the backbone does not know, or when shapes differ
         (another ``arch``); the message names the first offending keys.
         """

@@ -1,11 +1,11 @@
 """Build small COCO-instance and ADE20K-layout datasets from real pixels that ship with packages.
 
 No COCO or ADE20K images may be downloaded here, so the smoke sets are *real pixels in a constructed
-layout*: Fashion-MNIST garments (Debian's ``dataset-fashion-mnist``: training garments in training images,
-test garments in validation images) scaled up and pasted onto crops of the photos matplotlib ships
-(``grace_hopper.jpg``, ``Minduka_Present_Blue_Pack.png``). Each garment's
-mask is its own foreground (pixels above a threshold), so the instance masks, boxes and the semantic
-map are exact. Objects sit in separate cells of a grid, so they never overlap.
+layout*: Fashion-MNIST garments (Debian's ``dataset-fashion-mnist``: training garments in training
+images, test garments in validation images) scaled up and pasted onto crops of the photos matplotlib
+ships (``grace_hopper.jpg``, ``Minduka_Present_Blue_Pack.png``). Each garment's mask is its own
+foreground (pixels above a threshold), so the instance masks, boxes and the semantic map are exact.
+Objects sit in separate cells of a grid, so they never overlap.
 
 Layouts written (the standard ones the configs expect)::
 
@@ -29,7 +29,7 @@ import cv2
 import numpy as np
 
 from vir_lightning.data.cluttered_fashion_mnist import paste_garment, photo_crop, sample_photos
-from vir_lightning.data.fashion_mnist import DEBIAN_ROOT, FILES, read_idx
+from vir_lightning.data.fashion_mnist import DEBIAN_ROOT, check_root, read_split
 from vir_lightning.io import atomic_output
 
 COCO_CLASSES = ("tshirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot")
@@ -45,14 +45,8 @@ def _photos() -> list[np.ndarray]:
 
 
 def _garments(root: str, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """Fashion-MNIST ``split`` ("train" or "test") images and labels."""
-    path = os.path.join(root, FILES[f"{split}_images"])
-    if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"Fashion-MNIST not found in {root!r}; run `sudo apt-get install dataset-fashion-mnist`"
-            " or pass --fmnist-root"
-        )
-    return read_idx(path), read_idx(os.path.join(root, FILES[f"{split}_labels"]))
+    """Fashion-MNIST ``split`` ("train" or "test") images and labels (a seam the tests replace)."""
+    return read_split(root, split)
 
 
 def compose(rng: np.random.Generator, photos, garments, labels, size: tuple[int, int], grid=(2, 3), max_objects=4):
@@ -136,6 +130,7 @@ def build(out: str, fmnist_root: str = DEBIAN_ROOT, train: int = 16, val: int = 
     """Build both sets under ``out``; returns their roots."""
     if train < 1 or val < 1:
         raise ValueError(f"train={train}, val={val}: each split needs at least one image")
+    check_root(fmnist_root, option="--fmnist-root")
     photos = _photos()
     # Training images paste Fashion-MNIST *training* garments and validation images *test* garments, so
     # no garment is seen in both, and a backbone pretrained on Fashion-MNIST's training split has not

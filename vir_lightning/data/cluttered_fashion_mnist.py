@@ -20,14 +20,13 @@ segmentation sets.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
 import cv2
 import numpy as np
 
 from .base import ClassificationDataModule
-from .fashion_mnist import CLASS_NAMES, DEBIAN_ROOT, FILES, read_idx
+from .fashion_mnist import CLASS_NAMES, DEBIAN_ROOT, check_root, read_split
 
 PHOTOS = ("grace_hopper.jpg", "Minduka_Present_Blue_Pack.png")
 FOREGROUND_THRESHOLD = 40  # Fashion-MNIST's background is exactly 0; garments are far brighter
@@ -98,19 +97,20 @@ class ClutteredSource:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def _rng(self, index: int) -> np.random.Generator:
-        return np.random.default_rng([self.seed, self.split_id, index])
-
-    def layout(self, index: int) -> dict:
-        """Where image ``index``'s garment is: ``{"center": (y, x), "side": s}`` in pixels."""
-        rng = self._rng(index)
+    def _draw_layout(self, index: int) -> tuple[dict, np.random.Generator]:
+        """Image ``index``'s garment placement, and its generator positioned after drawing it."""
+        rng = np.random.default_rng([self.seed, self.split_id, index])
         side = int(round(self.canvas * rng.uniform(*self.object_scale)))
         top, left = int(rng.integers(self.canvas - side + 1)), int(rng.integers(self.canvas - side + 1))
-        return {"center": (top + side / 2, left + side / 2), "side": side, "top": top, "left": left, "rng": rng}
+        return {"center": (top + side / 2, left + side / 2), "side": side, "top": top, "left": left}, rng
+
+    def layout(self, index: int) -> dict:
+        """Where image ``index``'s garment is, in pixels: ``center`` (y, x), ``side``, ``top``, ``left``."""
+        return self._draw_layout(index)[0]
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
-        where = self.layout(index)
-        rng, side = where["rng"], where["side"]
+        where, rng = self._draw_layout(index)
+        side = where["side"]
         image = photo_crop(rng, self.photos, (self.canvas, self.canvas))
         # Clutter first, so that it never covers the garment: squares cut from other garments of the
         # split at the garment's scale, anywhere on the canvas.
@@ -157,12 +157,7 @@ class ClutteredFashionMNISTDataModule(ClassificationDataModule):
             raise ValueError(f"clutter={clutter}, clutter_size={clutter_size}: expected clutter >= 0, size >= 1")
         if not 0 < train_fraction < 1:
             raise ValueError(f"train_fraction={train_fraction}: expected a fraction strictly between 0 and 1")
-        missing = [name for name in FILES.values() if not os.path.isfile(os.path.join(root, name))]
-        if missing:
-            raise FileNotFoundError(
-                f"Fashion-MNIST not found in {root!r}: missing {', '.join(missing)}; run `sudo apt-get install"
-                " dataset-fashion-mnist` or pass --data.init_args.root=<folder of the IDX .gz files>"
-            )
+        check_root(root)
         self.root, self.canvas, self.object_scale = root, canvas, tuple(object_scale)
         self.clutter, self.clutter_size, self.train_fraction = clutter, clutter_size, train_fraction
         self.generator_seed = generator_seed
@@ -173,10 +168,8 @@ class ClutteredFashionMNISTDataModule(ClassificationDataModule):
         cut = [int(round(p.shape[1] * self.train_fraction)) for p in photos]
         regions = {"train": [p[:, :c] for p, c in zip(photos, cut, strict=True)],
                    "held_out": [p[:, c:] for p, c in zip(photos, cut, strict=True)]}
-        train = (read_idx(os.path.join(self.root, FILES["train_images"])),
-                 read_idx(os.path.join(self.root, FILES["train_labels"])))
-        test_images = read_idx(os.path.join(self.root, FILES["test_images"]))
-        test_labels = read_idx(os.path.join(self.root, FILES["test_labels"]))
+        train = read_split(self.root, "train")
+        test_images, test_labels = read_split(self.root, "test")
         half = len(test_labels) // 2
         garments = {"train": train, "val": (test_images[:half], test_labels[:half]),
                     "test": (test_images[half:], test_labels[half:])}

@@ -44,6 +44,24 @@ def read_idx(path: str) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8, offset=offset).reshape(dims)
 
 
+def check_root(root: str, option: str = "--data.init_args.root") -> None:
+    """Raise FileNotFoundError naming the missing IDX files, where Debian puts them, and ``option``
+    (the command-line option that sets ``root``)."""
+    missing = [name for name in FILES.values() if not os.path.isfile(os.path.join(root, name))]
+    if missing:
+        raise FileNotFoundError(
+            f"Fashion-MNIST not found in {root!r}: missing {', '.join(missing)}. On Debian/Ubuntu run"
+            f" `sudo apt-get install dataset-fashion-mnist` (files land in {DEBIAN_ROOT}), or put the four"
+            f" standard IDX .gz files in a folder and pass {option}=<folder>"
+        )
+
+
+def read_split(root: str, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """Fashion-MNIST's ``split`` ("train" or "test"): images (N×28×28 uint8) and labels (N,)."""
+    return (read_idx(os.path.join(root, FILES[f"{split}_images"])),
+            read_idx(os.path.join(root, FILES[f"{split}_labels"])))
+
+
 class _ArraySource:
     """(HxWx1 uint8 image, label) pairs from arrays, optionally restricted to ``indices``."""
 
@@ -75,25 +93,17 @@ class FashionMNISTDataModule(ClassificationDataModule):
     def __init__(self, root: str = DEBIAN_ROOT, val_size: int = 5000, img_size: int = 28,
                  mean: Sequence[float] = (0.286,), std: Sequence[float] = (0.353,), **kwargs):
         super().__init__(img_size=img_size, mean=mean, std=std, **kwargs)
-        missing = [name for name in FILES.values() if not os.path.isfile(os.path.join(root, name))]
-        if missing:
-            raise FileNotFoundError(
-                f"Fashion-MNIST not found in {root!r}: missing {', '.join(missing)}. On Debian/Ubuntu run"
-                f" `sudo apt-get install dataset-fashion-mnist` (files land in {DEBIAN_ROOT}), or put the four"
-                " standard IDX .gz files in a folder and pass --data.init_args.root=<folder>"
-            )
+        check_root(root)
         if not 0 <= val_size < 60000:
             raise ValueError(f"val_size={val_size}; expected 0 <= val_size < 60000")
         self.root, self.val_size = root, val_size
         self.num_classes, self.class_names, self.in_chans = 10, list(CLASS_NAMES), 1
 
     def _sources(self):
-        images = read_idx(os.path.join(self.root, FILES["train_images"]))
-        labels = read_idx(os.path.join(self.root, FILES["train_labels"]))
+        images, labels = read_split(self.root, "train")
         order = np.random.default_rng(0).permutation(len(labels))  # fixed held-out subset
         val_idx, train_idx = np.sort(order[: self.val_size]), np.sort(order[self.val_size:])
-        test_images = read_idx(os.path.join(self.root, FILES["test_images"]))
-        test_labels = read_idx(os.path.join(self.root, FILES["test_labels"]))
+        test_images, test_labels = read_split(self.root, "test")
         return {
             "train": _ArraySource(images, labels, train_idx),
             "val": _ArraySource(images, labels, val_idx),
