@@ -6,9 +6,10 @@ from both so neither imports the other).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -65,18 +66,31 @@ def list_images(folder: str, recursive: bool = False) -> list[str]:
     return sorted(p for p in paths if p.lower().endswith(IMAGE_SUFFIXES) and os.path.isfile(p))
 
 
+@contextlib.contextmanager
+def pillow_pixel_limit_lifted() -> Iterator[None]:
+    """Pillow's decompression-bomb limit off for one read, restored afterwards.
+
+    Pillow's limit is process-wide: a reader that switched it off for good would change what every
+    later image read in the process accepts (and how a bomb is reported).
+    """
+    from PIL import Image
+
+    saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
+
+
 def _check_pixel_count(path: str) -> None:
     """Refuse an image whose header claims more than :data:`MAX_IMAGE_PIXELS` (read lazily, no decoding)."""
     from PIL import Image
 
-    saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # the header only: our limit decides
     try:
-        with Image.open(path) as image:  # lazy: reads the header, decodes nothing
+        with pillow_pixel_limit_lifted(), Image.open(path) as image:  # the header only: our limit decides
             width, height = image.size
     except Exception:  # Pillow cannot parse the header: let OpenCV decide (and fail with the usual error)
         return
-    finally:
-        Image.MAX_IMAGE_PIXELS = saved
     if width * height > MAX_IMAGE_PIXELS:
         raise ImageDecodeError(f"image {path!r} is {width}×{height} px, more than the {MAX_IMAGE_PIXELS:,} px"
                                " decoding limit (a decompression bomb or a huge scan); downscale it, or use"

@@ -22,6 +22,8 @@ import os
 
 import numpy as np
 
+from .files import pillow_pixel_limit_lifted
+
 SLIDE_SUFFIXES = (".svs", ".ndpi", ".mrxs", ".scn", ".bif", ".vms", ".vmu", ".svslide", ".dcm")
 TIFF_SUFFIXES = (".tif", ".tiff", ".btf", ".tf8", ".tf2")
 READERS = ("auto", "tifffile", "openslide", "pil")
@@ -201,11 +203,9 @@ class PillowImage(LargeImage):
     def __init__(self, path: str, level: int = 0):
         from PIL import Image, ImageOps
 
-        # The user asked for this file: no decompression-bomb refusal, for this read only (Pillow's
-        # limit is process-wide, and the training data's readers rely on it).
-        saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        # The user asked for this file: no decompression-bomb refusal, for this read only.
         try:
-            with Image.open(path) as image:
+            with pillow_pixel_limit_lifted(), Image.open(path) as image:
                 image.load()
                 # A phone photo stores its pixels on their side plus an EXIF orientation tag.
                 image = ImageOps.exif_transpose(image)
@@ -214,8 +214,6 @@ class PillowImage(LargeImage):
                 self._pixels = np.asarray(image)
         except (OSError, SyntaxError, ValueError) as err:
             raise ValueError(f"{path}: not a readable image ({err})") from None
-        finally:
-            Image.MAX_IMAGE_PIXELS = saved
         if self._pixels.ndim == 2:
             self._pixels = self._pixels[..., None]
         super().__init__(path, level, [self._pixels.shape[:2]], self._pixels.shape[2], self._pixels.dtype)
