@@ -86,3 +86,40 @@ def test_the_data_module_feeds_rgb_batches_at_the_canvas_size():
     images, labels = next(iter(module.train_dataloader()))
     assert images.shape == (4, 3, 48, 48) and labels.shape == (4,) and module.in_chans == 3
     assert module.num_classes == 10
+
+
+def test_export_writes_an_image_folder_that_reads_back_pixel_exact_with_positions(tmp_path, capsys):
+    import csv
+
+    from vir_lightning.cli import main
+    from vir_lightning.data import ImageFolderDataModule
+
+    out = tmp_path / "cluttered"
+    assert main(["export-cluttered", str(out), "--train", "60", "--val", "6", "--test", "0"]) == 0
+    assert "train 60, val 6, test 0" in capsys.readouterr().out
+    rows = list(csv.DictReader(open(out / "train.csv")))
+    assert [int(r["index"]) for r in rows] == list(range(60))
+    source = ClutteredFashionMNISTDataModule(canvas=64)._sources()["train"]
+    for row in rows[:4]:
+        image, label = source[int(row["index"])]
+        written = cv2.cvtColor(cv2.imread(str(out / row["file"])), cv2.COLOR_BGR2RGB)
+        assert np.array_equal(written, image) and int(row["label"]) == label  # PNG: lossless
+        assert float(row["center_y"]) == source.layout(int(row["index"]))["center"][0]
+        assert row["file"].split("/")[1].startswith(f"{label}_")
+    assert not (out / "test").exists() or not any((out / "test").iterdir())
+    # the folder names sort in Fashion-MNIST's label order, so an image-folder reader keeps the labels
+    folder = ImageFolderDataModule(root=str(out))
+    assert [int(name.split("_")[0]) for name in folder.class_names] == sorted({int(r["label"]) for r in rows})
+
+
+def test_export_refuses_more_images_than_the_split_has_and_leaves_the_earlier_folder(tmp_path, capsys):
+    from vir_lightning.cli import main
+
+    out = tmp_path / "cluttered"
+    assert main(["export-cluttered", str(out), "--train", "2", "--val", "1", "--test", "1"]) == 0
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    assert main(["export-cluttered", str(out), "--train", "2", "--val", "5001", "--test", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --val 5001: expected 0..5000") and err.count("\n") == 1
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".partial")]

@@ -42,6 +42,8 @@ TOOLS: dict[str, tuple[str, str]] = {
         "vir_lightning.data.mosaic", "a huge real-pixel tiled pyramidal TIFF (matplotlib's photos) for predict-large"),
     "export-backbone": (
         "vir_lightning.tasks.export", "classification checkpoint → tensor state_dict for mmdet/mmseg init_cfg"),
+    "export-cluttered": (
+        "vir_lightning.data.cluttered_fashion_mnist", "cluttered Fashion-MNIST written out as an image folder"),
     "build-mini-datasets": (
         "downstream.mini_datasets", "small COCO/ADE20K-layout sets from real pixels (mm smoke tests)"),
 }

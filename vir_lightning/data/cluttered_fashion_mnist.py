@@ -14,17 +14,23 @@ Splits never share a garment or a photo region:
 
 Every image is generated on the fly and is a pure function of ``(seed, split, index)``; the object's
 centre and size are kept (:meth:`ClutteredSource.layout`) so accuracy can be broken down by position.
+``python -m vir_lightning export-cluttered OUT`` writes the same images out as an image folder
+(:func:`export_image_folder`), readable by ``ImageFolderDataModule``.
 :func:`paste_garment` is also what ``downstream/mini_datasets.py`` uses to build its detection and
 segmentation sets.
 """
 
 from __future__ import annotations
 
+import argparse
+import csv
+import os
 from collections.abc import Sequence
 
 import cv2
 import numpy as np
 
+from ..io import atomic_output
 from .base import ClassificationDataModule
 from .fashion_mnist import CLASS_NAMES, DEBIAN_ROOT, check_root, read_split
 
@@ -177,3 +183,65 @@ class ClutteredFashionMNISTDataModule(ClassificationDataModule):
                        clutter_size=self.clutter_size, seed=self.generator_seed)
         return {split: ClutteredSource(*garments[split], regions["train" if split == "train" else "held_out"],
                                        split=split, **options) for split in ("train", "val", "test")}
+
+
+def class_folder(label: int) -> str:
+    """Folder name of a class in the exported image folder: ``<label>_<name>``, so that the sorted
+    folder order (how image-folder readers number classes) is Fashion-MNIST's label order."""
+    return f"{label}_{CLASS_NAMES[label].replace('/', '_').replace(' ', '_')}"
+
+
+def export_image_folder(out: str, module: ClutteredFashionMNISTDataModule, counts: dict[str, int | None]) -> dict:
+    """Write the first ``counts[split]`` images of each split (None: all) as PNGs.
+
+    Layout: ``out/<split>/<label>_<name>/<index>.png`` and ``out/<split>.csv`` (file, label, index,
+    centre y/x and side of the garment in pixels, so results can be broken down by position). The
+    folder appears only when complete (written beside it, then renamed); a class folder exists only
+    if it holds images. Returns images per split.
+    """
+    sources = module._sources()
+    for split, count in counts.items():
+        if count is not None and not 0 <= count <= len(sources[split]):
+            raise ValueError(f"--{split} {count}: expected 0..{len(sources[split])} (the split's garments)")
+    written = {}
+    with atomic_output(out, directory=True) as tmp:
+        for split, count in counts.items():
+            source = sources[split]
+            count = len(source) if count is None else count
+            os.makedirs(os.path.join(tmp, split), exist_ok=True)
+            with open(os.path.join(tmp, f"{split}.csv"), "w", newline="") as table:
+                rows = csv.writer(table)
+                rows.writerow(["file", "label", "index", "center_y", "center_x", "side"])
+                for index in range(count):
+                    image, label = source[index]
+                    where = source.layout(index)
+                    file = os.path.join(split, class_folder(label), f"{index:06d}.png")
+                    os.makedirs(os.path.join(tmp, split, class_folder(label)), exist_ok=True)
+                    if not cv2.imwrite(os.path.join(tmp, file), cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):
+                        raise ValueError(f"cannot write {file!r} under {out!r}; check the free space")
+                    rows.writerow([file, label, index, *where["center"], where["side"]])
+            written[split] = count
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m vir_lightning export-cluttered",
+                                     description="Write cluttered Fashion-MNIST out as an image folder.")
+    parser.add_argument("out", help="output folder (gets train/, val/, test/ and one CSV of positions per split)")
+    for split in SPLIT_IDS:
+        parser.add_argument(f"--{split}", type=int, default=None, help=f"{split} images (default: the whole split)")
+    parser.add_argument("--canvas", type=int, default=64)
+    parser.add_argument("--object-scale", type=float, nargs=2, default=(0.45, 0.8), metavar=("LOW", "HIGH"))
+    parser.add_argument("--clutter", type=int, default=4)
+    parser.add_argument("--clutter-size", type=int, default=10)
+    parser.add_argument("--train-fraction", type=float, default=0.6)
+    parser.add_argument("--seed", type=int, default=0, help="generator seed (the data module's generator_seed)")
+    parser.add_argument("--root", default=DEBIAN_ROOT, help="folder of the Fashion-MNIST IDX files")
+    args = parser.parse_args(argv)
+    module = ClutteredFashionMNISTDataModule(
+        root=args.root, canvas=args.canvas, object_scale=args.object_scale, clutter=args.clutter,
+        clutter_size=args.clutter_size, train_fraction=args.train_fraction, generator_seed=args.seed)
+    written = export_image_folder(args.out, module, {split: getattr(args, split) for split in SPLIT_IDS})
+    print(f"wrote {args.out}: " + ", ".join(f"{split} {n}" for split, n in written.items())
+          + f" images of {args.canvas}² px; positions in {args.out}/<split>.csv")
+    return 0
