@@ -45,6 +45,10 @@ pretrain() {
   [ -f "$BACKBONE" ] || "$PY" -m vir_lightning export-backbone "$root/checkpoints/last.ckpt" "$BACKBONE"
 }
 
+# Pretrained backbones learn at a tenth of the heads' rate (the usual fine-tuning rule); from scratch, all
+# parameters share one rate.
+FINE_TUNE=optim_wrapper.paramwise_cfg.custom_keys.backbone.lr_mult=0.1
+
 train() {  # name package config [cfg-options ...]
   local name=$1$SUFFIX package=$2 config=$3; shift 3
   local work=$OUT/$name
@@ -59,11 +63,13 @@ train() {  # name package config [cfg-options ...]
 for run in "${RUNS[@]}"; do
   case $run in
     det_hvir_scratch) train "$run" mmdet hvir_maskrcnn_mini.py ;;
-    det_hvir_pretrained) pretrain; train "$run" mmdet hvir_maskrcnn_mini.py model.backbone.init_cfg.checkpoint="$BACKBONE" ;;
+    det_hvir_pretrained) pretrain; train "$run" mmdet hvir_maskrcnn_mini.py model.backbone.init_cfg.checkpoint="$BACKBONE" \
+      "$FINE_TUNE" ;;
     det_r18) train "$run" mmdet r18_maskrcnn_mini.py ;;
     det_swin) train "$run" mmdet swin_maskrcnn_mini.py ;;
     seg_hvir_scratch) train "$run" mmseg hvir_upernet_mini.py ;;
-    seg_hvir_pretrained) pretrain; train "$run" mmseg hvir_upernet_mini.py model.backbone.init_cfg.checkpoint="$BACKBONE" ;;
+    seg_hvir_pretrained) pretrain; train "$run" mmseg hvir_upernet_mini.py model.backbone.init_cfg.checkpoint="$BACKBONE" \
+      "$FINE_TUNE" ;;
     seg_r18) train "$run" mmseg r18_upernet_mini.py ;;
     seg_swin) train "$run" mmseg swin_upernet_mini.py ;;
   esac
