@@ -2,6 +2,7 @@
 
 from .classification import ImageClassifier, default_optimizer
 from .min_steps import MinTrainSteps
+from .position_breakdown import ObjectPositionBreakdown
 from .prediction_writer import PredictionCSVWriter
 
-__all__ = ["ImageClassifier", "MinTrainSteps", "PredictionCSVWriter", "default_optimizer"]
+__all__ = ["ImageClassifier", "MinTrainSteps", "ObjectPositionBreakdown", "PredictionCSVWriter", "default_optimizer"]

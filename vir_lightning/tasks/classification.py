@@ -257,9 +257,10 @@ class ImageClassifier(L.LightningModule):
     def on_predict_epoch_start(self) -> None:
         self._eval_form()
 
-    def _evaluate(self, batch, stage: str) -> None:
+    def _evaluate(self, batch, stage: str) -> torch.Tensor | None:
+        """Log the batch's loss and accuracy; returns which images were classified right (B bools)."""
         if not self._batches.count(stage, batch):  # every image undecodable and skipped (skip_bad_images)
-            return
+            return None
         images, targets = batch
         logits = self(images)
         acc1, acc5 = (self.val_acc1, self.val_acc5) if stage == "val" else (self.test_acc1, self.test_acc5)
@@ -269,12 +270,14 @@ class ImageClassifier(L.LightningModule):
         self.log(f"{stage}/loss", F.cross_entropy(logits, targets), on_epoch=True, batch_size=size, sync_dist=True)
         self.log(f"{stage}/acc1", acc1, on_epoch=True, prog_bar=True, batch_size=size)
         self.log(f"{stage}/acc5", acc5, on_epoch=True, batch_size=size)
+        return logits.argmax(-1) == targets
 
     def validation_step(self, batch, batch_idx: int) -> None:
         self._evaluate(batch, "val")
 
-    def test_step(self, batch, batch_idx: int) -> None:
-        self._evaluate(batch, "test")
+    def test_step(self, batch, batch_idx: int) -> torch.Tensor | None:
+        # Per-image outcomes, for callbacks that break accuracy down (ObjectPositionBreakdown).
+        return self._evaluate(batch, "test")
 
     def predict_step(self, batch, batch_idx: int) -> dict | None:
         if batch is None:  # every image of the batch was undecodable and skipped (skip_bad_images)

@@ -1,0 +1,70 @@
+"""ObjectPositionBreakdown: distances to the class token measured from the right end, and test
+accuracy split by them, logged and written per image."""
+
+from __future__ import annotations
+
+import csv
+import os
+
+import cv2
+import lightning as L
+import numpy as np
+import pytest
+
+from vir_lightning.data.fashion_mnist import DEBIAN_ROOT, FILES
+from vir_lightning.tasks.position_breakdown import ObjectPositionBreakdown, token_distances
+
+
+def test_distances_count_from_the_token_end_of_the_grid():
+    # a 4×4 grid on a 40 px canvas: centres in the top-left, bottom-right and top-right patches
+    centers = np.array([[5.0, 5.0], [35.0, 35.0], [5.0, 35.0]])
+    last = token_distances(centers, 40, (4, 4), from_start=False)
+    assert np.allclose(last["raster"], [1.0, 0.0, 12 / 15])  # top-right: 3 rows × 4 + 0 patches before the end
+    assert np.allclose(last["manhattan"], [1.0, 0.0, 0.5])
+    first = token_distances(centers, 40, (4, 4), from_start=True)
+    assert np.allclose(first["raster"], [0.0, 1.0, 3 / 15]) and np.allclose(first["manhattan"], [0.0, 1.0, 0.5])
+
+
+@pytest.mark.skipif(not os.path.isfile(os.path.join(DEBIAN_ROOT, FILES["test_images"])),
+                    reason="Fashion-MNIST is installed by `make data`")
+def test_test_accuracy_is_split_by_distance_and_written_per_image(tmp_path):
+    from vir_lightning.data import ClutteredFashionMNISTDataModule
+    from vir_lightning.tasks import ImageClassifier
+
+    data = ClutteredFashionMNISTDataModule(canvas=32, batch_size=16, num_workers=0)
+    model = ImageClassifier("vir_nano_patch4_28", model_kwargs=dict(embed_dim=32, depth=1, num_heads=1),
+                            num_classes=10, img_size=32)
+    trainer = L.Trainer(accelerator="cpu", limit_test_batches=4, logger=False, enable_progress_bar=False,
+                        default_root_dir=str(tmp_path), callbacks=[ObjectPositionBreakdown()])
+    metrics = trainer.test(model, datamodule=data, verbose=False)[0]
+    rows = list(csv.DictReader(open(tmp_path / "test_positions.csv")))
+    assert [int(r["index"]) for r in rows] == list(range(64))
+    source = data._datasets["test"].source
+    assert all(float(r["center_y"]) == source.layout(int(r["index"]))["center"][0] for r in rows)
+    correct = np.array([int(r["correct"]) for r in rows])
+    assert abs(correct.mean() - metrics["test/acc1"]) < 1e-6  # the per-image outcomes are the logged accuracy
+    for kind in ("raster", "manhattan"):
+        distance = np.array([float(r[kind]) for r in rows])
+        near, far = metrics[f"test/acc1_{kind}_near"], metrics[f"test/acc1_{kind}_far"]
+        order = np.argsort(distance, kind="stable")
+        assert near == pytest.approx(correct[distance <= np.quantile(distance, 1 / 3)].mean())
+        assert far == pytest.approx(correct[distance > np.quantile(distance, 2 / 3)].mean())
+        assert distance[order[0]] < distance[order[-1]]
+
+
+def test_a_test_split_without_positions_is_refused(tmp_path):
+    from vir_lightning.data import ImageFolderDataModule
+    from vir_lightning.tasks import ImageClassifier
+
+    root = tmp_path / "folder"
+    for split in ("train", "val"):
+        for name in ("a", "b"):
+            (root / split / name).mkdir(parents=True)
+            cv2.imwrite(str(root / split / name / "x.png"), np.zeros((32, 32, 3), np.uint8))
+    data = ImageFolderDataModule(root=str(root), img_size=32, batch_size=1, num_workers=0)
+    model = ImageClassifier("vir_nano_patch4_28", model_kwargs=dict(embed_dim=32, depth=1, num_heads=1),
+                            num_classes=2, img_size=32)
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, default_root_dir=str(tmp_path),
+                        callbacks=[ObjectPositionBreakdown()])
+    with pytest.raises(ValueError, match="needs test images with object positions"):
+        trainer.test(model, datamodule=data, verbose=False)
