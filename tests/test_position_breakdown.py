@@ -39,7 +39,7 @@ def test_test_accuracy_is_split_by_distance_and_written_per_image(tmp_path):
     metrics = trainer.test(model, datamodule=data, verbose=False)[0]
     rows = list(csv.DictReader(open(tmp_path / "test_positions.csv")))
     assert [int(r["index"]) for r in rows] == list(range(64))
-    source = data._datasets["test"].source
+    source = data.source("test")
     assert all(float(r["center_y"]) == source.layout(int(r["index"]))["center"][0] for r in rows)
     correct = np.array([int(r["correct"]) for r in rows])
     assert abs(correct.mean() - metrics["test/acc1"]) < 1e-6  # the per-image outcomes are the logged accuracy

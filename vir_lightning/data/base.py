@@ -168,6 +168,13 @@ class ClassificationDataModule(L.LightningDataModule):
                 eval_tf,
             )
 
+    def source(self, split: str) -> Sequence:
+        """The untransformed ``(image, label)`` items of ``split`` (after :meth:`setup`), e.g. to read
+        what a generator knows about each image."""
+        if split not in self._datasets:
+            raise ValueError(f"this data module has no {split!r} split set up; call setup() first")
+        return self._datasets[split].source
+
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         if split not in self._datasets:
             raise ValueError(f"this data module has no {split!r} split" + (

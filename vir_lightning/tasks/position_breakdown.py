@@ -65,7 +65,7 @@ class ObjectPositionBreakdown(L.Callback):
 
     @staticmethod
     def _source(trainer: L.Trainer):
-        source = trainer.datamodule._datasets["test"].source
+        source = trainer.datamodule.source("test")
         if not hasattr(source, "layout"):
             raise ValueError(f"ObjectPositionBreakdown needs test images with object positions; "
                              f"{type(trainer.datamodule).__name__} has none (use ClutteredFashionMNISTDataModule)")
