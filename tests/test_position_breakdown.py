@@ -68,3 +68,28 @@ def test_a_test_split_without_positions_is_refused(tmp_path):
                         callbacks=[ObjectPositionBreakdown()])
     with pytest.raises(ValueError, match="needs test images with object positions"):
         trainer.test(model, datamodule=data, verbose=False)
+
+
+def test_the_distance_plot_averages_seeds_per_equal_count_bin(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    outcomes = {0: [1, 1, 0, 0], 1: [1, 0, 0, 1]}  # seed → outcomes of 4 images at distances 0.1 … 0.4
+    for seed, correct in outcomes.items():
+        run = tmp_path / "runs" / f"p-{seed}"
+        (run / "csv" / "version_0").mkdir(parents=True)
+        point = {"values": {"model.init_args.model_kwargs.decay": "2d"}, "seed": seed}
+        (run / "point.json").write_text(json.dumps(point))
+        rows = ["index,label,correct,center_y,center_x,raster,manhattan"]
+        rows += [f"{i},0,{c},0,0,{0.1 * (i + 1)},{0.1 * (4 - i)}" for i, c in enumerate(correct)]
+        (run / "csv" / "version_0" / "test_positions.csv").write_text("\n".join(rows) + "\n")
+    script = os.path.join(os.path.dirname(__file__), "..", "experiments", "cluttered_distance_plot.py")
+    done = subprocess.run([sys.executable, script, str(tmp_path), "--bins", "2"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    table = list(csv.reader(open(tmp_path / "acc1_vs_token_distance.csv")))
+    assert table[1] == ["raster", "decay=2d", "2", "0.7500", "0.2500"]  # near half: (1+1+1+0)/4
+    assert table[2] == ["manhattan", "decay=2d", "2", "0.2500", "0.7500"]
+    assert (tmp_path / "acc1_vs_token_distance.png").stat().st_size > 0
+    missing = subprocess.run([sys.executable, script, str(tmp_path), "--step", "112px"], capture_output=True, text=True)
+    assert missing.returncode == 1 and missing.stderr.startswith("error: no test_positions.csv")

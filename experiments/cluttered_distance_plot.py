@@ -1,0 +1,111 @@
+"""Accuracy against the garment's distance to the class token, from a cluttered grid's runs.
+
+    python experiments/cluttered_distance_plot.py runs/grids/cluttered_decay [--step TAG] [--bins 6]
+        → runs/grids/cluttered_decay/acc1_vs_token_distance[_TAG].png and .csv
+
+Every run of the grid wrote ``test_positions.csv`` (``ObjectPositionBreakdown``): each test image's
+outcome and its normalised raster and Manhattan distance to the class token. The images are cut into
+``--bins`` equal-count bins of each distance; a line per grid point gives the mean accuracy over its
+seeds in each bin (± the sample standard deviation as a band). A flat line means the model reads a
+far garment as well as a near one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import glob
+import json
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from vir_lightning.io import atomic_output  # noqa: E402
+
+KINDS = ("raster", "manhattan")
+
+
+def read_runs(grid_dir: str, step: str | None) -> dict[str, list[dict]]:
+    """point label → one {kind: distances, "correct": outcomes} per finished seed."""
+    points: dict[str, list[dict]] = {}
+    for point_file in sorted(glob.glob(os.path.join(grid_dir, "runs", "*", "point.json"))):
+        run_dir = os.path.dirname(point_file)
+        found = glob.glob(os.path.join(run_dir, step or "", "**", "test_positions.csv"), recursive=True)
+        if step is None:  # the run's own test, not a tagged step's
+            found = [f for f in found if os.path.relpath(f, run_dir).split(os.sep)[0] in ("csv", "test_positions.csv")]
+        if not found:
+            continue
+        with open(point_file) as f:
+            point = json.load(f)
+        label = ", ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in point["values"].items()) or "base"
+        with open(sorted(found)[-1]) as f:
+            rows = list(csv.DictReader(f))
+        run = {kind: np.array([float(r[kind]) for r in rows]) for kind in KINDS}
+        run["correct"] = np.array([int(r["correct"]) for r in rows])
+        points.setdefault(label, []).append(run)
+    if not points:
+        raise ValueError(f"no test_positions.csv under {grid_dir}/runs/*/{step or ''}: run the grid first"
+                         " (its base config must have the ObjectPositionBreakdown callback)")
+    return points
+
+
+def binned(points: dict[str, list[dict]], kind: str, bins: int) -> tuple[np.ndarray, dict]:
+    """Bin centres and, per point, (mean, std) accuracy over seeds in each equal-count bin."""
+    reference = next(iter(points.values()))[0][kind]  # the same test images in every run
+    edges = np.quantile(reference, np.linspace(0, 1, bins + 1))
+    centres = (edges[:-1] + edges[1:]) / 2
+    curves = {}
+    for label, runs in points.items():
+        per_seed = []
+        for run in runs:
+            index = np.clip(np.searchsorted(edges, run[kind], side="right") - 1, 0, bins - 1)
+            per_seed.append([run["correct"][index == b].mean() if (index == b).any() else np.nan for b in range(bins)])
+        per_seed = np.array(per_seed)
+        std = per_seed.std(0, ddof=1) if len(per_seed) > 1 else np.zeros(bins)
+        curves[label] = (per_seed.mean(0), std, len(runs))
+    return centres, curves
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("grid_dir", help="a grid's output folder (runs/grids/<spec name>)")
+    parser.add_argument("--step", default=None, help="a tagged step's test (e.g. 112px) instead of the run's own")
+    parser.add_argument("--bins", type=int, default=6)
+    args = parser.parse_args(argv)
+    if args.bins < 2:
+        raise SystemExit("error: --bins must be at least 2")
+    try:
+        points = read_runs(args.grid_dir, args.step)
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    stem = os.path.join(args.grid_dir, "acc1_vs_token_distance" + (f"_{args.step}" if args.step else ""))
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    table = [["distance", "point", "seeds", *[f"bin{b}" for b in range(args.bins)]]]
+    for axis, kind in zip(axes, KINDS, strict=True):
+        centres, curves = binned(points, kind, args.bins)
+        for label, (mean, std, seeds) in curves.items():
+            axis.plot(centres, mean, marker="o", label=f"{label} ({seeds} seeds)")
+            axis.fill_between(centres, mean - std, mean + std, alpha=0.15)
+            table.append([kind, label, seeds, *[f"{m:.4f}" for m in mean]])
+        axis.set_xlabel(f"{kind} distance to the class token (0 = next to it, 1 = farthest)")
+        axis.grid(alpha=0.3)
+    axes[0].set_ylabel("test top-1")
+    axes[1].legend(fontsize=7)
+    figure.tight_layout()
+    with atomic_output(stem + ".png") as tmp:
+        figure.savefig(tmp, dpi=120, format="png")
+    with atomic_output(stem + ".csv") as tmp, open(tmp, "w", newline="") as f:
+        csv.writer(f).writerows(table)
+    print(f"wrote {stem}.png and {stem}.csv ({len(points)} points)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
