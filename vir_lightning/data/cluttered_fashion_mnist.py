@@ -24,13 +24,14 @@ from __future__ import annotations
 
 import argparse
 import csv
+import inspect
 import os
 from collections.abc import Sequence
 
 import cv2
 import numpy as np
 
-from ..io import atomic_output
+from ..io import atomic_output, check_output_path
 from .base import ClassificationDataModule
 from .fashion_mnist import CLASS_NAMES, DEBIAN_ROOT, check_root, read_split
 
@@ -230,14 +231,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("out", help="output folder (gets train/, val/, test/ and one CSV of positions per split)")
     for split in SPLIT_IDS:
         parser.add_argument(f"--{split}", type=int, default=None, help=f"{split} images (default: the whole split)")
-    parser.add_argument("--canvas", type=int, default=64)
-    parser.add_argument("--object-scale", type=float, nargs=2, default=(0.45, 0.8), metavar=("LOW", "HIGH"))
-    parser.add_argument("--clutter", type=int, default=4)
-    parser.add_argument("--clutter-size", type=int, default=10)
-    parser.add_argument("--train-fraction", type=float, default=0.6)
-    parser.add_argument("--seed", type=int, default=0, help="generator seed (the data module's generator_seed)")
-    parser.add_argument("--root", default=DEBIAN_ROOT, help="folder of the Fashion-MNIST IDX files")
+    # The generator's options, with the data module's own defaults (one place to change them).
+    default = {name: p.default for name, p in inspect.signature(ClutteredFashionMNISTDataModule).parameters.items()}
+    parser.add_argument("--canvas", type=int, default=default["canvas"])
+    parser.add_argument("--object-scale", type=float, nargs=2, default=default["object_scale"], metavar=("LOW", "HIGH"))
+    parser.add_argument("--clutter", type=int, default=default["clutter"])
+    parser.add_argument("--clutter-size", type=int, default=default["clutter_size"])
+    parser.add_argument("--train-fraction", type=float, default=default["train_fraction"])
+    parser.add_argument("--seed", type=int, default=default["generator_seed"], help="the data module's generator_seed")
+    parser.add_argument("--root", default=default["root"], help="folder of the Fashion-MNIST IDX files")
     args = parser.parse_args(argv)
+    check_output_path(args.out, directory=True)  # before minutes of work
+    check_root(args.root, option="--root")
     module = ClutteredFashionMNISTDataModule(
         root=args.root, canvas=args.canvas, object_scale=args.object_scale, clutter=args.clutter,
         clutter_size=args.clutter_size, train_fraction=args.train_fraction, generator_seed=args.seed)
