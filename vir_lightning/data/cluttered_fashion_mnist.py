@@ -116,6 +116,11 @@ class ClutteredSource:
         return self._draw_layout(index)[0]
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
+        image, label, _ = self.draw(index)
+        return image, label
+
+    def draw(self, index: int) -> tuple[np.ndarray, int, dict]:
+        """Image ``index``, its label and its :meth:`layout`, from one pass of the generator."""
         where, rng = self._draw_layout(index)
         side = where["side"]
         image = photo_crop(rng, self.photos, (self.canvas, self.canvas))
@@ -128,7 +133,7 @@ class ClutteredSource:
             top, left = rng.integers(self.canvas - piece + 1, size=2)
             paste_garment(rng, image, other[y: y + piece, x: x + piece], None, int(top), int(left))
         paste_garment(rng, image, self.garments[index], side, where["top"], where["left"])
-        return image, int(self.labels[index])
+        return image, int(self.labels[index]), where
 
 
 class ClutteredFashionMNISTDataModule(ClassificationDataModule):
@@ -210,14 +215,16 @@ def export_image_folder(out: str, module: ClutteredFashionMNISTDataModule, count
             source = sources[split]
             count = len(source) if count is None else count
             os.makedirs(os.path.join(tmp, split), exist_ok=True)
+            made = set()  # class folders of this split created so far
             with open(os.path.join(tmp, f"{split}.csv"), "w", newline="") as table:
                 rows = csv.writer(table)
                 rows.writerow(["file", "label", "index", "center_y", "center_x", "side"])
                 for index in range(count):
-                    image, label = source[index]
-                    where = source.layout(index)
+                    image, label, where = source.draw(index)
+                    if label not in made:
+                        os.makedirs(os.path.join(tmp, split, class_folder(label)))
+                        made.add(label)
                     file = os.path.join(split, class_folder(label), f"{index:06d}.png")
-                    os.makedirs(os.path.join(tmp, split, class_folder(label)), exist_ok=True)
                     if not cv2.imwrite(os.path.join(tmp, file), cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):
                         raise ValueError(f"cannot write {file!r} under {out!r}; check the free space")
                     rows.writerow([file, label, index, *where["center"], where["side"]])
