@@ -23,6 +23,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from vir_lightning.io import atomic_output  # noqa: E402
+from vir_lightning.tasks.position_breakdown import equal_count_bins  # noqa: E402
 
 KINDS = ("raster", "manhattan")
 
@@ -54,18 +55,17 @@ def read_runs(grid_dir: str, step: str | None) -> dict[str, list[dict]]:
 def binned(points: dict[str, list[dict]], kind: str, bins: int) -> tuple[np.ndarray, dict]:
     """Bin centres and, per point, (mean, std) accuracy over seeds in each equal-count bin."""
     reference = next(iter(points.values()))[0][kind]  # the same test images in every run
-    edges = np.quantile(reference, np.linspace(0, 1, bins + 1))
-    centres = (edges[:-1] + edges[1:]) / 2
+    _, edges = equal_count_bins(reference, reference, bins)
     curves = {}
     for label, runs in points.items():
         per_seed = []
         for run in runs:
-            index = np.clip(np.searchsorted(edges, run[kind], side="right") - 1, 0, bins - 1)
+            index, _ = equal_count_bins(run[kind], reference, bins)
             per_seed.append([run["correct"][index == b].mean() if (index == b).any() else np.nan for b in range(bins)])
         per_seed = np.array(per_seed)
         std = per_seed.std(0, ddof=1) if len(per_seed) > 1 else np.zeros(bins)
         curves[label] = (per_seed.mean(0), std, len(runs))
-    return centres, curves
+    return (edges[:-1] + edges[1:]) / 2, curves
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -45,6 +45,13 @@ def token_distances(centers: np.ndarray, canvas: int, grid_shape: tuple[int, int
     return {"raster": raster, "manhattan": manhattan}
 
 
+def equal_count_bins(distance: np.ndarray, reference: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray]:
+    """Bin index of each ``distance`` among ``bins`` equal-count bins of ``reference`` (a value on an
+    edge goes to the lower bin), and the ``bins + 1`` edges."""
+    edges = np.quantile(reference, np.linspace(0, 1, bins + 1))
+    return np.digitize(distance, edges[1:-1], right=True), edges
+
+
 class ObjectPositionBreakdown(L.Callback):
     """Log ``test/acc1_{raster,manhattan}_{near,mid,far}`` and write every test image's position and outcome.
 
@@ -87,8 +94,7 @@ class ObjectPositionBreakdown(L.Callback):
         from_start = getattr(model, "pooling", None) == "token_first"
         distances = token_distances(centers, source.canvas, grid_shape, from_start)
         for kind, distance in distances.items() if len(correct) else ():
-            edges = np.quantile(distance, [1 / 3, 2 / 3])
-            bins = np.digitize(distance, edges, right=True)
+            bins, _ = equal_count_bins(distance, distance, len(BIN_NAMES))
             for b, name in enumerate(BIN_NAMES):
                 chosen = correct[bins == b]
                 if len(chosen):
