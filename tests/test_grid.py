@@ -87,6 +87,24 @@ def test_the_resolution_study_plans_its_tagged_steps_at_their_resolutions(monkey
     assert not (tmp_path / "out").exists()  # neither planning nor a dry run writes anything
 
 
+
+def test_a_report_groups_points_whose_zipped_values_are_dicts(tmp_path):
+    # cluttered_decay.yaml zips model_kwargs dicts with model names: a point's values are not hashable
+    from vir_lightning.grid.plan import Run
+    from vir_lightning.grid.report import write_reports
+
+    kwargs = [{"embed_dim": 32, "decay": "1d"}, {"embed_dim": 32, "decay": "2d"}]
+    spec = load_spec(write_spec(tmp_path / "s.yaml", zip=[{"model.init_args.model_kwargs": kwargs}], seeds=[0, 1]))
+    runs = [Run(f"r{i}", point, str(tmp_path / f"r{i}"), spec.steps, spec.metrics, {}, {})
+            for i, point in enumerate(spec.points())]
+    accuracy = {0: 0.5, 1: 0.7, 2: 0.2, 3: 0.4}  # run index → test/acc1; runs 0, 1 are the 1D seeds
+    statuses = {run.run_id: {"state": "done", "metrics": {"test/acc1": accuracy[i]}} for i, run in enumerate(runs)}
+    write_reports(spec, runs, statuses, str(tmp_path), "grid s.yaml")
+    report = (tmp_path / "results.md").read_text()
+    by_decay = {decay: line for line in report.splitlines() for decay in ("1d", "2d") if f"'decay': '{decay}'" in line}
+    assert "| 2/2 | 0.6000 ± 0.1414 |" in by_decay["1d"] and "| 2/2 | 0.3000 ± 0.1414 |" in by_decay["2d"]
+    assert (tmp_path / "test_acc1_vs_model_kwargs.png").read_bytes()[:4] == b"\x89PNG"
+
 @pytest.mark.parametrize(
     "fields,message",
     [

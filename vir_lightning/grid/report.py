@@ -4,6 +4,7 @@ at any moment leaves the last complete tables behind."""
 
 from __future__ import annotations
 
+import json
 import os
 import statistics
 from pathlib import Path
@@ -15,6 +16,11 @@ from .spec import GridSpec
 
 def _short(key: str) -> str:
     return key.rsplit(".", 1)[-1]
+
+
+def _group_key(values) -> tuple:
+    """Axis values as a dictionary key: a dict or list value (a zipped ``model_kwargs``) by its JSON."""
+    return tuple(json.dumps(v, sort_keys=True, default=str) if isinstance(v, (dict, list)) else v for v in values)
 
 
 def result_rows(spec: GridSpec, runs: list[Run], statuses: dict[str, dict | None]) -> list[dict]:
@@ -50,11 +56,12 @@ def points_table(spec: GridSpec, rows: list[dict]) -> list[dict]:
     """Per combination of axis values: n finished runs, and the values over those runs of each
     metric and each step's seconds."""
     axes = [_short(k) for k in spec.axis_names]
-    groups: dict[tuple, list[dict]] = {}
+    groups: dict[tuple, tuple[tuple, list[dict]]] = {}  # key → (the axis values, their runs)
     for row in rows:
-        groups.setdefault(tuple(row[a] for a in axes), []).append(row)
+        values = tuple(row[a] for a in axes)
+        groups.setdefault(_group_key(values), (values, []))[1].append(row)
     table = []
-    for values, members in groups.items():
+    for values, members in groups.values():
         done = [r for r in members if r["state"] == "done"]
         entry = dict(zip(axes, values, strict=True))
         entry["runs"] = f"{len(done)}/{len(members)}"
@@ -125,11 +132,12 @@ def plot_axes(spec: GridSpec, rows: list[dict], out_dir: str) -> list[str]:
     for axis in axes:
         others = [a for a in axes if a != axis]
         _, ax = plt.subplots(figsize=(5.6, 4))
-        series: dict[tuple, list] = {}
+        series: dict[tuple, tuple[tuple, list]] = {}  # key → (the other axes' values, their points)
         for entry in table:
             if entry[metric]:
-                series.setdefault(tuple(entry[o] for o in others), []).append(entry)
-        for key, entries in series.items():
+                values = tuple(entry[o] for o in others)
+                series.setdefault(_group_key(values), (values, []))[1].append(entry)
+        for key, entries in series.values():
             means, stds = zip(*(_mean_std_of(e[metric]) for e in entries), strict=True)
             name = ", ".join(f"{o}={v}" for o, v in zip(others, key, strict=True)) or metric
             ax.errorbar([str(e[axis]) for e in entries], means, yerr=stds, marker="o", capsize=4, label=name)
