@@ -21,9 +21,8 @@ import sys
 
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from vir_lightning.io import atomic_output  # noqa: E402
-from vir_lightning.tasks.position_breakdown import equal_count_bins  # noqa: E402
+from vir_lightning.io import atomic_output
+from vir_lightning.tasks.position_breakdown import equal_count_bins
 
 KINDS = ("raster", "manhattan")
 

@@ -17,8 +17,7 @@ import os
 import re
 import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
-from vir_lightning.io import atomic_output  # noqa: E402
+from vir_lightning.io import atomic_output
 
 # "Epoch(val) [8][100/100]    coco/bbox_mAP: 0.512  ...  time: 0.1234" (mmdet, by epoch) or
 # "Iter(val) [100/100]    aAcc: 97.1  mIoU: 80.2  ...  time: 0.05" (mmseg, by iteration).
