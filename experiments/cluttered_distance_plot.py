@@ -27,27 +27,66 @@ from vir_lightning.tasks.position_breakdown import equal_count_bins
 KINDS = ("raster", "manhattan")
 
 
+def _flat(values: dict) -> dict:
+    """A point's values with dict values (a zipped ``model_kwargs``) spread into their own keys."""
+    flat = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(value)
+        else:
+            flat[key.rsplit(".", 1)[-1]] = value
+    return flat
+
+
+def point_labels(points: dict[str, dict]) -> dict[str, str]:
+    """Run folder → a short label naming only what tells the points apart.
+
+    A key whose values are all equal where it is set (the shared ``embed_dim``) is left out, unless
+    it is set for some points only and separates points that would otherwise share a label (2D
+    decay with and without ``directions: 4``). A single point keeps all its values.
+    """
+    flat = {run: _flat(values) for run, values in points.items()}
+    seen: dict[str, set] = {}
+    for values in flat.values():
+        for key, value in values.items():
+            seen.setdefault(key, set()).add(json.dumps(value, sort_keys=True, default=str))
+
+    def labels(keys: list[str]) -> dict[str, str]:
+        return {run: ", ".join(f"{k}={values[k]}" for k in keys if k in values) or "base"
+                for run, values in flat.items()}
+
+    keys = [key for key, values in seen.items() if len(values) > 1] or list(seen)
+    for key in seen:  # set for some points only: keep it where it separates points
+        if key not in keys and any(key not in values for values in flat.values()):
+            wider = [k for k in seen if k in keys or k == key]  # keeps the points' key order
+            if len(set(labels(wider).values())) > len(set(labels(keys).values())):
+                keys = wider
+    return labels(keys)
+
+
 def read_runs(grid_dir: str, step: str | None) -> dict[str, list[dict]]:
     """point label → one {kind: distances, "correct": outcomes} per finished seed."""
-    points: dict[str, list[dict]] = {}
+    found_runs, point_values = {}, {}
     for point_file in sorted(glob.glob(os.path.join(grid_dir, "runs", "*", "point.json"))):
         run_dir = os.path.dirname(point_file)
         found = glob.glob(os.path.join(run_dir, step or "", "**", "test_positions.csv"), recursive=True)
         if step is None:  # the run's own test, not a tagged step's
             found = [f for f in found if os.path.relpath(f, run_dir).split(os.sep)[0] in ("csv", "test_positions.csv")]
-        if not found:
-            continue
-        with open(point_file) as f:
-            point = json.load(f)
-        label = ", ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in point["values"].items()) or "base"
-        with open(sorted(found)[-1]) as f:
+        if found:
+            with open(point_file) as f:
+                point_values[run_dir] = json.load(f)["values"]
+            found_runs[run_dir] = sorted(found)[-1]
+    if not found_runs:
+        raise ValueError(f"no test_positions.csv under {grid_dir}/runs/*/{step or ''}: run the grid first"
+                         " (its base config must have the ObjectPositionBreakdown callback)")
+    labels = point_labels(point_values)
+    points: dict[str, list[dict]] = {}
+    for run_dir, path in found_runs.items():
+        with open(path) as f:
             rows = list(csv.DictReader(f))
         run = {kind: np.array([float(r[kind]) for r in rows]) for kind in KINDS}
         run["correct"] = np.array([int(r["correct"]) for r in rows])
-        points.setdefault(label, []).append(run)
-    if not points:
-        raise ValueError(f"no test_positions.csv under {grid_dir}/runs/*/{step or ''}: run the grid first"
-                         " (its base config must have the ObjectPositionBreakdown callback)")
+        points.setdefault(labels[run_dir], []).append(run)
     return points
 
 
