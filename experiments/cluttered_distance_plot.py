@@ -21,47 +21,11 @@ import sys
 
 import numpy as np
 
+from vir_lightning.grid.report import point_labels
 from vir_lightning.io import atomic_output
 from vir_lightning.tasks.position_breakdown import equal_count_bins
 
 KINDS = ("raster", "manhattan")
-
-
-def _flat(values: dict) -> dict:
-    """A point's values with dict values (a zipped ``model_kwargs``) spread into their own keys."""
-    flat = {}
-    for key, value in values.items():
-        if isinstance(value, dict):
-            flat.update(value)
-        else:
-            flat[key.rsplit(".", 1)[-1]] = value
-    return flat
-
-
-def point_labels(points: dict[str, dict]) -> dict[str, str]:
-    """Run folder → a short label naming only what tells the points apart.
-
-    A key whose values are all equal where it is set (the shared ``embed_dim``) is left out, unless
-    it is set for some points only and separates points that would otherwise share a label (2D
-    decay with and without ``directions: 4``). A single point keeps all its values.
-    """
-    flat = {run: _flat(values) for run, values in points.items()}
-    seen: dict[str, set] = {}
-    for values in flat.values():
-        for key, value in values.items():
-            seen.setdefault(key, set()).add(json.dumps(value, sort_keys=True, default=str))
-
-    def labels(keys: list[str]) -> dict[str, str]:
-        return {run: ", ".join(f"{k}={values[k]}" for k in keys if k in values) or "base"
-                for run, values in flat.items()}
-
-    keys = [key for key, values in seen.items() if len(values) > 1] or list(seen)
-    for key in seen:  # set for some points only: keep it where it separates points
-        if key not in keys and any(key not in values for values in flat.values()):
-            wider = [k for k in seen if k in keys or k == key]  # keeps the points' key order
-            if len(set(labels(wider).values())) > len(set(labels(keys).values())):
-                keys = wider
-    return labels(keys)
 
 
 def read_runs(grid_dir: str, step: str | None) -> dict[str, list[dict]]:

@@ -87,7 +87,6 @@ def test_the_resolution_study_plans_its_tagged_steps_at_their_resolutions(monkey
     assert not (tmp_path / "out").exists()  # neither planning nor a dry run writes anything
 
 
-
 def test_a_report_groups_points_whose_zipped_values_are_dicts(tmp_path):
     # cluttered_decay.yaml zips model_kwargs dicts with model names: a point's values are not hashable
     from vir_lightning.grid.plan import Run
@@ -101,9 +100,28 @@ def test_a_report_groups_points_whose_zipped_values_are_dicts(tmp_path):
     statuses = {run.run_id: {"state": "done", "metrics": {"test/acc1": accuracy[i]}} for i, run in enumerate(runs)}
     write_reports(spec, runs, statuses, str(tmp_path), "grid s.yaml")
     report = (tmp_path / "results.md").read_text()
-    by_decay = {decay: line for line in report.splitlines() for decay in ("1d", "2d") if f"'decay': '{decay}'" in line}
-    assert "| 2/2 | 0.6000 ± 0.1414 |" in by_decay["1d"] and "| 2/2 | 0.3000 ± 0.1414 |" in by_decay["2d"]
+    assert "| decay=1d | 2/2 | 0.6000 ± 0.1414 |" in report and "| decay=2d | 2/2 | 0.3000 ± 0.1414 |" in report
     assert (tmp_path / "test_acc1_vs_model_kwargs.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_point_labels_name_what_tells_points_apart():
+    from vir_lightning.grid.report import point_labels
+
+    name, kwargs = "model.init_args.model_name", "model.init_args.model_kwargs"
+    points = {  # as cluttered_decay.yaml zips them: shared widths, H-ViR without kwargs
+        "a": {name: "vir", kwargs: {"embed_dim": 64, "decay": "1d"}},
+        "b": {name: "vir", kwargs: {"embed_dim": 64, "decay": "2d"}},
+        "b4": {name: "vir", kwargs: {"embed_dim": 64, "decay": "2d", "directions": 4, "pooling": "avg"}},
+        "c": {name: "vit", kwargs: {"embed_dim": 64, "patch_size": 4}},
+        "d": {name: "hvir", kwargs: {}},
+    }
+    assert point_labels(points) == {
+        "a": "model_name=vir, decay=1d", "b": "model_name=vir, decay=2d",
+        "b4": "model_name=vir, decay=2d, directions=4, pooling=avg",  # set for one point: both kept
+        "c": "model_name=vit, patch_size=4", "d": "model_name=hvir"}
+    pooling = {"x": {"m.pooling": "avg", "m.multipass": False}, "y": {"m.pooling": "token_last", "m.multipass": True}}
+    assert point_labels(pooling) == {"x": "pooling=avg, multipass=False", "y": "pooling=token_last, multipass=True"}
+    assert point_labels({"x": {"m.decay": "2d"}}) == {"x": "decay=2d"}  # a single point keeps its values
 
 @pytest.mark.parametrize(
     "fields,message",

@@ -94,23 +94,3 @@ def test_the_distance_plot_averages_seeds_per_equal_count_bin(tmp_path):
     missing = subprocess.run([sys.executable, script, str(tmp_path), "--step", "112px"], capture_output=True, text=True)
     assert missing.returncode == 1 and missing.stderr.startswith("error: no test_positions.csv")
 
-
-def test_the_distance_plot_labels_points_by_what_tells_them_apart():
-    import importlib.util
-
-    path = os.path.join(os.path.dirname(__file__), "..", "experiments", "cluttered_distance_plot.py")
-    spec = importlib.util.spec_from_file_location("cluttered_distance_plot", path)
-    plot = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(plot)
-    name, kwargs = "model.init_args.model_name", "model.init_args.model_kwargs"
-    points = {  # as cluttered_decay.yaml zips them: shared widths, H-ViR without kwargs
-        "a": {name: "vir", kwargs: {"embed_dim": 64, "decay": "1d"}},
-        "b": {name: "vir", kwargs: {"embed_dim": 64, "decay": "2d"}},
-        "b4": {name: "vir", kwargs: {"embed_dim": 64, "decay": "2d", "directions": 4, "pooling": "avg"}},
-        "c": {name: "vit", kwargs: {"embed_dim": 64, "patch_size": 4}},
-        "d": {name: "hvir", kwargs: {}},
-    }
-    assert plot.point_labels(points) == {
-        "a": "model_name=vir, decay=1d", "b": "model_name=vir, decay=2d",
-        "b4": "model_name=vir, decay=2d, directions=4",  # set for one point only, but it tells b4 from b
-        "c": "model_name=vit", "d": "model_name=hvir"}

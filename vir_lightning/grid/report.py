@@ -18,9 +18,47 @@ def _short(key: str) -> str:
     return key.rsplit(".", 1)[-1]
 
 
+def _canonical(value) -> str | object:
+    """A value as a dictionary key: a dict or list (a zipped ``model_kwargs``) by its JSON."""
+    return json.dumps(value, sort_keys=True, default=str) if isinstance(value, (dict, list)) else value
+
+
 def _group_key(values) -> tuple:
-    """Axis values as a dictionary key: a dict or list value (a zipped ``model_kwargs``) by its JSON."""
-    return tuple(json.dumps(v, sort_keys=True, default=str) if isinstance(v, (dict, list)) else v for v in values)
+    return tuple(_canonical(v) for v in values)
+
+
+def point_labels(points: dict[str, dict]) -> dict[str, str]:
+    """Point name → a short label naming only what tells the points apart.
+
+    ``points`` maps a name to the point's values (dotted keys; a dict value such as a zipped
+    ``model_kwargs`` is spread into its own keys). Left out: a key with one value wherever it is
+    set, if it is set on every point, or, for a key from a dict, on every point whose dict is not
+    empty (the shared ``embed_dim`` of ``cluttered_decay.yaml``, not set for H-ViR). Kept: every
+    other key, so ``directions=4, pooling=avg`` both show. A single point (named once per seed,
+    say) keeps all its values.
+    """
+    flat: dict[str, dict] = {}
+    spread: dict[str, str] = {}  # a key from a dict value → that dict's key
+    for name, values in points.items():
+        flat[name] = {}
+        for key, value in values.items():
+            if isinstance(value, dict):
+                flat[name].update(value)
+                spread.update({k: key for k in value})
+            else:
+                flat[name][_short(key)] = value
+    keys = list(dict.fromkeys(k for values in flat.values() for k in values))  # first-seen order
+
+    def shared(key: str) -> bool:  # one value wherever it is set, and set wherever it could be
+        if len({_canonical(values[key]) for values in flat.values() if key in values}) > 1:
+            return False
+        could = [n for n, values in points.items() if key not in spread or values.get(spread[key])]
+        return all(key in flat[n] for n in could)
+
+    distinct = {json.dumps(values, sort_keys=True, default=str) for values in points.values()}  # seeds repeat
+    shown = [k for k in keys if not shared(k)] if len(distinct) > 1 else keys
+    return {name: ", ".join(f"{k}={values[k]}" for k in shown if k in values) or "base"
+            for name, values in flat.items()}
 
 
 def result_rows(spec: GridSpec, runs: list[Run], statuses: dict[str, dict | None]) -> list[dict]:
@@ -75,11 +113,16 @@ def markdown(spec: GridSpec, rows: list[dict], command: str) -> str:
     axes = [_short(k) for k in spec.axis_names]
     lines = [f"# Grid {spec.name}", "", f"`{command}`", "",
              f"Base: {', '.join(spec.base)}; seeds {spec.seeds}; mean ± sample std over finished seeds.", ""]
-    header = [*axes, "runs", *spec.metrics]
-    lines += ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
     table = points_table(spec, rows)
-    for entry in table:
-        cells = [str(entry[a]) for a in axes] + [entry["runs"]] + [_mean_std(entry[m]) for m in spec.metrics]
+    if any(isinstance(entry[a], dict) for entry in table for a in axes):  # zipped dicts: one short label
+        labels = point_labels({str(i): {a: entry[a] for a in axes} for i, entry in enumerate(table)})
+        point_cells, point_header = [[labels[str(i)]] for i in range(len(table))], ["point"]
+    else:
+        point_cells, point_header = [[str(entry[a]) for a in axes] for entry in table], axes
+    header = [*point_header, "runs", *spec.metrics]
+    lines += ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    for entry, cells in zip(table, point_cells, strict=True):
+        cells = [*cells, entry["runs"], *[_mean_std(entry[m]) for m in spec.metrics]]
         lines.append("| " + " | ".join(cells) + " |")
     times = _step_time_columns(spec)
     if times:

@@ -9,7 +9,10 @@ logs one number per stage through the module instead:
 * ``test/images_per_s``: test images over the wall time of the test loop.
 
 The clock is read only at epoch and loop boundaries. On CUDA the device is synchronised there, never
-per batch, so the hot path keeps no host synchronisation.
+per batch, so the hot path keeps no host synchronisation. With several devices the per-device rates
+are summed. Callbacks listed before this one that work at those boundaries (e.g. the per-image
+loop of ``ObjectPositionBreakdown`` at the end of the test) count in the time; list it first to
+leave them out.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ class ImagesPerSecond(L.Callback):
 
     def __init__(self) -> None:
         self._images = {"train": 0, "test": 0}
-        self._started = {"train": 0.0, "test": 0.0}
+        self._started: dict[str, float | None] = {"train": None, "test": None}
         self._paused = 0.0  # seconds of validation inside the current training epoch
         self._validation_started = 0.0
 
@@ -45,13 +48,21 @@ class ImagesPerSecond(L.Callback):
         self._images[stage], self._started[stage] = 0, self._clock(pl_module)
 
     def _log(self, stage: str, pl_module: L.LightningModule, paused: float = 0.0) -> None:
+        if self._started[stage] is None:  # no batch ran in this stage
+            return
         seconds = self._clock(pl_module) - self._started[stage] - paused
         if self._images[stage] and seconds > 0:
-            pl_module.log(f"{stage}/images_per_s", self._images[stage] / seconds)
+            pl_module.log(f"{stage}/images_per_s", self._images[stage] / seconds, sync_dist=True, reduce_fx="sum")
+        self._started[stage] = None
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._start("train", pl_module)
         self._paused = 0.0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self._started["train"] is None:  # a fit resumed mid-epoch skips on_train_epoch_start
+            self._start("train", pl_module)
+            self._paused = 0.0
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self._images["train"] += _batch_size(batch)
