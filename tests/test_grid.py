@@ -123,6 +123,7 @@ def test_point_labels_name_what_tells_points_apart():
     assert point_labels(pooling) == {"x": "pooling=avg, multipass=False", "y": "pooling=token_last, multipass=True"}
     assert point_labels({"x": {"m.decay": "2d"}}) == {"x": "decay=2d"}  # a single point keeps its values
 
+
 @pytest.mark.parametrize(
     "fields,message",
     [

@@ -93,4 +93,3 @@ def test_the_distance_plot_averages_seeds_per_equal_count_bin(tmp_path):
     assert (tmp_path / "acc1_vs_token_distance.png").stat().st_size > 0
     missing = subprocess.run([sys.executable, script, str(tmp_path), "--step", "112px"], capture_output=True, text=True)
     assert missing.returncode == 1 and missing.stderr.startswith("error: no test_positions.csv")
-

@@ -55,14 +55,16 @@ class ImagesPerSecond(L.Callback):
             pl_module.log(f"{stage}/images_per_s", self._images[stage] / seconds, sync_dist=True, reduce_fx="sum")
         self._started[stage] = None
 
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def _start_training(self, pl_module: L.LightningModule) -> None:
         self._start("train", pl_module)
         self._paused = 0.0
 
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start_training(pl_module)
+
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if self._started["train"] is None:  # a fit resumed mid-epoch skips on_train_epoch_start
-            self._start("train", pl_module)
-            self._paused = 0.0
+            self._start_training(pl_module)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self._images["train"] += _batch_size(batch)
