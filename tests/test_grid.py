@@ -87,8 +87,10 @@ def test_the_resolution_study_plans_its_tagged_steps_at_their_resolutions(monkey
     assert not (tmp_path / "out").exists()  # neither planning nor a dry run writes anything
 
 
-def test_a_report_groups_points_whose_zipped_values_are_dicts(tmp_path):
+def test_a_report_groups_points_whose_zipped_values_are_dicts(tmp_path, monkeypatch):
     # cluttered_decay.yaml zips model_kwargs dicts with model names: a point's values are not hashable
+    import matplotlib.axes
+
     from vir_lightning.grid.plan import Run
     from vir_lightning.grid.report import write_reports
 
@@ -98,10 +100,17 @@ def test_a_report_groups_points_whose_zipped_values_are_dicts(tmp_path):
             for i, point in enumerate(spec.points())]
     accuracy = {0: 0.5, 1: 0.7, 2: 0.2, 3: 0.4}  # run index → test/acc1; runs 0, 1 are the 1D seeds
     statuses = {run.run_id: {"state": "done", "metrics": {"test/acc1": accuracy[i]}} for i, run in enumerate(runs)}
+    drawn_x = []  # the x values of every errorbar the plots draw
+    errorbar = matplotlib.axes.Axes.errorbar
+    monkeypatch.setattr(matplotlib.axes.Axes, "errorbar", lambda ax, x, *a, **k: drawn_x.append(list(x))
+                        or errorbar(ax, x, *a, **k))
     write_reports(spec, runs, statuses, str(tmp_path), "grid s.yaml")
     report = (tmp_path / "results.md").read_text()
     assert "| decay=1d | 2/2 | 0.6000 ± 0.1414 |" in report and "| decay=2d | 2/2 | 0.3000 ± 0.1414 |" in report
-    assert (tmp_path / "test_acc1_vs_model_kwargs.png").read_bytes()[:4] == b"\x89PNG"
+    # one plot against the points' short labels, not a plot per axis with whole dicts on its x-axis
+    assert (tmp_path / "test_acc1_vs_point.png").read_bytes()[:4] == b"\x89PNG"
+    assert not (tmp_path / "test_acc1_vs_model_kwargs.png").exists()
+    assert drawn_x == [["decay=1d", "decay=2d"]]
 
 
 def test_point_labels_name_what_tells_points_apart():

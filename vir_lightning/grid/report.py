@@ -1,6 +1,7 @@
 """A grid's results: ``results.csv`` (one row per run), ``results.md`` (mean ± std over seeds per
-point) and ``<metric>_vs_<axis>.png`` (one plot per axis), all written atomically, so a grid killed
-at any moment leaves the last complete tables behind."""
+point) and ``<metric>_vs_<axis>.png`` (one plot per axis; one ``<metric>_vs_point.png`` when the
+points are zipped dicts), all written atomically, so a grid killed at any moment leaves the last
+complete tables behind."""
 
 from __future__ import annotations
 
@@ -109,16 +110,25 @@ def points_table(spec: GridSpec, rows: list[dict]) -> list[dict]:
     return table
 
 
+def _has_dict_values(table: list[dict], axes: list[str]) -> bool:
+    return any(isinstance(entry[a], dict) for entry in table for a in axes)
+
+
+def _point_columns(table: list[dict], axes: list[str]) -> tuple[list[str], list[list[str]]]:
+    """The columns naming each point: one per axis, or, when an axis holds dicts (a zipped
+    ``model_kwargs``), a single ``point`` column of short labels (``point_labels``)."""
+    if _has_dict_values(table, axes):
+        labels = point_labels({str(i): {a: entry[a] for a in axes} for i, entry in enumerate(table)})
+        return ["point"], [[labels[str(i)]] for i in range(len(table))]
+    return axes, [[str(entry[a]) for a in axes] for entry in table]
+
+
 def markdown(spec: GridSpec, rows: list[dict], command: str) -> str:
     axes = [_short(k) for k in spec.axis_names]
     lines = [f"# Grid {spec.name}", "", f"`{command}`", "",
              f"Base: {', '.join(spec.base)}; seeds {spec.seeds}; mean ± sample std over finished seeds.", ""]
     table = points_table(spec, rows)
-    if any(isinstance(entry[a], dict) for entry in table for a in axes):  # zipped dicts: one short label
-        labels = point_labels({str(i): {a: entry[a] for a in axes} for i, entry in enumerate(table)})
-        point_cells, point_header = [[labels[str(i)]] for i in range(len(table))], ["point"]
-    else:
-        point_cells, point_header = [[str(entry[a]) for a in axes] for entry in table], axes
+    point_header, point_cells = _point_columns(table, axes)
     header = [*point_header, "runs", *spec.metrics]
     lines += ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
     for entry, cells in zip(table, point_cells, strict=True):
@@ -127,10 +137,11 @@ def markdown(spec: GridSpec, rows: list[dict], command: str) -> str:
     times = _step_time_columns(spec)
     if times:
         lines += ["", "Wall time per step in seconds (mean over finished runs; includes the CLI's start-up):", ""]
-        lines += ["| " + " | ".join([*axes, *times.values()]) + " |", "|---" * (len(axes) + len(times)) + "|"]
-        for entry in table:
+        header = [*point_header, *times.values()]
+        lines += ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+        for entry, cells in zip(table, point_cells, strict=True):
             if entry[spec.metrics[0]]:  # some runs of this point finished
-                cells = [str(entry[a]) for a in axes] + [f"{statistics.mean(entry[t]):.0f}" for t in times]
+                cells = [*cells, *[f"{statistics.mean(entry[t]):.0f}" for t in times]]
                 lines.append("| " + " | ".join(cells) + " |")
     failed = [r for r in rows if r["state"] == "failed"]
     if failed:
@@ -161,7 +172,8 @@ def _save_plot(ax, spec: GridSpec, metric: str, against: str, out_dir: str, has_
 
 def plot_axes(spec: GridSpec, rows: list[dict], out_dir: str) -> list[str]:
     """For each axis: the first metric's mean ± std against that axis's values, one line per
-    combination of the other axes. With tagged steps, also ``<metric>_vs_step.png``: the metric
+    combination of the other axes (when an axis holds dicts, one plot against the points' short
+    labels instead). With tagged steps, also ``<metric>_vs_step.png``: the metric
     in the run's own steps and in each tagged step that logged it, one line per point."""
     import matplotlib
 
@@ -171,7 +183,21 @@ def plot_axes(spec: GridSpec, rows: list[dict], out_dir: str) -> list[str]:
     metric = spec.metrics[0]
     axes = [_short(k) for k in spec.axis_names]
     table = points_table(spec, rows)
+    header, point_cells = _point_columns(table, axes)
+    # each point's name in a legend or on an x-axis: its short label, or axis=value for every axis
+    names = [cells[0] if header == ["point"] else ", ".join(f"{a}={c}" for a, c in zip(axes, cells, strict=True))
+             for cells in point_cells]
     written = []
+    if _has_dict_values(table, axes):  # zipped dicts: one plot against the points' short labels
+        _, ax = plt.subplots(figsize=(max(5.6, 1.4 * len(table)), 4))
+        shown = [(name, entry) for name, entry in zip(names, table, strict=True) if entry[metric]]
+        if shown:
+            means, stds = zip(*(_mean_std_of(e[metric]) for _, e in shown), strict=True)
+            ax.errorbar([name.replace(", ", "\n") for name, _ in shown], means, yerr=stds, marker="o",
+                        capsize=4, linestyle="none")
+            ax.tick_params(axis="x", labelsize=7)
+        written.append(_save_plot(ax, spec, metric, "point", out_dir, False))
+        axes = []  # the per-axis plots would show whole dicts
     for axis in axes:
         others = [a for a in axes if a != axis]
         _, ax = plt.subplots(figsize=(5.6, 4))
@@ -191,12 +217,11 @@ def plot_axes(spec: GridSpec, rows: list[dict], out_dir: str) -> list[str]:
     if len(steps) > 1:
         _, ax = plt.subplots(figsize=(5.6, 4))
         drawn = False
-        for entry in table:
+        for entry, name in zip(table, names, strict=True):
             shown = [(tag, m) for tag, m in steps if entry[m]]
             if shown:
                 means, stds = zip(*(_mean_std_of(entry[m]) for _, m in shown), strict=True)
-                name = ", ".join(f"{a}={entry[a]}" for a in axes) or metric
-                ax.errorbar([tag for tag, _ in shown], means, yerr=stds, marker="o", capsize=4, label=name)
+                ax.errorbar([tag for tag, _ in shown], means, yerr=stds, marker="o", capsize=4, label=name or metric)
                 drawn = True
         written.append(_save_plot(ax, spec, metric, "step", out_dir, drawn))
     return written
