@@ -189,13 +189,14 @@ def plot_axes(spec: GridSpec, rows: list[dict], out_dir: str) -> list[str]:
              for cells in point_cells]
     written = []
     if _has_dict_values(table, axes):  # zipped dicts: one plot against the points' short labels
-        _, ax = plt.subplots(figsize=(max(5.6, 1.4 * len(table)), 4))
+        _, ax = plt.subplots(figsize=(max(5.6, 1.2 * len(table)), 4))
         shown = [(name, entry) for name, entry in zip(names, table, strict=True) if entry[metric]]
         if shown:
             means, stds = zip(*(_mean_std_of(e[metric]) for _, e in shown), strict=True)
-            ax.errorbar([name.replace(", ", "\n") for name, _ in shown], means, yerr=stds, marker="o",
-                        capsize=4, linestyle="none")
-            ax.tick_params(axis="x", labelsize=7)
+            ax.errorbar([name for name, _ in shown], means, yerr=stds, marker="o", capsize=4, linestyle="none")
+            ax.tick_params(axis="x", labelsize=7, labelrotation=25)
+            for label in ax.get_xticklabels():  # long labels end under their point
+                label.set_horizontalalignment("right")
         written.append(_save_plot(ax, spec, metric, "point", out_dir, False))
         axes = []  # the per-axis plots would show whole dicts
     for axis in axes:
