@@ -37,8 +37,7 @@ def read_runs(grid_dir: str, step: str | None) -> dict[str, list[dict]]:
         if step is None:  # the run's own test, not a tagged step's
             found = [f for f in found if os.path.relpath(f, run_dir).split(os.sep)[0] in ("csv", "test_positions.csv")]
         if found:
-            with open(point_file) as f:
-                point_values[run_dir] = json.load(f)["values"]
+            point_values[run_dir] = _point_values(point_file)
             found_runs[run_dir] = sorted(found)[-1]
     if not found_runs:
         raise ValueError(f"no test_positions.csv under {grid_dir}/runs/*/{step or ''}: run the grid first"
@@ -46,12 +45,32 @@ def read_runs(grid_dir: str, step: str | None) -> dict[str, list[dict]]:
     labels = point_labels(point_values)
     points: dict[str, list[dict]] = {}
     for run_dir, path in found_runs.items():
+        points.setdefault(labels[run_dir], []).append(_positions(path))
+    return points
+
+
+def _point_values(path: str) -> dict:
+    try:
         with open(path) as f:
+            return json.load(f)["values"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{path}: not a grid run's point file ({type(err).__name__}: {err});"
+                         " rerun the grid, or move that run folder out of runs/") from None
+
+
+def _positions(path: str) -> dict[str, np.ndarray]:
+    """One run's ``test_positions.csv``: {kind: distances, "correct": 0/1 outcomes}."""
+    try:
+        with open(path, newline="") as f:
             rows = list(csv.DictReader(f))
         run = {kind: np.array([float(r[kind]) for r in rows]) for kind in KINDS}
         run["correct"] = np.array([int(r["correct"]) for r in rows])
-        points.setdefault(labels[run_dir], []).append(run)
-    return points
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{path}: not a readable test_positions.csv ({type(err).__name__}: {err});"
+                         " rerun that run's test") from None
+    if not len(run["correct"]):
+        raise ValueError(f"{path}: no test images in it; rerun that run's test")
+    return run
 
 
 def binned(points: dict[str, list[dict]], kind: str, bins: int) -> tuple[np.ndarray, dict]:
@@ -82,6 +101,10 @@ def main(argv: list[str] | None = None) -> int:
         points = read_runs(args.grid_dir, args.step)
     except ValueError as err:
         raise SystemExit(f"error: {err}") from None
+    images = min(len(run["correct"]) for runs in points.values() for run in runs)
+    if args.bins > images:
+        raise SystemExit(f"error: --bins {args.bins}: more bins than the {images} test images of a run;"
+                         f" give at most {images}")
     import matplotlib
 
     matplotlib.use("Agg")

@@ -93,3 +93,13 @@ def test_the_distance_plot_averages_seeds_per_equal_count_bin(tmp_path):
     assert (tmp_path / "acc1_vs_token_distance.png").stat().st_size > 0
     missing = subprocess.run([sys.executable, script, str(tmp_path), "--step", "112px"], capture_output=True, text=True)
     assert missing.returncode == 1 and missing.stderr.startswith("error: no test_positions.csv")
+    too_many = subprocess.run([sys.executable, script, str(tmp_path), "--bins", "5"], capture_output=True, text=True)
+    assert too_many.returncode == 1 and too_many.stderr.startswith("error: --bins 5: more bins than the 4 test images")
+    # a damaged per-image table is named in one error line, and the earlier plot is kept
+    damaged = tmp_path / "runs" / "p-1" / "csv" / "version_0" / "test_positions.csv"
+    damaged.write_text("index,label,correct\n0,0,1\n")
+    before = (tmp_path / "acc1_vs_token_distance.csv").read_text()
+    broken = subprocess.run([sys.executable, script, str(tmp_path), "--bins", "2"], capture_output=True, text=True)
+    assert broken.returncode == 1 and broken.stderr.startswith(f"error: {damaged}: not a readable test_positions.csv")
+    assert "Traceback" not in broken.stderr
+    assert (tmp_path / "acc1_vs_token_distance.csv").read_text() == before
