@@ -30,7 +30,7 @@ import numpy as np
 
 from vir_lightning.data.cluttered_fashion_mnist import paste_garment, photo_crop, sample_photos
 from vir_lightning.data.fashion_mnist import DEBIAN_ROOT, check_root, read_split
-from vir_lightning.io import atomic_output
+from vir_lightning.io import atomic_output, check_output_path
 
 COCO_CLASSES = ("tshirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot")
 ADE_CLASSES = ("background", *COCO_CLASSES)
@@ -130,14 +130,16 @@ def build(out: str, fmnist_root: str = DEBIAN_ROOT, train: int = 16, val: int = 
     """Build both sets under ``out``; returns their roots."""
     if train < 1 or val < 1:
         raise ValueError(f"train={train}, val={val}: each split needs at least one image")
+    coco = os.path.join(out, "coco")
+    ade = os.path.join(out, "ade", "ADEChallengeData2016")
+    for root in (coco, ade):  # both refused before either is written
+        check_output_path(root, directory=True, replaces=True)
     check_root(fmnist_root, option="--fmnist-root")
     photos = _photos()
     # Training images paste Fashion-MNIST *training* garments and validation images *test* garments, so
     # no garment is seen in both, and a backbone pretrained on Fashion-MNIST's training split has not
     # seen the validation garments either.
     train_garments, val_garments = _garments(fmnist_root, "train"), _garments(fmnist_root, "test")
-    coco = os.path.join(out, "coco")
-    ade = os.path.join(out, "ade", "ADEChallengeData2016")
     build_coco(coco, np.random.default_rng(seed), photos,
                {"train2017": (train, *train_garments), "val2017": (val, *val_garments)})
     build_ade(ade, np.random.default_rng(seed + 1), photos,

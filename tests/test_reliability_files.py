@@ -27,7 +27,7 @@ from vir_lightning.cli import main
 from vir_lightning.data import ImageFolderDataModule
 from vir_lightning.data.base import collate_skipping_none
 from vir_lightning.data.files import decode_image, infer_image_size, list_images
-from vir_lightning.io import atomic_output, check_output_path, write_csv_atomically
+from vir_lightning.io import OUTPUT_MARKER, atomic_output, check_output_path, write_csv_atomically
 from vir_lightning.tasks import ImageClassifier, PredictionCSVWriter
 
 TINY = {"embed_dim": 32, "depth": 2, "num_heads": 2}  # the model of TINY_MODEL, for building it in-process
@@ -365,12 +365,35 @@ def test_folder_output_gets_the_umask_and_replaces_the_old_one_only_when_complet
         with pytest.raises(KeyboardInterrupt), atomic_output(str(tmp_path / "set"), directory=True) as tmp:
             Path(tmp, "v2").write_text("2")
             raise KeyboardInterrupt
-        assert os.listdir(tmp_path / "set") == ["v1"]
+        assert sorted(os.listdir(tmp_path / "set")) == [OUTPUT_MARKER, "v1"]
         with atomic_output(str(tmp_path / "set"), directory=True) as tmp:
             Path(tmp, "v2").write_text("2")
-        assert os.listdir(tmp_path / "set") == ["v2"] and sorted(os.listdir(tmp_path)) == ["set"]
+        assert sorted(os.listdir(tmp_path / "set")) == [OUTPUT_MARKER, "v2"] and sorted(os.listdir(tmp_path)) == ["set"]
     finally:
         os.umask(old_mask)
+
+
+def test_a_folder_output_never_replaces_a_folder_it_did_not_write(tmp_path, capsys):
+    # export-cluttered ~/data or build-mini-datasets over a real COCO used to replace the folder whole
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    with pytest.raises(ValueError, match="is a folder with other files in it, not one this command wrote"):
+        with atomic_output(str(mine), directory=True) as tmp:
+            Path(tmp, "v1").write_text("1")
+    assert os.listdir(mine) == ["notes.txt"] and sorted(os.listdir(tmp_path)) == ["mine"]  # no partial left
+    assert main(["export-cluttered", str(mine), "--train", "1", "--val", "1", "--test", "1"]) == 2
+    assert "not one this command wrote" in error_lines(capsys.readouterr().err)[0]
+    (tmp_path / "coco_user" / "coco").mkdir(parents=True)
+    (tmp_path / "coco_user" / "coco" / "instances.json").write_text("{}")
+    assert main(["build-mini-datasets", str(tmp_path / "coco_user"), "--train", "1", "--val", "1"]) == 2
+    assert "coco" in error_lines(capsys.readouterr().err)[0]
+    assert os.listdir(tmp_path / "coco_user") == ["coco"]  # the ADE set was not written either
+    (mine / "notes.txt").unlink()  # an empty folder is taken, and a folder it wrote is replaced again
+    for _ in range(2):
+        with atomic_output(str(mine), directory=True) as tmp:
+            Path(tmp, "v1").write_text("1")
+    assert sorted(os.listdir(mine)) == [OUTPUT_MARKER, "v1"]
 
 
 def test_build_mosaic_onto_a_directory_and_mini_datasets_below_a_file_are_errors(tmp_path, capsys):

@@ -21,13 +21,20 @@ def _nearest_existing(folder: str) -> str:
     return folder
 
 
-def check_output_path(path: str, what: str = "output", directory: bool = False) -> None:
+#: Written into every folder :func:`atomic_output` makes: only a folder holding it (or an empty one) is
+#: replaced whole, so ``export-cluttered ~/data`` cannot delete files that this library did not write.
+OUTPUT_MARKER = ".written-by-vir_lightning"
+
+
+def check_output_path(path: str, what: str = "output", directory: bool = False, replaces: bool = False) -> None:
     """Raise a one-line ValueError, naming the fix, when :func:`atomic_output` could not write ``path``.
 
     Called before any work by the commands whose results take long to compute, so a bad output
     path fails at once instead of after the work: ``path`` names an existing folder (file wanted)
     or file (folder wanted), an existing read-only file (the user protected it: it is not
-    replaced), or a place below a file or without write permission.
+    replaced), or a place below a file or without write permission. With ``replaces`` (a folder
+    that will be replaced whole), also a folder that holds files and no :data:`OUTPUT_MARKER`:
+    something other than this library's output, kept.
     """
     path = os.fspath(path)  # a pathlib.Path as well as a str
     if not path:
@@ -38,6 +45,9 @@ def check_output_path(path: str, what: str = "output", directory: bool = False) 
         raise ValueError(f"{what} {path!r} is a directory; give a file name (e.g. {os.path.join(path, 'out')}…)")
     if directory and os.path.lexists(path) and not os.path.isdir(path):
         raise ValueError(f"{what} {path!r} is an existing file; give a folder name")
+    if replaces and os.path.isdir(path) and not os.path.exists(os.path.join(path, OUTPUT_MARKER)) and os.listdir(path):
+        raise ValueError(f"{what} {path!r} is a folder with other files in it, not one this command wrote, so it"
+                         " is kept (the output replaces its folder whole); choose a new folder name")
     if os.path.isfile(path) and not os.stat(path).st_mode & 0o222:
         raise ValueError(f"{what} {path!r} exists and is read-only, so it is kept; make it writable"
                          " (chmod u+w) to replace it, or choose another path")
@@ -56,13 +66,14 @@ def atomic_output(path: str, directory: bool = False) -> Iterator[str]:
 
     A reader never sees a half-written file (or folder, with ``directory=True``), and an
     interrupted write leaves nothing behind and the earlier ``path`` intact. An existing ``path``
-    is replaced (a read-only file is refused: see :func:`check_output_path`); the result gets the
-    user's umask. A path that cannot be written, or a full or read-only disk, is a ValueError.
+    is replaced (a read-only file is refused, and so is a folder this library did not write: see
+    :func:`check_output_path`); a folder gets :data:`OUTPUT_MARKER`, and the result the user's
+    umask. A path that cannot be written, or a full or read-only disk, is a ValueError.
     """
     path = os.fspath(path)
     if os.path.islink(path):  # write what the link points to, rather than replace the link by a file
         path = os.path.realpath(path)
-    check_output_path(path, directory=directory)
+    check_output_path(path, directory=directory, replaces=directory)
     parent = os.path.dirname(os.path.abspath(path))
     base = os.path.basename(path)
     try:
@@ -76,6 +87,9 @@ def atomic_output(path: str, directory: bool = False) -> Iterator[str]:
         raise ValueError(f"cannot write {path!r} ({err.strerror}); choose a writable location") from None
     try:
         yield tmp
+        if directory and os.path.isdir(tmp):
+            with open(os.path.join(tmp, OUTPUT_MARKER), "w") as marker:
+                marker.write("Written by vir_lightning; the next write to this folder replaces it whole.\n")
         if os.path.exists(tmp):
             # mkstemp / mkdtemp make it 0600 / 0700; the result gets the user's umask
             os.chmod(tmp, (0o777 if directory else 0o666) & ~_umask())

@@ -248,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=default["generator_seed"], help="the data module's generator_seed")
     parser.add_argument("--root", default=default["root"], help="folder of the Fashion-MNIST IDX files")
     args = parser.parse_args(argv)
-    check_output_path(args.out, directory=True)  # before minutes of work
+    check_output_path(args.out, directory=True, replaces=True)  # before minutes of work
     check_root(args.root, option="--root")
     module = ClutteredFashionMNISTDataModule(
         root=args.root, canvas=args.canvas, object_scale=args.object_scale, clutter=args.clutter,
