@@ -2,12 +2,21 @@
 
     python experiments/cluttered_distance_plot.py runs/grids/cluttered_decay [--step TAG] [--bins 6]
         → runs/grids/cluttered_decay/acc1_vs_token_distance[_TAG].png and .csv
+          runs/grids/cluttered_decay/acc1_near_far_equal_size[_TAG].csv
 
 Every run of the grid wrote ``test_positions.csv`` (``ObjectPositionBreakdown``): each test image's
 outcome and its normalised raster and Manhattan distance to the class token. The images are cut into
 ``--bins`` equal-count bins of each distance; a line per grid point gives the mean accuracy over its
 seeds in each bin (± the sample standard deviation as a band). A flat line means the model reads a
 far garment as well as a near one.
+
+Distance and garment size are not independent: a garment must fit on the canvas, so the centres
+nearest the edges (the extreme bins) belong to smaller garments, which every model finds harder.
+The second table removes that: for each garment side (in pixels) with at least 40 test images, the
+near half and the far half by distance (split at that side's median; ties left out) are compared,
+and the accuracy gaps are averaged over the sides, weighted by their counts. A positive gap means
+near garments are read better than far ones of the same size. Runs whose table lacks the ``side``
+column (written before it existed) get it from their config: the same generator, the same layouts.
 """
 
 from __future__ import annotations
@@ -45,8 +54,33 @@ def read_runs(grid_dir: str, step: str | None) -> dict[str, list[dict]]:
     labels = point_labels(point_values)
     points: dict[str, list[dict]] = {}
     for run_dir, path in found_runs.items():
-        points.setdefault(labels[run_dir], []).append(_positions(path))
+        run = _positions(path)
+        if run["side"] is None:
+            run["side"] = _sides_from_config(os.path.join(run_dir, step or "", "config.yaml"), run["index"])
+        points.setdefault(labels[run_dir], []).append(run)
     return points
+
+
+def _sides_from_config(config_path: str, indices: np.ndarray) -> np.ndarray | None:
+    """Each test image's garment side, regenerated from the run's data config (None: not the cluttered data)."""
+    import yaml
+
+    from vir_lightning.data import ClutteredFashionMNISTDataModule
+
+    if not os.path.exists(config_path):  # not a grid run's folder: no equal-size table for it
+        return None
+    try:
+        with open(config_path) as f:
+            data = yaml.safe_load(f)["data"]
+    except (OSError, yaml.YAMLError, KeyError, TypeError) as err:
+        raise ValueError(f"{config_path}: cannot read the run's data config ({type(err).__name__}: {err});"
+                         " rerun that run's test") from None
+    if not str(data.get("class_path", "")).endswith("ClutteredFashionMNISTDataModule"):
+        return None
+    module = ClutteredFashionMNISTDataModule(**(data.get("init_args") or {}))
+    module.setup("test")
+    source = module.source("test")
+    return np.array([source.layout(int(i))["side"] for i in indices])
 
 
 def _point_values(path: str) -> dict:
@@ -65,6 +99,8 @@ def _positions(path: str) -> dict[str, np.ndarray]:
             rows = list(csv.DictReader(f))
         run = {kind: np.array([float(r[kind]) for r in rows]) for kind in KINDS}
         run["correct"] = np.array([int(r["correct"]) for r in rows])
+        run["index"] = np.array([int(r["index"]) for r in rows])
+        run["side"] = np.array([int(r["side"]) for r in rows]) if rows and rows[0].get("side") else None
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise ValueError(f"{path}: not a readable test_positions.csv ({type(err).__name__}: {err});"
                          " rerun that run's test") from None
@@ -87,6 +123,36 @@ def binned(points: dict[str, list[dict]], kind: str, bins: int) -> tuple[np.ndar
         std = per_seed.std(0, ddof=1) if len(per_seed) > 1 else np.zeros(bins)
         curves[label] = (per_seed.mean(0), std, len(runs))
     return (edges[:-1] + edges[1:]) / 2, curves
+
+
+def near_far_gap_at_equal_size(run: dict, kind: str, min_images: int = 40) -> float:
+    """Accuracy of the near half minus the far half, garments of the same side compared (module doc)."""
+    gaps, weights = [], []
+    for side in np.unique(run["side"]):
+        same = run["side"] == side
+        if same.sum() < min_images:
+            continue
+        median = np.median(run[kind][same])
+        near, far = same & (run[kind] < median), same & (run[kind] > median)
+        if near.any() and far.any():
+            gaps.append(run["correct"][near].mean() - run["correct"][far].mean())
+            weights.append(same.sum())
+    return float(np.average(gaps, weights=weights)) if gaps else float("nan")
+
+
+def equal_size_table(points: dict[str, list[dict]]) -> list[list]:
+    """Per point: seeds and, per distance kind, the mean and std over seeds of the equal-size gap."""
+    table = [["point", "seeds", *[f"{kind}_{stat}" for kind in KINDS for stat in ("gap_mean", "gap_std")]]]
+    for label, runs in points.items():
+        runs = [run for run in runs if run["side"] is not None]
+        if not runs:
+            continue
+        cells = []
+        for kind in KINDS:
+            gaps = [near_far_gap_at_equal_size(run, kind) for run in runs]
+            cells += [f"{np.mean(gaps):.4f}", f"{np.std(gaps, ddof=1) if len(gaps) > 1 else 0.0:.4f}"]
+        table.append([label, len(runs), *cells])
+    return table
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -129,6 +195,16 @@ def main(argv: list[str] | None = None) -> int:
     with atomic_output(stem + ".csv") as tmp, open(tmp, "w", newline="") as f:
         csv.writer(f).writerows(table)
     print(f"wrote {stem}.png and {stem}.csv ({len(points)} points)")
+    gaps = equal_size_table(points)
+    if len(gaps) > 1:
+        gaps_path = stem.replace("acc1_vs_token_distance", "acc1_near_far_equal_size") + ".csv"
+        with atomic_output(gaps_path) as tmp, open(tmp, "w", newline="") as f:
+            csv.writer(f).writerows(gaps)
+        print(f"near minus far accuracy at equal garment size (points of %), mean ± std over seeds → {gaps_path}")
+        for label, seeds, *cells in gaps[1:]:
+            shown = [f"{kind} {100 * float(m):+.1f} ± {100 * float(sd):.1f}"
+                     for kind, m, sd in zip(KINDS, cells[::2], cells[1::2], strict=True)]
+            print(f"  {label} ({seeds} seeds): {', '.join(shown)}")
     return 0
 
 

@@ -41,6 +41,7 @@ def test_test_accuracy_is_split_by_distance_and_written_per_image(tmp_path):
     assert [int(r["index"]) for r in rows] == list(range(64))
     source = data.source("test")
     assert all(float(r["center_y"]) == source.layout(int(r["index"]))["center"][0] for r in rows)
+    assert all(int(r["side"]) == source.layout(int(r["index"]))["side"] for r in rows)
     correct = np.array([int(r["correct"]) for r in rows])
     assert abs(correct.mean() - metrics["test/acc1"]) < 1e-6  # the per-image outcomes are the logged accuracy
     for kind in ("raster", "manhattan"):
@@ -103,3 +104,24 @@ def test_the_distance_plot_averages_seeds_per_equal_count_bin(tmp_path):
     assert broken.returncode == 1 and broken.stderr.startswith(f"error: {damaged}: not a readable test_positions.csv")
     assert "Traceback" not in broken.stderr
     assert (tmp_path / "acc1_vs_token_distance.csv").read_text() == before
+
+
+def test_the_equal_size_table_compares_near_and_far_garments_of_one_side():
+    import importlib.util
+
+    script = os.path.join(os.path.dirname(__file__), "..", "experiments", "cluttered_distance_plot.py")
+    spec = importlib.util.spec_from_file_location("cluttered_distance_plot", script)
+    plot = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(plot)
+    # side 20: near garments all right, far all wrong (+1). Side 30: no gap. Size and distance are
+    # confounded here (side 30 sits far), so a plain near/far split would also charge the size.
+    side = np.array([20] * 40 + [30] * 40)
+    raster = np.concatenate([np.linspace(0.0, 0.4, 40), np.linspace(0.5, 0.9, 40)])
+    correct = np.concatenate([[1] * 20 + [0] * 20, [1, 0] * 20])
+    run = {"raster": raster, "manhattan": raster, "correct": correct, "side": side, "index": np.arange(80)}
+    assert plot.near_far_gap_at_equal_size(run, "raster") == pytest.approx(0.5)  # (1 + 0) / 2, equal weights
+    assert np.isnan(plot.near_far_gap_at_equal_size(run, "raster", min_images=41))  # no side has enough images
+    inverted, sideless = {**run, "correct": 1 - correct}, {**run, "side": None}
+    table = plot.equal_size_table({"decay=1d": [run, inverted], "no sides": [sideless]})
+    assert table[1] == ["decay=1d", 2, "0.0000", "0.7071", "0.0000", "0.7071"] and len(table) == 2
+

@@ -56,7 +56,7 @@ class ObjectPositionBreakdown(L.Callback):
     """Log ``test/acc1_{raster,manhattan}_{near,mid,far}`` and write every test image's position and outcome.
 
     The per-image table (``test_positions.csv`` in the run's log folder: index, label, correct,
-    centre y/x in pixels, both distances) is what the distance plots are drawn from.
+    centre y/x and side in pixels, both distances) is what the distance plots are drawn from.
 
     Args:
         csv_name: file name of the per-image table (empty: not written).
@@ -88,7 +88,9 @@ class ObjectPositionBreakdown(L.Callback):
         correct = torch.cat(self._correct).cpu().numpy() if self._correct else np.zeros(0, bool)
         if len(correct) > len(source):
             raise ValueError(f"ObjectPositionBreakdown saw {len(correct)} outcomes for {len(source)} test images")
-        centers = np.array([source.layout(i)["center"] for i in range(len(correct))], dtype=float).reshape(-1, 2)
+        layouts = [source.layout(i) for i in range(len(correct))]
+        centers = np.array([layout["center"] for layout in layouts], dtype=float).reshape(-1, 2)
+        sides = [layout.get("side", "") for layout in layouts]  # size matters as much as place: analyses split by it
         model = pl_module.model
         grid_shape = tuple(getattr(model, "grid_shape", REFERENCE_GRID))
         from_start = getattr(model, "pooling", None) == "token_first"
@@ -101,7 +103,8 @@ class ObjectPositionBreakdown(L.Callback):
                     pl_module.log(f"test/acc1_{kind}_{name}", float(chosen.mean()))
         if self.csv_name and trainer.is_global_zero:
             folder = trainer.log_dir or trainer.default_root_dir
-            rows = ((i, int(source.labels[i]), int(correct[i]), *centers[i], distances["raster"][i],
+            rows = ((i, int(source.labels[i]), int(correct[i]), *centers[i], sides[i], distances["raster"][i],
                      distances["manhattan"][i]) for i in range(len(correct)))
             write_csv_atomically(os.path.join(folder, self.csv_name),
-                                 ["index", "label", "correct", "center_y", "center_x", "raster", "manhattan"], rows)
+                                 ["index", "label", "correct", "center_y", "center_x", "side", "raster", "manhattan"],
+                                 rows)
