@@ -56,13 +56,14 @@ def read_runs(grid_dir: str, step: str | None) -> dict[str, list[dict]]:
     for run_dir, path in found_runs.items():
         run = _positions(path)
         if run["side"] is None:
-            run["side"] = _sides_from_config(os.path.join(run_dir, step or "", "config.yaml"), run["index"])
+            run["side"] = _sides_from_config(os.path.join(run_dir, step or "", "config.yaml"), run)
         points.setdefault(labels[run_dir], []).append(run)
     return points
 
 
-def _sides_from_config(config_path: str, indices: np.ndarray) -> np.ndarray | None:
-    """Each test image's garment side, regenerated from the run's data config (None: not the cluttered data)."""
+def _sides_from_config(config_path: str, run: dict) -> np.ndarray | None:
+    """Each test image's garment side, regenerated from the run's data config (None: not the cluttered
+    data, or no config). The regenerated centres must be the ones the run recorded."""
     import yaml
 
     from vir_lightning.data import ClutteredFashionMNISTDataModule
@@ -77,10 +78,18 @@ def _sides_from_config(config_path: str, indices: np.ndarray) -> np.ndarray | No
                          " rerun that run's test") from None
     if not str(data.get("class_path", "")).endswith("ClutteredFashionMNISTDataModule"):
         return None
-    module = ClutteredFashionMNISTDataModule(**(data.get("init_args") or {}))
-    module.setup("test")
-    source = module.source("test")
-    return np.array([source.layout(int(i))["side"] for i in indices])
+    try:
+        module = ClutteredFashionMNISTDataModule(**(data.get("init_args") or {}))
+        module.setup("test")
+        layouts = [module.source("test").layout(int(i)) for i in run["index"]]
+    except (OSError, TypeError, ValueError) as err:
+        raise ValueError(f"{config_path}: cannot regenerate the run's test images ({type(err).__name__}: {err});"
+                         " rerun that run's test to record the garment sizes") from None
+    centers = np.array([layout["center"] for layout in layouts], dtype=float).reshape(-1, 2)
+    if not np.array_equal(centers, run["center"]):
+        raise ValueError(f"{config_path}: the generator no longer places the run's garments where its"
+                         " test_positions.csv says; rerun that run's test to record the garment sizes")
+    return np.array([layout["side"] for layout in layouts])
 
 
 def _point_values(path: str) -> dict:
@@ -100,6 +109,7 @@ def _positions(path: str) -> dict[str, np.ndarray]:
         run = {kind: np.array([float(r[kind]) for r in rows]) for kind in KINDS}
         run["correct"] = np.array([int(r["correct"]) for r in rows])
         run["index"] = np.array([int(r["index"]) for r in rows])
+        run["center"] = np.array([[float(r["center_y"]), float(r["center_x"])] for r in rows]).reshape(-1, 2)
         run["side"] = np.array([int(r["side"]) for r in rows]) if rows and rows[0].get("side") else None
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise ValueError(f"{path}: not a readable test_positions.csv ({type(err).__name__}: {err});"
@@ -147,11 +157,15 @@ def equal_size_table(points: dict[str, list[dict]]) -> list[list]:
         runs = [run for run in runs if run["side"] is not None]
         if not runs:
             continue
+        gaps = {kind: np.array([near_far_gap_at_equal_size(run, kind) for run in runs]) for kind in KINDS}
+        counted = np.isfinite(gaps[KINDS[0]])  # a seed without a side of enough images has no gap
+        if not counted.any():
+            continue
         cells = []
         for kind in KINDS:
-            gaps = [near_far_gap_at_equal_size(run, kind) for run in runs]
-            cells += [f"{np.mean(gaps):.4f}", f"{np.std(gaps, ddof=1) if len(gaps) > 1 else 0.0:.4f}"]
-        table.append([label, len(runs), *cells])
+            values = gaps[kind][counted]
+            cells += [f"{values.mean():.4f}", f"{values.std(ddof=1) if len(values) > 1 else 0.0:.4f}"]
+        table.append([label, int(counted.sum()), *cells])
     return table
 
 
@@ -176,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    stem = os.path.join(args.grid_dir, "acc1_vs_token_distance" + (f"_{args.step}" if args.step else ""))
+    suffix = f"_{args.step}" if args.step else ""
+    stem = os.path.join(args.grid_dir, "acc1_vs_token_distance" + suffix)
     figure, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     table = [["distance", "point", "seeds", *[f"bin{b}" for b in range(args.bins)]]]
     for axis, kind in zip(axes, KINDS, strict=True):
@@ -196,8 +211,10 @@ def main(argv: list[str] | None = None) -> int:
         csv.writer(f).writerows(table)
     print(f"wrote {stem}.png and {stem}.csv ({len(points)} points)")
     gaps = equal_size_table(points)
-    if len(gaps) > 1:
-        gaps_path = stem.replace("acc1_vs_token_distance", "acc1_near_far_equal_size") + ".csv"
+    if len(gaps) == 1:
+        print("no run has garment sizes with enough test images per size: no equal-size table")
+    else:
+        gaps_path = os.path.join(args.grid_dir, f"acc1_near_far_equal_size{suffix}.csv")
         with atomic_output(gaps_path) as tmp, open(tmp, "w", newline="") as f:
             csv.writer(f).writerows(gaps)
         print(f"near minus far accuracy at equal garment size (points of %), mean ± std over seeds → {gaps_path}")

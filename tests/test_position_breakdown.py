@@ -4,6 +4,7 @@ accuracy split by them, logged and written per image."""
 from __future__ import annotations
 
 import csv
+import json
 import os
 
 import cv2
@@ -113,15 +114,52 @@ def test_the_equal_size_table_compares_near_and_far_garments_of_one_side():
     spec = importlib.util.spec_from_file_location("cluttered_distance_plot", script)
     plot = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(plot)
-    # side 20: near garments all right, far all wrong (+1). Side 30: no gap. Size and distance are
-    # confounded here (side 30 sits far), so a plain near/far split would also charge the size.
-    side = np.array([20] * 40 + [30] * 40)
-    raster = np.concatenate([np.linspace(0.0, 0.4, 40), np.linspace(0.5, 0.9, 40)])
-    correct = np.concatenate([[1] * 20 + [0] * 20, [1, 0] * 20])
-    run = {"raster": raster, "manhattan": raster, "correct": correct, "side": side, "index": np.arange(80)}
-    assert plot.near_far_gap_at_equal_size(run, "raster") == pytest.approx(0.5)  # (1 + 0) / 2, equal weights
-    assert np.isnan(plot.near_far_gap_at_equal_size(run, "raster", min_images=41))  # no side has enough images
+    # side 20 (40 images): near garments all right, far all wrong, a gap of 1. Side 30 (120 images): no
+    # gap. Size and distance are confounded (side 30 sits far), so a plain near/far split would also
+    # charge the size. The median image of side 30 ties the median and is left out.
+    side = np.array([20] * 40 + [30] * 120)
+    raster = np.concatenate([np.linspace(0.0, 0.4, 40), np.linspace(0.5, 0.9, 120)])
+    raster[40 + 59] = raster[40 + 60] = 0.7  # a tie at side 30's median
+    correct = np.concatenate([[1] * 20 + [0] * 20, [1] * 120])
+    run = {"raster": raster, "manhattan": raster, "correct": correct, "side": side, "index": np.arange(160)}
+    assert plot.near_far_gap_at_equal_size(run, "raster") == pytest.approx((1 * 40 + 0 * 120) / 160)  # weighted
+    assert np.isnan(plot.near_far_gap_at_equal_size(run, "raster", min_images=121))  # no side has enough images
     inverted, sideless = {**run, "correct": 1 - correct}, {**run, "side": None}
     table = plot.equal_size_table({"decay=1d": [run, inverted], "no sides": [sideless]})
-    assert table[1] == ["decay=1d", 2, "0.0000", "0.7071", "0.0000", "0.7071"] and len(table) == 2
+    assert table[1] == ["decay=1d", 2, "0.0000", "0.3536", "0.0000", "0.3536"] and len(table) == 2
+
+
+def test_runs_without_the_side_column_get_the_sizes_their_config_generates(tmp_path):
+    import subprocess
+    import sys
+
+    import yaml
+
+    from vir_lightning.data import ClutteredFashionMNISTDataModule
+
+    data = {"class_path": "vir_lightning.data.ClutteredFashionMNISTDataModule", "init_args": {"canvas": 40}}
+    source = ClutteredFashionMNISTDataModule(canvas=40)
+    source.setup("test")
+    layouts = [source.source("test").layout(i) for i in range(1000)]  # about 65 per garment side
+    for seed in (0, 1):
+        run = tmp_path / "runs" / f"p-{seed}"
+        (run / "csv" / "version_0").mkdir(parents=True)
+        (run / "point.json").write_text(json.dumps({"values": {"m.decay": "1d"}, "seed": seed}))
+        (run / "config.yaml").write_text(yaml.safe_dump({"data": data}))
+        rows = ["index,label,correct,center_y,center_x,raster,manhattan"]  # as written before the side column
+        rows += [f"{i},0,{int(layout['side'] < 26)},{layout['center'][0]},{layout['center'][1]},{i / 1000},{i / 1000}"
+                 for i, layout in enumerate(layouts)]
+        (run / "csv" / "version_0" / "test_positions.csv").write_text("\n".join(rows) + "\n")
+    script = os.path.join(os.path.dirname(__file__), "..", "experiments", "cluttered_distance_plot.py")
+    command = [sys.executable, script, str(tmp_path), "--bins", "2"]
+    done = subprocess.run(command, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    # outcome depends on size only: at equal size, no gap, however size and distance are spread
+    table = list(csv.reader(open(tmp_path / "acc1_near_far_equal_size.csv")))
+    assert table[1][:3] == ["decay=1d", "2", "0.0000"]
+    # a config whose generator places the garments elsewhere is refused, naming the file
+    data["init_args"]["generator_seed"] = 5
+    (tmp_path / "runs" / "p-1" / "config.yaml").write_text(yaml.safe_dump({"data": data}))
+    moved = subprocess.run(command, capture_output=True, text=True)
+    assert moved.returncode == 1 and "no longer places the run's garments" in moved.stderr
 

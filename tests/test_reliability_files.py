@@ -384,11 +384,12 @@ def test_a_folder_output_never_replaces_a_folder_it_did_not_write(tmp_path, caps
     assert os.listdir(mine) == ["notes.txt"] and sorted(os.listdir(tmp_path)) == ["mine"]  # no partial left
     assert main(["export-cluttered", str(mine), "--train", "1", "--val", "1", "--test", "1"]) == 2
     assert "not one this command wrote" in error_lines(capsys.readouterr().err)[0]
-    (tmp_path / "coco_user" / "coco").mkdir(parents=True)
-    (tmp_path / "coco_user" / "coco" / "instances.json").write_text("{}")
-    assert main(["build-mini-datasets", str(tmp_path / "coco_user"), "--train", "1", "--val", "1"]) == 2
-    assert "coco" in error_lines(capsys.readouterr().err)[0]
-    assert os.listdir(tmp_path / "coco_user") == ["coco"]  # the ADE set was not written either
+    ade = tmp_path / "sets" / "ade" / "ADEChallengeData2016"  # the set written second
+    ade.mkdir(parents=True)
+    (ade / "notes.txt").write_text("keep")
+    assert main(["build-mini-datasets", str(tmp_path / "sets"), "--train", "1", "--val", "1"]) == 2
+    assert "ADEChallengeData2016' is a folder with other files" in error_lines(capsys.readouterr().err)[0]
+    assert os.listdir(tmp_path / "sets") == ["ade"] and os.listdir(ade) == ["notes.txt"]  # nor was COCO written
     (mine / "notes.txt").unlink()  # an empty folder is taken, and a folder it wrote is replaced again
     for _ in range(2):
         with atomic_output(str(mine), directory=True) as tmp:

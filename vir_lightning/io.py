@@ -45,9 +45,16 @@ def check_output_path(path: str, what: str = "output", directory: bool = False, 
         raise ValueError(f"{what} {path!r} is a directory; give a file name (e.g. {os.path.join(path, 'out')}…)")
     if directory and os.path.lexists(path) and not os.path.isdir(path):
         raise ValueError(f"{what} {path!r} is an existing file; give a folder name")
-    if replaces and os.path.isdir(path) and not os.path.exists(os.path.join(path, OUTPUT_MARKER)) and os.listdir(path):
-        raise ValueError(f"{what} {path!r} is a folder with other files in it, not one this command wrote, so it"
-                         " is kept (the output replaces its folder whole); choose a new folder name")
+    if replaces and os.path.isdir(path) and not os.path.exists(os.path.join(path, OUTPUT_MARKER)):
+        try:
+            foreign = bool(os.listdir(path))
+        except OSError as err:
+            message = f"{what} {path!r}: cannot read the folder ({err.strerror}); choose another location"
+            raise ValueError(message) from None
+        if foreign:
+            raise ValueError(f"{what} {path!r} is a folder with other files in it, not one this command wrote (or one"
+                             " written before vir_lightning marked its folders), so it is kept: the output replaces"
+                             " its folder whole; choose a new folder name, or delete that folder yourself")
     if os.path.isfile(path) and not os.stat(path).st_mode & 0o222:
         raise ValueError(f"{what} {path!r} exists and is read-only, so it is kept; make it writable"
                          " (chmod u+w) to replace it, or choose another path")
