@@ -247,6 +247,23 @@ def test_grid_killed_with_sigkill_resumes_without_redoing_or_losing_runs(tmp_pat
     assert "4 runs: 4 ended, 0 to run" in listing
 
 
+def test_a_run_killed_after_saving_a_checkpoint_starts_afresh_when_resumed(tmp_path):
+    # A SIGKILL after the fit saved its best checkpoint but before last.ckpt and status.json: the
+    # resumed grid must not hand the folder to a fresh fit whose overwrite guard refuses it.
+    from vir_lightning.grid.execute import read_status
+
+    spec = write_spec(tmp_path / "one.yaml", name="one", seeds=[0])
+    out = tmp_path / "out"
+    assert main(["grid", spec, "--out", str(out)]) == 0
+    (run_dir,) = out.glob("runs/*")
+    for leftover in ("status.json", "steps.json", "checkpoints/last.ckpt"):
+        (run_dir / leftover).unlink(missing_ok=True)
+    assert list(run_dir.glob("checkpoints/*.ckpt"))  # the killed attempt's best checkpoint is still there
+    assert main(["grid", spec, "--out", str(out)]) == 0
+    assert read_status(str(run_dir))["state"] == "done"
+    assert "--overwrite true" in (run_dir / "run.log").read_text()
+
+
 @pytest.mark.slow
 def test_a_failing_run_is_recorded_with_its_log_and_the_grid_goes_on(tmp_path, capsys):
     # eval_chunk_size=0 parses (an int) but the task rejects it when the run builds the model.

@@ -122,6 +122,11 @@ def _step_command(run: dict, step: dict) -> list[str]:
         # Only a fit writes checkpoints into a step's folder. A fit resumes where a killed grid
         # stopped; the run's own validate/test use the weights its fit produced.
         cmd += ["--ckpt_path", last]
+    elif step["run"] == "fit":
+        # A fit that has not ended (ended steps are skipped) and cannot resume starts afresh. What its
+        # folder holds is a killed or failed attempt's (a best checkpoint saved before a SIGKILL, say):
+        # the grid's own, to replace, where the fit's guard would refuse it as an earlier run's results.
+        cmd += ["--overwrite", "true"]
     return cmd
 
 
