@@ -81,7 +81,8 @@ def _sides_from_config(config_path: str, run: dict) -> np.ndarray | None:
     try:
         module = ClutteredFashionMNISTDataModule(**(data.get("init_args") or {}))
         module.setup("test")
-        layouts = [module.source("test").layout(int(i)) for i in run["index"]]
+        source = module.source("test")
+        layouts = [source.layout(int(i)) for i in run["index"]]
     except (OSError, TypeError, ValueError) as err:
         raise ValueError(f"{config_path}: cannot regenerate the run's test images ({type(err).__name__}: {err});"
                          " rerun that run's test to record the garment sizes") from None

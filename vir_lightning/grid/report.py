@@ -110,14 +110,10 @@ def points_table(spec: GridSpec, rows: list[dict]) -> list[dict]:
     return table
 
 
-def _has_dict_values(table: list[dict], axes: list[str]) -> bool:
-    return any(isinstance(entry[a], dict) for entry in table for a in axes)
-
-
 def _point_columns(table: list[dict], axes: list[str]) -> tuple[list[str], list[list[str]]]:
     """The columns naming each point: one per axis, or, when an axis holds dicts (a zipped
     ``model_kwargs``), a single ``point`` column of short labels (``point_labels``)."""
-    if _has_dict_values(table, axes):
+    if any(isinstance(entry[a], dict) for entry in table for a in axes):
         labels = point_labels({str(i): {a: entry[a] for a in axes} for i, entry in enumerate(table)})
         return ["point"], [[labels[str(i)]] for i in range(len(table))]
     return axes, [[str(entry[a]) for a in axes] for entry in table]
@@ -184,11 +180,12 @@ def plot_axes(spec: GridSpec, rows: list[dict], out_dir: str) -> list[str]:
     axes = [_short(k) for k in spec.axis_names]
     table = points_table(spec, rows)
     header, point_cells = _point_columns(table, axes)
+    zipped = header == ["point"]  # an axis holds dicts: the points go by their short labels
     # each point's name in a legend or on an x-axis: its short label, or axis=value for every axis
-    names = [cells[0] if header == ["point"] else ", ".join(f"{a}={c}" for a, c in zip(axes, cells, strict=True))
+    names = [cells[0] if zipped else ", ".join(f"{a}={c}" for a, c in zip(axes, cells, strict=True))
              for cells in point_cells]
     written = []
-    if _has_dict_values(table, axes):  # zipped dicts: one plot against the points' short labels
+    if zipped:  # one plot against the points' short labels; per-axis plots would show whole dicts
         _, ax = plt.subplots(figsize=(max(5.6, 1.2 * len(table)), 4))
         shown = [(name, entry) for name, entry in zip(names, table, strict=True) if entry[metric]]
         if shown:
@@ -198,8 +195,7 @@ def plot_axes(spec: GridSpec, rows: list[dict], out_dir: str) -> list[str]:
             for label in ax.get_xticklabels():  # long labels end under their point
                 label.set_horizontalalignment("right")
         written.append(_save_plot(ax, spec, metric, "point", out_dir, False))
-        axes = []  # the per-axis plots would show whole dicts
-    for axis in axes:
+    for axis in [] if zipped else axes:
         others = [a for a in axes if a != axis]
         _, ax = plt.subplots(figsize=(5.6, 4))
         series: dict[tuple, tuple[tuple, list]] = {}  # key → (the other axes' values, their points)
