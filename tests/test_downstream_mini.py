@@ -58,6 +58,7 @@ def test_mini_configs_share_the_protocol_and_differ_only_in_the_backbone(name):
     for key in ("train_dataloader", "val_dataloader", "train_cfg", "param_scheduler", "custom_hooks"):
         assert cfg[key] == reference[key], key
     assert cfg.optim_wrapper.optimizer == reference.optim_wrapper.optimizer
+    assert cfg.optim_wrapper.get("clip_grad") == reference.optim_wrapper.get("clip_grad")
     without_backbone = lambda c: {k: v for k, v in c.model.items() if k != "backbone"}  # noqa: E731
     assert without_backbone(cfg) == without_backbone(reference)
     assert cfg.model.backbone.get("init_cfg") in (None, dict(type="Pretrained", checkpoint=None))
@@ -189,4 +190,10 @@ def test_summarize_reads_metrics_curve_and_inference_time_from_mim_logs(tmp_path
     (tmp_path / "run").mkdir()
     (tmp_path / "run.log").write_text(seg_log)
     assert summarize.main(["collect", str(tmp_path / "run"), str(tmp_path / "run.log"), "--train-seconds", "90"]) == 0
-    assert "| run | – | – | 8.14 | 89.57 | 1.5 min | 0.225 |" in summarize.table(str(tmp_path))
+    assert "| run | 1 | – | – | 8.14 | 89.57 | 1.5 min | 0.225 |" in summarize.table(str(tmp_path))
+    # run.sh's other seeds (NAME_s1, NAME_s2) pool into NAME's row: mean ± sample std
+    (tmp_path / "run_s1").mkdir()
+    (tmp_path / "run_s1.log").write_text(seg_log.replace("mIoU: 8.1400", "mIoU: 10.1400"))
+    summarize.collect(str(tmp_path / "run_s1"), str(tmp_path / "run_s1.log"), 150)
+    assert "| run | 2 | – | – | 9.14 ± 1.41 | 89.57 ± 0.00 | 2.0 ± 0.7 min | 0.225 ± 0.000 |" in summarize.table(
+        str(tmp_path))

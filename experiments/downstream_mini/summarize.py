@@ -2,6 +2,7 @@
 
     summarize.py collect WORK_DIR LOG --train-seconds S   → WORK_DIR/result.json
     summarize.py table OUT                                → a Markdown table of OUT/*/result.json
+                                                            (seeds NAME, NAME_s1, … pooled: mean ± std)
 
 The numbers come from the `mim train` log: the last validation line (COCO bbox/segm mAP or mIoU, and
 its ``time:``, the mean seconds per validation image at batch 1, which is the inference time per
@@ -61,19 +62,37 @@ def collect(work_dir: str, log: str, train_seconds: int) -> dict:
     return result
 
 
+SEED_SUFFIX = re.compile(r"_s\d+$")  # run.sh names seed S > 0 runs NAME_sS
+
+
+def _cell(values: list, fmt: str) -> str:
+    """One value, or the mean ± sample standard deviation over seeds; "–" where the run has no such metric."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return "–"
+    mean = sum(values) / len(values)
+    if len(values) == 1:
+        return f"{mean:{fmt}}"
+    std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+    return f"{mean:{fmt}} ± {std:{fmt}}"
+
+
 def table(out: str) -> str:
-    rows = ["| run | bbox mAP | segm mAP | mIoU (%) | aAcc (%) | train time | inference s/image |",
-            "|---|---|---|---|---|---|---|"]
+    """A Markdown table of ``OUT/*/result.json``: one row per run, its seeds (NAME, NAME_s1, …) pooled."""
+    runs: dict[str, list[dict]] = {}
     for name in sorted(os.listdir(out)):
         path = os.path.join(out, name, "result.json")
-        if not os.path.isfile(path):
-            continue
-        with open(path) as f:
-            r = json.load(f)
-        cells = [f"{r[key]:{fmt}}" if r.get(key) is not None else "–" for key, fmt in
+        if os.path.isfile(path):
+            with open(path) as f:
+                runs.setdefault(SEED_SUFFIX.sub("", name), []).append(json.load(f))
+    rows = ["| run | seeds | bbox mAP | segm mAP | mIoU (%) | aAcc (%) | train time | inference s/image |",
+            "|---|---|---|---|---|---|---|---|"]
+    for name, results in runs.items():
+        cells = [_cell([r.get(key) for r in results], fmt) for key, fmt in
                  (("bbox_mAP", ".3f"), ("segm_mAP", ".3f"), ("mIoU", ".2f"), ("aAcc", ".2f"))]
-        per_image = f"{r['seconds_per_image']:.3f}" if r.get("seconds_per_image") is not None else "–"
-        rows.append(f"| {name} | {' | '.join(cells)} | {r['train_seconds'] / 60:.1f} min | {per_image} |")
+        minutes = _cell([r["train_seconds"] / 60 for r in results], ".1f")
+        per_image = _cell([r.get("seconds_per_image") for r in results], ".3f")
+        rows.append(f"| {name} | {len(results)} | {' | '.join(cells)} | {minutes} min | {per_image} |")
     return "\n".join(rows)
 
 
