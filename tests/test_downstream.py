@@ -58,16 +58,27 @@ def test_registered_in_both_mmdet_and_mmseg():
 
 
 @pytest.mark.parametrize("size", [(97, 131), (64, 64), (33, 250)])
-def test_outputs_have_strides_4_to_32_and_normalised_channels_at_odd_sizes(size):
-    model = backbone().eval()
+def test_outputs_have_strides_4_to_32_and_the_chosen_norm_at_odd_sizes(size):
+    x = torch.randn(2, 3, *size)
+    by_channel = backbone(out_norm="ln").eval()  # Swin's per-position LayerNorm over the channels
     with torch.no_grad():
-        outs = model(torch.randn(2, 3, *size))
+        outs = by_channel(x)
     assert len(outs) == 4
     for i, out in enumerate(outs):
         stride = 2 ** (i + 2)
         assert out.shape == (2, NANO_WIDTHS[i], math.ceil(size[0] / stride), math.ceil(size[1] / stride))
-        # the per-output LayerNorm normalises over channels
         assert out.mean(1).abs().max() < 1e-4 and (out.var(1, unbiased=False) - 1).abs().max() < 1e-2
+    # the default BatchNorm normalises each channel over the batch and the positions (training
+    # statistics), and leaves positions their contrast: they do not all get unit variance
+    by_batch = backbone().train()
+    with torch.no_grad():
+        outs = by_batch(x)
+    for out in outs:
+        assert out.mean((0, 2, 3)).abs().max() < 1e-4
+        assert (out.var((0, 2, 3), unbiased=False) - 1).abs().max() < 1e-2
+        assert out.var(1, unbiased=False).std() > 0.05
+    with pytest.raises(ValueError, match="out_norm='group' is invalid; expected 'bn', 'ln' or None"):
+        backbone(out_norm="group")
 
 
 def test_out_indices_select_stages_and_bad_values_raise():
