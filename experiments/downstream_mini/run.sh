@@ -11,7 +11,8 @@
 #                seg_hvir_scratch seg_hvir_pretrained seg_r18 seg_swin      (default: all, in this order)
 # Environment: OUT (default runs/mini), SEED (default 0; work folders get _s$SEED after the first),
 # THREADS (torch threads per run, default: all cores). A run whose folder has result.json is skipped,
-# so the script resumes where it stopped; each run takes 15-35 minutes on 2 cores.
+# so the script resumes where it stopped; with THREADS=1, two at a time on the 2-core VM, pretraining took
+# 31 minutes and each Mask R-CNN run about 28.
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$REPO"
@@ -35,7 +36,7 @@ fi
 
 BACKBONE=$OUT/hvir_nano_backbone.pth
 pretrain() {
-  # H-ViR nano classifies cluttered Fashion-MNIST (training garments on photo crops, 64 px, 2 epochs);
+  # H-ViR nano classifies cluttered Fashion-MNIST (training garments on photo crops, 64 px, 16 epochs);
   # the detection/segmentation validation images paste only test garments.
   local root=$OUT/pretrain_hvir_nano
   if [ ! -f "$root/checkpoints/last.ckpt" ]; then
