@@ -40,7 +40,8 @@ class LayerNorm2d(nn.LayerNorm):
 
 def _output_norm(kind: str | bool | None, channels: int) -> nn.Module:
     """The norm on one returned output (see ``HViRBackbone``'s ``out_norm``)."""
-    kind = {True: "ln", False: None}.get(kind, kind) if isinstance(kind, bool) else kind
+    if kind is True or kind is False:  # the former boolean flag: True was the LayerNorm
+        kind = "ln" if kind else None
     if kind == "bn":
         return nn.BatchNorm2d(channels)
     if kind == "ln":

@@ -18,6 +18,7 @@ import os
 import re
 import sys
 
+from vir_lightning.grid.report import format_mean_std
 from vir_lightning.io import atomic_output
 
 # "Epoch(val) [8][100/100]    coco/bbox_mAP: 0.512  ...  time: 0.1234" (mmdet, by epoch) or
@@ -66,15 +67,8 @@ SEED_SUFFIX = re.compile(r"_s\d+$")  # run.sh names seed S > 0 runs NAME_sS
 
 
 def _cell(values: list, fmt: str) -> str:
-    """One value, or the mean ± sample standard deviation over seeds; "–" where the run has no such metric."""
-    values = [v for v in values if v is not None]
-    if not values:
-        return "–"
-    mean = sum(values) / len(values)
-    if len(values) == 1:
-        return f"{mean:{fmt}}"
-    std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
-    return f"{mean:{fmt}} ± {std:{fmt}}"
+    """One run's metric over its seeds; "–" where the run has no such metric."""
+    return format_mean_std([v for v in values if v is not None], fmt, empty="–")
 
 
 def table(out: str) -> str:

@@ -78,12 +78,13 @@ def result_rows(spec: GridSpec, runs: list[Run], statuses: dict[str, dict | None
     return rows
 
 
-def _mean_std(values: list[float]) -> str:
+def format_mean_std(values: list[float], fmt: str = ".4f", empty: str = "—") -> str:
+    """One value as is, several as mean ± sample standard deviation (over seeds), none as ``empty``."""
     if not values:
-        return "—"
+        return empty
     if len(values) == 1:
-        return f"{values[0]:.4f}"
-    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
+        return f"{values[0]:{fmt}}"
+    return f"{statistics.mean(values):{fmt}} ± {statistics.stdev(values):{fmt}}"
 
 
 def _step_time_columns(spec: GridSpec) -> dict[str, str]:
@@ -128,7 +129,7 @@ def markdown(spec: GridSpec, rows: list[dict], command: str) -> str:
     header = [*point_header, "runs", *spec.metrics]
     lines += ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
     for entry, cells in zip(table, point_cells, strict=True):
-        cells = [*cells, entry["runs"], *[_mean_std(entry[m]) for m in spec.metrics]]
+        cells = [*cells, entry["runs"], *[format_mean_std(entry[m]) for m in spec.metrics]]
         lines.append("| " + " | ".join(cells) + " |")
     times = _step_time_columns(spec)
     if times:
