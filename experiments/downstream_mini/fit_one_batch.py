@@ -13,6 +13,7 @@ R-CNN classification loss high.
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import sys
 
@@ -31,6 +32,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=4)
     parser.add_argument("--cfg-options", nargs="+", action=DictAction, default={})
     args = parser.parse_args(argv)
+    if args.images < 1 or args.steps < 0:
+        parser.error(f"--images {args.images} / --steps {args.steps}: give at least 1 image and 0 or more steps")
+    if not os.path.isfile(args.config):
+        parser.error(f"config {args.config!r} does not exist; pass a configs/mini/*_maskrcnn_mini.py file")
     cfg = Config.fromfile(args.config)
     cfg.merge_from_dict(args.cfg_options)
     init_default_scope("mmdet")
