@@ -80,8 +80,8 @@ def test_mini_configs_build_on_the_mini_sets_pass_the_data_check_and_compute_los
     assert torch.isfinite(total)
     if library == "mmdet":  # the 320x240 images at half scale
         assert tuple(data["data_samples"][0].img_shape) == (120, 160)
-    else:  # 192x192 crops (padded to it when the scale jitter made the image smaller)
-        assert data["inputs"].shape[-2:] == (192, 192)
+    else:  # 144x144 crops of the images at 3/4 scale (padded to it when the scale jitter made them smaller)
+        assert data["inputs"].shape[-2:] == (144, 144)
 
 
 def test_hook_refuses_heads_of_another_class_count_and_classes_matching_no_annotation(mini):
@@ -197,3 +197,27 @@ def test_summarize_reads_metrics_curve_and_inference_time_from_mim_logs(tmp_path
     summarize.collect(str(tmp_path / "run_s1"), str(tmp_path / "run_s1.log"), 150)
     assert "| run | 2 | – | – | 9.14 ± 1.41 | 89.57 ± 0.00 | 2.0 ± 0.7 min | 0.225 ± 0.000 |" in summarize.table(
         str(tmp_path))
+
+
+def test_crop_probe_finds_each_garment_once_and_scores_its_labels_as_mmseg_would():
+    import importlib.util
+
+    path = REPO / "experiments" / "downstream_mini" / "classify_crops.py"
+    spec = importlib.util.spec_from_file_location("classify_crops", path)
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    label_map = np.ones((40, 60), dtype=np.uint8)  # 1 = background
+    label_map[0, :] = 0  # ignored
+    label_map[5:15, 5:15] = 2 + 3  # class 3, a 10x10 square
+    label_map[20:30, 30:34] = label_map[20:30, 36:40] = 2 + 5  # class 5 in two straps 2 px apart: one garment
+    label_map[20:30, 50:58] = 2 + 5  # another garment of class 5, far away
+    found = [(k, box, pixels, 0) for k, box, pixels in probe.garments(label_map)]
+    assert sorted((k, box) for k, box, _, _ in found) == [(3, (5, 5, 15, 15)), (5, (20, 30, 30, 40)),
+                                                        (5, (20, 50, 30, 58))]
+    assert sum(int(p.sum()) for _, _, p, _ in found) == 100 + 80 + 80  # the gap between the straps is not labelled
+    as_found = [(k, None, box, pixels, owner) for k, box, pixels, owner in found]
+    assert probe.miou_with_exact_masks([label_map], as_found, [k for k, *_ in found], classes=10) == 1.0
+    # the class-3 garment called class 5: class 3 scores 0, class 5 gets 160 of 260 pixels, background 1
+    wrong = [5 if k == 3 else k for k, *_ in found]
+    assert probe.miou_with_exact_masks([label_map], as_found, wrong, classes=10) == pytest.approx(
+        (0 + 160 / 260 + 1) / 3)
