@@ -28,7 +28,6 @@ import numpy as np
 import torch
 
 FIRST_GARMENT_LABEL = 2
-MEAN, STD = np.array([0.485, 0.456, 0.406]) * 255, np.array([0.229, 0.224, 0.225]) * 255  # the pretraining's
 
 
 def garments(label_map: np.ndarray, min_pixels: int = 20):
@@ -48,13 +47,12 @@ def garments(label_map: np.ndarray, min_pixels: int = 20):
 def miou_with_exact_masks(label_maps, found, predicted, classes: int) -> float:
     """mIoU (background and garment classes, as mmseg counts it) of label maps whose garments keep their
     exact masks but take the classifier's labels: the segmentation that classification alone allows."""
+    guesses = [np.where(truth >= FIRST_GARMENT_LABEL, -1, truth).astype(int) for truth in label_maps]
+    for (_, _, _, pixels, owner), label in zip(found, predicted, strict=True):  # every garment pixel relabelled
+        guesses[owner][pixels] = label + FIRST_GARMENT_LABEL
     intersection, union = np.zeros(classes + 1), np.zeros(classes + 1)
-    for index, truth in enumerate(label_maps):
+    for truth, guess in zip(label_maps, guesses, strict=True):
         valid = truth > 0
-        guess = np.where(truth >= FIRST_GARMENT_LABEL, -1, truth).astype(int)  # every garment pixel relabelled
-        for (_, _, _, pixels, owner), label in zip(found, predicted, strict=True):
-            if owner == index:
-                guess[pixels] = label + FIRST_GARMENT_LABEL
         for c in range(classes + 1):
             t, g = (truth == c + 1) & valid, (guess == c + 1) & valid
             intersection[c] += (t & g).sum()
@@ -91,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     from vir_lightning.models import create_model
     from vir_lightning.tasks.checkpoints import load_weights
     from vir_lightning.tasks.export import read_lightning_checkpoint
+    from vir_lightning.tasks.predict_large import normalisation
 
     try:
         checkpoint = read_lightning_checkpoint(args.checkpoint)
@@ -98,21 +97,29 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(err))
     hparams = checkpoint.get("hyper_parameters", {})
     state = {k[len("model."):]: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
-    model = create_model(hparams.get("model_name", "hvir_nano"), num_classes=state["head.weight"].shape[0],
+    if "head.weight" not in state:
+        parser.error(f"{args.checkpoint!r} has no classifier head; give the pretraining's Lightning checkpoint "
+                     "(runs/mini/pretrain_hvir_nano/checkpoints/last.ckpt), not the exported backbone")
+    classes = state["head.weight"].shape[0]
+    model = create_model(hparams.get("model_name", "hvir_nano"), num_classes=classes,
                          **(hparams.get("model_kwargs") or {}))
     load_weights(model, state, args.checkpoint)
     model.eval()
+    mean, std = (255 * np.array(v) for v in normalisation({"class_path": "ClutteredFashionMNISTDataModule"}))
 
     found, label_maps = [], []  # found: (class, RGB image, box, pixels, index of its label map)
     for path in labels:
-        image = cv2.imread(path.replace("annotations", "images").replace(".png", ".jpg"))[:, :, ::-1]
+        image_path = path.replace("annotations", "images").replace(".png", ".jpg")
+        image = cv2.imread(image_path)
+        if image is None:
+            parser.error(f"{image_path} is missing or unreadable: the label map {path} has no image; rebuild the set")
+        image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
         label_maps.append(cv2.imread(path, cv2.IMREAD_UNCHANGED))
         found += [(k, image, box, pixels, len(label_maps) - 1) for k, box, pixels in garments(label_maps[-1])]
     truth = torch.tensor([item[0] for item in found])
-    classes = int(truth.max()) + 1
     print(f"{len(found)} garments in {len(labels)} images of {args.split}")
     for fill in args.fill:
-        crops = np.stack([(square_crop(np.ascontiguousarray(im), box, fill, args.canvas) - MEAN) / STD
+        crops = np.stack([(square_crop(im, box, fill, args.canvas) - mean) / std
                           for _, im, box, _, _ in found])
         with torch.no_grad():
             predicted = model(torch.tensor(crops, dtype=torch.float32).permute(0, 3, 1, 2)).argmax(1)
