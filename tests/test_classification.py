@@ -210,6 +210,27 @@ def test_checkpoint_of_another_architecture_is_rejected(tmp_path):
         load_weights(other.model, {"backbone.conv.weight": torch.zeros(1)})
 
 
+def test_a_fit_checkpoint_rebuilds_its_own_classifier_and_other_files_are_refused(tmp_path):
+    from vir_lightning.tasks.checkpoints import classifier_from_checkpoint
+
+    torch.manual_seed(0)
+    module = ImageClassifier("hvir_nano", model_kwargs={"retention_mode": "chunkwise", "chunk_size": 4},
+                             num_classes=3, img_size=64, in_chans=3).eval()
+    path = tmp_path / "last.ckpt"
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, path)
+    model, hparams = classifier_from_checkpoint(str(path))
+    images = torch.randn(2, 3, 64, 64)
+    assert not model.training and hparams["num_classes"] == 3
+    torch.testing.assert_close(model(images), module.model(images), rtol=1e-4, atol=1e-5)
+    torch.save(module.model.state_dict(), tmp_path / "backbone.pth")  # no hyper-parameters
+    with pytest.raises(ValueError, match="has no hyper_parameters.*vir_lightning fit"):
+        classifier_from_checkpoint(str(tmp_path / "backbone.pth"))
+    wrong = dict(module.hparams, num_classes=5)  # hyper-parameters that do not describe the weights
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": wrong}, tmp_path / "wrong.ckpt")
+    with pytest.raises(ValueError, match="weights do not fit the hvir_nano it names"):
+        classifier_from_checkpoint(str(tmp_path / "wrong.ckpt"))
+
+
 def test_pickled_code_in_a_checkpoint_is_refused(tmp_path):
     path = tmp_path / "evil.pt"
     torch.save({"state_dict": {"w": torch.zeros(1)}, "payload": object()}, path)

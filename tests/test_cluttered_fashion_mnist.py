@@ -88,6 +88,32 @@ def test_the_data_module_feeds_rgb_batches_at_the_canvas_size():
     assert module.num_classes == 10
 
 
+def test_redraw_train_draws_each_garment_anew_every_epoch_in_the_loader_workers_too():
+    import torch
+
+    module = ClutteredFashionMNISTDataModule(canvas=32, batch_size=2, num_workers=1, redraw_train=True)
+    module.setup("fit")
+    loader, train = module.train_dataloader(), module.source("train")
+    first = {}
+    for epoch in (0, 1, 0):
+        loader.sampler.set_epoch(epoch)  # what Lightning calls at the start of every epoch
+        order = list(loader.sampler)[:2]
+        images, labels = next(iter(loader))  # made in a worker process
+        dataset = module._datasets["train"]
+        expected = torch.stack([dataset[index][0] for index in order])
+        assert torch.equal(images, expected) and labels.tolist() == [int(train.labels[i]) for i in order]
+        first.setdefault(epoch, train[7][0])
+    assert not np.array_equal(first[0], first[1])  # a new photo crop, place, size, tint and clutter
+    assert np.array_equal(train[7][0], first[0])  # and epoch 0 again gives epoch 0's image back
+    # validation never changes, and without the option neither does training
+    val = module.source("val")
+    assert np.array_equal(val[3][0], ClutteredFashionMNISTDataModule(canvas=32)._sources()["val"][3][0])
+    fixed = ClutteredFashionMNISTDataModule(canvas=32)._sources()["train"]
+    before = fixed[7][0]
+    fixed.set_epoch(5)
+    assert np.array_equal(fixed[7][0], before)
+
+
 def test_export_writes_an_image_folder_that_reads_back_pixel_exact_with_positions(tmp_path, capsys):
     import csv
 

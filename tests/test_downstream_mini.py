@@ -221,3 +221,36 @@ def test_crop_probe_finds_each_garment_once_and_scores_its_labels_as_mmseg_would
     wrong = [5 if k == 3 else k for k, *_ in found]
     assert probe.miou_with_exact_masks([label_map], as_found, wrong, classes=10) == pytest.approx(
         (0 + 160 / 260 + 1) / 3)
+
+
+def test_run_sh_keeps_the_pretraining_and_its_export_under_out(tmp_path):
+    """run.sh under another OUT: the pretraining's checkpoint lands under OUT (the config names its
+    folders), export-backbone finds it there, and the pretrained run starts from OUT's backbone."""
+    import os
+    import subprocess
+
+    calls = tmp_path / "calls.txt"
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    # A stand-in python: `fit` writes last.ckpt where the config's checkpoint callback says;
+    # export-backbone fails (as the real one does) when the checkpoint is not where it is asked for.
+    (fake / "python").write_text(f"""#!/usr/bin/env bash
+echo "$@" >> {calls}
+if [ "$3" = fit ]; then dir=$(sed -n 's/^ *dirpath: //p' "$5"); mkdir -p "$dir"; touch "$dir/last.ckpt"; fi
+if [ "$3" = export-backbone ]; then [ -f "$4" ] || exit 3; touch "$5"; fi
+exit 0
+""")
+    (fake / "mim").write_text(f'#!/usr/bin/env bash\necho mim "$@" >> {calls}\n')
+    for script in fake.iterdir():
+        script.chmod(0o755)
+    out = tmp_path / "out"
+    env = dict(os.environ, PY=str(fake / "python"), OUT=str(out))
+    done = subprocess.run([str(REPO / "experiments/downstream_mini/run.sh"), "seg_hvir_pretrained"], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert (out / "pretrain_hvir_nano/checkpoints/last.ckpt").is_file()
+    lines = calls.read_text().splitlines()
+    assert f"-m vir_lightning export-backbone {out}/pretrain_hvir_nano/checkpoints/last.ckpt " \
+           f"{out}/hvir_nano_backbone.pth" in lines
+    (train,) = [line for line in lines if line.startswith("mim train mmseg")]
+    assert f"model.backbone.init_cfg.checkpoint={out}/hvir_nano_backbone.pth" in train

@@ -86,25 +86,13 @@ def main(argv: list[str] | None = None) -> int:
                      "`python -m vir_lightning build-mini-datasets data/mini --train 400 --val 100`")
     if not all(0 < f <= 1 for f in args.fill) or args.canvas < 32:
         parser.error(f"--fill {args.fill} / --canvas {args.canvas}: fills in (0, 1] and a canvas of at least 32")
-    from vir_lightning.models import create_model
-    from vir_lightning.tasks.checkpoints import load_weights
-    from vir_lightning.tasks.export import read_lightning_checkpoint
+    from vir_lightning.tasks.checkpoints import classifier_from_checkpoint
     from vir_lightning.tasks.predict_large import normalisation
 
     try:
-        checkpoint = read_lightning_checkpoint(args.checkpoint)
+        model, _ = classifier_from_checkpoint(args.checkpoint)
     except (OSError, ValueError) as err:
         parser.error(str(err))
-    hparams = checkpoint.get("hyper_parameters", {})
-    state = {k[len("model."):]: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
-    if "head.weight" not in state:
-        parser.error(f"{args.checkpoint!r} has no classifier head; give the pretraining's Lightning checkpoint "
-                     "(runs/mini/pretrain_hvir_nano/checkpoints/last.ckpt), not the exported backbone")
-    classes = state["head.weight"].shape[0]
-    model = create_model(hparams.get("model_name", "hvir_nano"), num_classes=classes,
-                         **(hparams.get("model_kwargs") or {}))
-    load_weights(model, state, args.checkpoint)
-    model.eval()
     mean, std = (255 * np.array(v) for v in normalisation({"class_path": "ClutteredFashionMNISTDataModule"}))
 
     found, label_maps = [], []  # found: (class, RGB image, box, pixels, index of its label map)
@@ -124,8 +112,8 @@ def main(argv: list[str] | None = None) -> int:
         with torch.no_grad():
             predicted = model(torch.tensor(crops, dtype=torch.float32).permute(0, 3, 1, 2)).argmax(1)
         right = (predicted == truth).float()
-        per_class = " ".join(f"{k}:{right[truth == k].mean():.2f}" for k in range(classes))
-        miou = miou_with_exact_masks(label_maps, found, predicted.tolist(), classes)
+        per_class = " ".join(f"{k}:{right[truth == k].mean():.2f}" for k in range(model.num_classes))
+        miou = miou_with_exact_masks(label_maps, found, predicted.tolist(), model.num_classes)
         print(f"fill {fill:.2f}: accuracy {right.mean():.3f}, mIoU with exact masks {100 * miou:.1f}%   "
               f"per class {per_class}")
     return 0

@@ -40,8 +40,9 @@ pretrain() {
   # the detection/segmentation validation images paste only test garments.
   local root=$OUT/pretrain_hvir_nano
   if [ ! -f "$root/checkpoints/last.ckpt" ]; then
-    "$PY" -m vir_lightning fit --config configs/mini/pretrain_hvir_nano.yaml --trainer.default_root_dir "$root" \
-      --overwrite true > "$root.log" 2>&1
+    # The config names its logger's and checkpoint's folders; under another OUT they move with it.
+    sed "s#runs/mini/pretrain_hvir_nano#$root#g" configs/mini/pretrain_hvir_nano.yaml > "$root.yaml"
+    "$PY" -m vir_lightning fit --config "$root.yaml" --overwrite true > "$root.log" 2>&1
   fi
   [ -f "$BACKBONE" ] || "$PY" -m vir_lightning export-backbone "$root/checkpoints/last.ckpt" "$BACKBONE"
 }

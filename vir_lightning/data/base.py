@@ -28,6 +28,8 @@ class TransformedDataset(Dataset):
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+        if hasattr(self.source, "set_epoch"):  # a generated source that draws new images each epoch
+            self.source.set_epoch(epoch)
 
     def __len__(self) -> int:
         return len(self.source)

@@ -42,7 +42,11 @@ def _one_line(err: Exception) -> str:
 def read_state_dict(path: str) -> dict[str, torch.Tensor]:
     """Tensors of a plain state_dict file or of a Lightning checkpoint (prefix ``model.`` removed),
     read with :func:`load_tensors_only`."""
-    obj = load_tensors_only(path)
+    return _state_dict_of(load_tensors_only(path), path)
+
+
+def _state_dict_of(obj, path: str) -> dict[str, torch.Tensor]:
+    """:func:`read_state_dict` on an already loaded checkpoint ``obj`` (``path`` names it in errors)."""
     state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{path!r} holds no state_dict of tensors")
@@ -84,3 +88,38 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str =
     if result.unexpected_keys:
         log.warning("%s: unexpected keys (ignored): %s", source, result.unexpected_keys)
     return {"missing": missing, "unexpected": list(result.unexpected_keys), "reinitialised_head": dropped_head}
+
+
+def classifier_from_checkpoint(path: str) -> tuple[nn.Module, dict]:
+    """The model of a ``python -m vir_lightning fit`` checkpoint, weights loaded strictly, in eval.
+
+    The architecture comes from the checkpoint's ``hyper_parameters`` (name, options, classes, input
+    size and channels), since they describe its weights; the retention form (``retention_mode``,
+    ``chunk_size``) is left at the model's default, as every form computes the same function.
+
+    Returns:
+        (model, hyper_parameters).
+
+    Raises:
+        ValueError: the file has no hyper-parameters (e.g. an exported backbone or a bare state_dict),
+            or its weights do not fit the architecture they name.
+    """
+    from ..models import create_model
+
+    checkpoint = load_tensors_only(path)
+    hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
+    if not isinstance(hparams, dict) or "model_name" not in hparams:
+        raise ValueError(f"{path!r} has no hyper_parameters: give a checkpoint written by"
+                         " `python -m vir_lightning fit` (last.ckpt), not an exported backbone")
+    options = {k: v for k, v in (hparams.get("model_kwargs") or {}).items()
+               if k not in ("retention_mode", "chunk_size")}
+    size = hparams.get("img_size", 224)
+    model = create_model(hparams["model_name"], num_classes=hparams.get("num_classes", 1000),
+                         img_size=size if isinstance(size, int) else tuple(size), in_chans=hparams.get("in_chans", 3),
+                         **options)
+    try:
+        model.load_state_dict(_state_dict_of(checkpoint, path))  # strict: the architecture the checkpoint names
+    except RuntimeError as err:
+        raise ValueError(f"{path!r}: its weights do not fit the {hparams['model_name']} it names"
+                         f" ({' '.join(str(err).split())[:300]})") from None
+    return model.eval().requires_grad_(False), hparams

@@ -81,29 +81,17 @@ def load_streaming_model(config_path: str, ckpt_path: str, band_rows: int | None
     The architecture comes from the checkpoint (it describes its weights); a config that names
     another model or other model options is refused rather than silently ignored.
     """
-    from ..models import create_model
-    from .checkpoints import load_tensors_only, read_state_dict
+    from .checkpoints import classifier_from_checkpoint
 
     model_args, data_section = _config_sections(config_path)
-    checkpoint = load_tensors_only(ckpt_path)
-    hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
-    if not isinstance(hparams, dict) or "model_name" not in hparams:
-        raise ValueError(f"--ckpt_path {ckpt_path!r} has no hyper_parameters: predict-large needs a checkpoint"
-                         " written by `python -m vir_lightning fit`")
+    model, hparams = classifier_from_checkpoint(ckpt_path)
     for key in ("model_name", "model_kwargs"):
         wanted = model_args.get(key)
         if wanted is not None and (wanted or None) != (hparams.get(key) or None):
             raise ValueError(f"--config sets model {key}={wanted!r} but the checkpoint was trained with"
                              f" {hparams.get(key)!r}; use the config the checkpoint was trained with")
-    kwargs = {k: v for k, v in (hparams.get("model_kwargs") or {}).items() if k not in ("retention_mode", "chunk_size")}
-    size = hparams.get("img_size", 224)
-    model = create_model(hparams["model_name"], num_classes=hparams.get("num_classes", 1000),
-                         img_size=size if isinstance(size, int) else tuple(size),
-                         in_chans=hparams.get("in_chans", 3), **kwargs)
     model.set_retention_mode("streaming", band_rows)  # ValueError naming what cannot stream
     model.dynamic_img_size = True  # any image size: the position embedding is resized band by band
-    model.load_state_dict(read_state_dict(ckpt_path))  # strict: the same architecture
-    model.eval().requires_grad_(False)
     names = hparams.get("class_names") or [str(i) for i in range(model.num_classes)]
     mean, std = normalisation(data_section)
     return model, list(names), mean, std
