@@ -44,7 +44,7 @@ if ! "$PY" -c "import mmcv.ops" 2>/dev/null; then
 fi
 
 # mmseg imports ftfy and regex without declaring them; neither mmdet nor mmseg declares mmcv.
-"$PY" -m pip install --quiet "mmdet==3.3.0" "mmsegmentation==1.2.2" ftfy regex
+"$PY" -m pip install --quiet "mmdet==3.3.0" "mmsegmentation==1.2.2" ftfy regex "scikit-learn>=1.3"
 "$PY" -m pip install --quiet --no-deps "openmim==0.3.9"
 "$PY" -m pip install --quiet click colorama model-index pandas tabulate requests
 "$PY" -c "import mmcv.ops, mmdet, mmseg, mim; print('mm tier ready: mmcv', mmcv.__version__, 'mmdet', mmdet.__version__, 'mmseg', mmseg.__version__)"

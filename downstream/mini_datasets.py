@@ -1,11 +1,19 @@
 """Build small COCO-instance and ADE20K-layout datasets from real pixels that ship with packages.
 
 No COCO or ADE20K images may be downloaded here, so the smoke sets are *real pixels in a constructed
-layout*: Fashion-MNIST garments (Debian's ``dataset-fashion-mnist``: training garments in training
-images, test garments in validation images) scaled up and pasted onto crops of the photos matplotlib
-ships (``grace_hopper.jpg``, ``Minduka_Present_Blue_Pack.png``). Each garment's mask is its own
-foreground (pixels above a threshold), so the instance masks, boxes and the semantic map are exact.
-Objects sit in separate cells of a grid, so they never overlap.
+layout*: objects from a small real image set, scaled up and pasted onto crops of photos that a package
+ships. Two object sets (``--objects``):
+
+* ``fashion-mnist`` (the protocol's): Fashion-MNIST garments (Debian's ``dataset-fashion-mnist``:
+  training garments in training images, test garments in validation images) on the photos matplotlib
+  ships (``grace_hopper.jpg``, ``Minduka_Present_Blue_Pack.png``);
+* ``digits``: scikit-learn's handwritten digits (1,797 scans at 8×8 px, 17 grey levels; the first half in
+  training images, the second half in validation images, as scikit-learn's own example splits them) on
+  scikit-learn's two sample photos (``china.jpg``, ``flower.jpg``): another small real set, to check
+  that nothing in the protocol depends on the garments (:func:`cfg_options` points the configs at it).
+
+Each object's mask is its own foreground (pixels above a threshold), so the instance masks, boxes and
+the semantic map are exact. Objects sit in separate cells of a grid, so they never overlap.
 
 Layouts written (the standard ones the configs expect)::
 
@@ -15,8 +23,8 @@ Layouts written (the standard ones the configs expect)::
     OUT/ade/ADEChallengeData2016/annotations/{training,validation}/ADE_train_00000001.png
 
 ADE20K's PNGs use 0 = "other" (ignored: the configs load them with ``reduce_zero_label=True``),
-1 = the photo background and 2…11 = the ten garment classes, so the segmentation set has 11 classes
-(``ADE_CLASSES``) and detection has 10 (``COCO_CLASSES``).
+1 = the photo background and 2…N+1 = the N object classes, so the segmentation set has N+1 classes
+(``background`` first) and detection has N.
 """
 
 from __future__ import annotations
@@ -34,19 +42,54 @@ from vir_lightning.io import atomic_output, check_output_path
 
 COCO_CLASSES = ("tshirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot")
 ADE_CLASSES = ("background", *COCO_CLASSES)
+# Words, not numerals: mmengine's --cfg-options would read "0" as the integer 0, not a class name.
+DIGIT_CLASSES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+OBJECT_SETS = {"fashion-mnist": COCO_CLASSES, "digits": DIGIT_CLASSES}
 
 
-def _photos() -> list[np.ndarray]:
-    """matplotlib's sample photos, BGR (the channel order cv2.imwrite expects)."""
+def _photos(objects: str = "fashion-mnist") -> list[np.ndarray]:
+    """The background photos of an object set, BGR (the channel order cv2.imwrite expects)."""
+    if objects == "digits":
+        from sklearn.datasets import load_sample_images
+
+        return [cv2.cvtColor(photo, cv2.COLOR_RGB2BGR) for photo in load_sample_images().images]
     try:
         return [cv2.cvtColor(photo, cv2.COLOR_RGB2BGR) for photo in sample_photos()]
     except ImportError:  # pragma: no cover - matplotlib comes with mmdet
         raise ImportError("matplotlib (installed with mmdet) provides the background photos; run `make mm`") from None
 
 
-def _garments(root: str, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """Fashion-MNIST ``split`` ("train" or "test") images and labels (a seam the tests replace)."""
+def _objects(objects: str, root: str, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """Grey object images (N×h×w uint8, background 0) and labels of ``split`` ("train" or "test") of an
+    object set (a seam the tests replace)."""
+    if objects == "digits":
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        images = np.round(digits.images * (255 / 16)).astype(np.uint8)  # 0..16 → 0..255
+        half = len(images) // 2
+        part = slice(0, half) if split == "train" else slice(half, None)
+        return images[part], digits.target[part]
     return read_split(root, split)
+
+
+def cfg_options(roots: dict[str, str], classes: tuple[str, ...], task: str) -> list[str]:
+    """The ``--cfg-options`` that point a ``configs/mini`` config at sets built here: data roots,
+    class names and the heads' class counts (``task``: "det" for Mask R-CNN, "seg" for UPerNet)."""
+    if task not in ("det", "seg"):
+        raise ValueError(f"task={task!r}: expected 'det' or 'seg'")
+    splits = ("train", "val", "test")
+    names = classes if task == "det" else ("background", *classes)
+    options = [f"{split}_dataloader.dataset.metainfo.classes={','.join(names)}" for split in splits]
+    if task == "det":
+        options += [f"{split}_dataloader.dataset.data_root={roots['coco']}/" for split in splits]
+        options += [f"{split}_evaluator.ann_file={roots['coco']}/annotations/instances_val2017.json"
+                    for split in ("val", "test")]
+        options += [f"model.roi_head.{head}.num_classes={len(names)}" for head in ("bbox_head", "mask_head")]
+    else:
+        options += [f"{split}_dataloader.dataset.data_root={roots['ade']}" for split in splits]
+        options += [f"model.{head}.num_classes={len(names)}" for head in ("decode_head", "auxiliary_head")]
+    return options
 
 
 def compose(rng: np.random.Generator, photos, garments, labels, size: tuple[int, int], grid=(2, 3), max_objects=4):
@@ -76,12 +119,13 @@ def _polygons(mask: np.ndarray) -> list[list[float]]:
     return [c.reshape(-1).astype(float).tolist() for c in contours if len(c) >= 3]
 
 
-def build_coco(out: str, rng, photos, splits: dict[str, tuple[int, np.ndarray, np.ndarray]], size=(240, 320)) -> None:
+def build_coco(out: str, rng, photos, splits: dict[str, tuple[int, np.ndarray, np.ndarray]], size=(240, 320),
+               classes: tuple[str, ...] = COCO_CLASSES) -> None:
     """COCO instance layout under ``out`` (replaced atomically).
 
-    ``splits`` maps a split name to ``(image count, garments, labels)``.
+    ``splits`` maps a split name to ``(image count, objects, labels)``; label ``i`` is ``classes[i]``.
     """
-    categories = [dict(id=i + 1, name=name, supercategory="garment") for i, name in enumerate(COCO_CLASSES)]
+    categories = [dict(id=i + 1, name=name, supercategory="object") for i, name in enumerate(classes)]
     with atomic_output(out, directory=True) as tmp:
         os.makedirs(os.path.join(tmp, "annotations"))
         next_image, next_ann = 1, 1
@@ -126,25 +170,33 @@ def build_ade(out: str, rng, photos, splits: dict[str, tuple[int, np.ndarray, np
                 cv2.imwrite(os.path.join(tmp, "annotations", split, f"{prefix}_{i:08d}.png"), seg)
 
 
-def build(out: str, fmnist_root: str = DEBIAN_ROOT, train: int = 16, val: int = 8, seed: int = 0) -> dict[str, str]:
-    """Build both sets under ``out``; returns their roots."""
+def set_roots(out: str) -> dict[str, str]:
+    """Where :func:`build` puts the two sets under ``out``: ``{"coco": …, "ade": …}``."""
+    return {"coco": os.path.join(out, "coco"), "ade": os.path.join(out, "ade", "ADEChallengeData2016")}
+
+
+def build(out: str, fmnist_root: str = DEBIAN_ROOT, train: int = 16, val: int = 8, seed: int = 0,
+          objects: str = "fashion-mnist") -> dict[str, str]:
+    """Build both sets under ``out`` from an object set of :data:`OBJECT_SETS`; returns their roots."""
+    if objects not in OBJECT_SETS:
+        raise ValueError(f"objects={objects!r}: choose from {', '.join(OBJECT_SETS)}")
     if train < 1 or val < 1:
         raise ValueError(f"train={train}, val={val}: each split needs at least one image")
-    coco = os.path.join(out, "coco")
-    ade = os.path.join(out, "ade", "ADEChallengeData2016")
+    coco, ade = set_roots(out).values()
     for root in (coco, ade):  # both refused before either is written
         check_output_path(root, directory=True, replaces=True)
-    check_root(fmnist_root, option="--fmnist-root")
-    photos = _photos()
-    # Training images paste Fashion-MNIST *training* garments and validation images *test* garments, so
-    # no garment is seen in both, and a backbone pretrained on Fashion-MNIST's training split has not
-    # seen the validation garments either.
-    train_garments, val_garments = _garments(fmnist_root, "train"), _garments(fmnist_root, "test")
+    if objects == "fashion-mnist":
+        check_root(fmnist_root, option="--fmnist-root")
+    photos = _photos(objects)
+    # Training images paste the set's *training* objects and validation images its held-out ones, so no
+    # object is seen in both, and a backbone pretrained on Fashion-MNIST's training split has not seen
+    # the validation garments either.
+    train_objects, val_objects = _objects(objects, fmnist_root, "train"), _objects(objects, fmnist_root, "test")
     build_coco(coco, np.random.default_rng(seed), photos,
-               {"train2017": (train, *train_garments), "val2017": (val, *val_garments)})
+               {"train2017": (train, *train_objects), "val2017": (val, *val_objects)}, classes=OBJECT_SETS[objects])
     build_ade(ade, np.random.default_rng(seed + 1), photos,
-              {"training": (train, *train_garments), "validation": (val, *val_garments)})
-    return {"coco": coco, "ade": ade}
+              {"training": (train, *train_objects), "validation": (val, *val_objects)})
+    return set_roots(out)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -156,9 +208,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train", type=int, default=16, help="training images per set (default 16)")
     parser.add_argument("--val", type=int, default=8, help="validation images per set (default 8)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--objects", choices=list(OBJECT_SETS), default="fashion-mnist",
+                        help="the objects pasted: Fashion-MNIST garments (the protocol's) or scikit-learn's digits")
     parser.add_argument("--fmnist-root", default=DEBIAN_ROOT, help="folder of the Fashion-MNIST IDX files")
     args = parser.parse_args(argv)
-    roots = build(args.out, args.fmnist_root, args.train, args.val, args.seed)
-    print(f"COCO layout:   {roots['coco']}  ({len(COCO_CLASSES)} classes: {', '.join(COCO_CLASSES)})")
-    print(f"ADE20K layout: {roots['ade']}  ({len(ADE_CLASSES)} classes: {', '.join(ADE_CLASSES)})")
+    roots = build(args.out, args.fmnist_root, args.train, args.val, args.seed, args.objects)
+    classes = OBJECT_SETS[args.objects]
+    print(f"COCO layout:   {roots['coco']}  ({len(classes)} classes: {', '.join(classes)})")
+    print(f"ADE20K layout: {roots['ade']}  ({len(classes) + 1} classes: background, {', '.join(classes)})")
+    if (args.objects, os.path.normpath(args.out)) != ("fashion-mnist", os.path.join("data", "mini")):
+        for task, configs in (("det", "*_maskrcnn_mini.py"), ("seg", "*_upernet_mini.py")):
+            print(f"configs/mini/{configs} on these sets: --cfg-options {' '.join(cfg_options(roots, classes, task))}")
     return 0

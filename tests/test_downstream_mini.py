@@ -34,19 +34,26 @@ def mini(tmp_path_factory):
     return mini_datasets.build(str(tmp_path_factory.mktemp("mini")), train=3, val=2)
 
 
-def mini_config(name: str, roots: dict) -> Config:
-    """A configs/mini file pointed at ``roots`` the way a user does it (--cfg-options keys)."""
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    """The mini sets built from scikit-learn's digits on its sample photos: another small real set."""
+    pytest.importorskip("sklearn", reason="scikit-learn comes with `make mm`")
+    roots = mini_datasets.build(str(tmp_path_factory.mktemp("digits")), train=3, val=2, objects="digits")
+    return roots, mini_datasets.DIGIT_CLASSES
+
+
+def mini_config(name: str, roots: dict, classes: tuple[str, ...] = mini_datasets.COCO_CLASSES) -> Config:
+    """A configs/mini file pointed at ``roots`` the way a user does it: the --cfg-options that
+    build-mini-datasets prints, parsed by mmengine's own DictAction as `mim train` parses them."""
+    import argparse
+
+    from mmengine.config import DictAction
+
     cfg = Config.fromfile(str(REPO / "configs" / "mini" / name))
-    options = {}
-    if "maskrcnn" in name:
-        for split in ("train", "val", "test"):
-            options[f"{split}_dataloader.dataset.data_root"] = roots["coco"] + "/"
-        for split in ("val", "test"):
-            options[f"{split}_evaluator.ann_file"] = roots["coco"] + "/annotations/instances_val2017.json"
-    else:
-        for split in ("train", "val", "test"):
-            options[f"{split}_dataloader.dataset.data_root"] = roots["ade"]
-    cfg.merge_from_dict(options)
+    options = mini_datasets.cfg_options(roots, classes, "det" if "maskrcnn" in name else "seg")
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--cfg-options", nargs="+", action=DictAction)
+    cfg.merge_from_dict(parser.parse_args(["--cfg-options", *options]).cfg_options)
     return cfg
 
 
@@ -84,6 +91,21 @@ def test_mini_configs_build_on_the_mini_sets_pass_the_data_check_and_compute_los
         assert data["inputs"].shape[-2:] == (144, 144)
 
 
+@pytest.mark.parametrize("name", ["hvir_maskrcnn_mini.py", "hvir_upernet_mini.py"])
+def test_the_mini_configs_take_another_object_set_through_cfg_options_alone(name, digits):
+    roots, classes = digits
+    library = "mmdet" if "maskrcnn" in name else "mmseg"
+    registry = __import__(f"{library}.registry", fromlist=["MODELS", "DATASETS"])
+    cfg = mini_config(name, roots, classes)
+    init_default_scope(library)
+    model, dataset = registry.MODELS.build(cfg.model), registry.DATASETS.build(cfg.train_dataloader.dataset)
+    check_data_matches_model(model, dataset)  # class names match the file's categories, heads count them
+    assert tuple(dataset.metainfo["classes"]) == (classes if library == "mmdet" else ("background", *classes))
+    data = model.data_preprocessor(pseudo_collate([dataset[0], dataset[1]]), training=True)
+    losses = model(**data, mode="loss")
+    assert all(torch.isfinite(v).all() for k, v in losses.items() if "loss" in k and not isinstance(v, list))
+
+
 def test_hook_refuses_heads_of_another_class_count_and_classes_matching_no_annotation(mini):
     from mmdet.registry import DATASETS, MODELS
 
@@ -119,14 +141,14 @@ def test_segmentation_heads_must_count_the_dataset_classes(mini):
 
 def test_training_images_paste_training_garments_and_validation_images_test_garments(tmp_path, monkeypatch):
     # Fashion-MNIST's train split stands in as class 0 only and its test split as class 9 only.
-    real = mini_datasets._garments
+    real = mini_datasets._objects
 
-    def one_class(root, split):
-        images, labels = real(root, split)
+    def one_class(objects, root, split):
+        images, labels = real(objects, root, split)
         keep = labels == (0 if split == "train" else 9)
         return images[keep][:50], labels[keep][:50]
 
-    monkeypatch.setattr(mini_datasets, "_garments", one_class)
+    monkeypatch.setattr(mini_datasets, "_objects", one_class)
     roots = mini_datasets.build(str(tmp_path / "m"), train=6, val=4)
     for split, category in (("train2017", 1), ("val2017", 10)):
         with open(f"{roots['coco']}/annotations/instances_{split}.json") as f:
@@ -223,18 +245,23 @@ def test_crop_probe_finds_each_garment_once_and_scores_its_labels_as_mmseg_would
         (0 + 160 / 260 + 1) / 3)
 
 
-def test_run_sh_keeps_the_pretraining_and_its_export_under_out(tmp_path):
+@pytest.mark.parametrize("objects", ["fashion-mnist", "digits"])
+def test_run_sh_keeps_the_pretraining_under_out_and_reaches_another_set_by_cfg_options(objects, tmp_path):
     """run.sh under another OUT: the pretraining's checkpoint lands under OUT (the config names its
-    folders), export-backbone finds it there, and the pretrained run starts from OUT's backbone."""
+    folders), export-backbone finds it there, and the pretrained run starts from OUT's backbone; with
+    OBJECTS=digits every run gets the digit sets' roots, names and class counts as --cfg-options."""
     import os
     import subprocess
+    import sys
 
     calls = tmp_path / "calls.txt"
     fake = tmp_path / "bin"
     fake.mkdir()
     # A stand-in python: `fit` writes last.ckpt where the config's checkpoint callback says;
-    # export-backbone fails (as the real one does) when the checkpoint is not where it is asked for.
+    # export-backbone fails (as the real one does) when the checkpoint is not where it is asked for;
+    # `-c` snippets (run.sh's --cfg-options of another set) run in the real interpreter.
     (fake / "python").write_text(f"""#!/usr/bin/env bash
+[ "$1" = -c ] && exec {sys.executable} "$@"
 echo "$@" >> {calls}
 if [ "$3" = fit ]; then dir=$(sed -n 's/^ *dirpath: //p' "$5"); mkdir -p "$dir"; touch "$dir/last.ckpt"; fi
 if [ "$3" = export-backbone ]; then [ -f "$4" ] || exit 3; touch "$5"; fi
@@ -244,13 +271,22 @@ exit 0
     for script in fake.iterdir():
         script.chmod(0o755)
     out = tmp_path / "out"
-    env = dict(os.environ, PY=str(fake / "python"), OUT=str(out))
-    done = subprocess.run([str(REPO / "experiments/downstream_mini/run.sh"), "seg_hvir_pretrained"], env=env,
-                          capture_output=True, text=True, timeout=60)
+    env = dict(os.environ, PY=str(fake / "python"), OUT=str(out), OBJECTS=objects)
+    done = subprocess.run([str(REPO / "experiments/downstream_mini/run.sh"), "seg_hvir_pretrained", "det_r18"],
+                          env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert (out / "pretrain_hvir_nano/checkpoints/last.ckpt").is_file()
     lines = calls.read_text().splitlines()
     assert f"-m vir_lightning export-backbone {out}/pretrain_hvir_nano/checkpoints/last.ckpt " \
            f"{out}/hvir_nano_backbone.pth" in lines
-    (train,) = [line for line in lines if line.startswith("mim train mmseg")]
-    assert f"model.backbone.init_cfg.checkpoint={out}/hvir_nano_backbone.pth" in train
+    (seg,) = [line for line in lines if line.startswith("mim train mmseg")]
+    (det,) = [line for line in lines if line.startswith("mim train mmdet configs/mini/r18_maskrcnn_mini.py")]
+    assert f"model.backbone.init_cfg.checkpoint={out}/hvir_nano_backbone.pth" in seg
+    if objects == "digits":
+        roots = mini_datasets.set_roots("data/mini_digits")
+        for line, task in ((seg, "seg"), (det, "det")):
+            assert all(f" {option}" in line for option in mini_datasets.cfg_options(
+                roots, mini_datasets.DIGIT_CLASSES, task))
+        assert "model.decode_head.num_classes=11" in seg and "model.roi_head.mask_head.num_classes=10" in det
+    else:
+        assert "data_root" not in seg + det  # the configs' own data/mini
