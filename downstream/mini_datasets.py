@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 
 import cv2
 import numpy as np
@@ -78,9 +79,16 @@ def cfg_options(roots: dict[str, str], classes: tuple[str, ...], task: str) -> l
     class names and the heads' class counts (``task``: "det" for Mask R-CNN, "seg" for UPerNet)."""
     if task not in ("det", "seg"):
         raise ValueError(f"task={task!r}: expected 'det' or 'seg'")
+    # mmengine's DictAction drops spaces and splits on commas, brackets and quotes: such a path or
+    # name would arrive changed, silently.
+    for text in (*roots.values(), *classes):
+        if any(c in text for c in " ,()[]'\""):
+            raise ValueError(f"{text!r}: --cfg-options cannot carry spaces, commas, brackets or quotes;"
+                             " choose a path or class name without them")
     splits = ("train", "val", "test")
     names = classes if task == "det" else ("background", *classes)
-    options = [f"{split}_dataloader.dataset.metainfo.classes={','.join(names)}" for split in splits]
+    # a tuple, so that a one-class set is a sequence too (a bare name would be a string)
+    options = [f"{split}_dataloader.dataset.metainfo.classes=({','.join(names)},)" for split in splits]
     if task == "det":
         options += [f"{split}_dataloader.dataset.data_root={roots['coco']}/" for split in splits]
         options += [f"{split}_evaluator.ann_file={roots['coco']}/annotations/instances_val2017.json"
@@ -218,5 +226,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"ADE20K layout: {roots['ade']}  ({len(classes) + 1} classes: background, {', '.join(classes)})")
     if (args.objects, os.path.normpath(args.out)) != ("fashion-mnist", os.path.join("data", "mini")):
         for task, configs in (("det", "*_maskrcnn_mini.py"), ("seg", "*_upernet_mini.py")):
-            print(f"configs/mini/{configs} on these sets: --cfg-options {' '.join(cfg_options(roots, classes, task))}")
+            try:
+                options = shlex.join(cfg_options(roots, classes, task))  # quoted for a shell
+            except ValueError as err:  # the sets are written and fine; only the hint cannot be given
+                print(f"note: no --cfg-options for configs/mini/{configs}: {err}")
+                break
+            print(f"configs/mini/{configs} on these sets: --cfg-options {options}")
     return 0

@@ -290,3 +290,22 @@ exit 0
         assert "model.decode_head.num_classes=11" in seg and "model.roi_head.mask_head.num_classes=10" in det
     else:
         assert "data_root" not in seg + det  # the configs' own data/mini
+
+
+def test_cfg_options_survive_mmengine_parsing_or_are_refused():
+    import argparse
+
+    from mmengine.config import DictAction
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--cfg-options", nargs="+", action=DictAction)
+    roots = mini_datasets.set_roots("data/mini_one")
+    parsed = parser.parse_args(["--cfg-options", *mini_datasets.cfg_options(roots, ("cat",), "det")]).cfg_options
+    assert parsed["train_dataloader.dataset.metainfo.classes"] == ("cat",)  # a one-class set stays a sequence
+    assert parsed["val_evaluator.ann_file"] == "data/mini_one/coco/annotations/instances_val2017.json"
+    assert parsed["model.roi_head.mask_head.num_classes"] == 1
+    # DictAction would drop the space and split on the comma without a word: refused instead
+    with pytest.raises(ValueError, match="'data/my sets/coco': --cfg-options cannot carry spaces"):
+        mini_datasets.cfg_options(mini_datasets.set_roots("data/my sets"), ("cat",), "det")
+    with pytest.raises(ValueError, match="'cat,dog'"):
+        mini_datasets.cfg_options(roots, ("cat,dog",), "seg")

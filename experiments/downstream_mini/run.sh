@@ -9,22 +9,27 @@
 #
 # RUN is any of: det_hvir_scratch det_hvir_pretrained det_r18 det_swin
 #                seg_hvir_scratch seg_hvir_pretrained seg_r18 seg_swin      (default: all, in this order)
-# Environment: OUT (default runs/mini), SEED (default 0; work folders get _s$SEED after the first),
-# THREADS (torch threads per run, default: all cores), OBJECTS (the mini sets' objects: fashion-mnist,
-# the protocol's, or digits: scikit-learn's handwritten digits on its photos, built in data/mini_digits and
-# reached through --cfg-options alone; the pretraining stays Fashion-MNIST's). A run whose folder has result.json is skipped,
-# so the script resumes where it stopped; with THREADS=1, two at a time on the 2-core VM, pretraining took
-# 31 minutes, each Mask R-CNN run about 28 and the pretrained H-ViR UPerNet run 27.
+# Environment: OBJECTS (the mini sets' objects: fashion-mnist, the protocol's, or digits: scikit-learn's
+# handwritten digits on its photos, built in data/mini_digits and reached through --cfg-options alone),
+# OUT (default runs/mini, or runs/mini_$OBJECTS for another set), PRETRAIN_OUT (where the Fashion-MNIST
+# pretraining and its exported backbone live; default OUT: PRETRAIN_OUT=runs/mini reuses the protocol's
+# on another set), SEED (default 0; work folders get _s$SEED after the first), THREADS (torch threads per
+# run, default: all cores). A run whose folder has result.json is skipped, so the script resumes where it
+# stopped; with THREADS=1, two at a time on the 2-core VM, pretraining (24 epochs) took 51 minutes, each
+# Mask R-CNN run about 28-30 and the pretrained H-ViR UPerNet run 26-27.
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$REPO"
 PY=${PY:-$REPO/.venv/bin/python}
 MIM=$(dirname "$PY")/mim
-OUT=${OUT:-runs/mini}
+OBJECTS=${OBJECTS:-fashion-mnist}
+SET_SUFFIX=$([ "$OBJECTS" = fashion-mnist ] || echo "_$OBJECTS")
+OUT=${OUT:-runs/mini$SET_SUFFIX}  # another set's results never mix with (or skip for) the garments'
+PRETRAIN_OUT=${PRETRAIN_OUT:-$OUT}
 SEED=${SEED:-0}
 SUFFIX=$([ "$SEED" = 0 ] && echo "" || echo "_s$SEED")
 [ -n "${THREADS:-}" ] && export OMP_NUM_THREADS=$THREADS
-mkdir -p "$OUT"
+mkdir -p "$OUT" "$PRETRAIN_OUT"
 ALL="det_hvir_scratch det_hvir_pretrained det_r18 det_swin seg_hvir_scratch seg_hvir_pretrained seg_r18 seg_swin"
 RUNS=("$@")
 [ ${#RUNS[@]} -gt 0 ] || read -r -a RUNS <<< "$ALL"
@@ -32,10 +37,9 @@ for run in "${RUNS[@]}"; do  # every name checked before hours of training start
   case " $ALL " in *" $run "*) ;; *) echo "error: unknown run '$run'; choose from $ALL" >&2; exit 2 ;; esac
 done
 
-OBJECTS=${OBJECTS:-fashion-mnist}
-DATA=data/mini$([ "$OBJECTS" = fashion-mnist ] || echo "_$OBJECTS")
-if [ ! -f $DATA/coco/annotations/instances_val2017.json ] || [ ! -d $DATA/ade/ADEChallengeData2016 ]; then
-  "$PY" -m vir_lightning build-mini-datasets $DATA --train 400 --val 100 --objects "$OBJECTS"
+DATA=data/mini$SET_SUFFIX
+if [ ! -f "$DATA/coco/annotations/instances_val2017.json" ] || [ ! -d "$DATA/ade/ADEChallengeData2016" ]; then
+  "$PY" -m vir_lightning build-mini-datasets "$DATA" --train 400 --val 100 --objects "$OBJECTS"
 fi
 # The configs name data/mini and its garments; another set reaches them through --cfg-options alone.
 DET_DATA=() SEG_DATA=()
@@ -44,18 +48,22 @@ if [ "$OBJECTS" != fashion-mnist ]; then
     "$PY" -c 'import sys; from downstream import mini_datasets as m
 print("\n".join(m.cfg_options(m.set_roots(sys.argv[1]), m.OBJECT_SETS[sys.argv[2]], sys.argv[3])))' "$DATA" "$OBJECTS" "$1"
   }
-  mapfile -t DET_DATA < <(data_options det)
-  mapfile -t SEG_DATA < <(data_options seg)
+  options=$(data_options det)  # a failure stops here (set -e), rather than training on data/mini
+  mapfile -t DET_DATA <<< "$options"
+  options=$(data_options seg)
+  mapfile -t SEG_DATA <<< "$options"
 fi
 
-BACKBONE=$OUT/hvir_nano_backbone.pth
+BACKBONE=$PRETRAIN_OUT/hvir_nano_backbone.pth
 pretrain() {
-  # H-ViR nano classifies cluttered Fashion-MNIST (training garments on photo crops, 64 px, 16 epochs);
-  # the detection/segmentation validation images paste only test garments.
-  local root=$OUT/pretrain_hvir_nano
+  # H-ViR nano classifies cluttered Fashion-MNIST (training garments on photo crops, 64 px, 24 epochs,
+  # each a new image of every garment); the detection/segmentation validation images paste only test garments.
+  local root=$PRETRAIN_OUT/pretrain_hvir_nano
   if [ ! -f "$root/checkpoints/last.ckpt" ]; then
-    # The config names its logger's and checkpoint's folders; under another OUT they move with it.
-    sed "s#runs/mini/pretrain_hvir_nano#$root#g" configs/mini/pretrain_hvir_nano.yaml > "$root.yaml"
+    # The config names its logger's and checkpoint's folders; under another OUT they move with it
+    # (the path escaped for sed: \, & and the # delimiter).
+    local escaped; escaped=$(printf '%s' "$root" | sed 's/[\\&#]/\\&/g')
+    sed "s#runs/mini/pretrain_hvir_nano#$escaped#g" configs/mini/pretrain_hvir_nano.yaml > "$root.yaml"
     "$PY" -m vir_lightning fit --config "$root.yaml" --overwrite true > "$root.log" 2>&1
   fi
   [ -f "$BACKBONE" ] || "$PY" -m vir_lightning export-backbone "$root/checkpoints/last.ckpt" "$BACKBONE"
