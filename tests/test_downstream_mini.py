@@ -290,6 +290,12 @@ exit 0
         assert "model.decode_head.num_classes=11" in seg and "model.roi_head.mask_head.num_classes=10" in det
     else:
         assert "data_root" not in seg + det  # the configs' own data/mini
+    # an unknown set is refused before anything runs
+    done = subprocess.run([str(REPO / "experiments/downstream_mini/run.sh"), "det_r18"], capture_output=True, text=True,
+                          env=dict(env, OBJECTS="garmnets", OUT=str(tmp_path / "other")), timeout=60)
+    assert done.returncode == 2 and done.stderr.strip().splitlines() == [
+        "error: unknown OBJECTS 'garmnets'; choose from fashion-mnist digits"]
+    assert not (tmp_path / "other").exists()
 
 
 def test_cfg_options_survive_mmengine_parsing_or_are_refused():

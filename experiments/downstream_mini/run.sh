@@ -23,6 +23,8 @@ cd "$REPO"
 PY=${PY:-$REPO/.venv/bin/python}
 MIM=$(dirname "$PY")/mim
 OBJECTS=${OBJECTS:-fashion-mnist}
+SETS=$("$PY" -c 'from downstream.mini_datasets import OBJECT_SETS; print(" ".join(OBJECT_SETS))')
+case " $SETS " in *" $OBJECTS "*) ;; *) echo "error: unknown OBJECTS '$OBJECTS'; choose from $SETS" >&2; exit 2 ;; esac
 SET_SUFFIX=$([ "$OBJECTS" = fashion-mnist ] || echo "_$OBJECTS")
 OUT=${OUT:-runs/mini$SET_SUFFIX}  # another set's results never mix with (or skip for) the garments'
 PRETRAIN_OUT=${PRETRAIN_OUT:-$OUT}
