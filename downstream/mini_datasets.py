@@ -190,8 +190,8 @@ def build(out: str, fmnist_root: str = DEBIAN_ROOT, train: int = 16, val: int = 
         raise ValueError(f"objects={objects!r}: choose from {', '.join(OBJECT_SETS)}")
     if train < 1 or val < 1:
         raise ValueError(f"train={train}, val={val}: each split needs at least one image")
-    coco, ade = set_roots(out).values()
-    for root in (coco, ade):  # both refused before either is written
+    roots = set_roots(out)
+    for root in roots.values():  # both refused before either is written
         check_output_path(root, directory=True, replaces=True)
     if objects == "fashion-mnist":
         check_root(fmnist_root, option="--fmnist-root")
@@ -200,11 +200,11 @@ def build(out: str, fmnist_root: str = DEBIAN_ROOT, train: int = 16, val: int = 
     # object is seen in both, and a backbone pretrained on Fashion-MNIST's training split has not seen
     # the validation garments either.
     train_objects, val_objects = _objects(objects, fmnist_root, "train"), _objects(objects, fmnist_root, "test")
-    build_coco(coco, np.random.default_rng(seed), photos,
+    build_coco(roots["coco"], np.random.default_rng(seed), photos,
                {"train2017": (train, *train_objects), "val2017": (val, *val_objects)}, classes=OBJECT_SETS[objects])
-    build_ade(ade, np.random.default_rng(seed + 1), photos,
+    build_ade(roots["ade"], np.random.default_rng(seed + 1), photos,
               {"training": (train, *train_objects), "validation": (val, *val_objects)})
-    return set_roots(out)
+    return roots
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -81,23 +81,24 @@ train() {  # name package config [cfg-options ...]
   if [ -f "$work/result.json" ]; then echo "$name: done ($work/result.json)"; return; fi
   echo "$name: training ($work.log)"
   local start; start=$(date +%s)
+  local data=("${SEG_DATA[@]}"); [ "$package" = mmdet ] && data=("${DET_DATA[@]}")  # the set's roots and classes
   "$MIM" train "$package" "configs/mini/$config" --gpus 0 --work-dir "$work" \
-    --cfg-options randomness.seed="$SEED" "$@" > "$work.log" 2>&1
+    --cfg-options randomness.seed="$SEED" "${data[@]}" "$@" > "$work.log" 2>&1
   "$PY" experiments/downstream_mini/summarize.py collect "$work" "$work.log" --train-seconds $(( $(date +%s) - start ))
 }
 
 for run in "${RUNS[@]}"; do
   case $run in
-    det_hvir_scratch) train "$run" mmdet hvir_maskrcnn_mini.py "${DET_DATA[@]}" ;;
-    det_hvir_pretrained) pretrain; train "$run" mmdet hvir_maskrcnn_mini.py "${DET_DATA[@]}" \
-      model.backbone.init_cfg.checkpoint="$BACKBONE" "$FINE_TUNE" ;;
-    det_r18) train "$run" mmdet r18_maskrcnn_mini.py "${DET_DATA[@]}" ;;
-    det_swin) train "$run" mmdet swin_maskrcnn_mini.py "${DET_DATA[@]}" ;;
-    seg_hvir_scratch) train "$run" mmseg hvir_upernet_mini.py "${SEG_DATA[@]}" ;;
-    seg_hvir_pretrained) pretrain; train "$run" mmseg hvir_upernet_mini.py "${SEG_DATA[@]}" \
-      model.backbone.init_cfg.checkpoint="$BACKBONE" "$FINE_TUNE" ;;
-    seg_r18) train "$run" mmseg r18_upernet_mini.py "${SEG_DATA[@]}" ;;
-    seg_swin) train "$run" mmseg swin_upernet_mini.py "${SEG_DATA[@]}" ;;
+    det_hvir_scratch) train "$run" mmdet hvir_maskrcnn_mini.py ;;
+    det_hvir_pretrained) pretrain; train "$run" mmdet hvir_maskrcnn_mini.py model.backbone.init_cfg.checkpoint="$BACKBONE" \
+      "$FINE_TUNE" ;;
+    det_r18) train "$run" mmdet r18_maskrcnn_mini.py ;;
+    det_swin) train "$run" mmdet swin_maskrcnn_mini.py ;;
+    seg_hvir_scratch) train "$run" mmseg hvir_upernet_mini.py ;;
+    seg_hvir_pretrained) pretrain; train "$run" mmseg hvir_upernet_mini.py model.backbone.init_cfg.checkpoint="$BACKBONE" \
+      "$FINE_TUNE" ;;
+    seg_r18) train "$run" mmseg r18_upernet_mini.py ;;
+    seg_swin) train "$run" mmseg swin_upernet_mini.py ;;
   esac
 done
 "$PY" experiments/downstream_mini/summarize.py table "$OUT"
