@@ -245,6 +245,43 @@ def test_crop_probe_finds_each_garment_once_and_scores_its_labels_as_mmseg_would
         (0 + 160 / 260 + 1) / 3)
 
 
+def test_seg_errors_splits_a_segmenters_loss_into_class_and_mask_errors():
+    import sys
+
+    sys.path.insert(0, str(REPO / "experiments" / "downstream_mini"))
+    try:
+        import seg_errors
+    finally:
+        sys.path.pop(0)
+    truth = np.ones((30, 40), dtype=np.uint8)  # 1 = background
+    truth[0, :] = 0  # ignored
+    truth[5:15, 5:15] = 2 + 3  # garment of class 3, 100 px
+    truth[5:15, 25:35] = 2 + 7  # garment of class 7, 100 px
+    perfect = seg_errors.decompose([truth], [truth.copy()], classes=10)
+    assert all(value == 1.0 for value in perfect.values())
+
+    wrong_class = truth.copy()
+    wrong_class[truth == 2 + 7] = 2 + 3  # the class-7 garment called class 3, its mask exact
+    scores = seg_errors.decompose([truth], [wrong_class], classes=10)
+    assert scores["masks only"] == 1.0 and scores["foreground IoU"] == 1.0
+    assert scores["garments right"] == 0.5
+    assert scores["classes only"] == scores["as predicted"] == pytest.approx((1 + 0.5 + 0) / 3)
+
+    thin = truth.copy()
+    thin[5:15, 5:10] = 1  # half of the class-3 garment missed (background), classes right
+    scores = seg_errors.decompose([truth], [thin], classes=10)
+    assert scores["classes only"] == 1.0 and scores["garments right"] == 1.0
+    # 960 true background pixels (the ignored row left out), 1,010 predicted
+    assert scores["masks only"] == scores["as predicted"] == pytest.approx((960 / 1010 + 0.5 + 1) / 3)
+    assert scores["foreground IoU"] == pytest.approx(150 / 200)
+
+    mixed = truth.copy()
+    mixed[5:8, 25:35] = 2 + 1  # 30 of the class-7 garment's pixels called class 1: its majority stays 7
+    scores = seg_errors.decompose([truth], [mixed], classes=10)
+    assert scores["one label per garment"] == scores["classes only"] == 1.0 > scores["as predicted"]
+    assert scores["masks only"] == 1.0
+
+
 @pytest.mark.parametrize("objects", ["fashion-mnist", "digits"])
 def test_run_sh_keeps_the_pretraining_under_out_and_reaches_another_set_by_cfg_options(objects, tmp_path):
     """run.sh under another OUT: the pretraining's checkpoint lands under OUT (the config names its

@@ -44,12 +44,9 @@ def garments(label_map: np.ndarray, min_pixels: int = 20):
                 yield int(value) - FIRST_GARMENT_LABEL, (ys.min(), xs.min(), ys.max() + 1, xs.max() + 1), pixels
 
 
-def miou_with_exact_masks(label_maps, found, predicted, classes: int) -> float:
-    """mIoU (background and garment classes, as mmseg counts it) of label maps whose garments keep their
-    exact masks but take the classifier's labels: the segmentation that classification alone allows."""
-    guesses = [np.where(truth >= FIRST_GARMENT_LABEL, -1, truth).astype(int) for truth in label_maps]
-    for (_, _, _, pixels, owner), label in zip(found, predicted, strict=True):  # every garment pixel relabelled
-        guesses[owner][pixels] = label + FIRST_GARMENT_LABEL
+def miou(label_maps, guesses, classes: int) -> float:
+    """mIoU of ``guesses`` against ``label_maps`` (both in the label maps' values: 0 ignored, 1 background,
+    2 + k garment k) over the background and garment classes present in either, as mmseg counts it."""
     intersection, union = np.zeros(classes + 1), np.zeros(classes + 1)
     for truth, guess in zip(label_maps, guesses, strict=True):
         valid = truth > 0
@@ -59,6 +56,15 @@ def miou_with_exact_masks(label_maps, found, predicted, classes: int) -> float:
             union[c] += (t | g).sum()
     present = union > 0
     return float((intersection[present] / union[present]).mean())
+
+
+def miou_with_exact_masks(label_maps, found, predicted, classes: int) -> float:
+    """mIoU of label maps whose garments keep their exact masks but take the classifier's labels: the
+    segmentation that classification alone allows."""
+    guesses = [np.where(truth >= FIRST_GARMENT_LABEL, -1, truth).astype(int) for truth in label_maps]
+    for (_, _, _, pixels, owner), label in zip(found, predicted, strict=True):  # every garment pixel relabelled
+        guesses[owner][pixels] = label + FIRST_GARMENT_LABEL
+    return miou(label_maps, guesses, classes)
 
 
 def square_crop(image: np.ndarray, box, fill: float, canvas: int) -> np.ndarray:
