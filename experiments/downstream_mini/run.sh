@@ -15,7 +15,7 @@
 # pretraining and its exported backbone live; default OUT: PRETRAIN_OUT=runs/mini reuses the protocol's
 # on another set), SEED (default 0; work folders get _s$SEED after the first), THREADS (torch threads per
 # run, default: all cores). A run whose folder has result.json is skipped, so the script resumes where it
-# stopped; with THREADS=1, two at a time on the 2-core VM, pretraining (24 epochs) took 51 minutes, each
+# stopped; with THREADS=1, two at a time on the 2-core VM, pretraining (40 epochs) took 88 minutes, each
 # Mask R-CNN run about 28-30 and the pretrained H-ViR UPerNet run 26-27.
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
@@ -58,7 +58,7 @@ fi
 
 BACKBONE=$PRETRAIN_OUT/hvir_nano_backbone.pth
 pretrain() {
-  # H-ViR nano classifies cluttered Fashion-MNIST (training garments on photo crops, 64 px, 24 epochs,
+  # H-ViR nano classifies cluttered Fashion-MNIST (training garments on photo crops, 64 px, 40 epochs,
   # each a new image of every garment); the detection/segmentation validation images paste only test garments.
   local root=$PRETRAIN_OUT/pretrain_hvir_nano
   if [ ! -f "$root/checkpoints/last.ckpt" ]; then
