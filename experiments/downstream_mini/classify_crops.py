@@ -44,6 +44,21 @@ def garments(label_map: np.ndarray, min_pixels: int = 20):
                 yield int(value) - FIRST_GARMENT_LABEL, (ys.min(), xs.min(), ys.max() + 1, xs.max() + 1), pixels
 
 
+def label_maps_with_images(ade: str, split: str) -> list[tuple[str, str]]:
+    """``(label map, image)`` paths of an ADE-layout split, sorted; ValueError when the split has no
+    label maps or a label map has no image."""
+    labels = sorted(glob.glob(os.path.join(ade, "annotations", split, "*.png")))
+    if not labels:
+        raise ValueError(f"no label maps under {ade}/annotations/{split}; build them with "
+                         "`python -m vir_lightning build-mini-datasets data/mini --train 400 --val 100`")
+    pairs = [(label, os.path.join(ade, "images", split, os.path.basename(label)[:-len(".png")] + ".jpg"))
+             for label in labels]
+    for label, image in pairs:
+        if not os.path.isfile(image):
+            raise ValueError(f"{image} is missing: the label map {label} has no image; rebuild the set")
+    return pairs
+
+
 def miou(label_maps, guesses, classes: int) -> float:
     """mIoU of ``guesses`` against ``label_maps`` (both in the label maps' values: 0 ignored, 1 background,
     2 + k garment k) over the background and garment classes present in either, as mmseg counts it."""
@@ -86,10 +101,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fill", type=float, nargs="+", default=[0.5, 0.62, 0.75, 0.85, 1.0])
     parser.add_argument("--canvas", type=int, default=64)
     args = parser.parse_args(argv)
-    labels = sorted(glob.glob(os.path.join(args.ade, "annotations", args.split, "*.png")))
-    if not labels:
-        parser.error(f"no label maps under {args.ade}/annotations/{args.split}; build them with "
-                     "`python -m vir_lightning build-mini-datasets data/mini --train 400 --val 100`")
+    try:
+        pairs = label_maps_with_images(args.ade, args.split)
+    except ValueError as err:
+        parser.error(str(err))
     if not all(0 < f <= 1 for f in args.fill) or args.canvas < 32:
         parser.error(f"--fill {args.fill} / --canvas {args.canvas}: fills in (0, 1] and a canvas of at least 32")
     from vir_lightning.tasks.checkpoints import classifier_from_checkpoint
@@ -102,16 +117,15 @@ def main(argv: list[str] | None = None) -> int:
     mean, std = (255 * np.array(v) for v in normalisation({"class_path": "ClutteredFashionMNISTDataModule"}))
 
     found, label_maps = [], []  # found: (class, RGB image, box, pixels, index of its label map)
-    for path in labels:
-        image_path = path.replace("annotations", "images").replace(".png", ".jpg")
+    for path, image_path in pairs:
         image = cv2.imread(image_path)
         if image is None:
-            parser.error(f"{image_path} is missing or unreadable: the label map {path} has no image; rebuild the set")
+            parser.error(f"{image_path}, the image of {path}, is unreadable; rebuild the set")
         image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
         label_maps.append(cv2.imread(path, cv2.IMREAD_UNCHANGED))
         found += [(k, image, box, pixels, len(label_maps) - 1) for k, box, pixels in garments(label_maps[-1])]
     truth = torch.tensor([item[0] for item in found])
-    print(f"{len(found)} garments in {len(labels)} images of {args.split}")
+    print(f"{len(found)} garments in {len(pairs)} images of {args.split}")
     for fill in args.fill:
         crops = np.stack([(square_crop(im, box, fill, args.canvas) - mean) / std
                           for _, im, box, _, _ in found])

@@ -22,7 +22,6 @@ gaps of strappy garments). docs/downstream_mini.md reads these numbers for the p
 from __future__ import annotations
 
 import argparse
-import glob
 import os
 import pickle
 import sys
@@ -30,7 +29,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from classify_crops import FIRST_GARMENT_LABEL, garments, miou  # noqa: E402
+from classify_crops import FIRST_GARMENT_LABEL, garments, label_maps_with_images, miou  # noqa: E402
 
 
 def majority_garment_label(prediction: np.ndarray, pixels: np.ndarray) -> int:
@@ -45,31 +44,30 @@ def decompose(label_maps, predictions, classes: int) -> dict[str, float]:
     1 background, 2 + k garment k) as predicted, classes only, masks only and one label per garment
     (see the module docstring); also ``garments right`` (share) and ``foreground IoU``."""
     classes_only, masks_only, one_label = [], [], []
-    right = total = 0
+    right = total = foreground_intersection = foreground_union = 0
     for truth, prediction in zip(label_maps, predictions, strict=True):
-        exact = np.where(truth >= FIRST_GARMENT_LABEL, 1, truth)
+        true_garment, predicted_garment = truth >= FIRST_GARMENT_LABEL, prediction >= FIRST_GARMENT_LABEL
+        valid = truth > 0
+        foreground_intersection += int((true_garment & predicted_garment & valid).sum())
+        foreground_union += int(((true_garment | predicted_garment) & valid).sum())
+        exact = np.where(true_garment, 1, truth)
         consistent = prediction.copy()
         for k, _, pixels in garments(truth):
             label = majority_garment_label(prediction, pixels)
             exact[pixels] = label
-            consistent[pixels & (prediction >= FIRST_GARMENT_LABEL)] = label
+            consistent[pixels & predicted_garment] = label
             right += label == k + FIRST_GARMENT_LABEL
             total += 1
         classes_only.append(exact)
         one_label.append(consistent)
-        masks_only.append(np.where((truth >= FIRST_GARMENT_LABEL) & (prediction >= FIRST_GARMENT_LABEL),
-                                   truth, prediction))
-    valid = [truth > 0 for truth in label_maps]
-    is_garment = [[m >= FIRST_GARMENT_LABEL for m in pair] for pair in zip(label_maps, predictions, strict=True)]
-    inter = sum(int((t & p & v).sum()) for (t, p), v in zip(is_garment, valid, strict=True))
-    union = sum(int(((t | p) & v).sum()) for (t, p), v in zip(is_garment, valid, strict=True))
+        masks_only.append(np.where(true_garment & predicted_garment, truth, prediction))
     return {
         "as predicted": miou(label_maps, predictions, classes),
         "classes only": miou(label_maps, classes_only, classes),
         "masks only": miou(label_maps, masks_only, classes),
         "one label per garment": miou(label_maps, one_label, classes),
         "garments right": right / max(total, 1),
-        "foreground IoU": inter / max(union, 1),
+        "foreground IoU": foreground_intersection / max(foreground_union, 1),
     }
 
 
@@ -80,10 +78,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ade", default="data/mini/ade/ADEChallengeData2016")
     parser.add_argument("--split", default="validation")
     args = parser.parse_args(argv)
-    labels = sorted(glob.glob(os.path.join(args.ade, "annotations", args.split, "*.png")))
-    if not labels:
-        parser.error(f"no label maps under {args.ade}/annotations/{args.split}; build them with "
-                     "`python -m vir_lightning build-mini-datasets data/mini --train 400 --val 100`")
+    try:
+        pairs = label_maps_with_images(args.ade, args.split)
+    except ValueError as err:
+        parser.error(str(err))
     for path in (args.config, args.checkpoint):
         if not os.path.isfile(path):
             parser.error(f"{path} does not exist; give a mini UPerNet run's config and checkpoint "
@@ -99,15 +97,12 @@ def main(argv: list[str] | None = None) -> int:
                      "config and one of its iter_*.pth")
     classes = len(model.dataset_meta["classes"]) - 1  # the garments, after the photo background
     label_maps, predictions = [], []
-    for path in labels:
-        image_path = path.replace("annotations", "images").replace(".png", ".jpg")
-        if not os.path.isfile(image_path):
-            parser.error(f"{image_path} is missing: the label map {path} has no image; rebuild the set")
+    for path, image_path in pairs:
         label_maps.append(cv2.imread(path, cv2.IMREAD_UNCHANGED))
         # mmseg's classes are the label maps' values less one (reduce_zero_label): back to the maps' values
         predictions.append(inference_model(model, image_path).pred_sem_seg.data[0].numpy() + 1)
     scores = decompose(label_maps, predictions, classes)
-    print(f"{len(labels)} images of {args.split}: " + ", ".join(
+    print(f"{len(pairs)} images of {args.split}: " + ", ".join(
         f"{name} {100 * value:.2f}{'%' if 'right' in name else ''}" for name, value in scores.items()))
     return 0
 
