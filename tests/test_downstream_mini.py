@@ -91,6 +91,23 @@ def test_mini_configs_build_on_the_mini_sets_pass_the_data_check_and_compute_los
         assert data["inputs"].shape[-2:] == (144, 144)
 
 
+@pytest.mark.parametrize("name", SEG_CONFIGS)
+def test_the_mini_upernets_test_with_flip_at_the_protocols_test_scale_and_labels(name, mini):
+    """`mim test --tta` sees the plain test's view and its mirror, scored against the plain test's labels
+    (the inherited ADE20K recipe would give twelve views at the image's own scales)."""
+    from mmseg.registry import DATASETS
+
+    cfg = mini_config(name, mini)
+    init_default_scope("mmseg")
+    plain = DATASETS.build(cfg.test_dataloader.dataset)[0]
+    views = DATASETS.build({**cfg.test_dataloader.dataset, "pipeline": cfg.tta_pipeline})[0]
+    assert len(views["inputs"]) == 2 and views["inputs"][0].shape == plain["inputs"].shape
+    assert torch.equal(views["inputs"][0], plain["inputs"])
+    assert torch.equal(views["inputs"][1], plain["inputs"].flip(-1))
+    for sample in views["data_samples"]:
+        assert torch.equal(sample.gt_sem_seg.data, plain["data_samples"].gt_sem_seg.data)
+
+
 @pytest.mark.parametrize("name", ["hvir_maskrcnn_mini.py", "hvir_upernet_mini.py"])
 def test_the_mini_configs_take_another_object_set_through_cfg_options_alone(name, digits):
     roots, classes = digits
@@ -212,13 +229,42 @@ def test_summarize_reads_metrics_curve_and_inference_time_from_mim_logs(tmp_path
     (tmp_path / "run").mkdir()
     (tmp_path / "run.log").write_text(seg_log)
     assert summarize.main(["collect", str(tmp_path / "run"), str(tmp_path / "run.log"), "--train-seconds", "90"]) == 0
-    assert "| run | 1 | – | – | 8.14 | 89.57 | 1.5 min | 0.225 |" in summarize.table(str(tmp_path))
+    assert "| run | 1 | – | – | 8.14 | – | 89.57 | 1.5 min | 0.225 |" in summarize.table(str(tmp_path))
     # run.sh's other seeds (NAME_s1, NAME_s2) pool into NAME's row: mean ± sample std
     (tmp_path / "run_s1").mkdir()
     (tmp_path / "run_s1.log").write_text(seg_log.replace("mIoU: 8.1400", "mIoU: 10.1400"))
     summarize.collect(str(tmp_path / "run_s1"), str(tmp_path / "run_s1.log"), 150)
-    assert "| run | 2 | – | – | 9.14 ± 1.41 | 89.57 ± 0.00 | 2.0 ± 0.7 min | 0.225 ± 0.000 |" in summarize.table(
+    assert "| run | 2 | – | – | 9.14 ± 1.41 | – | 89.57 ± 0.00 | 2.0 ± 0.7 min | 0.225 ± 0.000 |" in summarize.table(
         str(tmp_path))
+
+
+def test_summarize_adds_the_test_time_flip_score_from_the_last_test_line(tmp_path):
+    import importlib.util
+
+    path = REPO / "experiments" / "downstream_mini" / "summarize.py"
+    spec = importlib.util.spec_from_file_location("summarize", path)
+    summarize = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(summarize)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run.log").write_text("11/27 15:21:06 - mmengine - INFO - Iter(val) [100/100]    aAcc: 89.5700"
+                                      "  mIoU: 8.1400  mAcc: 9.0900  data_time: 0.0068  time: 0.2252\n")
+    summarize.collect(str(tmp_path / "run"), str(tmp_path / "run.log"), 90)
+    # mmengine prints the progress line at [100/100] before the metrics line; only the latter counts
+    test_log = tmp_path / "run.flip.log"
+    test_log.write_text(
+        "11/28 20:04:17 - mmengine - INFO - Iter(test) [ 50/100]    eta: 0:00:06  time: 0.1207  data_time: 0.0069\n"
+        "11/28 20:04:18 - mmengine - INFO - Iter(test) [100/100]    eta: 0:00:00  time: 0.1201  data_time: 0.0069\n"
+        "11/28 20:04:18 - mmengine - INFO - Iter(test) [100/100]    aAcc: 91.3800  mIoU: 9.2700  mAcc: 9.8900"
+        "  data_time: 0.0069  time: 0.4207\n")
+    assert summarize.main(["flip", str(tmp_path / "run"), str(test_log)]) == 0
+    result = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert (result["mIoU"], result["mIoU_flip"], result["aAcc_flip"], result["seconds_per_image_flip"]) == (
+        8.14, 9.27, 91.38, 0.4207)
+    assert "| run | 1 | – | – | 8.14 | 9.27 | 89.57 | 1.5 min | 0.225 |" in summarize.table(str(tmp_path))
+    # a test that stopped before its metrics line adds nothing and says so
+    test_log.write_text("11/28 20:04:17 - mmengine - INFO - Iter(test) [ 50/100]    eta: 0:00:06  time: 0.1207\n")
+    assert summarize.main(["flip", str(tmp_path / "run"), str(test_log)]) == 2
+    assert json.loads((tmp_path / "run" / "result.json").read_text())["mIoU_flip"] == 9.27
 
 
 def test_crop_probe_finds_each_garment_once_and_scores_its_labels_as_mmseg_would():
@@ -304,7 +350,16 @@ if [ "$3" = fit ]; then dir=$(sed -n 's/^ *dirpath: //p' "$5"); mkdir -p "$dir";
 if [ "$3" = export-backbone ]; then [ -f "$4" ] || exit 3; touch "$5"; fi
 exit 0
 """)
-    (fake / "mim").write_text(f'#!/usr/bin/env bash\necho mim "$@" >> {calls}\n')
+    # A stand-in mim: `train` leaves the checkpoint pointer mmengine leaves in its work folder.
+    (fake / "mim").write_text(f"""#!/usr/bin/env bash
+echo mim "$@" >> {calls}
+if [ "$1" = train ]; then
+  while [ $# -gt 0 ]; do
+    [ "$1" = --work-dir ] && mkdir -p "$2" && echo "$2/iter_6000.pth" > "$2/last_checkpoint"; shift
+  done
+fi
+exit 0
+""")
     for script in fake.iterdir():
         script.chmod(0o755)
     out = tmp_path / "out"
@@ -319,14 +374,21 @@ exit 0
     (seg,) = [line for line in lines if line.startswith("mim train mmseg")]
     (det,) = [line for line in lines if line.startswith("mim train mmdet configs/mini/r18_maskrcnn_mini.py")]
     assert f"model.backbone.init_cfg.checkpoint={out}/hvir_nano_backbone.pth" in seg
+    # the segmentation run is then tested with flip, on its own checkpoint and set; detection is not
+    (flip,) = [line for line in lines if line.startswith("mim test")]
+    assert flip.startswith(f"mim test mmseg configs/mini/hvir_upernet_mini.py --checkpoint "
+                           f"{out}/seg_hvir_pretrained/iter_6000.pth --tta ")
+    assert f"summarize.py flip {out}/seg_hvir_pretrained " \
+           f"{out}/seg_hvir_pretrained.flip.log" in "\n".join(lines)
     if objects == "digits":
         roots = mini_datasets.set_roots("data/mini_digits")
-        for line, task in ((seg, "seg"), (det, "det")):
+        for line, task in ((seg, "seg"), (flip, "seg"), (det, "det")):
             assert all(f" {option}" in line for option in mini_datasets.cfg_options(
                 roots, mini_datasets.DIGIT_CLASSES, task))
-        assert "model.decode_head.num_classes=11" in seg and "model.roi_head.mask_head.num_classes=10" in det
+        assert "model.decode_head.num_classes=11" in seg and "model.decode_head.num_classes=11" in flip
+        assert "model.roi_head.mask_head.num_classes=10" in det
     else:
-        assert "data_root" not in seg + det  # the configs' own data/mini
+        assert "data_root" not in seg + flip + det  # the configs' own data/mini
     # an unknown set is refused before anything runs
     done = subprocess.run([str(REPO / "experiments/downstream_mini/run.sh"), "det_r18"], capture_output=True, text=True,
                           env=dict(env, OBJECTS="garmnets", OUT=str(tmp_path / "other")), timeout=60)

@@ -43,6 +43,19 @@ test_pipeline = [
     dict(type='LoadAnnotations', reduce_zero_label=True),
     dict(type='PackSegInputs'),
 ]
+# Test-time flip (`mim test mmseg CONFIG --checkpoint CKPT --tta`; run.sh records it as mIoU_flip): the
+# class scores of the image and of its mirror, both at the test scale, averaged. It replaces the inherited
+# ADE20K recipe, whose six scales (0.5-1.75) are of the image's own size, not of this protocol's test scale.
+tta_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='TestTimeAug', transforms=[
+        [dict(type='Resize', scale=scale, keep_ratio=True)],
+        [dict(type='RandomFlip', prob=0.0, direction='horizontal'),
+         dict(type='RandomFlip', prob=1.0, direction='horizontal')],
+        [dict(type='LoadAnnotations', reduce_zero_label=True)],
+        [dict(type='PackSegInputs')],
+    ]),
+]
 # BaseSegDataset (ADE20KDataset only accepts ADE20K's own 150 names) in ADE20K's layout and suffixes.
 dataset = dict(type='BaseSegDataset', data_root=data_root, metainfo=dict(classes=classes), reduce_zero_label=True,
                img_suffix='.jpg', seg_map_suffix='.png')

@@ -78,13 +78,24 @@ FINE_TUNE=optim_wrapper.paramwise_cfg.custom_keys.backbone.lr_mult=0.1
 train() {  # name package config [cfg-options ...]
   local name=$1$SUFFIX package=$2 config=$3; shift 3
   local work=$OUT/$name
-  if [ -f "$work/result.json" ]; then echo "$name: done ($work/result.json)"; return; fi
-  echo "$name: training ($work.log)"
-  local start; start=$(date +%s)
   local data=("${SEG_DATA[@]}"); [ "$package" = mmdet ] && data=("${DET_DATA[@]}")  # the set's roots and classes
-  "$MIM" train "$package" "configs/mini/$config" --gpus 0 --work-dir "$work" \
-    --cfg-options randomness.seed="$SEED" "${data[@]}" "$@" > "$work.log" 2>&1
-  "$PY" experiments/downstream_mini/summarize.py collect "$work" "$work.log" --train-seconds $(( $(date +%s) - start ))
+  if [ -f "$work/result.json" ]; then
+    echo "$name: done ($work/result.json)"
+  else
+    echo "$name: training ($work.log)"
+    local start; start=$(date +%s)
+    "$MIM" train "$package" "configs/mini/$config" --gpus 0 --work-dir "$work" \
+      --cfg-options randomness.seed="$SEED" "${data[@]}" "$@" > "$work.log" 2>&1
+    "$PY" experiments/downstream_mini/summarize.py collect "$work" "$work.log" --train-seconds $(( $(date +%s) - start ))
+  fi
+  # Segmentation is also scored with test-time flip (the config's tta_pipeline), once per run: a run
+  # trained before this step gets it on the next call.
+  if [ "$package" = mmseg ] && ! grep -q '"mIoU_flip"' "$work/result.json" 2>/dev/null; then
+    local checkpoint; checkpoint=$(cat "$work/last_checkpoint")
+    "$MIM" test mmseg "configs/mini/$config" --checkpoint "$checkpoint" --tta --gpus 0 --work-dir "$work/flip" \
+      --cfg-options randomness.seed="$SEED" "${data[@]}" > "$work.flip.log" 2>&1
+    "$PY" experiments/downstream_mini/summarize.py flip "$work" "$work.flip.log"
+  fi
 }
 
 for run in "${RUNS[@]}"; do

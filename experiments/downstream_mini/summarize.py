@@ -1,13 +1,15 @@
 """Collect the numbers of one mini downstream run, and print the table of all of them.
 
     summarize.py collect WORK_DIR LOG --train-seconds S   → WORK_DIR/result.json
+    summarize.py flip WORK_DIR TEST_LOG                   → mIoU_flip (`mim test --tta`) added to it
     summarize.py table OUT                                → a Markdown table of OUT/*/result.json
                                                             (seeds NAME, NAME_s1, … pooled: mean ± std)
 
 The numbers come from the `mim train` log: the last validation line (COCO bbox/segm mAP or mIoU, and
 its ``time:``, the mean seconds per validation image at batch 1, which is the inference time per
 image, data loading included), every earlier validation line (the learning curve), and the wall time
-of the whole command measured by run.sh.
+of the whole command measured by run.sh. A segmentation run's test-time-flip score comes from the last
+line of its `mim test --tta` log.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from vir_lightning.io import atomic_output
 VAL_LINE = re.compile(r"(?:Epoch|Iter)\(val\) (?:\[(\d+)\])?\[(\d+)/(\d+)\]\s+(.*)")
 METRICS = {"bbox_mAP": r"coco/bbox_mAP: ([\d.]+)", "segm_mAP": r"coco/segm_mAP: ([\d.]+)",
            "mIoU": r"\bmIoU: ([\d.]+)", "aAcc": r"\baAcc: ([\d.]+)"}
+TEST_LINE = re.compile(r"Iter\(test\) \[(\d+)/\1\]\s+(.*\bmIoU: .*)")  # the closing metrics line
 TRAIN_ITER = re.compile(r"(?:Epoch|Iter)\(train\)\s+(?:\[(\d+)\])?\[\s*(\d+)/(\d+)\]")
 
 
@@ -63,6 +66,24 @@ def collect(work_dir: str, log: str, train_seconds: int) -> dict:
     return result
 
 
+def add_flip(work_dir: str, test_log: str) -> dict:
+    """Add the test-time-flip mIoU/aAcc and its seconds per image to ``WORK_DIR/result.json``."""
+    with open(test_log) as f:
+        lines = [m.group(2) for line in f if (m := TEST_LINE.search(line))]
+    if not lines:
+        raise ValueError(f"{test_log}: no closing test metrics line: the flip test did not finish")
+    path = os.path.join(work_dir, "result.json")
+    with open(path) as f:
+        result = json.load(f)
+    for key in ("mIoU", "aAcc"):
+        result[f"{key}_flip"] = float(re.search(METRICS[key], lines[-1]).group(1))
+    time = re.search(r"\btime: ([\d.]+)", lines[-1])
+    result["seconds_per_image_flip"] = float(time.group(1)) if time else None
+    with atomic_output(path) as tmp, open(tmp, "w") as f:
+        json.dump(result, f, indent=1)
+    return result
+
+
 SEED_SUFFIX = re.compile(r"_s\d+$")  # run.sh names seed S > 0 runs NAME_sS
 
 
@@ -79,11 +100,11 @@ def table(out: str) -> str:
         if os.path.isfile(path):
             with open(path) as f:
                 runs.setdefault(SEED_SUFFIX.sub("", name), []).append(json.load(f))
-    rows = ["| run | seeds | bbox mAP | segm mAP | mIoU (%) | aAcc (%) | train time | inference s/image |",
-            "|---|---|---|---|---|---|---|---|"]
+    rows = ["| run | seeds | bbox mAP | segm mAP | mIoU (%) | mIoU, test-time flip (%) | aAcc (%) | train time"
+            " | inference s/image |", "|---|---|---|---|---|---|---|---|---|"]
     for name, results in runs.items():
         cells = [_cell([r.get(key) for r in results], fmt) for key, fmt in
-                 (("bbox_mAP", ".3f"), ("segm_mAP", ".3f"), ("mIoU", ".2f"), ("aAcc", ".2f"))]
+                 (("bbox_mAP", ".3f"), ("segm_mAP", ".3f"), ("mIoU", ".2f"), ("mIoU_flip", ".2f"), ("aAcc", ".2f"))]
         minutes = _cell([r["train_seconds"] / 60 for r in results], ".1f")
         per_image = _cell([r.get("seconds_per_image") for r in results], ".3f")
         rows.append(f"| {name} | {len(results)} | {' | '.join(cells)} | {minutes} min | {per_image} |")
@@ -97,6 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("work_dir")
     c.add_argument("log")
     c.add_argument("--train-seconds", type=int, required=True)
+    f = sub.add_parser("flip")
+    f.add_argument("work_dir")
+    f.add_argument("test_log")
     t = sub.add_parser("table")
     t.add_argument("out")
     args = parser.parse_args(argv)
@@ -104,6 +128,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.verb == "collect":
             r = collect(args.work_dir, args.log, args.train_seconds)
             print(f"{r['name']}: " + ", ".join(f"{k} {r[k]}" for k in METRICS if k in r))
+        elif args.verb == "flip":
+            r = add_flip(args.work_dir, args.test_log)
+            print(f"{r['name']}: mIoU_flip {r['mIoU_flip']}")
         else:
             print(table(args.out))
     except (OSError, ValueError) as e:
