@@ -15,8 +15,9 @@
 # pretraining and its exported backbone live; default OUT: PRETRAIN_OUT=runs/mini reuses the protocol's
 # on another set), SEED (default 0; work folders get _s$SEED after the first), THREADS (torch threads per
 # run, default: all cores). A run whose folder has result.json is skipped, so the script resumes where it
-# stopped; with THREADS=1, two at a time on the 2-core VM, pretraining (40 epochs) took 88 minutes, each
-# Mask R-CNN run about 28-30 and the pretrained H-ViR UPerNet run 26-27.
+# stopped; a segmentation run is then also scored with test-time flip (`mim test --tta`), once. With
+# THREADS=1, two at a time on the 2-core VM, pretraining (40 epochs) took 88 minutes, each Mask R-CNN
+# run about 28-30 and the pretrained H-ViR UPerNet run 26-27.
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$REPO"
