@@ -265,6 +265,8 @@ def test_summarize_adds_the_test_time_flip_score_from_the_last_test_line(tmp_pat
     test_log.write_text("11/28 20:04:17 - mmengine - INFO - Iter(test) [ 50/100]    eta: 0:00:06  time: 0.1207\n")
     assert summarize.main(["flip", str(tmp_path / "run"), str(test_log)]) == 2
     assert json.loads((tmp_path / "run" / "result.json").read_text())["mIoU_flip"] == 9.27
+    # nor without the training run's result.json
+    assert summarize.main(["flip", str(tmp_path / "untrained"), str(test_log)]) == 2
 
 
 def test_crop_probe_finds_each_garment_once_and_scores_its_labels_as_mmseg_would():
@@ -355,7 +357,8 @@ exit 0
 echo mim "$@" >> {calls}
 if [ "$1" = train ]; then
   while [ $# -gt 0 ]; do
-    [ "$1" = --work-dir ] && mkdir -p "$2" && echo "$2/iter_6000.pth" > "$2/last_checkpoint"; shift
+    [ "$1" = --work-dir ] && mkdir -p "$2" && touch "$2/iter_6000.pth" && echo "$2/iter_6000.pth" > "$2/last_checkpoint"
+    shift
   done
 fi
 exit 0
@@ -389,9 +392,19 @@ exit 0
         assert "model.roi_head.mask_head.num_classes=10" in det
     else:
         assert "data_root" not in seg + flip + det  # the configs' own data/mini
+    # a finished run whose checkpoint is gone cannot be scored with flip: one error line, nothing trained
+    (out / "seg_r18").mkdir()
+    (out / "seg_r18/result.json").write_text('{"mIoU": 50.0}')
+    calls.write_text("")
+    done = subprocess.run([str(REPO / "experiments/downstream_mini/run.sh"), "seg_r18"], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and calls.read_text() == ""
+    assert done.stderr.strip().splitlines() == [
+        f"error: seg_r18: no checkpoint to test with flip ({out}/seg_r18/last_checkpoint missing); train it again:"
+        f" remove {out}/seg_r18/result.json and rerun"]
     # an unknown set is refused before anything runs
     done = subprocess.run([str(REPO / "experiments/downstream_mini/run.sh"), "det_r18"], capture_output=True, text=True,
-                          env=dict(env, OBJECTS="garmnets", OUT=str(tmp_path / "other")), timeout=60)
+                          env=dict(env, OBJECTS="garmnets", OUT=str(tmp_path / "other")), timeout=120)
     assert done.returncode == 2 and done.stderr.strip().splitlines() == [
         "error: unknown OBJECTS 'garmnets'; choose from fashion-mnist digits"]
     assert not (tmp_path / "other").exists()

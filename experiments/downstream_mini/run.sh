@@ -92,7 +92,12 @@ train() {  # name package config [cfg-options ...]
   # Segmentation is also scored with test-time flip (the config's tta_pipeline), once per run: a run
   # trained before this step gets it on the next call.
   if [ "$package" = mmseg ] && ! grep -q '"mIoU_flip"' "$work/result.json" 2>/dev/null; then
-    local checkpoint; checkpoint=$(cat "$work/last_checkpoint")
+    local checkpoint; checkpoint=$(cat "$work/last_checkpoint" 2>/dev/null) || true
+    if [ ! -f "$checkpoint" ]; then
+      echo "error: $name: no checkpoint to test with flip (${checkpoint:-$work/last_checkpoint missing});" \
+        "train it again: remove $work/result.json and rerun" >&2
+      exit 2
+    fi
     "$MIM" test mmseg "configs/mini/$config" --checkpoint "$checkpoint" --tta --gpus 0 --work-dir "$work/flip" \
       --cfg-options randomness.seed="$SEED" "${data[@]}" > "$work.flip.log" 2>&1
     "$PY" experiments/downstream_mini/summarize.py flip "$work" "$work.flip.log"

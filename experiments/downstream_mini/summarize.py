@@ -73,8 +73,13 @@ def add_flip(work_dir: str, test_log: str) -> dict:
     if not lines:
         raise ValueError(f"{test_log}: no closing test metrics line: the flip test did not finish")
     path = os.path.join(work_dir, "result.json")
+    if not os.path.isfile(path):
+        raise ValueError(f"{path} does not exist: collect the training run first (summarize.py collect)")
     with open(path) as f:
-        result = json.load(f)
+        try:
+            result = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} is not JSON ({e}): collect the training run again") from e
     for key in ("mIoU", "aAcc"):
         result[f"{key}_flip"] = float(re.search(METRICS[key], lines[-1]).group(1))
     time = re.search(r"\btime: ([\d.]+)", lines[-1])
