@@ -57,6 +57,23 @@ def mini_config(name: str, roots: dict, classes: tuple[str, ...] = mini_datasets
     return cfg
 
 
+def experiment(name: str):
+    """The script experiments/downstream_mini/NAME.py as a module (its folder on sys.path while it loads,
+    as when it runs: seg_errors imports classify_crops)."""
+    import importlib.util
+    import sys
+
+    folder = REPO / "experiments" / "downstream_mini"
+    spec = importlib.util.spec_from_file_location(name, folder / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(folder))
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.pop(0)
+    return module
+
+
 @pytest.mark.parametrize("name", DET_CONFIGS + SEG_CONFIGS)
 def test_mini_configs_share_the_protocol_and_differ_only_in_the_backbone(name):
     cfg = Config.fromfile(str(REPO / "configs" / "mini" / name))
@@ -202,12 +219,7 @@ def test_a_grey_pretrained_stem_gives_an_rgb_backbone_the_grey_response(tmp_path
 
 
 def test_summarize_reads_metrics_curve_and_inference_time_from_mim_logs(tmp_path):
-    import importlib.util
-
-    path = REPO / "experiments" / "downstream_mini" / "summarize.py"
-    spec = importlib.util.spec_from_file_location("summarize", path)
-    summarize = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(summarize)
+    summarize = experiment("summarize")
     det_log = "\n".join([
         "11/27 14:16:10 - mmengine - INFO - Epoch(train) [1][ 25/100]  base_lr: 9.7e-05 lr: 9.7e-05  time: 1.79",
         "11/27 14:25:04 - mmengine - INFO - Epoch(val) [2][100/100]    eta: 0:00:00  time: 1.3718  data_time: 0.0096",
@@ -239,12 +251,7 @@ def test_summarize_reads_metrics_curve_and_inference_time_from_mim_logs(tmp_path
 
 
 def test_summarize_adds_the_test_time_flip_score_from_the_last_test_line(tmp_path):
-    import importlib.util
-
-    path = REPO / "experiments" / "downstream_mini" / "summarize.py"
-    spec = importlib.util.spec_from_file_location("summarize", path)
-    summarize = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(summarize)
+    summarize = experiment("summarize")
     (tmp_path / "run").mkdir()
     (tmp_path / "run.log").write_text("11/27 15:21:06 - mmengine - INFO - Iter(val) [100/100]    aAcc: 89.5700"
                                       "  mIoU: 8.1400  mAcc: 9.0900  data_time: 0.0068  time: 0.2252\n")
@@ -270,12 +277,7 @@ def test_summarize_adds_the_test_time_flip_score_from_the_last_test_line(tmp_pat
 
 
 def test_crop_probe_finds_each_garment_once_and_scores_its_labels_as_mmseg_would():
-    import importlib.util
-
-    path = REPO / "experiments" / "downstream_mini" / "classify_crops.py"
-    spec = importlib.util.spec_from_file_location("classify_crops", path)
-    probe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(probe)
+    probe = experiment("classify_crops")
     label_map = np.ones((40, 60), dtype=np.uint8)  # 1 = background
     label_map[0, :] = 0  # ignored
     label_map[5:15, 5:15] = 2 + 3  # class 3, a 10x10 square
@@ -294,13 +296,7 @@ def test_crop_probe_finds_each_garment_once_and_scores_its_labels_as_mmseg_would
 
 
 def test_seg_errors_splits_a_segmenters_loss_into_class_and_mask_errors():
-    import sys
-
-    sys.path.insert(0, str(REPO / "experiments" / "downstream_mini"))
-    try:
-        import seg_errors
-    finally:
-        sys.path.pop(0)
+    seg_errors = experiment("seg_errors")
     truth = np.ones((30, 40), dtype=np.uint8)  # 1 = background
     truth[0, :] = 0  # ignored
     truth[5:15, 5:15] = 2 + 3  # garment of class 3, 100 px

@@ -32,6 +32,13 @@ TEST_LINE = re.compile(r"Iter\(test\) \[(\d+)/\1\]\s+(.*\bmIoU: .*)")  # the clo
 TRAIN_ITER = re.compile(r"(?:Epoch|Iter)\(train\)\s+(?:\[(\d+)\])?\[\s*(\d+)/(\d+)\]")
 
 
+def line_metrics(text: str) -> dict:
+    """The METRICS a metrics line names, and its ``time:`` (seconds per image; None if absent)."""
+    metrics = {k: float(m.group(1)) for k, p in METRICS.items() if (m := re.search(p, text))}
+    time = re.search(r"\btime: ([\d.]+)", text)
+    return {**metrics, "seconds_per_image": float(time.group(1)) if time else None}
+
+
 def parse_log(text: str) -> dict:
     curve = []
     iters_per_epoch = 1
@@ -46,10 +53,8 @@ def parse_log(text: str) -> dict:
         if not match or not any(re.search(p, match.group(4)) for p in METRICS.values()):
             continue
         epoch, done, total, rest = match.groups()
-        point = {k: float(m.group(1)) for k, p in METRICS.items() if (m := re.search(p, rest))}
+        point = line_metrics(rest)
         point["train_iter"] = int(epoch) * iters_per_epoch if epoch else last_train_iter
-        time = re.search(r"\btime: ([\d.]+)", rest)
-        point["seconds_per_image"] = float(time.group(1)) if time else None
         curve.append(point)
     if not curve:
         raise ValueError("the log has no validation metrics line: the run did not finish")
@@ -80,10 +85,9 @@ def add_flip(work_dir: str, test_log: str) -> dict:
             result = json.load(f)
         except json.JSONDecodeError as e:
             raise ValueError(f"{path} is not JSON ({e}): collect the training run again") from e
-    for key in ("mIoU", "aAcc"):
-        result[f"{key}_flip"] = float(re.search(METRICS[key], lines[-1]).group(1))
-    time = re.search(r"\btime: ([\d.]+)", lines[-1])
-    result["seconds_per_image_flip"] = float(time.group(1)) if time else None
+    flip = line_metrics(lines[-1])
+    for key in ("mIoU", "aAcc", "seconds_per_image"):
+        result[f"{key}_flip"] = flip.get(key)
     with atomic_output(path) as tmp, open(tmp, "w") as f:
         json.dump(result, f, indent=1)
     return result
