@@ -388,7 +388,8 @@ exit 0
         assert "model.roi_head.mask_head.num_classes=10" in det
     else:
         assert "data_root" not in seg + flip + det  # the configs' own data/mini
-    # a finished run whose checkpoint is gone cannot be scored with flip: one error line, nothing trained
+    # a finished run whose checkpoint is gone cannot be scored with flip: one error line before anything is
+    # built, trained or tested (on a clean clone the mini sets are not there yet)
     (out / "seg_r18").mkdir()
     (out / "seg_r18/result.json").write_text('{"mIoU": 50.0}')
     calls.write_text("")

@@ -36,8 +36,22 @@ mkdir -p "$OUT" "$PRETRAIN_OUT"
 ALL="det_hvir_scratch det_hvir_pretrained det_r18 det_swin seg_hvir_scratch seg_hvir_pretrained seg_r18 seg_swin"
 RUNS=("$@")
 [ ${#RUNS[@]} -gt 0 ] || read -r -a RUNS <<< "$ALL"
-for run in "${RUNS[@]}"; do  # every name checked before hours of training start
+flip_checkpoint() {  # name: the checkpoint a finished segmentation run is scored with flip from
+  local work=$OUT/$1 checkpoint
+  checkpoint=$(cat "$OUT/$1/last_checkpoint" 2>/dev/null) || true
+  if [ ! -f "$checkpoint" ]; then
+    echo "error: $1: no checkpoint to test with flip (${checkpoint:-$work/last_checkpoint missing});" \
+      "train it again: remove $work/result.json and rerun" >&2
+    return 2
+  fi
+  echo "$checkpoint"
+}
+needs_flip() {  # name: a segmentation run not yet scored with flip
+  ! grep -q '"mIoU_flip"' "$OUT/$1/result.json" 2>/dev/null
+}
+for run in "${RUNS[@]}"; do  # every name, and every finished run's checkpoint, checked before hours of work start
   case " $ALL " in *" $run "*) ;; *) echo "error: unknown run '$run'; choose from $ALL" >&2; exit 2 ;; esac
+  if [[ $run == seg_* ]] && [ -f "$OUT/$run$SUFFIX/result.json" ] && needs_flip "$run$SUFFIX"; then flip_checkpoint "$run$SUFFIX" > /dev/null; fi
 done
 
 DATA=data/mini$SET_SUFFIX
@@ -91,13 +105,8 @@ train() {  # name package config [cfg-options ...]
   fi
   # Segmentation is also scored with test-time flip (the config's tta_pipeline), once per run: a run
   # trained before this step gets it on the next call.
-  if [ "$package" = mmseg ] && ! grep -q '"mIoU_flip"' "$work/result.json" 2>/dev/null; then
-    local checkpoint; checkpoint=$(cat "$work/last_checkpoint" 2>/dev/null) || true
-    if [ ! -f "$checkpoint" ]; then
-      echo "error: $name: no checkpoint to test with flip (${checkpoint:-$work/last_checkpoint missing});" \
-        "train it again: remove $work/result.json and rerun" >&2
-      exit 2
-    fi
+  if [ "$package" = mmseg ] && needs_flip "$name"; then
+    local checkpoint; checkpoint=$(flip_checkpoint "$name")
     "$MIM" test mmseg "configs/mini/$config" --checkpoint "$checkpoint" --tta --gpus 0 --work-dir "$work/flip" \
       --cfg-options randomness.seed="$SEED" "${data[@]}" > "$work.flip.log" 2>&1
     "$PY" experiments/downstream_mini/summarize.py flip "$work" "$work.flip.log"
