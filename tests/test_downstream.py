@@ -3,6 +3,7 @@ the shipped configs built and run (loss + predict), and bounded `mim train` / `m
 
 from __future__ import annotations
 
+import argparse
 import io
 import math
 import os
@@ -18,11 +19,12 @@ from conftest import relative_error, require_mm
 
 require_mm()
 
-from mmengine.config import Config  # noqa: E402
+from mmengine.config import Config, DictAction  # noqa: E402
 from mmengine.dataset import pseudo_collate  # noqa: E402
 from mmengine.logging import HistoryBuffer  # noqa: E402
 from mmengine.registry import init_default_scope  # noqa: E402
 
+from downstream import mini_datasets  # noqa: E402
 from downstream.hvir_backbone import HViRBackbone  # noqa: E402
 from downstream.mini_datasets import ADE_CLASSES, COCO_CLASSES, build  # noqa: E402
 from downstream.safe_checkpoints import history_buffer_statistic  # noqa: E402
@@ -252,29 +254,31 @@ def test_a_crafted_getattr_in_a_checkpoint_is_refused():
 # ----------------------------------------------------------------------------------------------
 
 
-def det_options(root: str, scale=(320, 240)) -> dict:
-    """What a user sets to train the shipped Mask R-CNN config on their own COCO-format data."""
-    options = {"model.roi_head.bbox_head.num_classes": len(COCO_CLASSES),
-               "model.roi_head.mask_head.num_classes": len(COCO_CLASSES)}
-    for split in ("train", "val", "test"):
-        options[f"{split}_dataloader.dataset.data_root"] = root + "/"
-        options[f"{split}_dataloader.dataset.metainfo"] = dict(classes=COCO_CLASSES)
+def parsed(words: list[str]) -> dict:
+    """``--cfg-options`` words as mim reads them (mmengine's DictAction)."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--cfg-options", nargs="+", action=DictAction)
+    return parser.parse_args(["--cfg-options", *words]).cfg_options
+
+
+def det_options(roots: dict, scale=(320, 240)) -> dict:
+    """What a user sets to train the shipped Mask R-CNN config on their own COCO-format data: the
+    roots, names and class counts ``run.sh`` gives a mini set (mini_datasets.cfg_options), and a scale."""
+    options = parsed(mini_datasets.cfg_options(roots, COCO_CLASSES, "det"))
     for split in ("val", "test"):
-        options[f"{split}_evaluator.ann_file"] = f"{root}/annotations/instances_val2017.json"
         options[f"{split}_dataloader.dataset.pipeline.1.scale"] = scale
     options["train_dataloader.dataset.pipeline.2.scale"] = scale
     return options
 
 
-def seg_options(root: str, crop=(128, 128)) -> dict:
-    """What a user sets to train the shipped UPerNet config on their own ADE20K-layout data."""
-    options = {"model.decode_head.num_classes": len(ADE_CLASSES), "model.auxiliary_head.num_classes": len(ADE_CLASSES),
+def seg_options(roots: dict, crop=(128, 128)) -> dict:
+    """What a user sets to train the shipped UPerNet config on their own ADE20K-layout data: as
+    :func:`det_options`, plus a dataset type that takes any class names (ADE20KDataset has its 150)."""
+    options = {**parsed(mini_datasets.cfg_options(roots, COCO_CLASSES, "seg")),
                "model.data_preprocessor.size": crop, "train_dataloader.dataset.pipeline.3.crop_size": crop}
     for split in ("train", "val", "test"):
         options[f"{split}_dataloader.dataset.type"] = "BaseSegDataset"
-        options[f"{split}_dataloader.dataset.data_root"] = root
         options[f"{split}_dataloader.dataset.reduce_zero_label"] = True
-        options[f"{split}_dataloader.dataset.metainfo"] = dict(classes=ADE_CLASSES)
     options["train_dataloader.dataset.pipeline.2.scale"] = (4 * crop[0], crop[0])
     for split in ("val", "test"):
         options[f"{split}_dataloader.dataset.pipeline.1.scale"] = (4 * crop[0], crop[0])
@@ -290,7 +294,7 @@ def test_maskrcnn_config_builds_computes_losses_and_predicts(mini, tmp_path):
     source = lightning_style_checkpoint(tmp_path / "fit.ckpt")
     export_backbone(str(tmp_path / "fit.ckpt"), str(tmp_path / "nano.pth"))
     cfg = Config.fromfile(str(REPO / "configs" / "vir_maskrcnn.py"))
-    cfg.merge_from_dict({**det_options(mini["coco"]), **NANO, "model.neck.in_channels": NANO_WIDTHS,
+    cfg.merge_from_dict({**det_options(mini), **NANO, "model.neck.in_channels": NANO_WIDTHS,
                          "model.backbone.init_cfg.checkpoint": str(tmp_path / "nano.pth")})
     init_default_scope("mmdet")
     dataset = DATASETS.build(cfg.train_dataloader.dataset)
@@ -318,7 +322,7 @@ def test_upernet_config_builds_computes_losses_and_predicts(mini):
     from mmseg.registry import DATASETS, MODELS
 
     cfg = Config.fromfile(str(REPO / "configs" / "vir_upernet_ade20k.py"))
-    cfg.merge_from_dict({**seg_options(mini["ade"]), **NANO, "model.decode_head.in_channels": NANO_WIDTHS,
+    cfg.merge_from_dict({**seg_options(mini), **NANO, "model.decode_head.in_channels": NANO_WIDTHS,
                          "model.auxiliary_head.in_channels": NANO_WIDTHS[2]})
     init_default_scope("mmseg")
     dataset = DATASETS.build(cfg.train_dataloader.dataset)
@@ -345,13 +349,11 @@ def test_upernet_config_builds_computes_losses_and_predicts(mini):
 def cfg_options(options: dict) -> list[str]:
     """--cfg-options KEY=VALUE words as a user types them (tuples as (a,b), no spaces)."""
     def text(value):
-        if isinstance(value, dict):
-            return text(value["classes"])
         if isinstance(value, (tuple, list)):
             return "(" + ",".join(str(v) for v in value) + ")"
         return str(value)
 
-    return [f"{k}.classes={text(v)}" if isinstance(v, dict) else f"{k}={text(v)}" for k, v in options.items()]
+    return [f"{k}={text(v)}" for k, v in options.items()]
 
 
 def mim(verb: str, package: str, config: str, work_dir: Path, options: dict, *extra: str) -> str:
@@ -365,7 +367,7 @@ def mim(verb: str, package: str, config: str, work_dir: Path, options: dict, *ex
 
 @pytest.mark.slow
 def test_mim_train_test_and_resume_mask_rcnn(mini, tmp_path):
-    options = {**det_options(mini["coco"]), "train_cfg.max_epochs": 1, "train_dataloader.batch_size": 2,
+    options = {**det_options(mini), "train_cfg.max_epochs": 1, "train_dataloader.batch_size": 2,
                "default_hooks.logger.interval": 1}
     work = tmp_path / "det"
     out = mim("train", "mmdet", "vir_maskrcnn.py", work, options)
@@ -382,7 +384,7 @@ def test_mim_train_test_and_resume_mask_rcnn(mini, tmp_path):
 
 @pytest.mark.slow
 def test_mim_train_test_and_resume_upernet(mini, tmp_path):
-    options = {**seg_options(mini["ade"]), "train_cfg.max_iters": 4, "train_cfg.val_interval": 4,
+    options = {**seg_options(mini), "train_cfg.max_iters": 4, "train_cfg.val_interval": 4,
                "default_hooks.logger.interval": 1}
     work = tmp_path / "seg"
     out = mim("train", "mmseg", "vir_upernet_ade20k.py", work, options)
