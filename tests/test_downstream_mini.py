@@ -399,6 +399,19 @@ exit 0
     assert done.stderr.strip().splitlines() == [
         f"error: seg_r18: no checkpoint to test with flip ({out}/seg_r18/last_checkpoint missing); train it again:"
         f" remove {out}/seg_r18/result.json and rerun"]
+    # a backbone placed under another OUT (a second pretraining stage's) is used as it is: no
+    # pretraining, no export, the fine-tuning starts from it
+    placed = tmp_path / "placed"
+    placed.mkdir()
+    (placed / "hvir_nano_backbone.pth").write_bytes(b"weights")
+    calls.write_text("")
+    done = subprocess.run([str(REPO / "experiments/downstream_mini/run.sh"), "seg_hvir_pretrained"],
+                          env={**env, "OUT": str(placed)}, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    lines = calls.read_text().splitlines()
+    assert not [line for line in lines if " fit " in line or "export-backbone" in line]
+    (seg,) = [line for line in lines if line.startswith("mim train mmseg")]
+    assert f"model.backbone.init_cfg.checkpoint={placed}/hvir_nano_backbone.pth" in seg
     # an unknown set is refused before anything runs
     done = subprocess.run([str(REPO / "experiments/downstream_mini/run.sh"), "det_r18"], capture_output=True, text=True,
                           env=dict(env, OBJECTS="garmnets", OUT=str(tmp_path / "other")), timeout=120)

@@ -13,7 +13,7 @@
 # handwritten digits on its photos, built in data/mini_digits and reached through --cfg-options alone),
 # OUT (default runs/mini, or runs/mini_$OBJECTS for another set), PRETRAIN_OUT (where the Fashion-MNIST
 # pretraining and its exported backbone live; default OUT: PRETRAIN_OUT=runs/mini reuses the protocol's
-# on another set), SEED (default 0; work folders get _s$SEED after the first), THREADS (torch threads per
+# on another set; a hvir_nano_backbone.pth already there is used as it is), SEED (default 0; work folders get _s$SEED after the first), THREADS (torch threads per
 # run, default: all cores). A run whose folder has result.json is skipped, so the script resumes where it
 # stopped; a segmentation run is then also scored with test-time flip (`mim test --tta`), once. With
 # THREADS=1, two at a time on the 2-core VM, pretraining (40 epochs) took 88 minutes, each Mask R-CNN
@@ -76,6 +76,7 @@ pretrain() {
   # H-ViR nano classifies cluttered Fashion-MNIST (training garments on photo crops, 64 px, 40 epochs,
   # each a new image of every garment); the detection/segmentation validation images paste only test garments.
   local root=$PRETRAIN_OUT/pretrain_hvir_nano
+  [ -f "$BACKBONE" ] && return  # exported already (or placed there: another pretraining's backbone)
   if [ ! -f "$root/checkpoints/last.ckpt" ]; then
     # The config names its logger's and checkpoint's folders; under another OUT they move with it
     # (the path escaped for sed: \, & and the # delimiter).
@@ -83,7 +84,7 @@ pretrain() {
     sed "s#runs/mini/pretrain_hvir_nano#$escaped#g" configs/mini/pretrain_hvir_nano.yaml > "$root.yaml"
     "$PY" -m vir_lightning fit --config "$root.yaml" --overwrite true > "$root.log" 2>&1
   fi
-  [ -f "$BACKBONE" ] || "$PY" -m vir_lightning export-backbone "$root/checkpoints/last.ckpt" "$BACKBONE"
+  "$PY" -m vir_lightning export-backbone "$root/checkpoints/last.ckpt" "$BACKBONE"
 }
 
 # Pretrained backbones learn at a tenth of the heads' rate (the usual fine-tuning rule); from scratch, all
