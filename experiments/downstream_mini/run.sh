@@ -13,11 +13,12 @@
 # handwritten digits on its photos, built in data/mini_digits and reached through --cfg-options alone),
 # OUT (default runs/mini, or runs/mini_$OBJECTS for another set), PRETRAIN_OUT (where the Fashion-MNIST
 # pretraining and its exported backbone live; default OUT: PRETRAIN_OUT=runs/mini reuses the protocol's
-# on another set; a hvir_nano_backbone.pth already there is used as it is), SEED (default 0; work folders get _s$SEED after the first), THREADS (torch threads per
-# run, default: all cores). A run whose folder has result.json is skipped, so the script resumes where it
-# stopped; a segmentation run is then also scored with test-time flip (`mim test --tta`), once. With
-# THREADS=1, two at a time on the 2-core VM, pretraining (40 epochs) took 88 minutes, each Mask R-CNN
-# run about 28-30 and the pretrained H-ViR UPerNet run 26-27.
+# on another set; a hvir_nano_backbone.pth already there is used as it is), SEED (default 0; work
+# folders get _s$SEED after the first), THREADS (torch threads per run, default: all cores). A run
+# whose folder has result.json is skipped, so the script resumes where it stopped; a segmentation run
+# is then also scored with test-time flip (`mim test --tta`), once. With THREADS=1, two at a time on
+# the 2-core VM, pretraining (40 epochs) took 88 minutes, each Mask R-CNN run about 28-30 and the
+# pretrained H-ViR UPerNet run 26-27.
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$REPO"
@@ -38,7 +39,7 @@ RUNS=("$@")
 [ ${#RUNS[@]} -gt 0 ] || read -r -a RUNS <<< "$ALL"
 flip_checkpoint() {  # name: the checkpoint a finished segmentation run is scored with flip from
   local work=$OUT/$1 checkpoint
-  checkpoint=$(cat "$OUT/$1/last_checkpoint" 2>/dev/null) || true
+  checkpoint=$(cat "$work/last_checkpoint" 2>/dev/null) || true
   if [ ! -f "$checkpoint" ]; then
     echo "error: $1: no checkpoint to test with flip (${checkpoint:-$work/last_checkpoint missing});" \
       "train it again: remove $work/result.json and rerun" >&2
@@ -51,7 +52,9 @@ needs_flip() {  # name: a segmentation run not yet scored with flip
 }
 for run in "${RUNS[@]}"; do  # every name, and every finished run's checkpoint, checked before hours of work start
   case " $ALL " in *" $run "*) ;; *) echo "error: unknown run '$run'; choose from $ALL" >&2; exit 2 ;; esac
-  if [[ $run == seg_* ]] && [ -f "$OUT/$run$SUFFIX/result.json" ] && needs_flip "$run$SUFFIX"; then flip_checkpoint "$run$SUFFIX" > /dev/null; fi
+  if [[ $run == seg_* ]] && [ -f "$OUT/$run$SUFFIX/result.json" ] && needs_flip "$run$SUFFIX"; then
+    flip_checkpoint "$run$SUFFIX" > /dev/null
+  fi
 done
 
 DATA=data/mini$SET_SUFFIX
