@@ -10,6 +10,7 @@ from torch import Tensor
 
 from . import modes
 from .autograd import ChunkwiseSpec, chunkwise_retention
+from .backends import check_backend, resolve_backend
 
 __all__ = [
     "AUTO_PARALLEL_MAX_TOKENS",
@@ -216,6 +217,7 @@ def retention(
     cls_token: bool = False,
     directions: int = 1,
     scale: float = 1.0,
+    backend: str = "auto",
 ) -> Tensor:
     """Multi-head retention: ``O[i] = Σ_j D[i, j] (s·q_i · k_j) v_j`` — no softmax, no normalisation.
 
@@ -240,6 +242,10 @@ def retention(
             symmetric Manhattan decay γ^(|Δx|+|Δy|); each position pair is counted once.
         scale: s, the factor on q (ViR uses head_dim^−½). Folded into the decay tables in the
             parallel and chunkwise forms, so it costs nothing there.
+        backend: which implementation runs the call (:mod:`vir_lightning.retention.backends`):
+            ``"torch"`` (the forms above, every device), ``"triton"`` (one fused kernel, CUDA; 1D and
+            2D), ``"fla"`` (fla's chunkwise kernel, CUDA, 1D) or ``"auto"``: a fused one on CUDA
+            where installed and able, else torch. ``mode`` chooses among the torch forms only.
 
     Returns:
         (batch, heads, tokens, value_dim), in the dtype of ``q``. Half-precision inputs are computed
@@ -250,19 +256,29 @@ def retention(
         every mode; meta tensors give the output's shape.
 
     Raises:
-        ValueError: an argument has the wrong shape, dtype, value or combination; the message names
-            the argument, its value and what was expected.
+        ValueError: an argument has the wrong shape, dtype, value or combination, or ``backend``
+            cannot run the call (the message names why and the backends that can).
     """
     rates = _validate(q, k, v, decay_rates, mode, chunk_size, grid_shape, cls_token, directions)
     scale = _check_scale(scale)
+    backend = resolve_backend(check_backend(backend), q.device, q.dtype, grid_shape is None, mode=mode)
     if q.shape[2] == 0:  # an empty sequence: an empty result (the scans of the other forms need a token)
         return _empty_output(q, k, v)
+    if grid_shape is not None:
+        grid_shape = (int(grid_shape[0]), int(grid_shape[1]))
+    if backend == "triton":
+        from .backends import triton_flash
+
+        log_gamma = modes.log_rates(rates, torch.float32, q.device)
+        return triton_flash.retention(q, k, v, log_gamma, scale, grid_shape, cls_token, directions)
+    if backend == "fla":
+        from .backends import fla_chunk
+
+        return fla_chunk.retention(q, k, v, modes.log_rates(rates, torch.float32, q.device), scale)[0]
     mode = resolve_mode(mode, q.shape[2], grid_shape, q.device, training=modes.needs_grad(q, k, v))
     compute_dtype = _compute_dtype(q.dtype)
     log_gamma = modes.log_rates(rates, compute_dtype, q.device)
 
-    if grid_shape is not None:
-        grid_shape = (int(grid_shape[0]), int(grid_shape[1]))
     # The scale of q is folded into the decay tables where the form has them (free); the
     # recurrent forms scale q itself.
     if mode == "parallel":
@@ -321,6 +337,7 @@ def retention_step(
     class_token: bool = False,
     chunk_size: int | None = None,
     scale: float = 1.0,
+    backend: str = "auto",
 ) -> tuple[Tensor, Tensor]:
     """One segment of a sequence whose past is carried in ``state``: the streaming form (SPEC §7).
 
@@ -344,6 +361,8 @@ def retention_step(
         class_token: 2D only: this segment is the class token.
         chunk_size: chunk inside the segment (tokens in 1D, rows in 2D); ``None`` = default.
         scale: the factor on q (ViR uses head_dim^−½).
+        backend: ``"torch"``, ``"fla"`` (1D on CUDA) or ``"auto"`` (fla where it can, else torch);
+            ``"triton"`` carries no state and is refused (see :func:`retention`).
 
     Returns:
         ``(out, state)``: out (batch, heads, tokens, value_dim) in q's dtype; the state after the
@@ -372,6 +391,7 @@ def retention_step(
     grid_shape = None if grid_cols is None or class_token or tokens == 0 else (tokens // grid_cols, grid_cols)
     rates = _validate(q, k, v, decay_rates, "chunkwise", chunk_size, grid_shape, False, 1)
     scale = _check_scale(scale)
+    backend = resolve_backend(check_backend(backend), q.device, q.dtype, grid_cols is None, step=True)
     compute_dtype = _compute_dtype(q.dtype)
     batch, heads, _, head_dim = q.shape
     state_shape = (batch, heads, head_dim, v.shape[-1]) if grid_cols is None else (
@@ -387,6 +407,10 @@ def retention_step(
     if tokens == 0:
         return _empty_output(q, k, v), state
     log_gamma = modes.log_rates(rates, compute_dtype, q.device)
+    if backend == "fla":
+        from .backends import fla_chunk
+
+        return fla_chunk.retention(q, k, v, log_gamma, scale, initial_state=state, output_final_state=True)
     out_dtype = q.dtype
     q, k, v = (t.to(compute_dtype) for t in (q, k, v))
     if class_token:

@@ -1,0 +1,101 @@
+"""Which implementation runs a retention call: the backends, what each supports, and ``"auto"``.
+
+- ``"torch"``: the package's own exact forms in plain PyTorch (parallel, recurrent, chunkwise; the
+  lean chunkwise backward). Every device, dtype and case; the reference for the others.
+- ``"triton"``: one fused flash-style Triton kernel (:mod:`.triton_flash`), 1D and 2D (directions
+  1/2/4, class token), forward and backward; CUDA, or the CPU under ``TRITON_INTERPRET=1`` (slow:
+  for tests). fp16, bf16 and fp32. Whole sequences only (no streaming state).
+- ``"fla"``: flash-linear-attention's chunkwise kernel (:mod:`.fla_chunk`); 1D only, CUDA only,
+  whole sequences and streaming steps.
+- ``"auto"`` (the default): on CUDA, the first of fla (1D, eager) and triton that is installed and
+  supports the call, else torch; on every other device torch. It never fails for want of a backend.
+
+The ``mode`` of a call (parallel / recurrent / chunkwise / auto) chooses among the torch backend's
+forms. The fused backends compute the same function in their own way, so they ignore it, except that
+``mode="recurrent"`` (a reference form only torch has) makes ``"auto"`` choose torch.
+
+Nothing here imports Triton or fla until a fused backend is asked for on a device that can run it.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+
+import torch
+
+BACKENDS = ("auto", "torch", "triton", "fla")
+_FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def check_backend(backend) -> str:
+    """``backend`` if it names a backend, else ValueError listing them."""
+    if not isinstance(backend, str) or backend not in BACKENDS:
+        raise ValueError(f"backend={backend!r} is unknown; expected one of {BACKENDS}")
+    return backend
+
+
+@functools.cache
+def _installed(module: str) -> bool:
+    """Whether ``module`` imports (checked once; fla is imported for real since it needs Triton too)."""
+    if importlib.util.find_spec(module.split(".")[0]) is None:
+        return False
+    try:
+        importlib.import_module(module)
+    except Exception:  # noqa: BLE001 - any failure to import means the backend is not usable here
+        return False
+    return True
+
+
+def _triton_interpreted() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def unsupported(backend: str, device: torch.device, dtype: torch.dtype, one_d: bool, step: bool) -> str | None:
+    """Why ``backend`` cannot run a call with these properties, or None if it can.
+
+    ``one_d``: 1D decay (no grid); ``step``: a streaming segment that carries a state.
+    """
+    if backend == "torch":
+        return None
+    if dtype not in _FUSED_DTYPES:
+        return f"it takes float16, bfloat16 or float32 inputs, not {dtype}"
+    if backend == "triton":
+        if step:
+            return "its flash-style kernel computes whole sequences and carries no state between segments"
+        if device.type != "cuda" and not (device.type == "cpu" and _triton_interpreted()):
+            return f"it runs on CUDA devices (or the CPU under TRITON_INTERPRET=1), not on {device.type}"
+        if not _installed("triton"):
+            return "Triton is not installed (pip install 'vir_lightning[gpu]')"
+        return None
+    if not one_d:
+        return "it computes 1D decay only (grid_shape=None); 2D decay runs on 'triton' or 'torch'"
+    if device.type != "cuda":
+        return f"its kernels run on CUDA devices only, not on {device.type}"
+    if not _installed("fla.ops.simple_gla"):
+        return "fla-core is not installed or does not import (pip install 'vir_lightning[gpu]')"
+    return None
+
+
+def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype, one_d: bool, step: bool = False,
+                    mode: str = "auto") -> str:
+    """The backend that runs the call: ``backend`` itself if it can, ``"auto"``'s choice, or ValueError
+    naming why it cannot and which backends can."""
+    if backend == "auto":
+        if device.type != "cuda" or mode == "recurrent":
+            return "torch"
+        # fla is not traceable (torch.compiler.disable); the Triton kernel is.
+        candidates = ("triton",) if torch.compiler.is_compiling() else ("fla", "triton")
+        for candidate in candidates:
+            if unsupported(candidate, device, dtype, one_d, step) is None:
+                return candidate
+        return "torch"
+    reason = unsupported(backend, device, dtype, one_d, step)
+    if reason is None:
+        return backend
+    usable = [b for b in BACKENDS[1:] if unsupported(b, device, dtype, one_d, step) is None]
+    raise ValueError(
+        f"backend={backend!r} cannot run this call: {reason}. Backends that can: {', '.join(map(repr, usable))}"
+        " (or 'auto', which picks one)"
+    )
