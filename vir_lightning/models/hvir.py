@@ -95,6 +95,8 @@ class HybridViR(RetentionModeMixin, GradCheckpointingMixin, ClassifierHeadMixin,
             :meth:`set_retention_mode`. Outputs are identical in every mode.
         chunk_size: chunkwise tile height in grid rows (``None`` = tiles of about 256 tokens).
         drop_rate: dropout before the head and inside the MLPs.
+        retention_backend: the retention op's implementation in stages 3–4: ``"auto"`` (the fused
+            Triton kernel on CUDA where installed, else torch), ``"torch"`` or ``"triton"``.
         img_size: the nominal training size, recorded only (every family takes it, so the
             classification task can pass it); H-ViR runs at any input size.
     """
@@ -115,6 +117,7 @@ class HybridViR(RetentionModeMixin, GradCheckpointingMixin, ClassifierHeadMixin,
         chunk_size: int | None = None,
         drop_rate: float = 0.0,
         img_size: int | tuple[int, int] = 224,
+        retention_backend: str = "auto",
     ):
         super().__init__()
         def ints(value, count: int, minimum: int) -> bool:
@@ -153,7 +156,7 @@ class HybridViR(RetentionModeMixin, GradCheckpointingMixin, ClassifierHeadMixin,
         )
         retention_kwargs = dict(
             mlp_ratio=mlp_ratio, layer_scale_init=layer_scale_init, drop=drop_rate, directions=directions,
-            decay_schedule=decay_schedule, mode=retention_mode, chunk_size=chunk_size,
+            decay_schedule=decay_schedule, mode=retention_mode, chunk_size=chunk_size, backend=retention_backend,
         )
         self.stages = nn.ModuleList(
             [nn.Sequential(*(ConvBlock(widths[i], p) for p in stage_drop_paths[i])) for i in range(2)]

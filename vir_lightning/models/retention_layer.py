@@ -5,7 +5,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..retention import MODES, check_mode, decay_rates_for, retention, retention_decay_matrix, retention_step
+from ..retention import (
+    MODES,
+    check_backend,
+    check_mode,
+    decay_rates_for,
+    retention,
+    retention_decay_matrix,
+    retention_step,
+)
 
 #: The model-level form in which each band of image rows goes through every layer before the next
 #: (SPEC §7); the layers then run their retention one segment at a time from a carried state.
@@ -37,6 +45,9 @@ class MultiHeadRetention(nn.Module):
         softmax_retention: the authors' released *ablation* form ``softmax((QKᵀ/√d) ⊙ D) V``.
             Future positions get logit 0 rather than −∞, so it is neither causal nor equal to
             the recurrent/chunkwise forms; it therefore runs in parallel mode only.
+        backend: the retention op's implementation, ``"auto"`` (fused kernels on CUDA where
+            installed, else torch), ``"torch"``, ``"triton"`` or ``"fla"`` (see
+            :mod:`vir_lightning.retention.backends`); switchable with :meth:`set_backend`.
     """
 
     def __init__(
@@ -49,6 +60,7 @@ class MultiHeadRetention(nn.Module):
         chunk_size: int | None = None,
         directions: int = 1,
         softmax_retention: bool = False,
+        backend: str = "auto",
     ):
         super().__init__()
         if dim % num_heads:
@@ -63,6 +75,7 @@ class MultiHeadRetention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self._rates_cache: dict[tuple, Tensor] = {}
         self.set_mode(mode, chunk_size)
+        self.set_backend(backend)
 
     def set_mode(self, mode: str, chunk_size: int | None = None) -> None:
         """Switch between the three exactly equivalent forms (and set the chunk size).
@@ -76,6 +89,11 @@ class MultiHeadRetention(nn.Module):
                 " recurrent or chunkwise form; use mode='parallel' or softmax_retention=False"
             )
         self.mode, self.chunk_size = mode, chunk_size
+
+    def set_backend(self, backend: str) -> None:
+        """Choose the retention op's implementation (checked here; whether it can run a call is
+        decided per call by the device, dtype and decay, with one error naming the alternatives)."""
+        self.backend = check_backend(backend)
 
     def rates(self, device: torch.device, dtype: torch.dtype) -> Tensor:
         """The decay rates as a tensor on ``device``: float64 for float64 inputs, else float32."""
@@ -105,7 +123,7 @@ class MultiHeadRetention(nn.Module):
         q, k, v = self._heads(x)
         out, state = retention_step(
             q, k, v, self.decay_rates, state, grid_cols=grid_cols, class_token=class_token,
-            chunk_size=self.chunk_size, scale=self.scale,
+            chunk_size=self.chunk_size, scale=self.scale, backend=self.backend,
         )
         return self._merge_heads(out), state
 
@@ -123,13 +141,14 @@ class MultiHeadRetention(nn.Module):
             out = retention(  # the rates as Python floats: no device read per call
                 q, k, v, self.decay_rates, mode=self.mode, chunk_size=self.chunk_size,
                 grid_shape=grid_shape, cls_token=cls_token, directions=directions, scale=self.scale,
+                backend=self.backend,
             )
         return self._merge_heads(out)
 
     def extra_repr(self) -> str:
         return (
             f"heads={self.num_heads}, mode={self.mode!r}, chunk_size={self.chunk_size}, "
-            f"directions={self.directions}, softmax_retention={self.softmax_retention}"
+            f"directions={self.directions}, softmax_retention={self.softmax_retention}, backend={self.backend!r}"
         )
 
 
@@ -168,6 +187,19 @@ class RetentionModeMixin:
             " neighbouring pixel rows (3×3 kernels), so independent bands of rows would need"
             " overlapping margins; use retention_mode 'chunkwise' (linear cost) instead"
         )
+
+    def set_retention_backend(self, backend: str) -> None:
+        """Run every retention layer's op on ``backend`` (``"auto"``, ``"torch"``, ``"triton"``,
+        ``"fla"``; see :mod:`vir_lightning.retention.backends`). Outputs stay equal to rounding."""
+        check_backend(backend)
+        for layer in self.retention_layers():
+            layer.set_backend(backend)
+
+    @property
+    def retention_backend(self) -> str:
+        """The retention op's backend; ``"auto"`` for a model without retention."""
+        layers = self.retention_layers()
+        return layers[0].backend if layers else "auto"
 
     @property
     def retention_mode(self) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ..retention import check_backend
 from .blocks import GradCheckpointingMixin, RetentionBlock
 from .layers import (
     ClassifierHeadMixin,
@@ -68,6 +69,9 @@ class VisionRetention(RetentionModeMixin, GradCheckpointingMixin, ClassifierHead
             the image height); see :meth:`set_retention_mode`.
         chunk_size: chunkwise chunk size (tokens in 1D, grid rows in 2D), or the streaming band
             height in patch rows; ``None`` = default.
+        retention_backend: the retention op's implementation: ``"auto"`` (fused kernels on CUDA
+            where installed, else torch), ``"torch"``, ``"triton"`` or ``"fla"`` (1D); see
+            :meth:`set_retention_backend`.
         softmax_retention: the authors' released softmax variant, an ablation (parallel only).
         dynamic_img_size: accept any input size divisible by the patch, resizing the position
             embedding on the fly (otherwise another size raises).
@@ -101,6 +105,7 @@ class VisionRetention(RetentionModeMixin, GradCheckpointingMixin, ClassifierHead
         softmax_retention: bool = False,
         dynamic_img_size: bool = False,
         token_mixer: str = "retention",
+        retention_backend: str = "auto",
     ):
         super().__init__()
         if token_mixer == "attention" and (decay != "1d" or directions != 1 or multipass or softmax_retention):
@@ -131,6 +136,7 @@ class VisionRetention(RetentionModeMixin, GradCheckpointingMixin, ClassifierHead
         if not mlp_ratio > 0:
             raise ValueError(f"mlp_ratio={mlp_ratio!r}; expected a positive number (e.g. 4.0)")
         num_classes = check_num_classes(num_classes)
+        check_backend(retention_backend)
         for name, value, minimum in (("in_chans", in_chans, 1), ("embed_dim", embed_dim, 1),
                                      ("num_heads", num_heads, 1), ("depth", depth, 0)):
             check_int(name, value, minimum)
@@ -163,7 +169,7 @@ class VisionRetention(RetentionModeMixin, GradCheckpointingMixin, ClassifierHead
                 mode="parallel" if retention_mode == STREAMING else retention_mode,
                 chunk_size=None if retention_mode == STREAMING else chunk_size,
                 directions=directions, softmax_retention=softmax_retention,
-                token_mixer=token_mixer,
+                token_mixer=token_mixer, backend=retention_backend,
             )
             for i in range(depth)
         )

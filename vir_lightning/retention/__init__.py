@@ -1,8 +1,9 @@
 """Retention: softmax-free attention with a per-head exponential decay, in three exact forms.
 
-Pure PyTorch; knows nothing about models, Lightning or OpenMMLab.
+PyTorch, plus fused GPU kernels behind ``backend=`` (:mod:`.backends`, imported on use); knows
+nothing about models, Lightning or OpenMMLab.
 """
-
+from .backends import BACKENDS, check_backend
 from .functional import (
     AUTO_PARALLEL_MAX_TOKENS,
     MODES,
@@ -18,8 +19,10 @@ from .schedules import DECAY_SCHEDULES, decay_rates_for
 
 __all__ = [
     "AUTO_PARALLEL_MAX_TOKENS",
+    "BACKENDS",
     "DECAY_SCHEDULES",
     "MODES",
+    "check_backend",
     "check_mode",
     "decay_rates_for",
     "default_chunk_size",

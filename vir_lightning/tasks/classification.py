@@ -64,7 +64,8 @@ def default_optimizer(params) -> torch.optim.Optimizer:
 #: comes from the command line and config, never from the checkpoint.
 ARCHITECTURE_HPARAMS = ("model_name", "model_kwargs", "num_classes", "img_size", "in_chans", "class_names")
 #: ``model_kwargs`` that choose a retention form or a training regulariser, not the network.
-NON_ARCHITECTURE_MODEL_KWARGS = frozenset({"retention_mode", "chunk_size", "drop_rate", "drop_path_rate"})
+NON_ARCHITECTURE_MODEL_KWARGS = frozenset(
+    {"retention_mode", "chunk_size", "retention_backend", "drop_rate", "drop_path_rate"})
 
 
 def architecture_mismatch(saved: dict, current: dict) -> str | None:

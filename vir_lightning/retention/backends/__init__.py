@@ -19,7 +19,7 @@ Nothing here imports Triton or fla until a fused backend is asked for on a devic
 
 from __future__ import annotations
 
-import functools
+import importlib
 import importlib.util
 import os
 
@@ -36,18 +36,24 @@ def check_backend(backend) -> str:
     return backend
 
 
-@functools.cache
+_IMPORTABLE: dict[str, bool] = {}
+
+
+# assume_constant_result: under torch.compile the answer is taken once at trace time, as a constant,
+# instead of tracing the import machinery (which would break the graph).
+@torch.compiler.assume_constant_result
 def _installed(module: str) -> bool:
     """Whether ``module`` imports (checked once; fla is imported for real since it needs Triton too)."""
-    if importlib.util.find_spec(module.split(".")[0]) is None:
-        return False
-    try:
-        importlib.import_module(module)
-    except Exception:  # noqa: BLE001 - any failure to import means the backend is not usable here
-        return False
-    return True
+    if module not in _IMPORTABLE:
+        try:
+            _IMPORTABLE[module] = (importlib.util.find_spec(module.split(".")[0]) is not None
+                                   and importlib.import_module(module) is not None)
+        except Exception:  # noqa: BLE001 - any failure to import means the backend is not usable here
+            _IMPORTABLE[module] = False
+    return _IMPORTABLE[module]
 
 
+@torch.compiler.assume_constant_result
 def _triton_interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 

@@ -35,6 +35,7 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+from torch._subclasses.fake_tensor import is_fake
 
 #: Which (query, key) pairs a mask keeps, with Δ = query − key: the quadrant (Δx ≥ 0 and Δy ≥ 0), its
 #: transpose, both (directions 2) or all (directions 4).
@@ -201,6 +202,10 @@ def fused_retention(q: Tensor, k: Tensor, v: Tensor, log_gamma: Tensor, rows: in
     out = q.new_empty(batch, tokens, heads, dv).transpose(1, 2)
     th, tw = tile_shape(rows + has_cls, cols)
     tiles = triton.cdiv(rows + has_cls, th) * triton.cdiv(cols, tw)
+    if interpreted() and is_fake(q):
+        # Tracing (torch.compile) in the CPU interpreter: wrap_triton cannot see an interpreted kernel,
+        # so only the output's shape is made; on CUDA the launch below is traced as it is.
+        return out
     dot_fp32 = q.dtype == torch.bfloat16 and interpreted()
     precision = "ieee" if q.dtype != torch.float32 or not torch.backends.cuda.matmul.allow_tf32 else "tf32"
     torch.library.wrap_triton(_retention_kernel)[(tiles, batch * heads)](
