@@ -181,11 +181,11 @@ def check_graph_breaks() -> None:
         for task in ("infer", "train"):
             if task == "infer":
                 model.eval()
-                fn = lambda: model(x).float().sum()  # noqa: E731
+                fn = lambda model=model, x=x: model(x).float().sum()  # noqa: E731
                 context = torch.no_grad
             else:
                 model.train()
-                fn = lambda: model(x).float().square().mean()  # noqa: E731
+                fn = lambda model=model, x=x: model(x).float().square().mean()  # noqa: E731
                 context = contextlib.nullcontext
             with context(), autocast(torch.bfloat16):
                 explained = dynamo.explain(fn)()
