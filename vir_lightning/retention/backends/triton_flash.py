@@ -57,24 +57,34 @@ def interpreted() -> bool:
 
 
 @triton.jit
+def _tile_tokens(tile_y, tile_x, rows, cols, HAS_CLS: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr):
+    """(y, x, valid, token index) of the TH·TW places of grid tile (tile_y, tile_x): the grid's tokens
+    in raster order, and the class token alone in row R at column C−1."""
+    offs = tl.arange(0, TH * TW)
+    y = tile_y * TH + offs // TW
+    x = tile_x * TW + offs % TW
+    valid = ((y < rows) & (x < cols)) | (HAS_CLS & (y == rows) & (x == cols - 1))
+    return y, x, valid, tl.where(y < rows, y * cols + x, rows * cols)
+
+
+@triton.jit
+def _load_rows(base, tokens, valid, stride_t, stride_d, dim, BLOCK_D: tl.constexpr):
+    """The (tokens, BLOCK_D) rows of one (batch, head), zero where a token is not valid or past ``dim``."""
+    offs = tl.arange(0, BLOCK_D)
+    return tl.load(base + tokens[:, None] * stride_t + offs[None, :] * stride_d,
+                   mask=valid[:, None] & (offs[None, :] < dim), other=0.0)
+
+
+@triton.jit
 def _visit_key_tile(acc, q, q_y, q_x, k_base, v_base, stride_kt, stride_kd, stride_vt, stride_vd,
                     log_gamma, scale, rows, cols, HAS_CLS: tl.constexpr, ky, kx, dk, dv,
                     MASK: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
                     BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr, DOT_FP32: tl.constexpr,
                     PRECISION: tl.constexpr):
     """acc += (s·q kᵀ ⊙ D) v over the key tile (ky, kx): D from the coordinates, masked to ``MASK``."""
-    offs = tl.arange(0, KH * KW)
-    k_y = ky * KH + offs // KW
-    k_x = kx * KW + offs % KW
-    # A grid token, or the class token alone in row R at column C−1.
-    k_ok = ((k_y < rows) & (k_x < cols)) | (HAS_CLS & (k_y == rows) & (k_x == cols - 1))
-    k_tok = tl.where(k_y < rows, k_y * cols + k_x, rows * cols)
-    offs_dk = tl.arange(0, BLOCK_DK)
-    offs_dv = tl.arange(0, BLOCK_DV)
-    k = tl.load(k_base + k_tok[:, None] * stride_kt + offs_dk[None, :] * stride_kd,
-                mask=k_ok[:, None] & (offs_dk[None, :] < dk), other=0.0)
-    v = tl.load(v_base + k_tok[:, None] * stride_vt + offs_dv[None, :] * stride_vd,
-                mask=k_ok[:, None] & (offs_dv[None, :] < dv), other=0.0)
+    k_y, k_x, k_ok, k_tok = _tile_tokens(ky, kx, rows, cols, HAS_CLS, KH, KW)
+    k = _load_rows(k_base, k_tok, k_ok, stride_kt, stride_kd, dk, BLOCK_DK)
+    v = _load_rows(v_base, k_tok, k_ok, stride_vt, stride_vd, dv, BLOCK_DV)
     d_y = q_y[:, None] - k_y[None, :]
     d_x = q_x[:, None] - k_x[None, :]
     if MASK == 0:
@@ -115,15 +125,8 @@ def _retention_kernel(
     tiles_x = tl.cdiv(cols, TW)
     ty = tile // tiles_x
     tx = tile % tiles_x
-    offs = tl.arange(0, TH * TW)
-    q_y = ty * TH + offs // TW
-    q_x = tx * TW + offs % TW
-    q_ok = ((q_y < rows) & (q_x < cols)) | (HAS_CLS & (q_y == rows) & (q_x == cols - 1))
-    q_tok = tl.where(q_y < rows, q_y * cols + q_x, rows * cols)
-    offs_dk = tl.arange(0, BLOCK_DK)
-    offs_dv = tl.arange(0, BLOCK_DV)
-    q = tl.load(q_ptr + b * stride_qb + h * stride_qh + q_tok[:, None] * stride_qt + offs_dk[None, :] * stride_qd,
-                mask=q_ok[:, None] & (offs_dk[None, :] < dk), other=0.0)
+    q_y, q_x, q_ok, q_tok = _tile_tokens(ty, tx, rows, cols, HAS_CLS, TH, TW)
+    q = _load_rows(q_ptr + b * stride_qb + h * stride_qh, q_tok, q_ok, stride_qt, stride_qd, dk, BLOCK_DK)
     k_base = k_ptr + b * stride_kb + h * stride_kh
     v_base = v_ptr + b * stride_vb + h * stride_vh
     log_gamma = tl.load(log_gamma_ptr + h).to(tl.float32)
@@ -176,6 +179,7 @@ def _retention_kernel(
                                       log_gamma, scale, rows, cols, HAS_CLS, ky, kx, dk, dv,
                                       MASK, TH, TW, BLOCK_DK, BLOCK_DV, DOT_FP32, PRECISION)
 
+    offs_dv = tl.arange(0, BLOCK_DV)
     o_ptrs = o_ptr + b * stride_ob + h * stride_oh + q_tok[:, None] * stride_ot + offs_dv[None, :] * stride_od
     tl.store(o_ptrs, acc.to(o_ptr.dtype.element_ty), mask=q_ok[:, None] & (offs_dv[None, :] < dv))
 
