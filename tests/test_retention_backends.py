@@ -17,6 +17,8 @@ from vir_lightning.retention import retention, retention_step
 
 needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
 CUDA = torch.cuda.is_available()
+#: Where the Triton kernel runs: the GPU where there is one, else the CPU through the interpreter.
+KERNEL_DEVICE = torch.device("cuda" if CUDA else "cpu")
 RATES = [0.6, 0.9, 0.99]
 
 #: (grid_shape, cls_token, directions, tokens): 1D sequences across tile edges; ragged 2D grids, the
@@ -50,8 +52,8 @@ def _reference(q, k, v, case):
 def test_triton_kernel_equals_the_torch_backend_forward_and_gradients(case):
     tokens = CASES[case][3]
     # value_dim differs from head_dim, and neither is a power of two: padding is masked
-    q, k = random_qkv(2, 3, tokens, 24, seed=1, dtype=torch.float32, requires_grad=True)[:2]
-    v = torch.randn(2, 3, tokens, 20, requires_grad=True)
+    q, k = (t.to(KERNEL_DEVICE).requires_grad_() for t in random_qkv(2, 3, tokens, 24, seed=1, dtype=torch.float32)[:2])
+    v = torch.randn(2, 3, tokens, 20, device=KERNEL_DEVICE, requires_grad=True)
     out = _run("triton", q, k, v, case)
     grads = torch.autograd.grad(out.square().sum(), (q, k, v))
     ref, ref_grads = _reference(q, k, v, case)
@@ -64,7 +66,7 @@ def test_triton_kernel_equals_the_torch_backend_forward_and_gradients(case):
 @needs_triton
 @pytest.mark.parametrize(("dtype", "tolerance"), [(torch.float16, 5e-3), (torch.bfloat16, 3e-2)])
 def test_triton_kernel_in_half_precision_is_as_close_as_its_dtype_allows(dtype, tolerance):
-    q, k, v = random_qkv(1, 3, 56, 16, seed=2, dtype=torch.float32)
+    q, k, v = (t.to(KERNEL_DEVICE) for t in random_qkv(1, 3, 56, 16, seed=2, dtype=torch.float32))
     out = _run("triton", *(t.to(dtype) for t in (q, k, v)), "2d_class_token")
     ref, _ = _reference(*(t.to(dtype).float() for t in (q, k, v)), "2d_class_token")
     assert out.dtype == dtype
@@ -76,7 +78,7 @@ def test_triton_kernel_reads_strided_heads_and_returns_heads_merged_for_free():
     """q, k, v as the model makes them (views into one fused qkv projection) are read in place; the
     output is a (B, N, H, dv) buffer, so merging the heads needs no copy."""
     batch, tokens, heads, head_dim = 2, 56, 3, 16
-    qkv = torch.randn(batch, tokens, 3, heads, head_dim)
+    qkv = torch.randn(batch, tokens, 3, heads, head_dim, device=KERNEL_DEVICE)
     q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
     assert not q.is_contiguous()
     out = _run("triton", q, k, v, "2d_class_token")
@@ -96,8 +98,8 @@ def test_models_train_and_infer_alike_on_the_triton_and_torch_backends(name, kwa
     torch.manual_seed(0)
     # LayerScale 1: at its default (1e-5) the mixer barely reaches the logits, which would hide a wrong kernel.
     # eval: BatchNorm's running statistics and no dropout, so the two passes see the same network.
-    model = create_model(name, num_classes=5, img_size=size, layer_scale_init=1.0, **kwargs).eval()
-    x = torch.randn(2, 3, size, size)
+    model = create_model(name, num_classes=5, img_size=size, layer_scale_init=1.0, **kwargs).to(KERNEL_DEVICE).eval()
+    x = torch.randn(2, 3, size, size, device=KERNEL_DEVICE)
     results = {}
     for backend in ("torch", "triton"):
         model.set_retention_backend(backend)
@@ -116,7 +118,7 @@ def test_models_train_and_infer_alike_on_the_triton_and_torch_backends(name, kwa
 @needs_triton
 def test_triton_backend_traces_into_one_graph():
     """``torch.compile`` sees the kernel as one op (``torch.library.triton_op``): no graph break."""
-    q, k, v = random_qkv(1, 3, 56, 16, dtype=torch.float32)
+    q, k, v = (t.to(KERNEL_DEVICE) for t in random_qkv(1, 3, 56, 16, dtype=torch.float32))
 
     def layer(q, k, v):
         return _run("triton", q, k, v, "2d_class_token") * 2
@@ -147,11 +149,26 @@ def test_auto_on_the_cpu_is_the_torch_backend_bit_for_bit():
     ({"triton", "fla.ops.simple_gla"}, dict(one_d=False, step=True), "torch"),
     ({"triton", "fla.ops.simple_gla"}, dict(one_d=True, mode="recurrent"), "torch"),
     ({"triton", "fla.ops.simple_gla"}, dict(one_d=True, dtype=torch.float64), "torch"),
+    # fla would take TF32 products: fp32 goes to the Triton kernel (IEEE) unless TF32 is allowed
+    ({"triton", "fla.ops.simple_gla"}, dict(one_d=True, dtype=torch.float32), "triton"),
+    # head dims the kernel's tiles cannot hold: torch
+    ({"triton"}, dict(one_d=False, dtype=torch.float32, head_dim=256), "torch"),
+    ({"triton"}, dict(one_d=False, dtype=torch.bfloat16, head_dim=256), "triton"),
 ])
 def test_auto_on_cuda_takes_the_first_fused_backend_that_can_run_the_call(monkeypatch, installed, kwargs, expected):
     monkeypatch.setattr(backends_module, "_installed", lambda module: module in installed)
     kwargs = {"dtype": torch.bfloat16, **kwargs}
     assert backends_module.resolve_backend("auto", torch.device("cuda"), **kwargs) == expected
+
+
+def test_auto_takes_fla_for_fp32_where_tf32_is_allowed(monkeypatch):
+    monkeypatch.setattr(backends_module, "_installed", lambda module: True)
+    allowed = torch.backends.cuda.matmul.allow_tf32  # a property of torch's cuBLAS module: set, then restore
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        assert backends_module.resolve_backend("auto", torch.device("cuda"), torch.float32, one_d=True) == "fla"
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = allowed
 
 
 def test_auto_under_torch_compile_takes_the_traceable_triton_kernel_over_fla(monkeypatch):
@@ -169,6 +186,9 @@ def test_auto_under_torch_compile_takes_the_traceable_triton_kernel_over_fla(mon
      "backend='triton' cannot run this call: it takes float16, bfloat16 or float32 inputs, not torch.float64"),
     (lambda q, k, v: retention_step(q, k, v, RATES, grid_cols=8, backend="triton"),
      "backend='triton' cannot run this call: its flash-style kernel computes whole sequences and carries no"),
+    (lambda q, k, v: retention(q.repeat(1, 1, 1, 32), k.repeat(1, 1, 1, 32), v.repeat(1, 1, 1, 32), RATES,
+                               backend="triton"),
+     "backend='triton' cannot run this call: its kernel takes head dims up to 128 in torch.float32, not 256"),
     (lambda q, k, v: retention(q, k, v, RATES, backend="cuda"),
      "backend='cuda' is unknown; expected one of ('auto', 'torch', 'triton', 'fla')"),
 ])
@@ -208,7 +228,8 @@ needs_fla = pytest.mark.skipif(not CUDA or importlib.util.find_spec("fla") is No
 
 
 @needs_fla
-def test_fla_backend_equals_the_torch_backend_forward_gradients_and_streaming_state():
+def test_fla_backend_equals_the_torch_backend_forward_gradients_and_streaming_state(monkeypatch):
+    monkeypatch.setenv("TRITON_F32_DEFAULT", "ieee")  # fla's fp32 products in IEEE fp32 (TF32 by default)
     q, k, v = (t.cuda() for t in random_qkv(2, 3, 300, 64, dtype=torch.float32, requires_grad=True))
     out = retention(q, k, v, RATES, scale=0.125, backend="fla")
     grads = torch.autograd.grad(out.square().sum(), (q, k, v))
@@ -242,7 +263,7 @@ def test_gpu_script_dry_run_checks_every_backend_and_writes_the_csv_columns(tmp_
     env = {**os.environ, "DRY": "1", "PYTHONPATH": str(root)}
     subprocess.run([sys.executable, "experiments/gpu/fused_kernels.py", "--csv", str(csv_path), "--checks",
                     str(checks_path), "--skip", "graph_breaks", "--resolutions", "32", "--dtypes", "bf16",
-                    "--budget-s", "600"], cwd=root, env=env, check=True, capture_output=True)
+                    "--deadline-s", "600"], cwd=root, env=env, check=True, capture_output=True)
     checks = json.loads(checks_path.read_text())
     op_errors = {k: v for k, v in checks.items() if k.startswith("op_")}
     assert {"op_2d_cls_fp32_triton_vs_torch", "op_2d_dir4_float64_chunkwise_vs_parallel"} <= op_errors.keys()

@@ -261,7 +261,8 @@ def retention(
     """
     rates = _validate(q, k, v, decay_rates, mode, chunk_size, grid_shape, cls_token, directions)
     scale = _check_scale(scale)
-    backend = resolve_backend(check_backend(backend), q.device, q.dtype, grid_shape is None, mode=mode)
+    backend = resolve_backend(check_backend(backend), q.device, q.dtype, grid_shape is None, mode=mode,
+                              head_dim=max(q.shape[-1], v.shape[-1]))
     if q.shape[2] == 0:  # an empty sequence: an empty result (the scans of the other forms need a token)
         return _empty_output(q, k, v)
     if grid_shape is not None:
@@ -391,7 +392,8 @@ def retention_step(
     grid_shape = None if grid_cols is None or class_token or tokens == 0 else (tokens // grid_cols, grid_cols)
     rates = _validate(q, k, v, decay_rates, "chunkwise", chunk_size, grid_shape, False, 1)
     scale = _check_scale(scale)
-    backend = resolve_backend(check_backend(backend), q.device, q.dtype, grid_cols is None, step=True)
+    backend = resolve_backend(check_backend(backend), q.device, q.dtype, grid_cols is None, step=True,
+                              head_dim=max(q.shape[-1], v.shape[-1]))
     compute_dtype = _compute_dtype(q.dtype)
     batch, heads, _, head_dim = q.shape
     state_shape = (batch, heads, head_dim, v.shape[-1]) if grid_cols is None else (

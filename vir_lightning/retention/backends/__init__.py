@@ -9,6 +9,8 @@
   whole sequences and streaming steps.
 - ``"auto"`` (the default): on CUDA, the first of fla (1D, eager) and triton that is installed and
   supports the call, else torch; on every other device torch. It never fails for want of a backend.
+  fla's kernels take fp32 products in TF32 (Triton's default; they set no precision), so for fp32
+  inputs ``"auto"`` takes fla only where TF32 is allowed (``torch.backends.cuda.matmul.allow_tf32``).
 
 The ``mode`` of a call (parallel / recurrent / chunkwise / auto) chooses among the torch backend's
 forms. The fused backends compute the same function in their own way, so they ignore it, except that
@@ -27,6 +29,10 @@ import torch
 
 BACKENDS = ("auto", "torch", "triton", "fla")
 _FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+#: The Triton kernel keeps a query tile, a key tile and a value tile of the head dims in shared
+#: memory: beyond these head (or value) dims a launch would not fit an H100's 227 KB (measured by
+#: compiling for sm_90: fp32 at 128 fits, at 256 it does not; bf16 at 256 fits).
+_TRITON_MAX_HEAD_DIM = {torch.float32: 128, torch.float16: 256, torch.bfloat16: 256}
 
 
 def check_backend(backend) -> str:
@@ -58,10 +64,12 @@ def _triton_interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-def unsupported(backend: str, device: torch.device, dtype: torch.dtype, one_d: bool, step: bool) -> str | None:
+def unsupported(backend: str, device: torch.device, dtype: torch.dtype, one_d: bool, step: bool,
+                head_dim: int = 64) -> str | None:
     """Why ``backend`` cannot run a call with these properties, or None if it can.
 
-    ``one_d``: 1D decay (no grid); ``step``: a streaming segment that carries a state.
+    ``one_d``: 1D decay (no grid); ``step``: a streaming segment that carries a state; ``head_dim``:
+    the larger of the query/key and value dims.
     """
     if backend == "torch":
         return None
@@ -72,6 +80,8 @@ def unsupported(backend: str, device: torch.device, dtype: torch.dtype, one_d: b
             return "its flash-style kernel computes whole sequences and carries no state between segments"
         if device.type != "cuda" and not (device.type == "cpu" and _triton_interpreted()):
             return f"it runs on CUDA devices (or the CPU under TRITON_INTERPRET=1), not on {device.type}"
+        if head_dim > _TRITON_MAX_HEAD_DIM[dtype]:
+            return f"its kernel takes head dims up to {_TRITON_MAX_HEAD_DIM[dtype]} in {dtype}, not {head_dim}"
         if not _installed("triton"):
             return "Triton is not installed (pip install 'vir_lightning[gpu]')"
         return None
@@ -85,22 +95,26 @@ def unsupported(backend: str, device: torch.device, dtype: torch.dtype, one_d: b
 
 
 def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype, one_d: bool, step: bool = False,
-                    mode: str = "auto") -> str:
+                    mode: str = "auto", head_dim: int = 64) -> str:
     """The backend that runs the call: ``backend`` itself if it can, ``"auto"``'s choice, or ValueError
     naming why it cannot and which backends can."""
     if backend == "auto":
         if device.type != "cuda" or mode == "recurrent":
             return "torch"
-        # fla is not traceable (torch.compiler.disable); the Triton kernel is.
-        candidates = ("triton",) if torch.compiler.is_compiling() else ("fla", "triton")
+        if torch.compiler.is_compiling():  # fla is not traceable (torch.compiler.disable); the Triton kernel is
+            candidates = ("triton",)
+        elif dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
+            candidates = ("triton",)  # fla would take TF32 products where the user asked for fp32
+        else:
+            candidates = ("fla", "triton")
         for candidate in candidates:
-            if unsupported(candidate, device, dtype, one_d, step) is None:
+            if unsupported(candidate, device, dtype, one_d, step, head_dim) is None:
                 return candidate
         return "torch"
-    reason = unsupported(backend, device, dtype, one_d, step)
+    reason = unsupported(backend, device, dtype, one_d, step, head_dim)
     if reason is None:
         return backend
-    usable = [b for b in BACKENDS[1:] if unsupported(b, device, dtype, one_d, step) is None]
+    usable = [b for b in BACKENDS[1:] if unsupported(b, device, dtype, one_d, step, head_dim) is None]
     raise ValueError(
         f"backend={backend!r} cannot run this call: {reason}. Backends that can: {', '.join(map(repr, usable))}"
         " (or 'auto', which picks one)"

@@ -6,7 +6,8 @@ its own backward (dq, dk, dv and the initial state's gradient). Its layout is (B
 (B, H, T, ·), is a transposed view of it, so nothing is copied here (fla copies inputs that are not
 contiguous). Its state (B, H, d, dv) in float32 is this package's 1D state, so it serves the
 streaming step too. fla marks the op ``torch.compiler.disable``: under ``torch.compile`` the
-``"auto"`` backend takes the Triton kernel instead, which compiles without a graph break.
+``"auto"`` backend takes the Triton kernel instead, which compiles without a graph break. fla sets
+no precision for its products, so fp32 inputs get TF32 products unless ``TRITON_F32_DEFAULT=ieee``.
 """
 
 from __future__ import annotations
