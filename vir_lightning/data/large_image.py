@@ -1,8 +1,12 @@
 """Huge images read band by band: rows of pixels without ever loading the whole image.
 
     image = open_large_image("slide.tif", level=0)       # or .svs/.ndpi/… (OpenSlide), .png/.jpg (PIL)
-    image.height, image.width, image.channels, image.levels
-    rows = image.read_rows(0, 256)                       # uint8/uint16 array (256, width, channels)
+    image.height, image.width, image.channels, image.levels, image.max_value
+    rows = image.read_rows(0, 256)                       # (256, width, channels): gray, RGB or RGBA
+
+Every reader returns gray, RGB or RGBA pixels whose full-scale value is ``max_value`` (255 for
+8-bit, 65535 for 16-bit, 4095 for 12-bit TIFFs, 1 for float ones, …): what the model's
+normalisation divides by. What a TIFF's samples mean is read from the file (``tiff_pixels``).
 
 Readers:
 - ``tifffile``: tiled or striped TIFF and BigTIFF. Only the tiles or strips that cover the asked
@@ -23,6 +27,7 @@ import os
 import numpy as np
 
 from .files import pillow_pixel_limit_lifted
+from .tiff_pixels import interpret
 
 SLIDE_SUFFIXES = (".svs", ".ndpi", ".mrxs", ".scn", ".bif", ".vms", ".vmu", ".svslide", ".dcm")
 TIFF_SUFFIXES = (".tif", ".tiff", ".btf", ".tf8", ".tf2")
@@ -34,7 +39,8 @@ class LargeImage:
 
     reader = "?"
 
-    def __init__(self, path: str, level: int, level_shapes: list[tuple[int, int]], channels: int, dtype):
+    def __init__(self, path: str, level: int, level_shapes: list[tuple[int, int]], channels: int, dtype,
+                 max_value: float | None = None):
         if not 0 <= level < len(level_shapes):
             sizes = ", ".join(f"{i}: {w}×{h}" for i, (h, w) in enumerate(level_shapes))
             raise ValueError(f"{path}: pyramid level {level} does not exist (levels {sizes}); pass --level"
@@ -42,6 +48,8 @@ class LargeImage:
         self.path, self.level, self.levels = path, level, level_shapes
         self.height, self.width = level_shapes[level]
         self.channels, self.dtype = channels, np.dtype(dtype)
+        #: The value of a full-scale pixel (what normalisation divides by).
+        self.max_value = pixel_scale(self.dtype) if max_value is None else float(max_value)
 
     def read_rows(self, row0: int, row1: int) -> np.ndarray:
         """Pixel rows [row0, row1) of this level: (row1 − row0, width, channels), the file's dtype."""
@@ -77,8 +85,11 @@ class TiffImage(LargeImage):
         try:
             pages = _tiff_levels(self._tif)
             shapes = [(p.imagelength, p.imagewidth) for p in pages]
-            super().__init__(path, level, shapes, pages[0].samplesperpixel, pages[0].dtype)
+            super().__init__(path, level, shapes, pages[0].samplesperpixel, np.uint8)
             self._page = page = pages[level]
+            self._pixels = interpret(page, path)  # what the samples mean, or one refusal
+            self.channels, self.dtype = self._pixels.channels, self._pixels.dtype
+            self.max_value = self._pixels.max_value
             if page.planarconfig == 2 and page.samplesperpixel > 1:
                 raise ValueError(f"{path}: planar-separate TIFF samples are not supported; rewrite it interleaved"
                                  " (e.g. tifffile.imwrite(..., planarconfig='contig'))")
@@ -87,7 +98,6 @@ class TiffImage(LargeImage):
         except BaseException:
             self._tif.close()
             raise
-        self.channels = page.samplesperpixel
         if page.is_tiled:
             self._seg_height, self._seg_width = page.tilelength, page.tilewidth
         else:
@@ -97,13 +107,13 @@ class TiffImage(LargeImage):
         self._cache: tuple[int, np.ndarray] | None = None  # (segment row, its decoded pixels)
 
     def _segment_row(self, index: int) -> np.ndarray:
-        """Decoded pixels of the ``index``-th row of tiles (or the ``index``-th strip)."""
+        """Pixels of the ``index``-th row of tiles (or the ``index``-th strip): decoded, then converted."""
         if self._cache is not None and self._cache[0] == index:
             return self._cache[1]
         page, fh = self._page, self._tif.filehandle
         top = index * self._seg_height
         height = min(self._seg_height, page.imagelength - top)
-        out = np.zeros((height, page.imagewidth, self.channels), page.dtype)
+        out = np.zeros((height, page.imagewidth, page.samplesperpixel), page.dtype)
         for column in range(self._per_row):
             segment = index * self._per_row + column
             offset, count = page.dataoffsets[segment], page.databytecounts[segment]
@@ -122,6 +132,7 @@ class TiffImage(LargeImage):
             x0 = column * self._seg_width
             width = min(self._seg_width, page.imagewidth - x0)
             out[:, x0 : x0 + width] = pixels[:height, :width]
+        out = self._pixels.convert(out)
         self._cache = (index, out)
         return out
 
@@ -209,6 +220,10 @@ class PillowImage(LargeImage):
                 image.load()
                 # A phone photo stores its pixels on their side plus an EXIF orientation tag.
                 image = ImageOps.exif_transpose(image)
+                if image.mode in ("I", "F"):  # converting would clip them to 0–255 without a word
+                    kind = "integer" if image.mode == "I" else "float"
+                    raise ValueError(f"32-bit {kind} pixels (Pillow mode {image.mode}) are not supported; store the"
+                                     " image as 8- or 16-bit, or as a TIFF with its full scale")
                 if image.mode not in ("L", "RGB", "RGBA", "I;16", "I;16B", "I;16L"):
                     image = image.convert("RGB")
                 self._pixels = np.asarray(image)

@@ -119,7 +119,7 @@ def predict_image(model, image, mean, std, edge: str = "crop", features_path: st
     ``probs`` (num_classes,). Writes the features memmap (atomically) when ``features_path``."""
     import torch
 
-    from ..data.large_image import pixel_scale, to_model_channels
+    from ..data.large_image import to_model_channels
 
     ph, pw = model.patch_embed.patch_size
     channels = model.patch_embed.proj.in_channels
@@ -127,7 +127,7 @@ def predict_image(model, image, mean, std, edge: str = "crop", features_path: st
         raise ValueError(f"{image.path}: {image.width}×{image.height} px at level {image.level} is smaller than"
                          f" one {pw}×{ph} patch; use a lower --level (larger image)")
     rows, cols, edge_rows, edge_cols = patch_grid(image.height, image.width, (ph, pw), edge)
-    scale = pixel_scale(image.dtype)
+    scale = image.max_value
     mean_t = torch.tensor(mean[:channels] if len(mean) >= channels else mean * channels).view(1, -1, 1, 1)
     std_t = torch.tensor(std[:channels] if len(std) >= channels else std * channels).view(1, -1, 1, 1)
 
