@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import stat
 import struct
 import zlib
@@ -493,3 +494,33 @@ def test_predict_large_lifts_pillows_pixel_limit_only_for_its_own_read(tmp_path,
     image = open_large_image(str(tmp_path / "photo.png"))
     assert (image.height, image.width) == (64, 48)
     assert Image.MAX_IMAGE_PIXELS == before  # it used to stay None for the rest of the process
+
+
+def test_image_folders_count_images_in_sub_folders_and_skip_hidden_ones_as_predict_does(tmp_path):
+    """A class's images in nested sub-folders count (torchvision's ImageFolder layout); hidden
+    folders are neither classes nor image folders, and hidden files (macOS's ``._x.jpg``, not
+    images) are skipped; ``predict`` over the same folder lists the very same files."""
+    write_image_folder(tmp_path, per_class_train=2, per_class_val=1)
+    shirt = tmp_path / "train" / "trouser"
+    flat = sorted(shirt.glob("*.png")) + sorted(shirt.glob("*.jpg"))
+    nested = shirt / "batch_2" / "day_1"
+    nested.mkdir(parents=True)
+    for i, source in enumerate(flat[:2]):
+        shutil.copy(source, nested / f"n{i}{source.suffix}")
+    (shirt / "._000.jpg").write_bytes(b"\x00\x05\x16\x07 AppleDouble, not an image")
+    hidden = tmp_path / "train" / ".ipynb_checkpoints"
+    hidden.mkdir()
+    shutil.copy(flat[0], hidden / "x.png")
+    (shirt / ".cache").mkdir()
+    shutil.copy(flat[0], shirt / ".cache" / "y.png")
+    dm = ImageFolderDataModule(str(tmp_path), num_workers=0)
+    assert ".ipynb_checkpoints" not in dm.class_names
+    paths, labels = dm._splits["train"]
+    shirt_paths = sorted(p for p, label in zip(paths, labels, strict=True)
+                         if label == dm.class_names.index("trouser"))
+    assert shirt_paths == list_images(str(shirt), recursive=True)
+    assert {os.path.relpath(p, shirt) for p in shirt_paths} >= {"batch_2/day_1/n0" + flat[0].suffix,
+                                                                 "batch_2/day_1/n1" + flat[1].suffix}
+    assert not any("/." in p or p.startswith(".") for p in shirt_paths)
+    dm.setup("fit")
+    assert len(list(dm._loader("train", shuffle=False))) > 0  # every listed file decodes

@@ -40,11 +40,18 @@ class ImageDecodeError(ValueError):
         super().__init__(message)
 
 
-def list_images(folder: str, recursive: bool = False) -> list[str]:
-    """Sorted image paths (jpg/jpeg/png, any case) in ``folder``.
+def is_hidden(name: str) -> bool:
+    """Hidden files and folders (``.name``): macOS's ``._photo.jpg`` companions (not images),
+    ``.ipynb_checkpoints``, ``.git``, … are never data."""
+    return name.startswith(".")
 
-    With ``recursive`` symlinked sub-folders are followed too (each real folder once, so a link
-    back to a parent cannot loop).
+
+def list_images(folder: str, recursive: bool = False) -> list[str]:
+    """Sorted image paths (jpg/jpeg/png, any case) in ``folder``, hidden files and folders skipped.
+
+    With ``recursive`` every sub-folder is searched, symlinked ones too (each real folder once, so a
+    link back to a parent cannot loop). The training data and ``predict`` both list images here, so
+    they agree on what an image is.
     """
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"image folder {folder!r} does not exist")
@@ -56,9 +63,10 @@ def list_images(folder: str, recursive: bool = False) -> list[str]:
                 subdirs[:] = []
                 continue
             seen.add(real)
-            paths += [os.path.join(d, f) for f in files]
+            subdirs[:] = [s for s in subdirs if not is_hidden(s)]
+            paths += [os.path.join(d, f) for f in files if not is_hidden(f)]
     else:
-        paths = [os.path.join(folder, f) for f in os.listdir(folder)]
+        paths = [os.path.join(folder, f) for f in os.listdir(folder) if not is_hidden(f)]
     ignored = sorted(p for p in paths if p.lower().endswith(OTHER_IMAGE_SUFFIXES))
     if ignored:  # said once per folder: these images would otherwise vanish from the data silently
         log.warning("ignoring %d image files in %s that are not jpg/jpeg/png (e.g. %s); convert them to PNG to"

@@ -1,4 +1,4 @@
-"""ImageNet-style folders: ``root/train/<class>/*.jpg`` and ``root/val/<class>/*.jpg``."""
+"""ImageNet-style folders: ``root/train/<class>/**/*.jpg`` and ``root/val/<class>/**/*.jpg``."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import os
 from collections.abc import Sequence
 
 from .base import ClassificationDataModule
-from .files import IMAGE_SUFFIXES, ImageFileList, decode_image, infer_image_size, list_images
+from .files import IMAGE_SUFFIXES, ImageFileList, decode_image, infer_image_size, is_hidden, list_images
 
 # decode_image, list_images and IMAGE_SUFFIXES stay importable from here (they lived here before files.py).
 __all__ = ["IMAGE_SUFFIXES", "ImageFileList", "ImageFolderDataModule", "decode_image", "infer_image_size",
@@ -18,10 +18,12 @@ def _scan_split(split_dir: str, class_names: list[str] | None) -> tuple[list[str
     if not os.path.isdir(split_dir):
         raise FileNotFoundError(f"expected an image folder at {split_dir!r} (layout: root/train/<class>/*.jpg,"
                                 " root/val/<class>/*.jpg)")
-    found = sorted(d for d in os.listdir(split_dir) if os.path.isdir(os.path.join(split_dir, d)))
+    found = sorted(d for d in os.listdir(split_dir)
+                   if os.path.isdir(os.path.join(split_dir, d)) and not is_hidden(d))
     if not found:
         raise ValueError(f"{split_dir!r} has no class folders; expected {split_dir}/<class>/<image files>")
-    files = {name: list_images(os.path.join(split_dir, name)) for name in found}
+    # A class's images may sit in sub-folders of its folder (as torchvision's ImageFolder reads them).
+    files = {name: list_images(os.path.join(split_dir, name), recursive=True) for name in found}
     empty = [name for name, paths in files.items() if not paths]
     if empty:
         raise ValueError(f"class folders without jpg/jpeg/png images in {split_dir!r}: {', '.join(empty)};"
@@ -40,9 +42,10 @@ def _scan_split(split_dir: str, class_names: list[str] | None) -> tuple[list[str
 class ImageFolderDataModule(ClassificationDataModule):
     """Image classification from ``root/train/<class>/*`` and ``root/val/<class>/*``.
 
-    Class names come from the training folders (sorted); jpg/jpeg/png in any case; grayscale and
-    RGBA images are converted to RGB. The ``val`` split doubles as the test split unless
-    ``test_dir`` names another folder.
+    Class names come from the training folders (sorted, hidden ones skipped); a class's images are
+    every jpg/jpeg/png (any case) below its folder, in sub-folders too, hidden files and folders
+    skipped — what ``predict`` reads from a folder; grayscale and RGBA images are converted to RGB.
+    The ``val`` split doubles as the test split unless ``test_dir`` names another folder.
 
     Args:
         root: dataset root.
