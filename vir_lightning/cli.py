@@ -219,7 +219,9 @@ def _build_cli_class(argv: list[str], exit_stack: contextlib.ExitStack):
                 return
             path = self.config.predict.get("predictions_csv") or os.path.join(
                 self.trainer.log_dir or ".", "predictions.csv")
-            self.trainer.callbacks.append(PredictionCSVWriter(path))
+            config = self.config.predict
+            inputs = tuple(str(p) for p in (config.get("ckpt_path"), *(config.get("config") or ())) if p)
+            self.trainer.callbacks.append(PredictionCSVWriter(path, inputs))
 
     return ViRLightningCLI
 

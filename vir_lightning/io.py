@@ -26,8 +26,18 @@ def _nearest_existing(folder: str) -> str:
 OUTPUT_MARKER = ".written-by-vir_lightning"
 
 
-def check_output_path(path: str, what: str = "output", directory: bool = False, replaces: bool = False) -> None:
-    """Raise a one-line ValueError, naming the fix, when :func:`atomic_output` could not write ``path``.
+def _same_file(a: str, b: str) -> bool:
+    """Whether two paths name one file (through links, ``..`` and hard links too)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet)
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
+def check_output_path(path: str, what: str = "output", directory: bool = False, replaces: bool = False,
+                      inputs: Sequence[str] = ()) -> None:
+    """Raise a one-line ValueError, naming the fix, when :func:`atomic_output` could not write ``path``,
+    or when writing it would replace one of the command's own ``inputs``.
 
     Called before any work by the commands whose results take long to compute, so a bad output
     path fails at once instead of after the work: ``path`` names an existing folder (file wanted)
@@ -43,6 +53,10 @@ def check_output_path(path: str, what: str = "output", directory: bool = False, 
         raise ValueError(f"{what} {path!r} ends with '/', so it names a folder; give a file name")
     if not directory and os.path.isdir(path):
         raise ValueError(f"{what} {path!r} is a directory; give a file name (e.g. {os.path.join(path, 'out')}…)")
+    for source in inputs:
+        if source and _same_file(path, os.fspath(source)):
+            raise ValueError(f"{what} {path!r} is this command's own input {os.fspath(source)!r}: writing it would"
+                             " replace that input; choose another output path")
     if directory and os.path.lexists(path) and not os.path.isdir(path):
         raise ValueError(f"{what} {path!r} is an existing file; give a folder name")
     if replaces and os.path.isdir(path) and not os.path.exists(os.path.join(path, OUTPUT_MARKER)):

@@ -33,7 +33,8 @@ def export_backbone(checkpoint_path: str, out_path: str, keep_head: bool = False
 
     Returns the ``meta`` written: model name, whether the weights are the EMA ones, counts.
     """
-    check_output_path(out_path, "export-backbone output")  # before reading a large checkpoint
+    # before reading a large checkpoint; never over the checkpoint itself (it holds the head and optimizer)
+    check_output_path(out_path, "export-backbone output", inputs=(checkpoint_path,))
     checkpoint = read_lightning_checkpoint(checkpoint_path)
     state = {k[len("model."):]: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
     if not state:

@@ -241,7 +241,8 @@ def main(argv: list[str] | None = None) -> int:
         raise ValueError(f"--chunk-size {args.chunk_size}: the band height must be at least 1 patch row")
     if args.level < 0:
         raise ValueError(f"--level {args.level}: pyramid levels count from 0")
-    check_output_path(args.out, "--out")  # before loading the model and reading huge images
+    inputs = [*args.images, args.ckpt_path, args.config]
+    check_output_path(args.out, "--out", inputs=inputs)  # before loading the model and reading huge images
     stems = {}
     if args.features_dir:
         check_output_path(args.features_dir, "--features-dir", directory=True)

@@ -12,20 +12,21 @@ class PredictionCSVWriter(BasePredictionWriter):
 
     Columns: ``path, class_1, prob_1, …, class_5, prob_5`` (fewer with fewer than 5 classes).
     Images skipped as undecodable (``skip_bad_images``) have no row. The output path is checked
-    when the writer is made, so a path that cannot be written fails before any prediction runs.
+    when the writer is made, so a path that cannot be written fails before any prediction runs;
+    it is never one of the command's ``inputs`` (its checkpoint and configs).
     """
 
-    def __init__(self, output_path: str):
+    def __init__(self, output_path: str, inputs: tuple[str, ...] = ()):
         super().__init__(write_interval="epoch")
-        check_output_path(output_path, "--predictions_csv")
-        self.output_path = output_path
+        check_output_path(output_path, "--predictions_csv", inputs=inputs)
+        self.output_path, self.inputs = output_path, inputs
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
         # Checked again before predicting: the path may have changed since the writer was made.
         if trainer.world_size > 1:
             raise ValueError("predict writes one CSV from one process; run predict with trainer.devices=1")
-        check_output_path(self.output_path, "--predictions_csv")
+        check_output_path(self.output_path, "--predictions_csv", inputs=self.inputs)
 
     def write_on_epoch_end(self, trainer, pl_module, predictions, batch_indices) -> None:
         datamodule = trainer.datamodule
