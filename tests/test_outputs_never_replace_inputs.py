@@ -32,7 +32,8 @@ def test_export_backbone_refuses_to_write_over_its_checkpoint(checkpoint, tmp_pa
     ckpt.parent.mkdir()
     shutil.copy(checkpoint / "model.ckpt", ckpt)
     before = digest(ckpt)
-    out = {"same": ckpt, "link": tmp_path / "link.ckpt", "dotdot": tmp_path / "run" / ".." / "run" / "last.ckpt"}[spelling]
+    out = {"same": ckpt, "link": tmp_path / "link.ckpt",
+           "dotdot": tmp_path / "run" / ".." / "run" / "last.ckpt"}[spelling]
     if spelling == "link":
         os.symlink(ckpt, out)
     assert cli_main(["export-backbone", str(ckpt), str(out)]) != 0
