@@ -215,6 +215,7 @@ def _build_cli_class(argv: list[str], exit_stack: contextlib.ExitStack):
             self._save_metrics()
 
         def before_predict(self) -> None:
+            self._use_recorded_normalisation()
             if any(isinstance(cb, PredictionCSVWriter) for cb in self.trainer.callbacks):
                 return
             path = self.config.predict.get("predictions_csv") or os.path.join(
@@ -222,6 +223,27 @@ def _build_cli_class(argv: list[str], exit_stack: contextlib.ExitStack):
             config = self.config.predict
             inputs = tuple(str(p) for p in (config.get("ckpt_path"), *(config.get("config") or ())) if p)
             self.trainer.callbacks.append(PredictionCSVWriter(path, inputs))
+
+        def _use_recorded_normalisation(self) -> None:
+            """Predict with the mean/std the checkpoint's model was trained with (its ``preprocessing``
+            record), with a notice where the data config says otherwise."""
+            ckpt = self.config.predict.get("ckpt_path")
+            data = self.datamodule
+            # ("best" / "last" name no file here; Lightning resolves them)
+            if not ckpt or not os.path.isfile(str(ckpt)) or not hasattr(data, "preprocessing"):
+                return
+            from .tasks.checkpoints import load_tensors_only
+
+            checkpoint = load_tensors_only(str(ckpt))
+            recorded = checkpoint.get("preprocessing") if isinstance(checkpoint, dict) else None
+            if not recorded:  # written before checkpoints recorded it: the config's, as before
+                return
+            current = data.preprocessing()
+            if (current["mean"], current["std"]) != (recorded["mean"], recorded["std"]):
+                print(f"note: the data config's mean/std {current['mean']} / {current['std']} differ from the"
+                      f" checkpoint's {recorded['mean']} / {recorded['std']}; using the checkpoint's, which the"
+                      " model was trained with")
+                data.mean, data.std = recorded["mean"], recorded["std"]
 
     return ViRLightningCLI
 

@@ -146,6 +146,14 @@ class ClassificationDataModule(L.LightningDataModule):
         raise NotImplementedError
 
     # -- shared ------------------------------------------------------------------------------------
+    def preprocessing(self) -> dict:
+        """What a model trained on this data expects of an image, recorded in its checkpoints:
+        pixels divided by their full scale, then ``(x − mean) / std`` per channel, ``in_chans``
+        channels, at ``img_size``."""
+        size = self.img_size if self.img_size is None or isinstance(self.img_size, int) else list(self.img_size)
+        return {"mean": [float(m) for m in self._stats(self.mean)], "std": [float(s) for s in self._stats(self.std)],
+                "in_chans": int(self.in_chans), "img_size": size}
+
     def _stats(self, values: Sequence[float]) -> tuple[float, ...]:
         values = tuple(values)
         return values[: self.in_chans] if len(values) >= self.in_chans else values * self.in_chans

@@ -98,7 +98,8 @@ def classifier_from_checkpoint(path: str) -> tuple[nn.Module, dict]:
     ``chunk_size``) is left at the model's default, as every form computes the same function.
 
     Returns:
-        (model, hyper_parameters).
+        (model, hyper_parameters), the latter with the checkpoint's ``preprocessing`` record added
+        (normalisation, channels, image size; ``None`` for checkpoints written before it existed).
 
     Raises:
         ValueError: the file has no hyper-parameters (e.g. an exported backbone or a bare state_dict),
@@ -122,4 +123,4 @@ def classifier_from_checkpoint(path: str) -> tuple[nn.Module, dict]:
     except RuntimeError as err:
         raise ValueError(f"{path!r}: its weights do not fit the {hparams['model_name']} it names"
                          f" ({' '.join(str(err).split())[:300]})") from None
-    return model.eval().requires_grad_(False), hparams
+    return model.eval().requires_grad_(False), {**hparams, "preprocessing": checkpoint.get("preprocessing")}

@@ -201,6 +201,15 @@ class ImageClassifier(L.LightningModule):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self._run_model(images)
 
+    # -- what travels with the checkpoint -----------------------------------------------------------
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Record the data's normalisation, channels and image size (``checkpoint["preprocessing"]``),
+        so ``predict``, ``predict-large`` and the exports use what the model was trained with."""
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        if hasattr(datamodule, "preprocessing"):
+            checkpoint["preprocessing"] = datamodule.preprocessing()
+
     # -- training ------------------------------------------------------------------------------
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:

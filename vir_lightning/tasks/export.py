@@ -53,6 +53,8 @@ def export_backbone(checkpoint_path: str, out_path: str, keep_head: bool = False
         "parameters": int(sum(v.numel() for v in state.values() if v.is_floating_point())),
         "dropped": dropped,
         "source": str(checkpoint_path),
+        # what the backbone's inputs were normalised with (None: a checkpoint from before it was recorded)
+        "preprocessing": checkpoint.get("preprocessing"),
     }
     with atomic_output(out_path) as tmp, open(tmp, "wb") as f:
         # Through a file object: given a path, torch.save names the zip's records after the file

@@ -60,7 +60,32 @@ def _config_sections(path: str) -> tuple[dict, dict]:
     return (model.get("init_args") or {}) if isinstance(model, dict) else {}, data if isinstance(data, dict) else {}
 
 
-def normalisation(data_section: dict) -> tuple[list[float], list[float]]:
+def normalisation(data_section: dict, recorded: dict | None = None) -> tuple[list[float], list[float]]:
+    """mean/std to normalise with: what the checkpoint ``recorded`` (the model was trained with it),
+    with a notice where the config says otherwise; else (older checkpoints) the config's data module:
+    given in ``init_args``, else the class's defaults."""
+    configured = _configured_normalisation(data_section)
+    if not recorded:
+        return configured
+    mean, std = list(recorded["mean"]), list(recorded["std"])
+    given = data_section.get("init_args") or {}
+    if any(key in given for key in ("mean", "std")) and not _same_stats(configured, (mean, std)):
+        print(f"note: --config's data mean/std {configured[0]} / {configured[1]} differ from the checkpoint's"
+              f" {mean} / {std}; using the checkpoint's, which the model was trained with")
+    return mean, std
+
+
+def _same_stats(a: tuple[list[float], list[float]], b: tuple[list[float], list[float]]) -> bool:
+    """Equal per channel, a one-value config standing for every channel."""
+    def per_channel(values, channels):
+        values = list(values)
+        return values * channels if len(values) == 1 else values[:channels]
+
+    channels = len(b[0])
+    return all(np.allclose(per_channel(x, channels), y) for x, y in zip(a, b, strict=True))
+
+
+def _configured_normalisation(data_section: dict) -> tuple[list[float], list[float]]:
     """mean/std of the config's data module: given in ``init_args``, else the class's defaults."""
     from .. import data as data_modules
 
@@ -93,7 +118,7 @@ def load_streaming_model(config_path: str, ckpt_path: str, band_rows: int | None
     model.set_retention_mode("streaming", band_rows)  # ValueError naming what cannot stream
     model.dynamic_img_size = True  # any image size: the position embedding is resized band by band
     names = hparams.get("class_names") or [str(i) for i in range(model.num_classes)]
-    mean, std = normalisation(data_section)
+    mean, std = normalisation(data_section, hparams.get("preprocessing"))
     return model, list(names), mean, std
 
 
