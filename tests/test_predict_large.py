@@ -230,3 +230,26 @@ def test_a_second_run_into_the_same_csv_is_refused_while_the_first_holds_it(mosa
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "being written by another predict-large run" in errors[0]
     assert out.read_text() == "earlier results, not a predict-large CSV\n"
+
+
+def test_a_rerun_with_other_options_is_refused_instead_of_keeping_the_old_results(mosaic, trained, tmp_path, capsys):
+    """The rows of --out depend on the weights, the normalisation, the edge and the reader: a rerun that
+    changes one would skip the finished images and keep results of another computation."""
+    _, ckpt, config = trained
+    out = tmp_path / "pred.csv"
+    argv = ["predict-large", "--config", config, "--ckpt_path", ckpt, "--level", "2", "--out", str(out),
+            "--images", mosaic]
+    assert cli_main(argv) == 0
+    before = out.read_bytes()
+    capsys.readouterr()
+    assert cli_main([*argv, "--edge", "pad"]) != 0
+    (line,) = capsys.readouterr().err.strip().splitlines()[-1:]
+    expected = f"error: --out {str(out)!r} holds 1 results computed with other options (edge 'crop' → 'pad')"
+    assert line.startswith(expected)
+    assert out.read_bytes() == before
+    other = tmp_path / "other.ckpt"
+    shutil.copy(ckpt, other)
+    assert cli_main([*argv[:4], str(other), *argv[5:]]) != 0
+    assert "checkpoint " in capsys.readouterr().err
+    assert cli_main(argv) == 0  # the same options resume
+    assert "already in" in capsys.readouterr().out and out.read_bytes() == before

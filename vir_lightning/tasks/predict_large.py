@@ -214,6 +214,34 @@ def _read_done(out: str) -> list[dict]:
         return list(reader)
 
 
+def _run_options(args, mean, std) -> dict:
+    """What the rows of ``--out`` depend on besides the image and level: the weights, the normalisation,
+    the edge handling and the reader (the band height and retention form do not change a result)."""
+    stat = os.stat(args.ckpt_path)
+    return {"checkpoint": os.path.abspath(args.ckpt_path), "checkpoint_bytes": stat.st_size,
+            "checkpoint_mtime_ns": stat.st_mtime_ns, "mean": [float(m) for m in mean],
+            "std": [float(s) for s in std], "edge": args.edge, "reader": args.reader}
+
+
+def _check_same_run(args, mean, std, done: list[dict]) -> None:
+    """A rerun resumes ``--out`` only with the options its rows were computed with (recorded beside
+    it in ``<out>.options.json``): otherwise its images would be skipped with another run's results."""
+    options, path = _run_options(args, mean, std), args.out + ".options.json"
+    if done and os.path.exists(path):
+        try:
+            earlier = json.loads(Path(path).read_text())
+        except (OSError, ValueError):
+            earlier = {}
+        changed = [f"{key} {earlier.get(key)!r} → {value!r}" for key, value in options.items()
+                   if earlier.get(key) != value]
+        if changed:
+            raise ValueError(f"--out {args.out!r} holds {len(done)} results computed with other options"
+                             f" ({'; '.join(changed)}); a rerun would skip those images and keep their old"
+                             " results: rerun with the same options to resume, or choose another --out")
+    with atomic_output(path) as tmp:
+        Path(tmp).write_text(json.dumps(options, indent=1))
+
+
 def _make_folder(option: str, path: str) -> None:
     """``os.makedirs(path)``, or one ValueError naming ``option`` (a file in the way, no permission)."""
     try:
@@ -281,6 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     with _lock_output(args.out):
         done = _read_done(args.out)
         model, names, mean, std = load_streaming_model(args.config, args.ckpt_path, args.chunk_size)
+        _check_same_run(args, mean, std, done)
 
         from tqdm import tqdm
 
