@@ -150,6 +150,11 @@ def test_point_labels_name_what_tells_points_apart():
         (dict(subcommands=["fit", {"run": "test", "tag": "a"}, {"run": "fit", "tag": "a"}]), "repeat ['a']"),
         (dict(subcommands=["fit", {"run": "test", "tag": "a", "arg": {}}]), "subcommands: {"),
         (dict(subcommands=["fit", {"run": "test", "tag": "a"}], metrics=["test/acc1@b"]), "no step tagged 'b'"),
+        (dict(seeds=[-1, 4294967296]), "every seed must lie in 0 … 2**32 − 1"),
+        (dict(axes={"seed_everything": [1, 2]}), "'seed_everything' cannot be set: the grid sets seed_everything"),
+        (dict(axes={"trainer.default_root_dir": ["a", "b"]}), "the grid sets trainer.default_root_dir"),
+        (dict(axes={"model.init_args.model_kwargs": [{}, {"decay": "2d"}]},
+              zip=[{"model.init_args.model_kwargs.decay": ["1d", "2d"]}]), "overlap: one sets a mapping"),
     ],
 )
 def test_bad_specs_are_rejected_with_the_file_and_the_problem(fields, message, tmp_path):
@@ -157,6 +162,34 @@ def test_bad_specs_are_rejected_with_the_file_and_the_problem(fields, message, t
     with pytest.raises(ValueError, match=re.escape(message)) as err:
         load_spec(path)
     assert str(err.value).startswith(path)
+
+
+@pytest.mark.parametrize(
+    "fields,message",
+    [
+        (dict(subcommands=["fit", {"run": "test", "tag": "t56"}], metrics=["val/acc1@t56"]),
+         "metric 'val/acc1@t56': step 't56' (test) logs only test/ metrics"),
+        (dict(args={**TINY_ARGS, "test_after_fit": False}),
+         "metric 'test/acc1': the untagged steps ['fit'] log only train/, val/ metrics (set test_after_fit: true"),
+        (dict(subcommands=["test"]), "the untagged test has no weights to evaluate: put an untagged fit before it"),
+        (dict(axes={"model.init_args.model_kwargs.decay": ["1d", "1d"]}),
+         "points decay=1d and decay=1d resolve to the same config (the same run)"),
+    ],
+)
+def test_plans_whose_runs_would_fail_or_repeat_after_training_are_refused_before_any_run(fields, message, tmp_path):
+    """What only showed once runs had trained (a metric no step logs, a test with no weights, one
+    run reported twice) is found when the grid is planned, before any command line is checked."""
+    path = write_spec(tmp_path / "bad.yaml", **fields)
+    with pytest.raises(ValueError, match=re.escape(message)) as err:
+        plan(load_spec(path), str(tmp_path / "out"))
+    assert str(err.value).startswith(path)
+
+
+def test_ray_options_without_the_ray_executor_are_refused(tmp_path, capsys):
+    path = write_spec(tmp_path / "s.yaml")
+    for option in (["--ray-address", "auto"], ["--cpus-per-run", "8"]):
+        assert main(["grid", path, "--dry-run", *option]) == 2
+        assert "error: --ray-address and --cpus-per-run are options of --executor ray" in capsys.readouterr().err
 
 
 def test_dotted_keys_must_reach_an_existing_section():

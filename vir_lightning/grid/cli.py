@@ -81,13 +81,16 @@ def main(argv: list[str] | None = None) -> int:
         raise ValueError(f"--workers {args.workers}: expected at least 1")
     if not args.cpus_per_run > 0:
         raise ValueError(f"--cpus-per-run {args.cpus_per_run}: expected a positive number of CPUs")
+    if args.executor != "ray" and (args.ray_address is not None or args.cpus_per_run != 1.0):
+        raise ValueError("--ray-address and --cpus-per-run are options of --executor ray; add --executor ray,"
+                         " or drop them (--workers sets the local runs at a time)")
     spec = load_spec(args.spec)
     out_dir = os.path.abspath(args.out or os.path.join("runs", "grids", spec.name))
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):  # a dry run says so too
+        raise ValueError(f"--out {out_dir} is a file; give a folder for the results and runs")
     if args.dry_run:
         lock = None
     else:
-        if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-            raise ValueError(f"--out {out_dir} is a file; give a folder for the results and runs")
         os.makedirs(out_dir, exist_ok=True)
         lock = _lock(out_dir)
     command = "python -m vir_lightning grid " + " ".join(argv if argv is not None else sys.argv[1:])

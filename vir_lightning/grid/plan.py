@@ -143,6 +143,41 @@ def _check_model(config: dict, label: str) -> None:
         raise ValueError(f"point {label}: the model does not build: {err}") from None
 
 
+#: The metric prefixes each subcommand logs (``fit`` also ``test/`` with ``test_after_fit``).
+LOGGED_SPLITS = {"fit": {"train", "val"}, "validate": {"val"}, "test": {"test"}}
+
+
+def _check_steps_and_metrics(spec: GridSpec, config: dict, step_configs: dict, label: str) -> None:
+    """Mistakes that would otherwise show only after training: an untagged validate/test with no
+    weights to evaluate, and a ``train/``, ``val/`` or ``test/`` metric that no step of the run logs."""
+    init = (config.get("model") or {}).get("init_args") or {}
+    weights = bool(init.get("pretrained") or config.get("ckpt_path"))
+    untagged = [step.subcommand for step in spec.steps if not step.tag]
+    for index, subcommand in enumerate(untagged):
+        if subcommand != "fit" and "fit" not in untagged[:index] and not weights:
+            raise ValueError(f"{spec.source}: point {label}: the untagged {subcommand} has no weights to evaluate:"
+                             " put an untagged fit before it, or set model.init_args.pretrained")
+
+    def splits(step_names: list[str], step_config: dict) -> set[str]:
+        logged = set().union(*(LOGGED_SPLITS[name] for name in step_names))
+        if "fit" in step_names and step_config.get("test_after_fit"):
+            logged.add("test")
+        return logged
+
+    by_tag = {step.tag: step for step in spec.steps if step.tag}
+    for metric in spec.metrics:
+        name, _, tag = metric.partition("@")
+        split = name.split("/", 1)[0]
+        if split not in ("train", "val", "test") or "/" not in name:
+            continue  # a callback's metric: not known here
+        logged = splits([by_tag[tag].subcommand], step_configs[tag]) if tag else splits(untagged, config)
+        if split not in logged:
+            steps = f"step {tag!r} ({by_tag[tag].subcommand}) logs" if tag else f"the untagged steps {untagged} log"
+            hint = " (set test_after_fit: true or add a test step)" if split == "test" and not tag else ""
+            raise ValueError(f"{spec.source}: metric {metric!r}: {steps} only"
+                             f" {', '.join(sorted(f'{s}/' for s in logged))} metrics{hint}")
+
+
 def plan(spec: GridSpec, out_dir: str, workers: int = 2) -> list[Run]:
     """Every run of the grid with its resolved config (nothing is written); raises
     ValueError (naming the point and the CLI's message) if any point's config is invalid."""
@@ -178,8 +213,17 @@ def plan(spec: GridSpec, out_dir: str, workers: int = 2) -> list[Run]:
         for step in tagged:
             distinct.setdefault(f"{key}@{step.tag}", (f"{point.label()}, step {step.tag}", step.subcommand,
                                                        step_configs[step.tag]))
+    first_point = {}
+    for point, config, _ in configs:
+        config_id = config_hash(config, spec.steps)
+        if config_id in first_point:  # two points that resolve to one config would be one run, reported twice
+            raise ValueError(f"{spec.source}: points {first_point[config_id]} and {point.label()} resolve to the same"
+                             " config (the same run): drop a repeated axis value, or an axis the config ignores")
+        first_point[config_id] = point.label()
     for where, _, config in distinct.values():
         _check_model(config, where)
+    for point, config, step_configs in configs[:1]:  # what the steps log depends on the steps, not the point
+        _check_steps_and_metrics(spec, config, step_configs, point.label())
     with ThreadPoolExecutor(max(1, workers)) as pool:
         errors = [e for e in pool.map(check, distinct.values()) if e]
     if errors:

@@ -42,6 +42,9 @@ import yaml
 SPEC_KEYS = {"name", "base", "subcommands", "args", "axes", "zip", "seeds", "metrics"}
 SUBCOMMANDS = ("fit", "validate", "test")
 STEP_KEYS = {"run", "tag", "args"}
+#: Config keys the planner sets for every run, so a spec must not: what each is for instead.
+PLANNER_KEYS = {"seed_everything": "list seeds under seeds:",
+                "trainer.default_root_dir": "each run gets its own folder under --out"}
 TAG_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # a folder name and a metric suffix
 
 
@@ -164,6 +167,16 @@ def load_spec(path: str) -> GridSpec:
     repeated = sorted({k for k in names if names.count(k) > 1} | (set(names) & set(args)))
     if repeated:
         raise _fail(source, f"keys {repeated} are set more than once (axes, zip groups and args must not overlap)")
+    every_key = [*names, *args]
+    nested = sorted({f"{outer} / {inner}" for outer in every_key for inner in every_key
+                     if inner.startswith(outer + ".")})
+    if nested:  # the whole mapping would replace the key inside it, or the other way round, silently
+        raise _fail(source, f"keys {nested} overlap: one sets a mapping that holds the other; set only the inner keys")
+    for key in every_key:
+        owner = next((k for k in PLANNER_KEYS if key == k or key.startswith(k + ".") or k.startswith(key + ".")), None)
+        if owner:
+            raise _fail(source, f"{key!r} cannot be set: the grid sets {owner} for every run itself"
+                                f" ({PLANNER_KEYS[owner]})")
 
     seeds = raw.get("seeds", [0])
     integers = isinstance(seeds, list) and all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)
@@ -171,6 +184,9 @@ def load_spec(path: str) -> GridSpec:
         raise _fail(source, f"seeds={seeds!r}; expected a non-empty list of integers")
     if len(set(seeds)) != len(seeds):
         raise _fail(source, f"seeds={seeds!r} repeats a seed")
+    if not all(0 <= s <= 2**32 - 1 for s in seeds):
+        raise _fail(source, f"seeds={seeds!r}: every seed must lie in 0 … 2**32 − 1 (what Lightning's"
+                            " seed_everything takes)")
     metrics = raw.get("metrics")
     if not isinstance(metrics, list) or not metrics or not all(isinstance(m, str) for m in metrics):
         raise _fail(source, "metrics must list the logged metrics to collect, e.g. [test/acc1]")
