@@ -60,7 +60,8 @@ def _installed(module: str) -> bool:
 
 
 @torch.compiler.assume_constant_result
-def _triton_interpreted() -> bool:
+def triton_interpreted() -> bool:
+    """Whether Triton kernels run in its CPU interpreter (``TRITON_INTERPRET=1``)."""
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
@@ -78,7 +79,7 @@ def unsupported(backend: str, device: torch.device, dtype: torch.dtype, one_d: b
     if backend == "triton":
         if step:
             return "its flash-style kernel computes whole sequences and carries no state between segments"
-        if device.type != "cuda" and not (device.type == "cpu" and _triton_interpreted()):
+        if device.type != "cuda" and not (device.type == "cpu" and triton_interpreted()):
             return f"it runs on CUDA devices (or the CPU under TRITON_INTERPRET=1), not on {device.type}"
         if head_dim > _TRITON_MAX_HEAD_DIM[dtype]:
             return f"its kernel takes head dims up to {_TRITON_MAX_HEAD_DIM[dtype]} in {dtype}, not {head_dim}"

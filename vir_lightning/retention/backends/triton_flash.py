@@ -29,13 +29,13 @@ tests); there ``tl.dot`` on bf16 is wrong, so bf16 operands are cast to fp32 bef
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 from torch._subclasses.fake_tensor import is_fake
+
+from . import triton_interpreted as interpreted
 
 #: Which (query, key) pairs a mask keeps, with Δ = query − key: the quadrant (Δx ≥ 0 and Δy ≥ 0), its
 #: transpose, both (directions 2) or all (directions 4).
@@ -47,13 +47,6 @@ _MASK_OF_DIRECTIONS = {1: UPPER_LEFT, 2: BOTH_QUADRANTS, 4: ALL_PAIRS}
 #: TILE_COLS_2D, no wider than the grid rounded up to a power of two); 1D tiles are 1×TILE_TOKENS.
 TILE_TOKENS = 64
 TILE_COLS_2D = 8
-
-SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-
-
-def interpreted() -> bool:
-    """Whether Triton kernels run in its CPU interpreter (``TRITON_INTERPRET=1``)."""
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
 @triton.jit
@@ -107,6 +100,21 @@ def _visit_key_tile(acc, q, q_y, q_x, k_base, v_base, stride_kt, stride_kd, stri
 
 
 @triton.jit
+def _visit_rectangle(acc, q, q_y, q_x, k_base, v_base, stride_kt, stride_kd, stride_vt, stride_vd, log_gamma,
+                     scale, rows, cols, dk, dv, ky0, ky1, kx0, kx1, skip_y, skip_x, HAS_CLS: tl.constexpr,
+                     MASK: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, BLOCK_DK: tl.constexpr,
+                     BLOCK_DV: tl.constexpr, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr):
+    """Every key tile of [ky0, ky1) × [kx0, kx1) except those of [0, skip_y) × [0, skip_x)."""
+    for ky in range(ky0, ky1):
+        for kx in range(kx0, kx1):
+            if (ky >= skip_y) | (kx >= skip_x):  # not a tile the other rectangle visited
+                acc = _visit_key_tile(acc, q, q_y, q_x, k_base, v_base, stride_kt, stride_kd, stride_vt, stride_vd,
+                                      log_gamma, scale, rows, cols, HAS_CLS, ky, kx, dk, dv,
+                                      MASK, KH, KW, BLOCK_DK, BLOCK_DV, DOT_FP32, PRECISION)
+    return acc
+
+
+@triton.jit
 def _retention_kernel(
     q_ptr, k_ptr, v_ptr, o_ptr, log_gamma_ptr,
     stride_qb, stride_qh, stride_qt, stride_qd,
@@ -142,42 +150,25 @@ def _retention_kernel(
     x_lo = tx * TW
     y_hi = tl.minimum(y_lo + TH, key_rows) - 1
     x_hi = tl.minimum(x_lo + TW, cols) - 1
-    # Upper-left region: key tiles [0, up_y] × [0, up_x]; lower-right: [y_lo/TH, end) × [x_lo/TW, end).
+    # Every mask visits at most two rectangles of key tiles: the upper-left one [0, up_y) × [0, up_x)
+    # and the lower-right one [ty, end_y) × [tx, tiles_x); directions 2 visits both, skipping in the
+    # second the tiles the first covered.
     up_y = tl.where(any_q > 0, y_hi // TH + 1, 0)
     up_x = x_hi // TW + 1
-    if MASK == 0:
-        for ky in range(0, up_y):
-            for kx in range(0, up_x):
-                acc = _visit_key_tile(acc, q, q_y, q_x, k_base, v_base, stride_kt, stride_kd, stride_vt, stride_vd,
-                                      log_gamma, scale, rows, cols, HAS_CLS, ky, kx, dk, dv,
-                                      MASK, TH, TW, BLOCK_DK, BLOCK_DV, DOT_FP32, PRECISION)
-    elif MASK == 1:
-        end_y = tl.where(any_q > 0, tiles_y, 0)
-        for ky in range(ty, end_y):
-            for kx in range(tx, tiles_x):
-                acc = _visit_key_tile(acc, q, q_y, q_x, k_base, v_base, stride_kt, stride_kd, stride_vt, stride_vd,
-                                      log_gamma, scale, rows, cols, HAS_CLS, ky, kx, dk, dv,
-                                      MASK, TH, TW, BLOCK_DK, BLOCK_DV, DOT_FP32, PRECISION)
-    elif MASK == 2:
-        for ky in range(0, up_y):
-            for kx in range(0, up_x):
-                acc = _visit_key_tile(acc, q, q_y, q_x, k_base, v_base, stride_kt, stride_kd, stride_vt, stride_vd,
-                                      log_gamma, scale, rows, cols, HAS_CLS, ky, kx, dk, dv,
-                                      MASK, TH, TW, BLOCK_DK, BLOCK_DV, DOT_FP32, PRECISION)
-        end_y = tl.where(any_q > 0, tiles_y, 0)
-        for ky in range(ty, end_y):
-            for kx in range(tx, tiles_x):
-                if (ky >= up_y) | (kx >= up_x):  # tiles of both regions were visited above
-                    acc = _visit_key_tile(acc, q, q_y, q_x, k_base, v_base, stride_kt, stride_kd, stride_vt,
-                                          stride_vd, log_gamma, scale, rows, cols, HAS_CLS, ky, kx, dk, dv,
-                                          MASK, TH, TW, BLOCK_DK, BLOCK_DV, DOT_FP32, PRECISION)
-    else:
-        end_y = tl.where(any_q > 0, tiles_y, 0)
-        for ky in range(0, end_y):
-            for kx in range(0, tiles_x):
-                acc = _visit_key_tile(acc, q, q_y, q_x, k_base, v_base, stride_kt, stride_kd, stride_vt, stride_vd,
-                                      log_gamma, scale, rows, cols, HAS_CLS, ky, kx, dk, dv,
-                                      MASK, TH, TW, BLOCK_DK, BLOCK_DV, DOT_FP32, PRECISION)
+    end_y = tl.where(any_q > 0, tiles_y, 0)
+    if MASK == 1:
+        ky0, ky1, kx0, kx1 = ty, end_y, tx, tiles_x
+    elif MASK == 3:
+        ky0, ky1, kx0, kx1 = 0, end_y, 0, tiles_x
+    else:  # the upper-left quadrant: alone (directions 1) or the first of two (directions 2)
+        ky0, ky1, kx0, kx1 = 0, up_y, 0, up_x
+    acc = _visit_rectangle(acc, q, q_y, q_x, k_base, v_base, stride_kt, stride_kd, stride_vt, stride_vd, log_gamma,
+                           scale, rows, cols, dk, dv, ky0, ky1, kx0, kx1, 0, 0,
+                           HAS_CLS, MASK, TH, TW, BLOCK_DK, BLOCK_DV, DOT_FP32, PRECISION)
+    if MASK == 2:
+        acc = _visit_rectangle(acc, q, q_y, q_x, k_base, v_base, stride_kt, stride_kd, stride_vt, stride_vd,
+                               log_gamma, scale, rows, cols, dk, dv, ty, end_y, tx, tiles_x, up_y, up_x,
+                               HAS_CLS, MASK, TH, TW, BLOCK_DK, BLOCK_DV, DOT_FP32, PRECISION)
 
     offs_dv = tl.arange(0, BLOCK_DV)
     o_ptrs = o_ptr + b * stride_ob + h * stride_oh + q_tok[:, None] * stride_ot + offs_dv[None, :] * stride_od
