@@ -232,18 +232,15 @@ def _build_cli_class(argv: list[str], exit_stack: contextlib.ExitStack):
             # ("best" / "last" name no file here; Lightning resolves them)
             if not ckpt or not os.path.isfile(str(ckpt)) or not hasattr(data, "preprocessing"):
                 return
-            from .tasks.checkpoints import load_tensors_only
+            from .tasks.checkpoints import load_tensors_only, recorded_normalisation
 
             checkpoint = load_tensors_only(str(ckpt))
             recorded = checkpoint.get("preprocessing") if isinstance(checkpoint, dict) else None
             if not recorded:  # written before checkpoints recorded it: the config's, as before
                 return
             current = data.preprocessing()
-            if (current["mean"], current["std"]) != (recorded["mean"], recorded["std"]):
-                print(f"note: the data config's mean/std {current['mean']} / {current['std']} differ from the"
-                      f" checkpoint's {recorded['mean']} / {recorded['std']}; using the checkpoint's, which the"
-                      " model was trained with")
-                data.mean, data.std = recorded["mean"], recorded["std"]
+            data.mean, data.std = recorded_normalisation(recorded, (current["mean"], current["std"]),
+                                                         "the data config's")
 
     return ViRLightningCLI
 

@@ -12,6 +12,18 @@ from torch import nn
 log = logging.getLogger(__name__)
 
 
+def recorded_normalisation(recorded: dict, configured: tuple[list[float], list[float]] | None,
+                           where: str) -> tuple[list[float], list[float]]:
+    """The mean/std a checkpoint's ``preprocessing`` record holds (its model was trained with them),
+    over the ``configured`` ones (per channel; None: nothing configured), with one notice naming
+    ``where`` when the two differ. ``predict`` and ``predict-large`` both choose so."""
+    mean, std = [float(m) for m in recorded["mean"]], [float(s) for s in recorded["std"]]
+    if configured is not None and ([float(m) for m in configured[0]], [float(s) for s in configured[1]]) != (mean, std):
+        print(f"note: {where} mean/std {list(configured[0])} / {list(configured[1])} differ from the checkpoint's"
+              f" {mean} / {std}; using the checkpoint's, which the model was trained with")
+    return mean, std
+
+
 def load_tensors_only(path: str):
     """``torch.load(weights_only=True)`` on the CPU, with one clear error for a missing file or a
     file that needs arbitrary unpickling (refused: no pickled code ever runs)."""

@@ -64,25 +64,21 @@ def normalisation(data_section: dict, recorded: dict | None = None) -> tuple[lis
     """mean/std to normalise with: what the checkpoint ``recorded`` (the model was trained with it),
     with a notice where the config says otherwise; else (older checkpoints) the config's data module:
     given in ``init_args``, else the class's defaults."""
+    from .checkpoints import recorded_normalisation
+
     configured = _configured_normalisation(data_section)
     if not recorded:
         return configured
-    mean, std = list(recorded["mean"]), list(recorded["std"])
     given = data_section.get("init_args") or {}
-    if any(key in given for key in ("mean", "std")) and not _same_stats(configured, (mean, std)):
-        print(f"note: --config's data mean/std {configured[0]} / {configured[1]} differ from the checkpoint's"
-              f" {mean} / {std}; using the checkpoint's, which the model was trained with")
-    return mean, std
+    channels = len(recorded["mean"])
+    compared = tuple(per_channel(v, channels) for v in configured) if {"mean", "std"} & set(given) else None
+    return recorded_normalisation(recorded, compared, "--config's data")
 
 
-def _same_stats(a: tuple[list[float], list[float]], b: tuple[list[float], list[float]]) -> bool:
-    """Equal per channel, a one-value config standing for every channel."""
-    def per_channel(values, channels):
-        values = list(values)
-        return values * channels if len(values) == 1 else values[:channels]
-
-    channels = len(b[0])
-    return all(np.allclose(per_channel(x, channels), y) for x, y in zip(a, b, strict=True))
+def per_channel(values, channels: int) -> list:
+    """One value per channel: the first ``channels`` values, or the given ones repeated."""
+    values = list(values)
+    return values[:channels] if len(values) >= channels else values * channels
 
 
 def _configured_normalisation(data_section: dict) -> tuple[list[float], list[float]]:
@@ -153,8 +149,8 @@ def predict_image(model, image, mean, std, edge: str = "crop", features_path: st
                          f" one {pw}×{ph} patch; use a lower --level (larger image)")
     rows, cols, edge_rows, edge_cols = patch_grid(image.height, image.width, (ph, pw), edge)
     scale = image.max_value
-    mean_t = torch.tensor(mean[:channels] if len(mean) >= channels else mean * channels).view(1, -1, 1, 1)
-    std_t = torch.tensor(std[:channels] if len(std) >= channels else std * channels).view(1, -1, 1, 1)
+    mean_t = torch.tensor(per_channel(mean, channels)).view(1, -1, 1, 1)
+    std_t = torch.tensor(per_channel(std, channels)).view(1, -1, 1, 1)
 
     def read_band(row0: int, row1: int):
         y0, y1 = row0 * ph, min(row1 * ph, image.height)
