@@ -213,13 +213,14 @@ def plan(spec: GridSpec, out_dir: str, workers: int = 2) -> list[Run]:
         for step in tagged:
             distinct.setdefault(f"{key}@{step.tag}", (f"{point.label()}, step {step.tag}", step.subcommand,
                                                        step_configs[step.tag]))
-    first_point = {}
+    run_ids, first_point = [], {}
     for point, config, _ in configs:
-        config_id = config_hash(config, spec.steps)
-        if config_id in first_point:  # two points that resolve to one config would be one run, reported twice
-            raise ValueError(f"{spec.source}: points {first_point[config_id]} and {point.label()} resolve to the same"
+        run_id = f"{spec.name}-{config_hash(config, spec.steps)}"
+        if run_id in first_point:  # two points that resolve to one config would be one run, reported twice
+            raise ValueError(f"{spec.source}: points {first_point[run_id]} and {point.label()} resolve to the same"
                              " config (the same run): drop a repeated axis value, or an axis the config ignores")
-        first_point[config_id] = point.label()
+        first_point[run_id] = point.label()
+        run_ids.append(run_id)
     for where, _, config in distinct.values():
         _check_model(config, where)
     for point, config, step_configs in configs[:1]:  # what the steps log depends on the steps, not the point
@@ -230,8 +231,7 @@ def plan(spec: GridSpec, out_dir: str, workers: int = 2) -> list[Run]:
         raise ValueError(f"{spec.source}: {errors[0]}" + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""))
 
     runs = []
-    for point, config, step_configs in configs:
-        run_id = f"{spec.name}-{config_hash(config, spec.steps)}"
+    for run_id, (point, config, step_configs) in zip(run_ids, configs, strict=True):
         run_dir = os.path.abspath(os.path.join(out_dir, "runs", run_id))
         placed = {tag: place_outputs(c, os.path.join(run_dir, tag)) for tag, c in step_configs.items()}
         runs.append(Run(run_id, point, run_dir, spec.steps, spec.metrics, place_outputs(config, run_dir), placed))
