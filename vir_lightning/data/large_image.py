@@ -39,8 +39,7 @@ class LargeImage:
 
     reader = "?"
 
-    def __init__(self, path: str, level: int, level_shapes: list[tuple[int, int]], channels: int, dtype,
-                 max_value: float | None = None):
+    def __init__(self, path: str, level: int, level_shapes: list[tuple[int, int]], channels: int, dtype):
         if not 0 <= level < len(level_shapes):
             sizes = ", ".join(f"{i}: {w}×{h}" for i, (h, w) in enumerate(level_shapes))
             raise ValueError(f"{path}: pyramid level {level} does not exist (levels {sizes}); pass --level"
@@ -48,8 +47,8 @@ class LargeImage:
         self.path, self.level, self.levels = path, level, level_shapes
         self.height, self.width = level_shapes[level]
         self.channels, self.dtype = channels, np.dtype(dtype)
-        #: The value of a full-scale pixel (what normalisation divides by).
-        self.max_value = pixel_scale(self.dtype) if max_value is None else float(max_value)
+        #: The value of a full-scale pixel (what normalisation divides by); a TIFF's comes from its tags.
+        self.max_value = pixel_scale(self.dtype)
 
     def read_rows(self, row0: int, row1: int) -> np.ndarray:
         """Pixel rows [row0, row1) of this level: (row1 − row0, width, channels), the file's dtype."""
@@ -85,6 +84,7 @@ class TiffImage(LargeImage):
         try:
             pages = _tiff_levels(self._tif)
             shapes = [(p.imagelength, p.imagewidth) for p in pages]
+            # uint8 stands in until ``interpret`` says what the samples are (it refuses what is not).
             super().__init__(path, level, shapes, pages[0].samplesperpixel, np.uint8)
             self._page = page = pages[level]
             self._pixels = interpret(page, path)  # what the samples mean, or one refusal
