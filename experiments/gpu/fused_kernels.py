@@ -37,6 +37,7 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 
 DRY = os.environ.get("DRY") == "1"
 if DRY:
@@ -49,7 +50,7 @@ import torch._dynamo as dynamo  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from vir_lightning.benchmarks.measure import measure, measure_cuda  # noqa: E402
-from vir_lightning.io import write_csv_atomically  # noqa: E402
+from vir_lightning.io import atomic_output, write_csv_atomically  # noqa: E402
 from vir_lightning.models import create_model  # noqa: E402
 from vir_lightning.retention import retention  # noqa: E402
 from vir_lightning.retention.backends import unsupported  # noqa: E402
@@ -62,6 +63,11 @@ HVIR_SIZE = (64, 96) if DRY else (800, 1344)
 MIN_VIT_MS = 0.0 if DRY else 20.0
 #: DRY runs shallow models: the interpreter takes seconds per kernel launch.
 SHALLOW = {"vir_small_patch16_224": {"depth": 2}, "hvir_tiny": {"depths": (1, 1, 1, 1)}} if DRY else {}
+#: The models whose logits (exactness) and steps (graph breaks) are checked: (label, name, size, options).
+CHECK_SIDE = 32 if DRY else 512
+CHECKED_MODELS = (("vir_s_1d", "vir_small_patch16_224", (CHECK_SIDE, CHECK_SIDE), {}),
+                  ("vir_s_2d", "vir_small_patch16_224", (CHECK_SIDE, CHECK_SIDE), {"decay": "2d"}),
+                  ("hvir_t", "hvir_tiny", (64, 64) if DRY else HVIR_SIZE, {}))
 checks: dict = {}
 
 
@@ -71,10 +77,8 @@ def log(key: str, value) -> None:
 
 
 def write_checks(path: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(checks, f, indent=1, default=str)
-    os.replace(tmp, path)
+    with atomic_output(path) as tmp:
+        Path(tmp).write_text(json.dumps(checks, indent=1, default=str))
 
 
 def rel(a, b) -> float:
@@ -133,10 +137,7 @@ def _check_exactness() -> None:
             if usable(backend, torch.float32, "grid_shape" not in kwargs):
                 fused = lambda *a, backend=backend, **kw: retention(*a, backend=backend, **kw)  # noqa: E731
                 log(f"op_{name}_fp32_{backend}_vs_torch", op_errors(torch.float32, tokens, kwargs, fused, torch_fp32))
-    side = 32 if DRY else 512
-    for label, name, size, kwargs in (("vir_s_1d", "vir_small_patch16_224", (side, side), {}),
-                                      ("vir_s_2d", "vir_small_patch16_224", (side, side), {"decay": "2d"}),
-                                      ("hvir_t", "hvir_tiny", (64, 64) if DRY else HVIR_SIZE, {})):
+    for label, name, size, kwargs in CHECKED_MODELS:
         # LayerScale 1: at its default (1e-5) retention hardly reaches the logits, and any backend would pass.
         model = create_model(name, num_classes=10, img_size=size, layer_scale_init=1.0, **kwargs,
                              **SHALLOW.get(name, {})).to(DEVICE).eval()
@@ -190,10 +191,7 @@ def step_fn(model, task: str, dtype: torch.dtype, batch: int, size: tuple[int, i
 
 
 def check_graph_breaks() -> None:
-    side = 64 if DRY else 512
-    for label, name, size, kwargs in (("vir_s_1d", "vir_small_patch16_224", (side, side), {}),
-                                      ("vir_s_2d", "vir_small_patch16_224", (side, side), {"decay": "2d"}),
-                                      ("hvir_t", "hvir_tiny", HVIR_SIZE, {})):
+    for label, name, size, kwargs in CHECKED_MODELS:
         model = create_model(name, num_classes=1000, img_size=size, retention_mode="chunkwise", **kwargs).to(DEVICE)
         x = torch.randn(2, 3, *size, device=DEVICE)
         for task in ("infer", "train"):
@@ -212,6 +210,7 @@ def check_graph_breaks() -> None:
                                                       [str(r.reason)[:200] for r in explained.break_reasons]])
     # explain traces forwards only: compile one whole training step (Inductor, the backward, the kernel's
     # lowering) of ViR-S 2D with fullgraph=True and compare its loss and a gradient with eager.
+    side = CHECK_SIDE
     model = create_model("vir_small_patch16_224", num_classes=1000, img_size=side, decay="2d",
                          **SHALLOW.get("vir_small_patch16_224", {})).to(DEVICE).train()
     x = torch.randn(2, 3, side, side, device=DEVICE)
