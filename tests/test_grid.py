@@ -174,11 +174,20 @@ def test_bad_specs_are_rejected_with_the_file_and_the_problem(fields, message, t
         (dict(subcommands=["test"]), "the untagged test has no weights to evaluate: put an untagged fit before it"),
         (dict(axes={"model.init_args.model_kwargs.decay": ["1d", "1d"]}),
          "points decay=1d and decay=1d resolve to the same config (the same run)"),
+        (dict(metrics=["test/acc"]), "metric 'test/acc' is not one the runs log: did you mean 'test/acc1'?"),
+        (dict(subcommands=["fit", {"run": "test", "tag": "wide", "args": {"model.init_args.model_kwargs.embed_dim": 48}}]),
+         "step wide: the fit's checkpoint does not fit VisionRetention ("),
+        (dict(axes={"data.init_args.batch_size": [8, 0]}),
+         "point batch_size=0: the data does not build: batch_size=0 must be a positive integer"),
+        (dict(args={**TINY_ARGS, "data.init_args.root": "no/such/folder"}), "the data does not build: "),
+        (dict(args={**TINY_ARGS, "data.init_args.crop_scale": [1.2, 0.5]}),
+         "the data does not build: crop_scale=[1.2, 0.5]: expected [low, high] with 0 < low <= high <= 1"),
     ],
 )
 def test_plans_whose_runs_would_fail_or_repeat_after_training_are_refused_before_any_run(fields, message, tmp_path):
-    """What only showed once runs had trained (a metric no step logs, a test with no weights, one
-    run reported twice) is found when the grid is planned, before any command line is checked."""
+    """What only showed once runs had trained or started (a metric no step logs or with a typo, a
+    test with no weights, one run reported twice, data options that parse but do not build) is
+    found when the grid is planned."""
     path = write_spec(tmp_path / "bad.yaml", **fields)
     with pytest.raises(ValueError, match=re.escape(message)) as err:
         plan(load_spec(path), str(tmp_path / "out"))

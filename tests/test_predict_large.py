@@ -17,6 +17,7 @@ from PIL import Image
 from vir_lightning.cli import main as cli_main
 from vir_lightning.data.large_image import open_large_image
 from vir_lightning.data.mosaic import write_mosaic
+from vir_lightning.io import OUTPUTS_RECORD, write_csv_atomically
 
 MEAN = STD = 0.5  # ImageFolderDataModule's defaults, which the config below relies on
 
@@ -168,7 +169,7 @@ def test_bad_files_are_reported_by_path_the_others_go_on_and_a_rerun_skips_done_
     assert "corrupt.tif: corrupt tile 5" in errors[0]
     assert "missing.tif: no such file" in errors[1]
     assert [r["path"] for r in read_rows(out)] == [mosaic]
-    assert sorted(os.listdir(features)) == ["mosaic.json", "mosaic.npy"]  # nothing half-written
+    assert sorted(os.listdir(features)) == [OUTPUTS_RECORD, "mosaic.json", "mosaic.npy"]  # nothing half-written
     assert not [n for n in os.listdir(tmp_path) if n.startswith(".partial")]
 
     assert cli_main(argv) == 1  # the rerun skips the finished image and retries the others
@@ -222,14 +223,14 @@ def test_a_second_run_into_the_same_csv_is_refused_while_the_first_holds_it(mosa
 
     _, ckpt, config = trained
     out = tmp_path / "pred.csv"
-    out.write_text("earlier results, not a predict-large CSV\n")
+    write_csv_atomically(str(out), ["earlier results, not a predict-large CSV"], [])
     with open(str(out) + ".lock", "a") as held:  # another run in progress
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
         assert cli_main(["predict-large", "--config", config, "--ckpt_path", ckpt, "--images", mosaic,
                          "--level", "2", "--out", str(out)]) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "being written by another predict-large run" in errors[0]
-    assert out.read_text() == "earlier results, not a predict-large CSV\n"
+    assert out.read_text() == "earlier results, not a predict-large CSV\r\n"
 
 
 def test_a_rerun_with_other_options_is_refused_instead_of_keeping_the_old_results(mosaic, trained, tmp_path, capsys):

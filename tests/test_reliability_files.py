@@ -28,7 +28,7 @@ from vir_lightning.cli import main
 from vir_lightning.data import ImageFolderDataModule
 from vir_lightning.data.base import collate_skipping_none
 from vir_lightning.data.files import decode_image, infer_image_size, list_images
-from vir_lightning.io import OUTPUT_MARKER, atomic_output, check_output_path, write_csv_atomically
+from vir_lightning.io import OUTPUT_MARKER, OUTPUTS_RECORD, atomic_output, check_output_path, write_csv_atomically
 from vir_lightning.tasks import ImageClassifier, PredictionCSVWriter
 
 TINY = {"embed_dim": 32, "depth": 2, "num_heads": 2}  # the model of TINY_MODEL, for building it in-process
@@ -307,7 +307,7 @@ def test_export_accepts_an_output_name_without_extension(checkpoint, tmp_path, c
     out = tmp_path / "backbone"
     assert main(["export-backbone", str(checkpoint), str(out)]) == 0
     assert "head.weight" not in torch.load(out, weights_only=True)["state_dict"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["backbone", "tiny.ckpt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [OUTPUTS_RECORD, "backbone", "tiny.ckpt"]
     assert main(["export-backbone", str(checkpoint), str(tmp_path)]) == 2
     assert error_lines(capsys.readouterr().err)[0].startswith(f"error: export-backbone output {str(tmp_path)!r}"
                                                               " is a directory")
@@ -354,7 +354,7 @@ def test_full_disk_is_an_error_that_keeps_the_earlier_file(tmp_path):
 
     with pytest.raises(ValueError, match="No space left on device.*the earlier file, if any, is intact"):
         write_csv_atomically(str(target), ["a"], rows())
-    assert target.read_text().splitlines() == ["a", "1"] and sorted(os.listdir(tmp_path)) == ["out.csv"]
+    assert target.read_text().splitlines() == ["a", "1"] and sorted(os.listdir(tmp_path)) == [OUTPUTS_RECORD, "out.csv"]
 
 
 def test_folder_output_gets_the_umask_and_replaces_the_old_one_only_when_complete(tmp_path):
@@ -455,7 +455,7 @@ def test_images_in_formats_that_are_not_read_are_reported_not_silently_dropped(t
 def test_output_through_a_symlink_writes_its_target_and_a_trailing_slash_is_an_error(tmp_path):
     (tmp_path / "shared").mkdir()
     target = tmp_path / "shared" / "preds.csv"
-    target.write_text("old\n")
+    write_csv_atomically(str(target), ["old"], [])
     os.symlink(target, tmp_path / "link.csv")
     write_csv_atomically(str(tmp_path / "link.csv"), ["a"], [[1]])
     assert os.path.islink(tmp_path / "link.csv") and target.read_text().splitlines() == ["a", "1"]

@@ -53,6 +53,13 @@ TOOLS: dict[str, tuple[str, str]] = {
 SPECIAL_CKPT_PATHS = ("last", "best", "hpc", "registry")
 
 
+def _absolute(path) -> str:
+    """A path as it names one file wherever the command runs (a special value such as "last" as it is)."""
+    if not path or str(path) in SPECIAL_CKPT_PATHS:
+        return str(path)
+    return os.path.abspath(str(path))
+
+
 def _one_line(message: str) -> str:
     """A configuration error reduced to the line that names the problem (and the offending key).
 
@@ -102,7 +109,8 @@ def _build_cli_class(argv: list[str], exit_stack: contextlib.ExitStack):
             parser.add_argument("--test_after_fit", type=bool, default=False,
                                 help="after fit, run the test split on the best (or last) checkpoint")
             parser.add_argument("--overwrite", type=bool, default=False,
-                                help="fit: replace the results of an earlier run in the same default_root_dir")
+                                help="fit: replace the results of an earlier run in the same default_root_dir;"
+                                " predict: replace a --predictions_csv of another run or not written here")
             parser.add_argument("--predictions_csv", type=str | None, default=None,
                                 help="predict: CSV to write (default: <log dir>/predictions.csv)")
 
@@ -184,7 +192,9 @@ def _build_cli_class(argv: list[str], exit_stack: contextlib.ExitStack):
             path = os.path.join(self.trainer.default_root_dir, "metrics.json")
             metrics = json.loads(Path(path).read_text()) if os.path.exists(path) and not fresh else {}
             metrics.update({k: float(v) for k, v in self.trainer.callback_metrics.items() if v.numel() == 1})
-            with atomic_output(path) as tmp:
+            # The run folder's own file, which the run folder's rule governs (a fresh fit refuses to
+            # replace an earlier run's results without --overwrite): no second rule for it here.
+            with atomic_output(path, overwrite=True) as tmp:
                 Path(tmp).write_text(json.dumps(metrics, indent=1, sort_keys=True))
 
         after_validate = after_test = _save_metrics
@@ -201,7 +211,8 @@ def _build_cli_class(argv: list[str], exit_stack: contextlib.ExitStack):
             best = checkpoint.best_model_path if checkpoint is not None else ""
             if self.trainer.global_rank == 0:
                 # The weights this fit selected, for whatever starts from them next (grid steps).
-                with atomic_output(os.path.join(self.trainer.default_root_dir, "checkpoints.json")) as tmp:
+                path = os.path.join(self.trainer.default_root_dir, "checkpoints.json")
+                with atomic_output(path, overwrite=True) as tmp:  # the run folder's own file, as metrics.json
                     Path(tmp).write_text(json.dumps({"best_model_path": best}))
             if not self.config.fit.get("test_after_fit"):
                 return
@@ -221,8 +232,13 @@ def _build_cli_class(argv: list[str], exit_stack: contextlib.ExitStack):
             path = self.config.predict.get("predictions_csv") or os.path.join(
                 self.trainer.log_dir or ".", "predictions.csv")
             config = self.config.predict
-            inputs = tuple(str(p) for p in (config.get("ckpt_path"), *(config.get("config") or ())) if p)
-            self.trainer.callbacks.append(PredictionCSVWriter(path, inputs))
+            ckpt_path = config.get("ckpt_path")
+            inputs = tuple(str(p) for p in (ckpt_path, *(config.get("config") or ())) if p)
+            # What makes the CSV what it is: predictions of another checkpoint or folder never replace it silently.
+            weights = ckpt_path or self.model.hparams.get("pretrained")
+            source = getattr(self.datamodule, "predict_root", None)
+            run = f"predict with {_absolute(weights)} on {_absolute(source)}"
+            self.trainer.callbacks.append(PredictionCSVWriter(path, inputs, config.get("overwrite"), run))
 
         def _use_recorded_normalisation(self) -> None:
             """Predict with the mean/std the checkpoint's model was trained with (its ``preprocessing``

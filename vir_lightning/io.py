@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import csv
 import errno
+import fcntl
+import json
 import os
 import shutil
 import tempfile
@@ -26,6 +29,78 @@ def _nearest_existing(folder: str) -> str:
 OUTPUT_MARKER = ".written-by-vir_lightning"
 
 
+#: In each folder where this library wrote files: name → fingerprint (inode, size, mtime) and the run
+#: that made it, so a later write replaces a file only if this library wrote it and it is unchanged.
+OUTPUTS_RECORD = ".vir_lightning-outputs.json"
+
+
+def _fingerprint(path: str) -> list[int]:
+    status = os.stat(path)
+    return [status.st_ino, status.st_size, status.st_mtime_ns]
+
+
+def _record_path(path: str) -> str:
+    return os.path.join(os.path.dirname(os.path.abspath(path)), OUTPUTS_RECORD)
+
+
+def _read_record(text: str) -> dict:
+    try:
+        record = json.loads(text) if text.strip() else {}
+    except ValueError:  # damaged (e.g. an editor): forgetting what we wrote only makes writes refuse
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def _unchanged(path: str, entry: dict) -> bool:
+    try:
+        return entry.get("fingerprint") == _fingerprint(path)
+    except OSError:
+        return False
+
+
+def _recorded(path: str) -> dict | None:
+    """``path``'s entry in its folder's record if this library wrote it and it has not changed since."""
+    path = os.path.realpath(path)  # a link: what it points to is what was written (atomic_output)
+    try:
+        with open(_record_path(path)) as f:
+            entry = _read_record(f.read()).get(os.path.basename(path))
+    except OSError:
+        return None
+    return entry if isinstance(entry, dict) and _unchanged(path, entry) else None
+
+
+def _remember(path: str, run: str | None) -> None:
+    """Enter the file just written at ``path`` in its folder's record (under a lock: grids write
+    from several processes); entries of files that are gone or changed are dropped."""
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        with open(_record_path(path), "a+") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            f.seek(0)
+            record = {name: entry for name, entry in _read_record(f.read()).items()
+                      if isinstance(entry, dict) and _unchanged(os.path.join(folder, name), entry)}
+            record[os.path.basename(path)] = {"fingerprint": _fingerprint(path), "run": run}
+            f.seek(0)
+            f.truncate()
+            f.write(json.dumps(record, indent=1, sort_keys=True) + "\n")
+    except OSError:  # unrecorded, the file is only protected better: a later write asks for --overwrite
+        pass
+
+
+def add_overwrite_argument(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--overwrite`` (or ``--overwrite true``, as the training commands spell it): replace ``what``
+    even where :func:`check_output_path` would keep it."""
+    parser.add_argument("--overwrite", nargs="?", const=True, default=False, type=_true_or_false,
+                        help=f"replace {what} even if it exists and was not written by this command for this run")
+
+
+def _true_or_false(text: str) -> bool:
+    value = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}.get(text.lower())
+    if value is None:
+        raise argparse.ArgumentTypeError(f"expected true or false, not {text!r}")
+    return value
+
+
 def _same_file(a: str, b: str) -> bool:
     """Whether two paths name one file (through links, ``..`` and hard links too)."""
     try:
@@ -35,16 +110,25 @@ def _same_file(a: str, b: str) -> bool:
 
 
 def check_output_path(path: str, what: str = "output", directory: bool = False, replaces: bool = False,
-                      inputs: Sequence[str] = ()) -> None:
-    """Raise a one-line ValueError, naming the fix, when :func:`atomic_output` could not write ``path``,
-    or when writing it would replace one of the command's own ``inputs``.
+                      inputs: Sequence[str] = (), overwrite: bool = False, run: str | None = None) -> None:
+    """Raise a one-line ValueError, naming the fix, when :func:`atomic_output` could not or should not
+    write ``path``.
 
-    Called before any work by the commands whose results take long to compute, so a bad output
-    path fails at once instead of after the work: ``path`` names an existing folder (file wanted)
-    or file (folder wanted), an existing read-only file (the user protected it: it is not
-    replaced), or a place below a file or without write permission. With ``replaces`` (a folder
-    that will be replaced whole), also a folder that holds files and no :data:`OUTPUT_MARKER`:
-    something other than this library's output, kept.
+    The one output rule of every command that writes (each calls this before its work, so a bad
+    output path fails at once instead of after it):
+
+    - an output never replaces one of the command's own ``inputs`` (not even with ``overwrite``);
+    - an existing file is replaced only if this library wrote it and it has not changed since (its
+      folder's :data:`OUTPUTS_RECORD` says so), or with ``overwrite`` (the user's ``--overwrite``);
+    - with ``run`` (what makes this command's result what it is: its checkpoint, its options), a
+      file that holds the result of another run is replaced only with ``overwrite``, so results of
+      different runs never share a file silently;
+    - a read-only file is kept (the user protected it), even with ``overwrite``;
+    - with ``replaces`` (a folder that will be replaced whole), a folder that holds files and no
+      :data:`OUTPUT_MARKER` is kept, even with ``overwrite``: this library never deletes a folder
+      it did not write;
+    - and the path must be writable: not an existing folder (file wanted) or file (folder wanted),
+      not below a file, not without write permission.
     """
     path = os.fspath(path)  # a pathlib.Path as well as a str
     if not path:
@@ -72,6 +156,14 @@ def check_output_path(path: str, what: str = "output", directory: bool = False, 
     if os.path.isfile(path) and not os.stat(path).st_mode & 0o222:
         raise ValueError(f"{what} {path!r} exists and is read-only, so it is kept; make it writable"
                          " (chmod u+w) to replace it, or choose another path")
+    if not directory and os.path.lexists(path) and not overwrite:
+        entry = _recorded(path)
+        if entry is None:
+            raise ValueError(f"{what} {path!r} exists and was not written by vir_lightning (or was changed since),"
+                             " so it is kept; choose another path, or replace it with --overwrite")
+        if run is not None and entry.get("run") not in (None, run):
+            raise ValueError(f"{what} {path!r} holds the result of another run ({entry['run']}), not of this one"
+                             f" ({run}); choose another path, or replace it with --overwrite")
     parent = os.path.dirname(os.path.abspath(path))
     existing = _nearest_existing(parent)
     if not os.path.isdir(existing):
@@ -82,19 +174,21 @@ def check_output_path(path: str, what: str = "output", directory: bool = False, 
 
 
 @contextlib.contextmanager
-def atomic_output(path: str, directory: bool = False) -> Iterator[str]:
+def atomic_output(path: str, directory: bool = False, overwrite: bool = False,
+                  run: str | None = None) -> Iterator[str]:
     """Yield a temporary path beside ``path``; on success rename it to ``path``, else delete it.
 
     A reader never sees a half-written file (or folder, with ``directory=True``), and an
     interrupted write leaves nothing behind and the earlier ``path`` intact. An existing ``path``
-    is replaced (a read-only file is refused, and so is a folder this library did not write: see
-    :func:`check_output_path`); a folder gets :data:`OUTPUT_MARKER`, and the result the user's
-    umask. A path that cannot be written, or a full or read-only disk, is a ValueError.
+    is replaced only as :func:`check_output_path` allows (``overwrite`` and ``run`` as there); a
+    written file is entered in its folder's :data:`OUTPUTS_RECORD` (with ``run``), a folder gets
+    :data:`OUTPUT_MARKER`, and the result the user's umask. A path that cannot be written, or a
+    full or read-only disk, is a ValueError.
     """
     path = os.fspath(path)
     if os.path.islink(path):  # write what the link points to, rather than replace the link by a file
         path = os.path.realpath(path)
-    check_output_path(path, directory=directory, replaces=directory)
+    check_output_path(path, directory=directory, replaces=directory, overwrite=overwrite, run=run)
     parent = os.path.dirname(os.path.abspath(path))
     base = os.path.basename(path)
     try:
@@ -127,6 +221,8 @@ def atomic_output(path: str, directory: bool = False) -> Iterator[str]:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, path)
+        if not directory:  # a folder carries its own mark (OUTPUT_MARKER)
+            _remember(path, run)
     except BaseException as err:
         if directory:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -147,9 +243,10 @@ def _umask() -> int:
     return mask
 
 
-def write_csv_atomically(path: str, header: Sequence[str], rows: Iterable[Sequence]) -> None:
-    """Write a CSV through :func:`atomic_output`."""
-    with atomic_output(path) as tmp, open(tmp, "w", newline="") as f:
+def write_csv_atomically(path: str, header: Sequence[str], rows: Iterable[Sequence], overwrite: bool = False,
+                         run: str | None = None) -> None:
+    """Write a CSV through :func:`atomic_output` (``overwrite`` and ``run`` as there)."""
+    with atomic_output(path, overwrite=overwrite, run=run) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(header)
         writer.writerows(rows)

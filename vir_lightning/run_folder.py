@@ -24,7 +24,7 @@ LOCK_NAME = ".fit.lock"
 RESULT_FILES = ("metrics.json", "checkpoints.json")
 
 
-def _entries(value) -> list:
+def config_entries(value) -> list:
     """A config's logger/callbacks entry as a list (one entry, a list of them, or nothing)."""
     if isinstance(value, list):
         return value
@@ -39,11 +39,11 @@ def point_outputs_into(trainer, run_dir: str) -> None:
     support ``in``, ``[]`` and ``.get``).
     """
     trainer["default_root_dir"] = run_dir
-    for logger in _entries(trainer.get("logger")):
+    for logger in config_entries(trainer.get("logger")):
         init_args = logger.get("init_args") if hasattr(logger, "get") else None
         if init_args is not None and "save_dir" in init_args:
             init_args["save_dir"] = run_dir
-    for callback in _entries(trainer.get("callbacks")):
+    for callback in config_entries(trainer.get("callbacks")):
         init_args = callback.get("init_args") if hasattr(callback, "get") else None
         if init_args is not None and "dirpath" in init_args:
             init_args["dirpath"] = os.path.join(run_dir, "checkpoints")

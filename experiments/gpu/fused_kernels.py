@@ -77,7 +77,9 @@ def log(key: str, value) -> None:
 
 
 def write_checks(path: str) -> None:
-    with atomic_output(path) as tmp:
+    # overwrite: this script regenerates the repository's own result files (docs/bench), which a
+    # checkout wrote, not this library, so the output rule would otherwise keep them
+    with atomic_output(path, overwrite=True) as tmp:
         Path(tmp).write_text(json.dumps(checks, indent=1, default=str))
 
 
@@ -345,7 +347,7 @@ def benchmark(csv_path: str, deadline: float, resolutions, dtypes) -> None:
                    batch=batches[resolution], ms="" if ms is None else ms, peak_mb="" if peak is None else peak)
         rows.append(row)
         print(",".join(str(row[c]) for c in CSV_COLUMNS), flush=True)
-        write_csv_atomically(csv_path, CSV_COLUMNS, ([r[c] for c in CSV_COLUMNS] for r in rows))
+        write_csv_atomically(csv_path, CSV_COLUMNS, ([r[c] for c in CSV_COLUMNS] for r in rows), overwrite=True)
     log("rows_left_out_by_deadline", left_out)
 
 

@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     if grids:
         print(f"stage grids: {grids}")
     if args.csv:
-        write_results_csv(args.csv, rows)
+        write_results_csv(args.csv, rows, args)
     return 0
 
 

@@ -20,7 +20,7 @@ import sys
 import time
 from collections.abc import Callable
 
-from ..io import write_csv_atomically
+from ..io import add_overwrite_argument, check_output_path, write_csv_atomically
 
 
 def rss_bytes() -> int:
@@ -189,7 +189,19 @@ def add_measure_args(parser: argparse.ArgumentParser, repeats: int = 3) -> None:
     parser.add_argument("--allocator", choices=("cached", "system"), default="cached",
                         help="cached: glibc keeps freed memory (no page faults per new tensor); system: as is")
     parser.add_argument("--csv", default=None, help="also write the results to this CSV file (atomically)")
+    add_overwrite_argument(parser, "result files that another benchmark run wrote, or that were not written here")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
+
+
+#: Options that say where results go, not what they are.
+OUTPUT_OPTIONS = ("csv", "out", "overwrite", "worker", "run")
+
+
+def measured_run(args: argparse.Namespace) -> str:
+    """What makes a benchmark's results what they are (every option but the output paths): results of
+    a run with other options never replace them silently (see :func:`~vir_lightning.io.check_output_path`)."""
+    options = ", ".join(f"{key}={value}" for key, value in sorted(vars(args).items()) if key not in OUTPUT_OPTIONS)
+    return f"benchmark with {options}"
 
 
 def check_measure_args(args: argparse.Namespace) -> None:
@@ -201,16 +213,9 @@ def check_measure_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--repeats {args.repeats}: expected at least 1 timed call")
     if not 0 <= args.min_seconds < float("inf"):
         raise ValueError(f"--min-seconds {args.min_seconds}: expected a finite number >= 0")
+    args.run = measured_run(args)
     if args.csv is not None:
-        check_output_file("--csv", args.csv)
-
-
-def check_output_file(option: str, path: str) -> None:
-    """ValueError unless ``path`` can become a file: not a folder, and no file where a folder on
-    its way must be (checked before the runs, so no measurement is lost at the end)."""
-    if os.path.isdir(path):
-        raise ValueError(f"{option} {path!r} is a folder; give a file name")
-    check_output_folder(option, os.path.dirname(os.path.abspath(path)))
+        check_output_path(args.csv, "--csv", overwrite=args.overwrite, run=args.run)
 
 
 def check_output_folder(option: str, path: str) -> None:
@@ -230,8 +235,10 @@ def check_positive(option: str, values, minimum: float = 1) -> None:
                          f" >= {minimum:g}")
 
 
-def write_results_csv(path: str, rows: list[dict]) -> None:
-    """One row per configuration, the union of all keys as columns, written atomically."""
+def write_results_csv(path: str, rows: list[dict], args: argparse.Namespace) -> None:
+    """One row per configuration, the union of all keys as columns, written atomically (replacing an
+    earlier file only as ``args`` allow: see :func:`check_measure_args`)."""
     fields = sorted({key for row in rows for key in row})
-    write_csv_atomically(path, fields, ([row.get(k, "") for k in fields] for row in rows))
+    write_csv_atomically(path, fields, ([row.get(k, "") for k in fields] for row in rows), overwrite=args.overwrite,
+                         run=args.run)
     print(f"wrote {path}")

@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         for decay in args.decay:
             print(f"auto crossover {decay}: parallel up to {crossover(rows, decay)} tokens, chunkwise beyond")
     if args.csv:
-        write_results_csv(args.csv, rows)
+        write_results_csv(args.csv, rows, args)
     return 0
 
 

@@ -29,7 +29,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..io import atomic_output
+from ..io import atomic_output, check_output_path
 from .measure import (
     add_measure_args,
     check_measure_args,
@@ -358,9 +358,11 @@ def markdown_report(rows: list[dict], machine: dict, command: str, baseline: str
     return "\n".join(lines)
 
 
-def plot_report(rows: list[dict], out_dir: Path, machine: dict) -> list[Path]:
+def plot_report(rows: list[dict], out_dir: Path, machine: dict, overwrite: bool = False,
+                run: str | None = None) -> list[Path]:
     """``throughput_<task>_b<batch>.png`` and ``memory_<task>_b<batch>.png``: against resolution,
-    log scales, one line per model and mode (the paper's Figure 5 layout)."""
+    log scales, one line per model and mode (the paper's Figure 5 layout); ``overwrite`` and ``run``
+    as in :func:`~vir_lightning.io.atomic_output`."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -391,7 +393,7 @@ def plot_report(rows: list[dict], out_dir: Path, machine: dict) -> list[Path]:
             ax.grid(True, which="both", alpha=0.3)
             ax.legend(fontsize=7)
             path = out_dir / f"{stem}_{task}_b{batch}.png"
-            with atomic_output(path) as tmp:
+            with atomic_output(path, overwrite=overwrite, run=run) as tmp:
                 fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png")
             plt.close(fig)
             written.append(path)
@@ -457,6 +459,8 @@ def _check_args(args) -> dict:
     if args.max_memory_gb is not None and not args.max_memory_gb > 0:
         raise ValueError(f"--max-memory-gb {args.max_memory_gb}: expected a positive number of GB")
     check_output_folder("--out", args.out)
+    for name in ("results.csv", "results.md"):  # before the runs, so no measurement is lost at the end
+        check_output_path(os.path.join(args.out, name), "--out", overwrite=args.overwrite, run=args.run)
     for name, values in (("--resolutions", args.resolutions), ("--batch-sizes", args.batch_sizes),
                          ("--chunk-sizes", [c for c in args.chunk_sizes if c is not None]),
                          ("--band-rows", [c for c in args.band_rows if c is not None])):
@@ -538,12 +542,12 @@ def main(argv: list[str] | None = None) -> int:
             )
         sys.stdout.flush()
 
-    write_results_csv(str(out_dir / "results.csv"), rows)
+    write_results_csv(str(out_dir / "results.csv"), rows, args)
     report = markdown_report(rows, machine, command, args.baseline)
-    with atomic_output(out_dir / "results.md") as tmp:
+    with atomic_output(out_dir / "results.md", overwrite=args.overwrite, run=args.run) as tmp:
         Path(tmp).write_text(report)
     print(f"wrote {out_dir / 'results.md'}")
-    for path in plot_report(rows, out_dir, machine):
+    for path in plot_report(rows, out_dir, machine, args.overwrite, args.run):
         print(f"wrote {path}")
     return 0
 

@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from .files import ImageFileList, list_images
-from .transforms import build_eval_transform, build_train_transform
+from .transforms import build_eval_transform, build_train_transform, check_transform_options
 
 
 class TransformedDataset(Dataset):
@@ -128,6 +128,7 @@ class ClassificationDataModule(L.LightningDataModule):
         super().__init__()
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size} must be a positive integer")
+        check_transform_options(mean, std, crop_scale, crop_ratio, hflip, color_jitter, random_erasing, eval_crop_pct)
         self.batch_size = batch_size
         self.num_workers = min(4, os.cpu_count() or 1) if num_workers is None else num_workers
         self.img_size = img_size

@@ -17,7 +17,7 @@ import os
 
 import numpy as np
 
-from ..io import atomic_output
+from ..io import add_overwrite_argument, atomic_output
 
 CELL = 512
 PHOTOS = ("grace_hopper.jpg", "Minduka_Present_Blue_Pack.png")
@@ -79,8 +79,12 @@ def level_region(level: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
     return np.rint(block).astype(np.uint8)
 
 
-def write_mosaic(path: str, height: int, width: int, levels: int = 3, tile: int = 256) -> list[tuple[int, int]]:
+def write_mosaic(path: str, height: int, width: int, levels: int = 3, tile: int = 256,
+                 overwrite: bool = False) -> list[tuple[int, int]]:
     """Write the mosaic as a tiled pyramidal TIFF (BigTIFF above 2 GB of pixels), atomically.
+
+    An existing ``path`` is replaced only if it is a mosaic of the same size, levels and tiles that
+    this command wrote, or with ``overwrite`` (see :func:`~vir_lightning.io.check_output_path`).
 
     Returns the (height, width) of every level written.
     """
@@ -97,7 +101,8 @@ def write_mosaic(path: str, height: int, width: int, levels: int = 3, tile: int 
             break
         shapes.append((h, w))
     bigtiff = height * width * 3 * 4 // 3 > 2**31
-    with atomic_output(path) as tmp, tifffile.TiffWriter(tmp, bigtiff=bigtiff) as tif:
+    run = f"build-mosaic {height}×{width}, {levels} levels, {tile}² tiles"
+    with atomic_output(path, overwrite=overwrite, run=run) as tmp, tifffile.TiffWriter(tmp, bigtiff=bigtiff) as tif:
         for level, (h, w) in enumerate(shapes):
             def tiles(level=level, h=h, w=w):
                 for y in range(0, h, tile):
@@ -119,8 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, nargs=2, default=(16384, 16384), metavar=("HEIGHT", "WIDTH"))
     parser.add_argument("--levels", type=int, default=3, help="pyramid levels (each half the previous size)")
     parser.add_argument("--tile", type=int, default=256, help="tile side in pixels")
+    add_overwrite_argument(parser, "OUT")
     args = parser.parse_args(argv)
-    shapes = write_mosaic(args.out, *args.size, levels=args.levels, tile=args.tile)
+    shapes = write_mosaic(args.out, *args.size, levels=args.levels, tile=args.tile, overwrite=args.overwrite)
     sizes = ", ".join(f"{w}×{h}" for h, w in shapes)
     print(f"wrote {args.out}: levels {sizes} px, {args.tile}² zlib tiles, {os.path.getsize(args.out) / 2**20:.0f} MB")
     return 0

@@ -9,6 +9,31 @@ from albumentations.pytorch import ToTensorV2
 from ..models.layers import to_2tuple
 
 
+def check_transform_options(mean, std, crop_scale, crop_ratio, hflip: float, color_jitter: float,
+                            random_erasing: float, eval_crop_pct: float) -> None:
+    """ValueError naming the option, for values the pipelines below would reject only when built
+    (at the first ``setup``) or take without a word (a std of 0, a crop area above the whole image)."""
+    def pair(name, values, low, high):
+        values = tuple(values) if isinstance(values, (list, tuple)) else (values,)
+        if len(values) != 2 or not low < values[0] <= values[1] <= high:
+            upper = "" if high == float("inf") else f" <= {high:g}"
+            raise ValueError(f"{name}={list(values)}: expected [low, high] with {low:g} < low <= high{upper}")
+
+    pair("crop_scale", crop_scale, 0.0, 1.0)  # fractions of the image's area
+    pair("crop_ratio", crop_ratio, 0.0, float("inf"))
+    for name, value in (("hflip", hflip), ("random_erasing", random_erasing)):
+        if not 0 <= value <= 1:
+            raise ValueError(f"{name}={value}: expected a probability in [0, 1]")
+    if not color_jitter >= 0:
+        raise ValueError(f"color_jitter={color_jitter}: expected a strength >= 0")
+    if not 0 < eval_crop_pct <= 1:
+        raise ValueError(f"eval_crop_pct={eval_crop_pct}: expected a fraction in (0, 1]")
+    if not all(s > 0 for s in std):
+        raise ValueError(f"std={list(std)}: every value must be positive (pixels are divided by it)")
+    if not mean or not std:
+        raise ValueError("mean and std need at least one value (one per channel, or one for all)")
+
+
 def build_train_transform(
     img_size,
     mean,

@@ -16,9 +16,10 @@ import os
 import sys
 import time
 
+from ..io import add_overwrite_argument, check_output_path
 from .execute import execute_run, read_status, status_for_metrics
 from .plan import plan
-from .report import write_reports
+from .report import REPORT_FILES, report_run, write_reports
 from .spec import load_spec
 
 
@@ -34,6 +35,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="ray: the cluster to join (e.g. ray://head:10001 or auto); none: start a local Ray")
     p.add_argument("--cpus-per-run", type=float, default=1.0, help="ray: CPUs each run reserves")
     p.add_argument("--retry-failed", action="store_true", help="run failed runs again (default: keep them failed)")
+    add_overwrite_argument(p, "report files in --out that another grid wrote, or that were not written here")
     return p
 
 
@@ -88,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = os.path.abspath(args.out or os.path.join("runs", "grids", spec.name))
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):  # a dry run says so too
         raise ValueError(f"--out {out_dir} is a file; give a folder for the results and runs")
+    for name in REPORT_FILES:  # before any run trains; a dry run says so too
+        check_output_path(os.path.join(out_dir, name), "--out", overwrite=args.overwrite, run=report_run(spec))
     if args.dry_run:
         lock = None
     else:
@@ -115,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
 
     for run in runs:
         run.write_config()
-    write_reports(spec, runs, statuses, out_dir, command)
+    write_reports(spec, runs, statuses, out_dir, command, args.overwrite)
     by_id = {run.run_id: run for run in runs}
     if args.executor == "ray":
         results = _ray([r.to_dict() for r in pending], args.ray_address, args.cpus_per_run, args.retry_failed)
@@ -124,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.time()
     for finished, (run, status) in enumerate(results, start=1):
         status = statuses[run["run_id"]] = status_for_metrics(run, status)
-        write_reports(spec, runs, statuses, out_dir, command)
+        write_reports(spec, runs, statuses, out_dir, command, args.overwrite)
         detail = ", ".join(f"{k} {v:.4f}" for k, v in (status.get("metrics") or {}).items()) or status.get("reason")
         print(f"[{finished}/{len(pending)}] {status['state']:6s} {run['run_id']}  {by_id[run['run_id']].point.label()}"
               f"  seed {run['seed']}: {detail}  ({status.get('seconds', 0):.0f} s; {time.time() - start:.0f} s in all)",

@@ -10,7 +10,10 @@ stops the grid with the CLI's own message.
 from __future__ import annotations
 
 import copy
+import difflib
+import fnmatch
 import hashlib
+import importlib
 import json
 import os
 import subprocess
@@ -23,7 +26,7 @@ from pathlib import Path
 import yaml
 
 from ..io import atomic_output
-from ..run_folder import point_outputs_into
+from ..run_folder import config_entries, point_outputs_into
 from .spec import GridPoint, GridSpec, Step
 
 
@@ -127,20 +130,95 @@ def place_outputs(config: dict, run_dir: str) -> dict:
     return config
 
 
-def _check_model(config: dict, label: str) -> None:
-    """Model options are a free dict the parser cannot check: build the model on the meta device."""
+def _check_model(config: dict, label: str):
+    """Model options are a free dict the parser cannot check: build the model on the meta device
+    (returned; None for a model that is not built by name)."""
     init = (config.get("model") or {}).get("init_args") or {}
     if "model_name" not in init:
-        return
+        return None
     import torch
 
     from ..models import create_model
 
     try:
         with torch.device("meta"):
-            create_model(init["model_name"], **(init.get("model_kwargs") or {}))
+            return create_model(init["model_name"], **(init.get("model_kwargs") or {}))
     except (TypeError, ValueError) as err:
         raise ValueError(f"point {label}: the model does not build: {err}") from None
+
+
+def _check_step_weights(config: dict, step_config: dict, label: str) -> None:
+    """A tagged step starts from its run's fit weights (``pretrained``): a step model they cannot
+    load into (another depth or width) would fail only after the fit has trained."""
+    fit_model, step_model = _check_model(config, label), _check_model(step_config, label)
+    if fit_model is None or step_model is None:
+        return
+    from ..tasks.checkpoints import head_to_reinitialise
+
+    try:
+        head_to_reinitialise(step_model, fit_model.state_dict(), "the fit's checkpoint")
+    except ValueError as err:
+        raise ValueError(f"point {label}: {err}: a tagged step starts from them; give it the fit's model"
+                         " options") from None
+
+
+def _import(class_path: str):
+    module, _, name = class_path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+def _check_data(config: dict, label: str) -> None:
+    """Data options parse whatever their values: build the data module (it lists its files and
+    decodes no image), so a ``batch_size`` of 0, a missing root or a crop scale above 1 is found now
+    instead of failing every run at its start."""
+    data = config.get("data") or {}
+    if not isinstance(data, dict) or not data.get("class_path"):
+        return
+    try:
+        _import(data["class_path"])(**(data.get("init_args") or {}))
+    except (TypeError, ValueError, OSError, ImportError, AttributeError) as err:
+        raise ValueError(f"point {label}: the data does not build: {err}") from None
+
+
+#: Packages whose callbacks log no ``train/``, ``val/`` or ``test/`` metric unless they declare
+#: ``LOGGED_METRICS`` (checkpointing, LR monitors, EMA, …); a callback from elsewhere may log any.
+KNOWN_PACKAGES = ("vir_lightning.", "lightning.")
+
+
+def _logged_metric_patterns(config: dict) -> list[str] | None:
+    """The ``train/``, ``val/``, ``test/`` metrics the run's model and callbacks log, as fnmatch
+    patterns (their ``LOGGED_METRICS``); None where a model or callback of unknown kind may log more."""
+    model = (config.get("model") or {}).get("class_path")
+    callbacks = [c.get("class_path") for c in config_entries((config.get("trainer") or {}).get("callbacks"))
+                 if isinstance(c, dict)]
+    patterns = []
+    for class_path, is_model in [(model, True), *((c, False) for c in callbacks)]:
+        try:
+            declared = getattr(_import(class_path), "LOGGED_METRICS", None) if class_path else None
+        except (ImportError, AttributeError, ValueError):
+            return None
+        if declared is None and (is_model or not str(class_path).startswith(KNOWN_PACKAGES)):
+            return None
+        patterns += declared or []
+    return patterns
+
+
+def _check_metric_names(spec: GridSpec, config: dict) -> None:
+    """A metric name with a typo in a split that is logged (``test/acc`` for ``test/acc1``) would
+    otherwise be found only after every run has trained."""
+    patterns = _logged_metric_patterns(config)
+    if patterns is None:
+        return
+    for metric in spec.metrics:
+        name = metric.partition("@")[0]
+        split = name.split("/", 1)[0]
+        if split not in ("train", "val", "test") or any(fnmatch.fnmatchcase(name, p) for p in patterns):
+            continue
+        logged = [p for p in patterns if p.startswith(split + "/")]
+        close = difflib.get_close_matches(name, logged, n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise ValueError(f"{spec.source}: metric {metric!r} is not one the runs log: {hint}({split}/ metrics:"
+                         f" {', '.join(logged)})")
 
 
 #: The metric prefixes each subcommand logs (``fit`` also ``test/`` with ``test_after_fit``).
@@ -221,10 +299,29 @@ def plan(spec: GridSpec, out_dir: str, workers: int = 2) -> list[Run]:
                              " config (the same run): drop a repeated axis value, or an axis the config ignores")
         first_point[run_id] = point.label()
         run_ids.append(run_id)
+    data_checked = set()
     for where, _, config in distinct.values():
-        _check_model(config, where)
+        data = json.dumps(config.get("data"), sort_keys=True, default=str)
+        try:
+            _check_model(config, where)
+            if data not in data_checked:  # most grids vary the model only: the data module is built once
+                data_checked.add(data)
+                _check_data(config, where)
+        except ValueError as err:
+            raise ValueError(f"{spec.source}: {err}") from None
     for point, config, step_configs in configs[:1]:  # what the steps log depends on the steps, not the point
         _check_steps_and_metrics(spec, config, step_configs, point.label())
+        _check_metric_names(spec, config)
+    weights_checked = set()
+    for point, config, step_configs in configs:
+        key = json.dumps(point.values, default=str)  # seeds do not change shapes
+        for tag, step_config in step_configs.items():
+            if (key, tag) not in weights_checked:
+                weights_checked.add((key, tag))
+                try:
+                    _check_step_weights(config, step_config, f"{point.label()}, step {tag}")
+                except ValueError as err:
+                    raise ValueError(f"{spec.source}: {err}") from None
     with ThreadPoolExecutor(max(1, workers)) as pool:
         errors = [e for e in pool.map(check, distinct.values()) if e]
     if errors:

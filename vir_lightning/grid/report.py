@@ -151,7 +151,8 @@ def _mean_std_of(values: list[float]) -> tuple[float, float]:
     return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def _save_plot(ax, spec: GridSpec, metric: str, against: str, out_dir: str, has_lines: bool) -> str:
+def _save_plot(ax, spec: GridSpec, metric: str, against: str, out_dir: str, has_lines: bool,
+               overwrite: bool = False) -> str:
     import matplotlib.pyplot as plt
 
     ax.set_xlabel(against)
@@ -161,13 +162,13 @@ def _save_plot(ax, spec: GridSpec, metric: str, against: str, out_dir: str, has_
     if has_lines:
         ax.legend(fontsize=7)
     path = os.path.join(out_dir, f"{metric.replace('/', '_')}_vs_{against}.png")
-    with atomic_output(path) as tmp:
+    with atomic_output(path, overwrite=overwrite, run=report_run(spec)) as tmp:
         ax.figure.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
     plt.close(ax.figure)
     return path
 
 
-def plot_axes(spec: GridSpec, rows: list[dict], out_dir: str) -> list[str]:
+def plot_axes(spec: GridSpec, rows: list[dict], out_dir: str, overwrite: bool = False) -> list[str]:
     """For each axis: the first metric's mean ± std against that axis's values, one line per
     combination of the other axes (when an axis holds dicts, one plot against the points' short
     labels instead). With tagged steps, also ``<metric>_vs_step.png``: the metric
@@ -195,7 +196,7 @@ def plot_axes(spec: GridSpec, rows: list[dict], out_dir: str) -> list[str]:
             ax.tick_params(axis="x", labelsize=7, labelrotation=25)
             for label in ax.get_xticklabels():  # long labels end under their point
                 label.set_horizontalalignment("right")
-        written.append(_save_plot(ax, spec, metric, "point", out_dir, False))
+        written.append(_save_plot(ax, spec, metric, "point", out_dir, False, overwrite))
     for axis in [] if zipped else axes:
         others = [a for a in axes if a != axis]
         _, ax = plt.subplots(figsize=(5.6, 4))
@@ -208,7 +209,7 @@ def plot_axes(spec: GridSpec, rows: list[dict], out_dir: str) -> list[str]:
             means, stds = zip(*(_mean_std_of(e[metric]) for e in entries), strict=True)
             name = ", ".join(f"{o}={v}" for o, v in zip(others, key, strict=True)) or metric
             ax.errorbar([str(e[axis]) for e in entries], means, yerr=stds, marker="o", capsize=4, label=name)
-        written.append(_save_plot(ax, spec, metric, axis, out_dir, bool(series)))
+        written.append(_save_plot(ax, spec, metric, axis, out_dir, bool(series), overwrite))
 
     steps = [("fit", metric)] + [(s.tag, f"{metric}@{s.tag}") for s in spec.steps
                                  if s.tag and f"{metric}@{s.tag}" in spec.metrics]
@@ -221,15 +222,28 @@ def plot_axes(spec: GridSpec, rows: list[dict], out_dir: str) -> list[str]:
                 means, stds = zip(*(_mean_std_of(entry[m]) for _, m in shown), strict=True)
                 ax.errorbar([tag for tag, _ in shown], means, yerr=stds, marker="o", capsize=4, label=name or metric)
                 drawn = True
-        written.append(_save_plot(ax, spec, metric, "step", out_dir, drawn))
+        written.append(_save_plot(ax, spec, metric, "step", out_dir, drawn, overwrite))
     return written
 
 
-def write_reports(spec: GridSpec, runs: list[Run], statuses: dict, out_dir: str, command: str) -> None:
+def report_run(spec: GridSpec) -> str:
+    """What the report files of ``--out`` belong to: another grid's are never replaced silently."""
+    return f"grid {spec.name}"
+
+
+#: The report files every grid writes into its ``--out`` (the plots are named after metrics and axes).
+REPORT_FILES = ("results.csv", "results.md")
+
+
+def write_reports(spec: GridSpec, runs: list[Run], statuses: dict, out_dir: str, command: str,
+                  overwrite: bool = False) -> None:
+    """``results.csv``, ``results.md`` and the plots in ``out_dir``, replacing earlier ones only as
+    :func:`~vir_lightning.io.check_output_path` allows (this grid's own, or any with ``overwrite``)."""
     rows = result_rows(spec, runs, statuses)
     fields = list(rows[0]) if rows else ["run_id"]
-    write_csv_atomically(os.path.join(out_dir, "results.csv"), fields, ([r[f] for f in fields] for r in rows))
-    with atomic_output(os.path.join(out_dir, "results.md")) as tmp:
+    write_csv_atomically(os.path.join(out_dir, REPORT_FILES[0]), fields, ([r[f] for f in fields] for r in rows),
+                         overwrite=overwrite, run=report_run(spec))
+    with atomic_output(os.path.join(out_dir, REPORT_FILES[1]), overwrite=overwrite, run=report_run(spec)) as tmp:
         Path(tmp).write_text(markdown(spec, rows, command))
     if any(r["state"] == "done" for r in rows):
-        plot_axes(spec, rows, out_dir)
+        plot_axes(spec, rows, out_dir, overwrite)

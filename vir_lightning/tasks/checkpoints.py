@@ -67,6 +67,26 @@ def _state_dict_of(obj, path: str) -> dict[str, torch.Tensor]:
     return state
 
 
+def head_to_reinitialise(model: nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint") -> list[str]:
+    """The keys of a classifier head of another size in ``state`` (dropped by :func:`load_weights`);
+    ValueError where ``state`` cannot be loaded into ``model`` at all: no shared keys, or another
+    shape anywhere but the head and the (resizable) position embedding. Shapes only, so it also
+    checks models and weights on the meta device (``grid --dry-run``)."""
+    own = model.state_dict()
+    shared = set(own) & set(state)
+    if not shared:
+        raise ValueError(f"{source} shares no parameter names with {type(model).__name__}: it belongs to another"
+                         f" architecture (first keys: {sorted(state)[:3]})")
+    dropped_head = [key for key in ("head.weight", "head.bias")
+                    if key in state and key in own and state[key].shape != own[key].shape]
+    mismatched = [k for k in shared - set(dropped_head) if k != "pos_embed" and state[k].shape != own[k].shape]
+    if mismatched:
+        details = ", ".join(f"{k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in sorted(mismatched)[:5])
+        raise ValueError(f"{source} does not fit {type(model).__name__} ({details}); it was trained for another"
+                         " architecture or size")
+    return dropped_head
+
+
 def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint") -> dict:
     """Load ``state`` into ``model`` for fine-tuning and report what did not match.
 
@@ -75,22 +95,8 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str =
     - Any other shape mismatch, or no shared keys at all, raises ValueError (another architecture).
     - Missing and unexpected keys are logged as warnings and returned.
     """
-    own = model.state_dict()
-    shared = set(own) & set(state)
-    if not shared:
-        raise ValueError(f"{source} shares no parameter names with {type(model).__name__}: it belongs to another"
-                         f" architecture (first keys: {sorted(state)[:3]})")
-    state = dict(state)
-    dropped_head = []
-    for key in ("head.weight", "head.bias"):
-        if key in state and key in own and state[key].shape != own[key].shape:
-            dropped_head.append(key)
-            del state[key]
-    mismatched = [k for k in shared - set(dropped_head) if k != "pos_embed" and state[k].shape != own[k].shape]
-    if mismatched:
-        details = ", ".join(f"{k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in sorted(mismatched)[:5])
-        raise ValueError(f"{source} does not fit {type(model).__name__} ({details}); it was trained for another"
-                         " architecture or size")
+    dropped_head = head_to_reinitialise(model, state, source)
+    state = {k: v for k, v in state.items() if k not in dropped_head}
     result = model.load_state_dict(state, strict=False)
     missing = [k for k in result.missing_keys if k not in dropped_head]
     if dropped_head:

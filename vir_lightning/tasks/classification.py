@@ -126,6 +126,11 @@ class ImageClassifier(L.LightningModule):
         class_names: names for predictions (linked from the data).
     """
 
+    #: The metrics it logs (fnmatch patterns; ``train/loss`` also as ``_step`` and ``_epoch``), which
+    #: ``grid --dry-run`` checks a spec's metric names against. Kept beside the ``self.log`` calls.
+    LOGGED_METRICS = ("train/loss*", "train/acc1", "val/loss", "val/acc1", "val/acc5", "test/loss", "test/acc1",
+                      "test/acc5")
+
     def __init__(
         self,
         model_name: str = "vir_nano_patch4_28",

@@ -11,10 +11,11 @@ Everything is read with ``weights_only=True`` and written atomically.
 from __future__ import annotations
 
 import argparse
+import os
 
 import torch
 
-from ..io import atomic_output, check_output_path
+from ..io import add_overwrite_argument, atomic_output, check_output_path
 from .checkpoints import load_tensors_only
 
 HEAD_PREFIX = "head."
@@ -28,13 +29,17 @@ def read_lightning_checkpoint(path: str) -> dict:
     return checkpoint
 
 
-def export_backbone(checkpoint_path: str, out_path: str, keep_head: bool = False) -> dict:
+def export_backbone(checkpoint_path: str, out_path: str, keep_head: bool = False, overwrite: bool = False) -> dict:
     """Write the backbone weights of a classification checkpoint to ``out_path``.
+
+    An existing ``out_path`` is replaced only if it is this command's export of the same checkpoint,
+    or with ``overwrite`` (see :func:`~vir_lightning.io.check_output_path`); never the checkpoint.
 
     Returns the ``meta`` written: model name, whether the weights are the EMA ones, counts.
     """
     # before reading a large checkpoint; never over the checkpoint itself (it holds the head and optimizer)
-    check_output_path(out_path, "export-backbone output", inputs=(checkpoint_path,))
+    run = f"export-backbone of {os.path.abspath(checkpoint_path)}" + (" with its head" if keep_head else "")
+    check_output_path(out_path, "export-backbone output", inputs=(checkpoint_path,), overwrite=overwrite, run=run)
     checkpoint = read_lightning_checkpoint(checkpoint_path)
     state = {k[len("model."):]: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
     if not state:
@@ -56,7 +61,7 @@ def export_backbone(checkpoint_path: str, out_path: str, keep_head: bool = False
         # what the backbone's inputs were normalised with (None: a checkpoint from before it was recorded)
         "preprocessing": checkpoint.get("preprocessing"),
     }
-    with atomic_output(out_path) as tmp, open(tmp, "wb") as f:
+    with atomic_output(out_path, overwrite=overwrite, run=run) as tmp, open(tmp, "wb") as f:
         # Through a file object: given a path, torch.save names the zip's records after the file
         # name and rejects a temporary name without an extension (an output given as plain "out").
         torch.save({"state_dict": state, "meta": meta}, f)
@@ -72,8 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("checkpoint", help="a .ckpt written by `python -m vir_lightning fit`")
     parser.add_argument("out", help="output .pth")
     parser.add_argument("--keep-head", action="store_true", help="keep the classifier head (default: dropped)")
+    add_overwrite_argument(parser, "OUT")
     args = parser.parse_args(argv)
-    meta = export_backbone(args.checkpoint, args.out, args.keep_head)
+    meta = export_backbone(args.checkpoint, args.out, args.keep_head, args.overwrite)
     weights = "EMA" if meta["ema"] else "raw (no EMA in this checkpoint)"
     print(
         f"wrote {args.out}: {meta['model_name']}, {meta['tensors']} tensors, {meta['parameters']:,} parameters,"

@@ -32,6 +32,9 @@ def _batch_size(batch) -> int:
 class ImagesPerSecond(L.Callback):
     """Log ``train/images_per_s`` (per training epoch) and ``test/images_per_s`` (per test run)."""
 
+    #: What it logs, as :attr:`ImageClassifier.LOGGED_METRICS <vir_lightning.tasks.ImageClassifier.LOGGED_METRICS>`.
+    LOGGED_METRICS = ("train/images_per_s", "test/images_per_s")
+
     def __init__(self) -> None:
         self._images = {"train": 0, "test": 0}
         self._started: dict[str, float | None] = {"train": None, "test": None}

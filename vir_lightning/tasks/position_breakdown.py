@@ -62,6 +62,9 @@ class ObjectPositionBreakdown(L.Callback):
         csv_name: file name of the per-image table (empty: not written).
     """
 
+    #: What it logs, as :attr:`ImageClassifier.LOGGED_METRICS <vir_lightning.tasks.ImageClassifier.LOGGED_METRICS>`.
+    LOGGED_METRICS = ("test/acc1_raster_*", "test/acc1_manhattan_*")
+
     def __init__(self, csv_name: str = "test_positions.csv"):
         self.csv_name = csv_name
         self._correct: list[torch.Tensor] = []

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io import atomic_output, check_output_path, write_csv_atomically
+from ..io import add_overwrite_argument, atomic_output, check_output_path, write_csv_atomically
 
 TOP_K = 5
 FIXED_COLUMNS = ["path", "level", "reader", "height", "width", "grid_rows", "grid_cols", "edge", "edge_rows_px",
@@ -135,9 +135,10 @@ def patch_grid(height: int, width: int, patch: tuple[int, int], edge: str) -> tu
 
 
 def predict_image(model, image, mean, std, edge: str = "crop", features_path: str | None = None,
-                  progress=None) -> dict:
+                  progress=None, overwrite: bool = False) -> dict:
     """Stream one opened :class:`LargeImage` through ``model``: the CSV row's fields plus
-    ``probs`` (num_classes,). Writes the features memmap (atomically) when ``features_path``."""
+    ``probs`` (num_classes,). Writes the features memmap (atomically) when ``features_path``
+    (replacing an existing file as :func:`~vir_lightning.io.check_output_path` allows)."""
     import torch
 
     from ..data.large_image import to_model_channels
@@ -170,7 +171,7 @@ def predict_image(model, image, mean, std, edge: str = "crop", features_path: st
         if features_path is None:
             logits = model.forward_streaming(read_band, (rows, cols), 1)
         else:
-            with atomic_output(features_path) as tmp:
+            with atomic_output(features_path, overwrite=overwrite) as tmp:
                 # The .npy header (shape, dtype) from NumPy, then each band written at its place
                 # with plain file writes: a writable memmap would keep every written page resident.
                 header = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16,
@@ -234,7 +235,7 @@ def _check_same_run(args, mean, std, done: list[dict]) -> None:
             raise ValueError(f"--out {args.out!r} holds {len(done)} results computed with other options"
                              f" ({'; '.join(changed)}); a rerun would skip those images and keep their old"
                              " results: rerun with the same options to resume, or choose another --out")
-    with atomic_output(path) as tmp:
+    with atomic_output(path, overwrite=args.overwrite) as tmp:
         Path(tmp).write_text(json.dumps(options, indent=1))
 
 
@@ -278,6 +279,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--edge", choices=("crop", "pad"), default="crop",
                    help="sides that are not a multiple of the patch: crop them (default) or pad with the mean colour")
     p.add_argument("--features-dir", default=None, help="also write per-patch float16 features: DIR/<name>.npy + .json")
+    add_overwrite_argument(p, "--out (starting it afresh instead of resuming) and the features files")
     return p
 
 
@@ -291,7 +293,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.level < 0:
         raise ValueError(f"--level {args.level}: pyramid levels count from 0")
     inputs = [*args.images, args.ckpt_path, args.config]
-    check_output_path(args.out, "--out", inputs=inputs)  # before loading the model and reading huge images
+    # Before loading the model and reading huge images. An --out of this command (resumed) or, with
+    # --overwrite, any file; never one of the inputs.
+    check_output_path(args.out, "--out", inputs=inputs, overwrite=args.overwrite)
     stems = {}
     if args.features_dir:
         check_output_path(args.features_dir, "--features-dir", directory=True)
@@ -300,10 +304,13 @@ def main(argv: list[str] | None = None) -> int:
             if stems.setdefault(stem, path) != path:
                 raise ValueError(f"--features-dir: {stems[stem]!r} and {path!r} would both write {stem}.npy;"
                                  " rename one or run them separately")
+            for suffix in (".npy", ".json"):
+                check_output_path(os.path.join(args.features_dir, stem + suffix), "--features-dir file",
+                                  inputs=inputs, overwrite=args.overwrite)
         _make_folder("--features-dir", args.features_dir)
     _make_folder("--out", os.path.dirname(os.path.abspath(args.out)))
     with _lock_output(args.out):
-        done = _read_done(args.out)
+        done = [] if args.overwrite else _read_done(args.out)
         model, names, mean, std = load_streaming_model(args.config, args.ckpt_path, args.chunk_size)
         _check_same_run(args, mean, std, done)
 
@@ -326,7 +333,8 @@ def main(argv: list[str] | None = None) -> int:
                     features = os.path.join(args.features_dir, Path(path).stem + ".npy") if args.features_dir else None
                     with tqdm(total=bands * passes, desc=Path(path).name, unit="band", file=sys.stderr,
                               leave=False, dynamic_ncols=True) as progress:
-                        result = predict_image(model, image, mean, std, args.edge, features, progress)
+                        result = predict_image(model, image, mean, std, args.edge, features, progress,
+                                               args.overwrite)
             except (ValueError, FileNotFoundError, OSError, MemoryError) as err:
                 failures += 1
                 print(f"error: {err}", file=sys.stderr)
@@ -344,10 +352,10 @@ def main(argv: list[str] | None = None) -> int:
                         "edge_px": [result["edge_rows_px"], result["edge_cols_px"]], "dim": model.num_features,
                         "dtype": "float16", "layout": "rows, cols, dim (final-norm features, first pass)",
                         "checkpoint": os.path.abspath(args.ckpt_path)}
-                with atomic_output(features[: -len(".npy")] + ".json") as tmp:
+                with atomic_output(features[: -len(".npy")] + ".json", overwrite=args.overwrite) as tmp:
                     Path(tmp).write_text(json.dumps(meta, indent=1))
             done.append(row)
-            write_csv_atomically(args.out, COLUMNS, ([r[c] for c in COLUMNS] for r in done))
+            write_csv_atomically(args.out, COLUMNS, ([r[c] for c in COLUMNS] for r in done), overwrite=args.overwrite)
             edge = {"crop": "cropped", "pad": "padded"}[args.edge]
             grid = f"{result['grid_rows']}×{result['grid_cols']}"
             edge_px = f"{result['edge_cols_px']}×{result['edge_rows_px']}"

@@ -13,20 +13,27 @@ class PredictionCSVWriter(BasePredictionWriter):
     Columns: ``path, class_1, prob_1, …, class_5, prob_5`` (fewer with fewer than 5 classes).
     Images skipped as undecodable (``skip_bad_images``) have no row. The output path is checked
     when the writer is made, so a path that cannot be written fails before any prediction runs;
-    it is never one of the command's ``inputs`` (its checkpoint and configs).
+    it is never one of the command's ``inputs`` (its checkpoint and configs), and an existing file is
+    replaced only as :func:`~vir_lightning.io.check_output_path` allows: one this library wrote for the
+    same ``run`` (checkpoint and image folder), or any with ``overwrite``.
     """
 
-    def __init__(self, output_path: str, inputs: tuple[str, ...] = ()):
+    def __init__(self, output_path: str, inputs: tuple[str, ...] = (), overwrite: bool = False,
+                 run: str | None = None):
         super().__init__(write_interval="epoch")
-        check_output_path(output_path, "--predictions_csv", inputs=inputs)
-        self.output_path, self.inputs = output_path, inputs
+        self.output_path, self.inputs, self.overwrite, self.run = output_path, inputs, overwrite, run
+        self._check()
+
+    def _check(self) -> None:
+        check_output_path(self.output_path, "--predictions_csv", inputs=self.inputs, overwrite=self.overwrite,
+                          run=self.run)
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
         # Checked again before predicting: the path may have changed since the writer was made.
         if trainer.world_size > 1:
             raise ValueError("predict writes one CSV from one process; run predict with trainer.devices=1")
-        check_output_path(self.output_path, "--predictions_csv", inputs=self.inputs)
+        self._check()
 
     def write_on_epoch_end(self, trainer, pl_module, predictions, batch_indices) -> None:
         datamodule = trainer.datamodule
@@ -45,7 +52,7 @@ class PredictionCSVWriter(BasePredictionWriter):
                              f" nothing written to {self.output_path}")
         top = len(predictions[0]["classes"][0]) if predictions else 0
         header = ["path"] + [f"{k}_{i}" for i in range(1, top + 1) for k in ("class", "prob")]
-        write_csv_atomically(self.output_path, header, rows)
+        write_csv_atomically(self.output_path, header, rows, overwrite=self.overwrite, run=self.run)
         skipped = len(paths) - len(rows)
         print(f"wrote {len(rows)} predictions to {self.output_path}"
               + (f"; {skipped} undecodable images skipped (their paths are in the warnings above)" if skipped else ""))
