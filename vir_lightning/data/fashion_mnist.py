@@ -48,6 +48,11 @@ def check_root(root: str, option: str = "--data.init_args.root") -> None:
     """Raise FileNotFoundError naming the missing IDX files, where Debian puts them, and ``option``
     (the command-line option that sets ``root``)."""
     missing = [name for name in FILES.values() if not os.path.isfile(os.path.join(root, name))]
+    unpacked = [name for name in missing if os.path.isfile(os.path.join(root, name[: -len(".gz")]))]
+    if unpacked:
+        raise FileNotFoundError(
+            f"Fashion-MNIST in {root!r} is unpacked ({', '.join(n[: -len('.gz')] for n in unpacked)}): the"
+            f" standard .gz files are read as they are downloaded; gzip them again (gzip {root}/*-ubyte)")
     if missing:
         raise FileNotFoundError(
             f"Fashion-MNIST not found in {root!r}: missing {', '.join(missing)}. On Debian/Ubuntu run"
@@ -57,9 +62,17 @@ def check_root(root: str, option: str = "--data.init_args.root") -> None:
 
 
 def read_split(root: str, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """Fashion-MNIST's ``split`` ("train" or "test"): images (N×28×28 uint8) and labels (N,)."""
-    return (read_idx(os.path.join(root, FILES[f"{split}_images"])),
-            read_idx(os.path.join(root, FILES[f"{split}_labels"])))
+    """Fashion-MNIST's ``split`` ("train" or "test"): images (N×28×28 uint8) and labels (N,); ValueError
+    for files that do not belong together (mixed up or swapped: the counts or shapes differ)."""
+    images_path, labels_path = (os.path.join(root, FILES[f"{split}_{kind}"]) for kind in ("images", "labels"))
+    images, labels = read_idx(images_path), read_idx(labels_path)
+    if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+        raise ValueError(f"{images_path} ({list(images.shape)}) and {labels_path} ({list(labels.shape)}) do not"
+                         " belong together: expected N×28×28 images and N labels; replace them with the"
+                         " dataset's own files")
+    if labels.size and labels.max() >= len(CLASS_NAMES):
+        raise ValueError(f"{labels_path} holds label {int(labels.max())}; Fashion-MNIST has {len(CLASS_NAMES)} classes")
+    return images, labels
 
 
 class _ArraySource:

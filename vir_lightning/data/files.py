@@ -53,6 +53,9 @@ def list_images(folder: str, recursive: bool = False) -> list[str]:
     link back to a parent cannot loop). The training data and ``predict`` both list images here, so
     they agree on what an image is.
     """
+    if os.path.isfile(folder):
+        raise ValueError(f"image folder {folder!r} is a file; give the folder that holds the images"
+                         f" ({os.path.dirname(folder) or '.'})")
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"image folder {folder!r} does not exist")
     if recursive:

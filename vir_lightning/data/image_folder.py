@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 
@@ -11,6 +12,8 @@ from .files import IMAGE_SUFFIXES, ImageFileList, decode_image, infer_image_size
 # decode_image, list_images and IMAGE_SUFFIXES stay importable from here (they lived here before files.py).
 __all__ = ["IMAGE_SUFFIXES", "ImageFileList", "ImageFolderDataModule", "decode_image", "infer_image_size",
            "list_images"]
+
+log = logging.getLogger(__name__)
 
 
 def _scan_split(split_dir: str, class_names: list[str] | None) -> tuple[list[str], list[str], list[int]]:
@@ -33,6 +36,10 @@ def _scan_split(split_dir: str, class_names: list[str] | None) -> tuple[list[str
     unknown = sorted(set(found) - set(class_names))
     if unknown:
         raise ValueError(f"{split_dir!r} has classes absent from the training split: {', '.join(unknown)}")
+    loose = list_images(split_dir, recursive=False)
+    if loose:  # as torchvision's ImageFolder, images outside a class folder have no label: said, not guessed
+        log.warning("%s: %d image(s) directly in the split folder, outside every class folder, are not used"
+                    " (e.g. %s); move them into their class folder", split_dir, len(loose), os.path.basename(loose[0]))
     index = {name: i for i, name in enumerate(class_names)}
     paths = [p for name in found for p in files[name]]
     labels = [index[name] for name in found for _ in files[name]]
@@ -63,8 +70,16 @@ class ImageFolderDataModule(ClassificationDataModule):
         if not os.path.isdir(root):
             raise FileNotFoundError(f"data root {root!r} does not exist; expected root/{train_dir}/<class>/*.jpg"
                                     f" and root/{val_dir}/<class>/*.jpg")
+        train_folder = os.path.realpath(os.path.join(root, train_dir))
+        for name, folder in (("val_dir", val_dir), ("test_dir", test_dir)):
+            if folder and os.path.realpath(os.path.join(root, folder)) == train_folder:
+                # the scores would be of the images it trained on
+                raise ValueError(f"{name}={folder!r} is the training folder {train_dir!r}; give it held-out images")
         self.root = root
         self.class_names, train_paths, train_labels = _scan_split(os.path.join(root, train_dir), None)
+        if len(self.class_names) < 2:
+            raise ValueError(f"{os.path.join(root, train_dir)!r} has one class folder ({self.class_names[0]!r});"
+                             " classification needs at least 2 (one folder per class)")
         _, val_paths, val_labels = _scan_split(os.path.join(root, val_dir), self.class_names)
         test = _scan_split(os.path.join(root, test_dir), self.class_names) if test_dir else (None, val_paths,
                                                                                            val_labels)

@@ -243,6 +243,8 @@ def open_large_image(path: str, level: int = 0, reader: str = "auto") -> LargeIm
     with the path for anything unreadable."""
     if reader not in READERS:
         raise ValueError(f"reader={reader!r} is unknown; expected one of {READERS}")
+    if os.path.isdir(path):
+        raise ValueError(f"{path} is a folder; pass the image files in it (e.g. {os.path.join(path, '*.tif')})")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no such file")
     if isinstance(level, bool) or not isinstance(level, int) or level < 0:

@@ -94,6 +94,10 @@ def write_mosaic(path: str, height: int, width: int, levels: int = 3, tile: int 
         raise ValueError(f"--size {height} {width}: both sides must be positive")
     if tile < 16 or tile % 16:
         raise ValueError(f"--tile {tile}: TIFF tiles must be a positive multiple of 16")
+    if levels < 1:
+        raise ValueError(f"--levels {levels}: expected at least 1 (the full-resolution image)")
+    if os.path.splitext(path)[1].lower() not in (".tif", ".tiff"):
+        raise ValueError(f"{path!r}: the mosaic is a TIFF; give a .tif or .tiff file name")
     shapes = []
     for level in range(levels):
         h, w = height // 2**level, width // 2**level

@@ -215,8 +215,10 @@ def _check_metric_names(spec: GridSpec, config: dict) -> None:
         if split not in ("train", "val", "test") or any(fnmatch.fnmatchcase(name, p) for p in patterns):
             continue
         logged = [p for p in patterns if p.startswith(split + "/")]
-        close = difflib.get_close_matches(name, logged, n=1, cutoff=0.6)
-        hint = f"did you mean {close[0]!r}? " if close else ""
+        # the closest, the first declared among equals (test/acc → test/acc1, not test/acc5)
+        score, close = max(((difflib.SequenceMatcher(None, name, p).ratio(), p) for p in logged),
+                           key=lambda pair: pair[0], default=(0.0, None))
+        hint = f"did you mean {close!r}? " if score >= 0.6 else ""
         raise ValueError(f"{spec.source}: metric {metric!r} is not one the runs log: {hint}({split}/ metrics:"
                          f" {', '.join(logged)})")
 
@@ -230,6 +232,13 @@ def _check_steps_and_metrics(spec: GridSpec, config: dict, step_configs: dict, l
     weights to evaluate, and a ``train/``, ``val/`` or ``test/`` metric that no step of the run logs."""
     init = (config.get("model") or {}).get("init_args") or {}
     weights = bool(init.get("pretrained") or config.get("ckpt_path"))
+    fits = [(config, "the untagged fit")] if any(s.subcommand == "fit" and not s.tag for s in spec.steps) else []
+    fits += [(step_configs[s.tag], f"step {s.tag!r}") for s in spec.steps if s.tag and s.subcommand == "fit"]
+    for fit_config, name in fits:
+        trainer = fit_config.get("trainer") or {}
+        if 0 in (trainer.get("max_epochs"), trainer.get("max_steps")):
+            raise ValueError(f"{spec.source}: point {label}: {name} trains no step (trainer max_epochs/max_steps of"
+                             " 0), so every run would fail after its start; give it at least one")
     untagged = [step.subcommand for step in spec.steps if not step.tag]
     for index, subcommand in enumerate(untagged):
         if subcommand != "fit" and "fit" not in untagged[:index] and not weights:

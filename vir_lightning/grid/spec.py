@@ -39,6 +39,20 @@ from pathlib import Path
 
 import yaml
 
+
+class SpecLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2's floats: ``3e-4`` is the number 0.0003 (PyYAML, on YAML 1.1,
+    reads it as a string, so ``lr: [3e-4, 0.0003]`` was two runs of one value, and ``3e-4`` would
+    reach the CLI as text). The CLI's jsonargparse reads it as a number too."""
+
+
+SpecLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
 SPEC_KEYS = {"name", "base", "subcommands", "args", "axes", "zip", "seeds", "metrics"}
 SUBCOMMANDS = ("fit", "validate", "test")
 STEP_KEYS = {"run", "tag", "args"}
@@ -129,7 +143,7 @@ def load_spec(path: str) -> GridSpec:
     if not os.path.isfile(source):
         raise FileNotFoundError(f"grid spec {source} does not exist")
     try:
-        raw = yaml.safe_load(Path(source).read_text())
+        raw = yaml.load(Path(source).read_text(), Loader=SpecLoader)  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as err:
         # PyYAML's message spans several lines (with a caret under the spot): one line here
         raise _fail(source, f"is not valid YAML ({' '.join(str(err).split())})") from None

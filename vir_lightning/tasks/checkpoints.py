@@ -34,6 +34,9 @@ def load_tensors_only(path: str):
     except FileNotFoundError:
         raise FileNotFoundError(f"checkpoint {path!r} does not exist") from None
     except pickle.UnpicklingError as err:
+        if not _looks_like_torch_save(path):
+            raise ValueError(f"checkpoint {path!r} is not a PyTorch file (neither torch.save's zip nor a pickle);"
+                             " point to a .ckpt written by fit") from None
         raise ValueError(f"{path!r} is not a tensors-only checkpoint (refusing to unpickle code):"
                          f" {_one_line(err)}") from None
     except (RuntimeError, EOFError, OSError, ValueError) as err:
@@ -41,6 +44,16 @@ def load_tensors_only(path: str):
         first = str(err).strip().split(". ")[0] if str(err).strip() else type(err).__name__
         raise ValueError(f"checkpoint {path!r} cannot be read ({first}): it is truncated or not a checkpoint;"
                          " point to a complete .ckpt file") from None
+
+
+def _looks_like_torch_save(path: str) -> bool:
+    """A torch.save zip, or a legacy pickle (protocol 2+ starts with 0x80)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        return False
+    return head.startswith(b"PK") or head[:1] == b"\x80"
 
 
 def _one_line(err: Exception) -> str:

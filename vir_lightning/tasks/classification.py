@@ -165,6 +165,11 @@ class ImageClassifier(L.LightningModule):
             check_model_mode(eval_mode, eval_chunk_size)
         except ValueError as error:
             raise ValueError(f"eval_mode: {error}") from None
+        linked = sorted({"num_classes", "img_size", "in_chans"} & set(model_kwargs or {}))
+        if linked:
+            raise ValueError(f"model_kwargs sets {', '.join(linked)}, which the data sets (its image size, classes and"
+                             " channels); drop them from model_kwargs and set them on the data, e.g."
+                             " --data.init_args.img_size")
         size = img_size if isinstance(img_size, int) else tuple(img_size)
         self.model = create_model(model_name, num_classes=num_classes, img_size=size, in_chans=in_chans,
                                   **(model_kwargs or {}))

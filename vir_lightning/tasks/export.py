@@ -24,6 +24,10 @@ HEAD_PREFIX = "head."
 def read_lightning_checkpoint(path: str) -> dict:
     """The checkpoint dict, loaded tensors-only (no pickled code runs)."""
     checkpoint = load_tensors_only(path)
+    if isinstance(checkpoint, dict) and isinstance(checkpoint.get("meta"), dict) and "state_dict" in checkpoint:
+        source = checkpoint["meta"].get("source", "a checkpoint")
+        raise ValueError(f"{path!r} is already an exported backbone (of {source}); export the training checkpoint,"
+                         " or use this file as it is")
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
         raise ValueError(f"{path!r} is not a Lightning checkpoint (no 'state_dict'); it may already be exported")
     return checkpoint

@@ -111,7 +111,11 @@ def load_streaming_model(config_path: str, ckpt_path: str, band_rows: int | None
         if wanted is not None and (wanted or None) != (hparams.get(key) or None):
             raise ValueError(f"--config sets model {key}={wanted!r} but the checkpoint was trained with"
                              f" {hparams.get(key)!r}; use the config the checkpoint was trained with")
-    model.set_retention_mode("streaming", band_rows)  # ValueError naming what cannot stream
+    try:
+        model.set_retention_mode("streaming", band_rows)
+    except ValueError as err:  # the model's reason names its own options, which this command does not have
+        raise ValueError(f"predict-large streams the image band by band, which {hparams.get('model_name')!r} cannot"
+                         f" ({err}); predict-large takes ViR checkpoints: use `predict` for this model") from None
     model.dynamic_img_size = True  # any image size: the position embedding is resized band by band
     names = hparams.get("class_names") or [str(i) for i in range(model.num_classes)]
     mean, std = normalisation(data_section, hparams.get("preprocessing"))
@@ -145,9 +149,10 @@ def predict_image(model, image, mean, std, edge: str = "crop", features_path: st
 
     ph, pw = model.patch_embed.patch_size
     channels = model.patch_embed.proj.in_channels
-    if image.height < ph or image.width < pw:
+    if edge == "crop" and (image.height < ph or image.width < pw):
+        lower = "a lower --level (a larger image), or " if image.level > 0 else ""
         raise ValueError(f"{image.path}: {image.width}×{image.height} px at level {image.level} is smaller than"
-                         f" one {pw}×{ph} patch; use a lower --level (larger image)")
+                         f" one {pw}×{ph} patch, so cropping leaves nothing; use {lower}--edge pad")
     rows, cols, edge_rows, edge_cols = patch_grid(image.height, image.width, (ph, pw), edge)
     scale = image.max_value
     mean_t = torch.tensor(per_channel(mean, channels)).view(1, -1, 1, 1)
@@ -220,9 +225,10 @@ def _run_options(args, mean, std) -> dict:
             "std": [float(s) for s in std], "edge": args.edge, "reader": args.reader}
 
 
-def _check_same_run(args, mean, std, done: list[dict]) -> None:
+def _check_same_run(args, mean, std, done: list[dict]) -> dict:
     """A rerun resumes ``--out`` only with the options its rows were computed with (recorded beside
-    it in ``<out>.options.json``): otherwise its images would be skipped with another run's results."""
+    it in ``<out>.options.json``): otherwise its images would be skipped with another run's results.
+    Returns this run's options, for :func:`_record_options` once a row is written."""
     options, path = _run_options(args, mean, std), args.out + ".options.json"
     if done and os.path.exists(path):
         try:
@@ -235,7 +241,11 @@ def _check_same_run(args, mean, std, done: list[dict]) -> None:
             raise ValueError(f"--out {args.out!r} holds {len(done)} results computed with other options"
                              f" ({'; '.join(changed)}); a rerun would skip those images and keep their old"
                              " results: rerun with the same options to resume, or choose another --out")
-    with atomic_output(path, overwrite=args.overwrite) as tmp:
+    return options
+
+
+def _record_options(args, options: dict) -> None:
+    with atomic_output(args.out + ".options.json", overwrite=args.overwrite) as tmp:
         Path(tmp).write_text(json.dumps(options, indent=1))
 
 
@@ -292,6 +302,12 @@ def main(argv: list[str] | None = None) -> int:
         raise ValueError(f"--chunk-size {args.chunk_size}: the band height must be at least 1 patch row")
     if args.level < 0:
         raise ValueError(f"--level {args.level}: pyramid levels count from 0")
+    by_file = {}
+    for path in args.images:  # one image given twice (or by two spellings) is predicted once
+        by_file.setdefault(os.path.realpath(path), path)
+    if len(by_file) < len(args.images):
+        print(f"{len(args.images) - len(by_file)} of --images name an image given before; each is predicted once")
+        args.images = list(by_file.values())
     inputs = [*args.images, args.ckpt_path, args.config]
     # Before loading the model and reading huge images. An --out of this command (resumed) or, with
     # --overwrite, any file; never one of the inputs.
@@ -312,7 +328,8 @@ def main(argv: list[str] | None = None) -> int:
     with _lock_output(args.out):
         done = [] if args.overwrite else _read_done(args.out)
         model, names, mean, std = load_streaming_model(args.config, args.ckpt_path, args.chunk_size)
-        _check_same_run(args, mean, std, done)
+        options = _check_same_run(args, mean, std, done)
+        options_recorded = False
 
         from tqdm import tqdm
 
@@ -322,22 +339,28 @@ def main(argv: list[str] | None = None) -> int:
         finished = {(row["path"], row["level"]) for row in done}
         failures = 0
         for path in args.images:
+            features = os.path.join(args.features_dir, Path(path).stem + ".npy") if args.features_dir else None
             if (path, str(args.level)) in finished:
-                print(f"{path}: already in {args.out}, skipped")
-                continue
+                if features is None or os.path.exists(features):
+                    print(f"{path}: already in {args.out}, skipped")
+                    continue
+                # predicted before without --features-dir: again, for its features (its row is replaced)
+                done = [row for row in done if (row["path"], row["level"]) != (path, str(args.level))]
             try:
                 with open_large_image(path, args.level, args.reader) as image:
                     rows, cols, _, _ = patch_grid(image.height, image.width, model.patch_embed.patch_size, args.edge)
                     bands = len(band_bounds(max(rows, 1), args.chunk_size or default_band_rows(max(cols, 1))))
                     passes = 2 if model.multipass else 1
-                    features = os.path.join(args.features_dir, Path(path).stem + ".npy") if args.features_dir else None
                     with tqdm(total=bands * passes, desc=Path(path).name, unit="band", file=sys.stderr,
                               leave=False, dynamic_ncols=True) as progress:
                         result = predict_image(model, image, mean, std, args.edge, features, progress,
                                                args.overwrite)
             except (ValueError, FileNotFoundError, OSError, MemoryError) as err:
                 failures += 1
-                print(f"error: {err}", file=sys.stderr)
+                message = str(err) if path in str(err) else f"{path}: {err}"  # numpy's MemoryError names no file
+                if isinstance(err, MemoryError):
+                    message += " (more memory than there is: rewrite the file tiled, or read another --level)"
+                print(f"error: {message}", file=sys.stderr)
                 continue
             top = result["probs"].topk(min(TOP_K, len(names)))
             pairs = [(names[i], f"{p:.6f}") for p, i in zip(top.values.tolist(), top.indices.tolist(), strict=True)]
@@ -355,11 +378,18 @@ def main(argv: list[str] | None = None) -> int:
                 with atomic_output(features[: -len(".npy")] + ".json", overwrite=args.overwrite) as tmp:
                     Path(tmp).write_text(json.dumps(meta, indent=1))
             done.append(row)
+            if not options_recorded:  # with the first row: a run that writes none leaves nothing
+                _record_options(args, options)
+                options_recorded = True
             write_csv_atomically(args.out, COLUMNS, ([r[c] for c in COLUMNS] for r in done), overwrite=args.overwrite)
             edge = {"crop": "cropped", "pad": "padded"}[args.edge]
             grid = f"{result['grid_rows']}×{result['grid_cols']}"
             edge_px = f"{result['edge_cols_px']}×{result['edge_rows_px']}"
             print(f"{path}: {image.width}×{image.height} px (level {image.level}, {image.reader}), grid {grid},"
                   f" {edge} {edge_px} px → {pairs[0][0]} ({float(pairs[0][1]):.3f}) in {result['seconds']:.1f} s")
-        print(f"wrote {args.out}: {len(done)} images" + (f"; {failures} failed (see error: lines)" if failures else ""))
+        failed = f"; {failures} failed (see error: lines)" if failures else ""
+        if os.path.exists(args.out):
+            print(f"wrote {args.out}: {len(done)} images{failed}")
+        else:
+            print(f"nothing written to {args.out}: no image was predicted{failed}")
         return 1 if failures else 0

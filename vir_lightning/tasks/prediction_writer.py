@@ -13,7 +13,8 @@ class PredictionCSVWriter(BasePredictionWriter):
     Columns: ``path, class_1, prob_1, …, class_5, prob_5`` (fewer with fewer than 5 classes).
     Images skipped as undecodable (``skip_bad_images``) have no row. The output path is checked
     when the writer is made, so a path that cannot be written fails before any prediction runs;
-    it is never one of the command's ``inputs`` (its checkpoint and configs), and an existing file is
+    it is never one of the command's ``inputs`` (its checkpoint and configs, and the images it
+    predicts), and an existing file is
     replaced only as :func:`~vir_lightning.io.check_output_path` allows: one this library wrote for the
     same ``run`` (checkpoint and image folder), or any with ``overwrite``.
     """
@@ -33,6 +34,8 @@ class PredictionCSVWriter(BasePredictionWriter):
         # Checked again before predicting: the path may have changed since the writer was made.
         if trainer.world_size > 1:
             raise ValueError("predict writes one CSV from one process; run predict with trainer.devices=1")
+        # The images to predict are inputs too (the data module has listed them by now).
+        self.inputs = (*self.inputs, *getattr(trainer.datamodule, "predict_paths", ()))
         self._check()
 
     def write_on_epoch_end(self, trainer, pl_module, predictions, batch_indices) -> None:
