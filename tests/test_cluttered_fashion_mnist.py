@@ -146,6 +146,6 @@ def test_export_refuses_more_images_than_the_split_has_and_leaves_the_earlier_fo
     before = sorted(p.relative_to(out) for p in out.rglob("*"))
     assert main(["export-cluttered", str(out), "--train", "2", "--val", "5001", "--test", "1"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: --val 5001: expected 0..5000") and err.count("\n") == 1
+    assert err.startswith("error: --val 5001: expected 1..5000") and err.count("\n") == 1
     assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".partial")]

@@ -5,7 +5,6 @@ and the fix, a warning, or the right result, where it used to lose data or answe
 from __future__ import annotations
 
 import gzip
-import hashlib
 import logging
 import os
 import shutil
@@ -19,6 +18,7 @@ from conftest import FASHION_MNIST
 from PIL import Image
 from test_classification import QUICKSTART, TINY_MODEL
 from test_grid import write_spec
+from test_outputs_never_replace_inputs import digest
 from test_predict_large import read_rows, write_checkpoint, write_config
 
 from vir_lightning.cli import main
@@ -31,10 +31,6 @@ from vir_lightning.tasks import ImageClassifier
 
 def error_lines(err: str) -> list[str]:
     return [line for line in err.splitlines() if line.startswith("error:")]
-
-
-def digest(path) -> str:
-    return hashlib.sha256(open(path, "rb").read()).hexdigest()
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ wrote it (and nobody changed it since) for the same run, or with ``--overwrite``
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -14,15 +13,12 @@ import pytest
 import yaml
 from test_classification import QUICKSTART, TINY_MODEL
 from test_grid import write_spec
+from test_outputs_never_replace_inputs import digest
 from test_predict_large import write_checkpoint, write_config
 
 from vir_lightning.cli import main
 from vir_lightning.data.mosaic import write_mosaic
 from vir_lightning.io import OUTPUTS_RECORD, atomic_output, check_output_path, write_csv_atomically
-
-
-def digest(path) -> str:
-    return hashlib.sha256(open(path, "rb").read()).hexdigest()
 
 
 def error_lines(err: str) -> list[str]:

@@ -223,14 +223,14 @@ def test_a_second_run_into_the_same_csv_is_refused_while_the_first_holds_it(mosa
 
     _, ckpt, config = trained
     out = tmp_path / "pred.csv"
-    write_csv_atomically(str(out), ["earlier results, not a predict-large CSV"], [])
+    write_csv_atomically(str(out), ["earlier results"], [])
     with open(str(out) + ".lock", "a") as held:  # another run in progress
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
         assert cli_main(["predict-large", "--config", config, "--ckpt_path", ckpt, "--images", mosaic,
                          "--level", "2", "--out", str(out)]) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "being written by another predict-large run" in errors[0]
-    assert out.read_text() == "earlier results, not a predict-large CSV\r\n"
+    assert out.read_text() == "earlier results\n"  # kept
 
 
 def test_a_rerun_with_other_options_is_refused_instead_of_keeping_the_old_results(mosaic, trained, tmp_path, capsys):

@@ -271,7 +271,7 @@ ONE_1D = ["--modes", "parallel", "--decay", "1d"]
         (["bench-retention", "--tokens", "16", "--repeats", "0", *ONE_1D], "--repeats 0"),
         (["bench-retention", "--tokens", "16", "--min-seconds", "-1", *ONE_1D], "--min-seconds -1.0"),
         (["bench-retention", "--tokens", "16", "--max-memory-gb", "0", *ONE_1D], "--max-memory-gb 0.0"),
-        (["bench-retention", "--tokens", "16", "--csv", "{tmp}", *ONE_1D], "is a folder; give a file name"),
+        (["bench-retention", "--tokens", "16", "--csv", "{tmp}", *ONE_1D], "is a directory; give a file name"),
         (["bench-backbone", "--size", "0", "0"], "--size 0 0: expected values >= 1"),
         (["bench-backbone", "--size", "64", "64", "--batch", "0"], "--batch 0"),
         (["bench-backbone", "--size", "64", "64", "--directions", "3"], "--directions 3: expected 0"),
@@ -356,7 +356,7 @@ PREDICT = ["predict-large", "--config", "configs/quickstart.yaml", "--ckpt_path"
     [
         (("configs/quickstart.yaml", "{tmp}"), [], "is a folder; give the training config's YAML file"),
         (("{tmp}/none.ckpt", "{tmp}"), [], "is a folder; give the .ckpt file"),
-        (("{tmp}/none.ckpt", "{tmp}/file"), [], "is not a tensors-only checkpoint (refusing to unpickle code):"),
+        (("{tmp}/none.ckpt", "{tmp}/file"), [], "is not a PyTorch file (neither torch.save's zip nor a pickle)"),
         (("{tmp}/out.csv", "{tmp}/file/out.csv"), [], "--out"),
         (None, ["--features-dir", "{tmp}/file"], "--features-dir"),
     ],

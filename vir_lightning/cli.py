@@ -222,6 +222,9 @@ def _build_cli_class(argv: list[str], exit_stack: contextlib.ExitStack):
                 # in this process would let the callback restore the raw training weights instead.
                 self.model.model.load_state_dict(read_state_dict(best))
                 print(f"testing the best checkpoint {best}")
+            else:  # nothing was validated (no val split), or no checkpoint callback selects by a metric
+                print("no best checkpoint was selected (nothing validated, or no monitored metric): testing the"
+                      " weights at the end of training")
             self.trainer.test(self.model, datamodule=self.datamodule)
             self._save_metrics()
 

@@ -17,7 +17,7 @@ import os
 
 import numpy as np
 
-from ..io import add_overwrite_argument, atomic_output
+from ..io import add_overwrite_argument, atomic_output, check_output_path
 
 CELL = 512
 PHOTOS = ("grace_hopper.jpg", "Minduka_Present_Blue_Pack.png")
@@ -96,6 +96,8 @@ def write_mosaic(path: str, height: int, width: int, levels: int = 3, tile: int 
         raise ValueError(f"--tile {tile}: TIFF tiles must be a positive multiple of 16")
     if levels < 1:
         raise ValueError(f"--levels {levels}: expected at least 1 (the full-resolution image)")
+    run = f"build-mosaic {height}×{width}, {levels} levels, {tile}² tiles"
+    check_output_path(path, "build-mosaic output", overwrite=overwrite, run=run)  # a folder says so first
     if os.path.splitext(path)[1].lower() not in (".tif", ".tiff"):
         raise ValueError(f"{path!r}: the mosaic is a TIFF; give a .tif or .tiff file name")
     shapes = []
@@ -105,7 +107,6 @@ def write_mosaic(path: str, height: int, width: int, levels: int = 3, tile: int 
             break
         shapes.append((h, w))
     bigtiff = height * width * 3 * 4 // 3 > 2**31
-    run = f"build-mosaic {height}×{width}, {levels} levels, {tile}² tiles"
     with atomic_output(path, overwrite=overwrite, run=run) as tmp, tifffile.TiffWriter(tmp, bigtiff=bigtiff) as tif:
         for level, (h, w) in enumerate(shapes):
             def tiles(level=level, h=h, w=w):
