@@ -72,6 +72,8 @@ def test_the_garment_lies_where_its_layout_says_and_has_its_label(sources):
     (dict(object_scale=(0.9, 0.5)), "object_scale"),
     (dict(object_scale=(0.5,)), "object_scale"),
     (dict(clutter=-1), "clutter=-1"),
+    (dict(canvas=56, object_scale=(0.25, 0.5), clutter_size=100), "clutter_size=100 is larger than the largest garment"
+     r" \(28 px: canvas 56 × object_scale 0.5\); give at most 28"),
     (dict(train_fraction=1.0), "train_fraction=1.0"),
     (dict(root="/nonexistent"), "Fashion-MNIST not found"),
 ])

@@ -180,6 +180,10 @@ class ClutteredFashionMNISTDataModule(ClassificationDataModule):
             raise ValueError(f"object_scale={object_scale!r}: expected [low, high] with 0 < low <= high <= 1")
         if clutter < 0 or clutter_size < 1:
             raise ValueError(f"clutter={clutter}, clutter_size={clutter_size}: expected clutter >= 0, size >= 1")
+        largest = round(canvas * high)
+        if clutter_size > largest:  # a fragment is cut from a garment at its drawn size: it would be cut smaller
+            raise ValueError(f"clutter_size={clutter_size} is larger than the largest garment ({largest} px: canvas"
+                             f" {canvas} × object_scale {high}); give at most {largest}")
         if not 0 < train_fraction < 1:
             raise ValueError(f"train_fraction={train_fraction}: expected a fraction strictly between 0 and 1")
         check_root(root)
