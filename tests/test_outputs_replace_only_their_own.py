@@ -241,3 +241,12 @@ def test_bench_csv_of_other_options_is_kept_and_checked_before_measuring(tmp_pat
     assert main([*argv[:2], "128", *argv[3:]]) == 2
     assert "holds the result of another run (benchmark with" in error_lines(capsys.readouterr().err)[0]
     assert digest(out) == measured
+
+
+def test_bench_out_folder_with_a_foreign_table_is_refused_before_measuring(tmp_path, capsys):
+    out = tmp_path / "bench"
+    out.mkdir()
+    before = user_file(out / "results.md", "# my notes\n")
+    assert main(["bench", "--models", "vir_nano_patch16_224", "--resolutions", "32", "--out", str(out)]) == 2
+    assert "results.md' exists and was not written by vir_lightning" in error_lines(capsys.readouterr().err)[0]
+    assert digest(out / "results.md") == before and sorted(os.listdir(out)) == ["results.md"]
