@@ -45,7 +45,9 @@ def _read_json(path: str, missing=None):
 
 
 def _write_json(path: str, content: dict) -> dict:
-    with atomic_output(path) as tmp:
+    # A run's own state (status.json, steps.json) in the run folder the grid made for it: the grid's
+    # bookkeeping, which it keeps current even where a person edited it (to rerun a step, say).
+    with atomic_output(path, overwrite=True) as tmp:
         Path(tmp).write_text(json.dumps(content, indent=1))
     return content
 
