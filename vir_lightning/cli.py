@@ -42,6 +42,10 @@ TOOLS: dict[str, tuple[str, str]] = {
         "vir_lightning.data.mosaic", "a huge real-pixel tiled pyramidal TIFF (matplotlib's photos) for predict-large"),
     "export-backbone": (
         "vir_lightning.tasks.export", "classification checkpoint → tensor state_dict for mmdet/mmseg init_cfg"),
+    "export-model": (
+        "vir_lightning.tasks.export_model", "checkpoint → pretrained folder (config.json + model.safetensors)"),
+    "export-onnx": (
+        "vir_lightning.tasks.export_onnx", "checkpoint or pretrained folder → ONNX, checked in ONNX Runtime"),
     "export-cluttered": (
         "vir_lightning.data.cluttered_fashion_mnist", "cluttered Fashion-MNIST written out as an image folder"),
     "build-mini-datasets": (

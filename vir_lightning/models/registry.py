@@ -54,7 +54,10 @@ def create_model(name: str, **overrides) -> nn.Module:
     if unknown:
         raise UnknownOptionError(f"model {name!r} has no option {', '.join(map(repr, unknown))}; its options are"
                                  f" {', '.join(sorted(options))}")
-    return _MODELS[name](**overrides)
+    model = _MODELS[name](**overrides)
+    # What rebuilds it (vir_lightning.save_pretrained records both): plain attributes, not in the state_dict.
+    model.model_name, model.model_options = name, dict(overrides)
+    return model
 
 
 def _options_of(fn: Callable[..., nn.Module]) -> set[str]:

@@ -148,8 +148,10 @@ class VisionRetention(RetentionModeMixin, GradCheckpointingMixin, ClassifierHead
         self.multipass = multipass
         self.dynamic_img_size = dynamic_img_size
         self.has_class_token = pooling != "avg"
+        self.in_chans = in_chans
 
         self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim)
+        self.patch_size = self.patch_embed.patch_size  # (height, width) of a patch in pixels
         self.img_size = to_2tuple(img_size, "img_size")
         ph, pw = self.patch_embed.patch_size
         if self.img_size[0] < ph or self.img_size[1] < pw:

@@ -28,7 +28,8 @@ def load_tensors_only(path: str):
     """``torch.load(weights_only=True)`` on the CPU, with one clear error for a missing file or a
     file that needs arbitrary unpickling (refused: no pickled code ever runs)."""
     if os.path.isdir(path):
-        raise ValueError(f"checkpoint {path!r} is a folder; give the .ckpt file")
+        raise ValueError(f"checkpoint {path!r} is a folder; give the .ckpt file (a pretrained folder of export-model"
+                         " is given as --model.init_args.pretrained)")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
@@ -65,9 +66,27 @@ def _one_line(err: Exception) -> str:
 
 
 def read_state_dict(path: str) -> dict[str, torch.Tensor]:
-    """Tensors of a plain state_dict file or of a Lightning checkpoint (prefix ``model.`` removed),
-    read with :func:`load_tensors_only`."""
+    """Tensors of a plain state_dict file, of a Lightning checkpoint (prefix ``model.`` removed), of a
+    safetensors file or of a pretrained folder (``export-model``); never unpickling code."""
+    from ..deploy import pretrained
+
+    path = os.fspath(path)
+    if pretrained.is_pretrained_folder(path):
+        pretrained.read_pretrained_config(path)  # a folder without our config.json is named as such
+        return pretrained.read_pretrained_weights(path)
+    if _is_safetensors(path):
+        return pretrained.read_safetensors(path)
     return _state_dict_of(load_tensors_only(path), path)
+
+
+def _is_safetensors(path: str) -> bool:
+    """A safetensors file: 8 bytes of header length, then the JSON header (``{``)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+    except OSError:
+        return False
+    return len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < 100_000_000
 
 
 def _state_dict_of(obj, path: str) -> dict[str, torch.Tensor]:
@@ -122,7 +141,8 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str =
 
 
 def classifier_from_checkpoint(path: str) -> tuple[nn.Module, dict]:
-    """The model of a ``python -m vir_lightning fit`` checkpoint, weights loaded strictly, in eval.
+    """The model of a ``python -m vir_lightning fit`` checkpoint (or of a pretrained folder written
+    from one by ``export-model``), weights loaded strictly, in eval.
 
     The architecture comes from the checkpoint's ``hyper_parameters`` (name, options, classes, input
     size and channels), since they describe its weights; the retention form (``retention_mode``,
@@ -138,6 +158,8 @@ def classifier_from_checkpoint(path: str) -> tuple[nn.Module, dict]:
     """
     from ..models import create_model
 
+    if os.path.isdir(path):
+        return _classifier_from_folder(path)
     checkpoint = load_tensors_only(path)
     hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
     if not isinstance(hparams, dict) or "model_name" not in hparams:
@@ -155,3 +177,15 @@ def classifier_from_checkpoint(path: str) -> tuple[nn.Module, dict]:
         raise ValueError(f"{path!r}: its weights do not fit the {hparams['model_name']} it names"
                          f" ({' '.join(str(err).split())[:300]})") from None
     return model.eval().requires_grad_(False), {**hparams, "preprocessing": checkpoint.get("preprocessing")}
+
+
+def _classifier_from_folder(path: str) -> tuple[nn.Module, dict]:
+    """:func:`classifier_from_checkpoint` for a pretrained folder: its config as the hyper-parameters."""
+    from ..deploy.pretrained import from_pretrained
+
+    model = from_pretrained(path)
+    config = model.pretrained_config
+    hparams = {"model_name": config["model_name"], "model_kwargs": config["model_options"],
+               "num_classes": config["num_classes"], "img_size": config["img_size"], "in_chans": config["in_chans"],
+               "class_names": config["class_names"], "preprocessing": config["preprocessing"]}
+    return model.requires_grad_(False), hparams

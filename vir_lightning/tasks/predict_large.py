@@ -1,15 +1,17 @@
 """``predict-large``: classify huge images (whole-slide scans, satellite tiles) in streaming form.
 
-    python -m vir_lightning predict-large --config CFG --ckpt_path CKPT --images A.tif [B.svs …]
+    python -m vir_lightning predict-large --ckpt_path CKPT|DIR [--config CFG] --images A.tif [B.svs …]
         --out predictions.csv [--chunk-size R] [--level L] [--features-dir DIR] [--edge crop|pad]
+    python -m vir_lightning predict-large --runtime onnxruntime --onnx STEP.onnx --images … --out …
 
 Each image is read band by band from disk (:mod:`vir_lightning.data.large_image`), normalised like
-the training data, and pushed through the ViR in streaming mode: neither the image nor its tokens
-are ever held whole, so memory does not grow with the image height. Per image: top-5 classes in a
-CSV (rewritten atomically after every image, so a killed run loses nothing and a rerun skips what
-is done), and optionally the final-norm feature of every patch as float16 ``(rows, cols, dim)`` in
-``DIR/<name>.npy`` (written band by band; open it with ``np.load(path, mmap_mode="r")``) with
-``DIR/<name>.json`` describing it.
+the training data, and pushed through the ViR in streaming mode (in torch, or with ``--runtime
+onnxruntime`` through a step graph of ``export-onnx --form streaming-step`` in ONNX Runtime):
+neither the image nor its tokens are ever held whole, so memory does not grow with the image
+height. Per image: top-5 classes in a CSV (rewritten atomically after every image, so a killed run
+loses nothing and a rerun skips what is done), and optionally the final-norm feature of every
+patch as float16 ``(rows, cols, dim)`` in ``DIR/<name>.npy`` (written band by band; open it with
+``np.load(path, mmap_mode="r")``) with ``DIR/<name>.json`` describing it.
 An unreadable image is reported with its path and the others go on (exit status 1 at the end).
 """
 
@@ -96,15 +98,16 @@ def _configured_normalisation(data_section: dict) -> tuple[list[float], list[flo
     return list(init_args.get("mean", defaults["mean"])), list(init_args.get("std", defaults["std"]))
 
 
-def load_streaming_model(config_path: str, ckpt_path: str, band_rows: int | None):
-    """The checkpoint's ViR in streaming mode (``dynamic_img_size``), eval, plus (class names, mean, std).
+def load_streaming_model(config_path: str | None, ckpt_path: str, band_rows: int | None):
+    """The checkpoint's (or pretrained folder's) ViR in streaming mode (``dynamic_img_size``), eval,
+    plus (class names, mean, std).
 
     The architecture comes from the checkpoint (it describes its weights); a config that names
     another model or other model options is refused rather than silently ignored.
     """
     from .checkpoints import classifier_from_checkpoint
 
-    model_args, data_section = _config_sections(config_path)
+    model_args, data_section = _config_sections(config_path) if config_path else ({}, {})
     model, hparams = classifier_from_checkpoint(ckpt_path)
     for key in ("model_name", "model_kwargs"):
         wanted = model_args.get(key)
@@ -118,8 +121,26 @@ def load_streaming_model(config_path: str, ckpt_path: str, band_rows: int | None
                          f" ({err}); predict-large takes ViR checkpoints: use `predict` for this model") from None
     model.dynamic_img_size = True  # any image size: the position embedding is resized band by band
     names = hparams.get("class_names") or [str(i) for i in range(model.num_classes)]
-    mean, std = normalisation(data_section, hparams.get("preprocessing"))
+    mean, std = _normalisation(config_path, data_section, hparams.get("preprocessing"), ckpt_path)
     return model, list(names), mean, std
+
+
+def load_onnx_model(config_path: str | None, onnx_path: str):
+    """An ``export-onnx --form streaming-step`` graph in ONNX Runtime, plus (class names, mean, std)."""
+    from ..deploy.onnx_streaming import OnnxStreamingModel
+
+    model = OnnxStreamingModel(onnx_path)
+    _, data_section = _config_sections(config_path) if config_path else ({}, {})
+    names = model.meta.get("class_names") or [str(i) for i in range(model.num_classes)]
+    mean, std = _normalisation(config_path, data_section, model.meta.get("preprocessing"), onnx_path)
+    return model, list(names), mean, std
+
+
+def _normalisation(config_path: str | None, data_section: dict, recorded: dict | None, weights: str):
+    if not recorded and not config_path:
+        raise ValueError(f"{weights!r} does not record the normalisation its model was trained with (it predates"
+                         " the record): pass the training config with --config")
+    return normalisation(data_section, recorded)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -147,13 +168,15 @@ def predict_image(model, image, mean, std, edge: str = "crop", features_path: st
 
     from ..data.large_image import to_model_channels
 
-    ph, pw = model.patch_embed.patch_size
-    channels = model.patch_embed.proj.in_channels
+    ph, pw = model.patch_size
+    channels = model.in_chans
     if edge == "crop" and (image.height < ph or image.width < pw):
         lower = "a lower --level (a larger image), or " if image.level > 0 else ""
         raise ValueError(f"{image.path}: {image.width}×{image.height} px at level {image.level} is smaller than"
                          f" one {pw}×{ph} patch, so cropping leaves nothing; use {lower}--edge pad")
     rows, cols, edge_rows, edge_cols = patch_grid(image.height, image.width, (ph, pw), edge)
+    if hasattr(model, "check_grid"):  # a graph exported for one width: refused before any pixel is read
+        model.check_grid((rows, cols), image.path)
     scale = image.max_value
     mean_t = torch.tensor(per_channel(mean, channels)).view(1, -1, 1, 1)
     std_t = torch.tensor(per_channel(std, channels)).view(1, -1, 1, 1)
@@ -219,10 +242,19 @@ def _read_done(out: str) -> list[dict]:
 def _run_options(args, mean, std) -> dict:
     """What the rows of ``--out`` depend on besides the image and level: the weights, the normalisation,
     the edge handling and the reader (the band height and retention form do not change a result)."""
-    stat = os.stat(args.ckpt_path)
-    return {"checkpoint": os.path.abspath(args.ckpt_path), "checkpoint_bytes": stat.st_size,
-            "checkpoint_mtime_ns": stat.st_mtime_ns, "mean": [float(m) for m in mean],
-            "std": [float(s) for s in std], "edge": args.edge, "reader": args.reader}
+    weights = _weights(args)
+    stat = os.stat(os.path.join(weights, "model.safetensors") if os.path.isdir(weights) else weights)
+    options = {"checkpoint": os.path.abspath(weights), "checkpoint_bytes": stat.st_size,
+               "checkpoint_mtime_ns": stat.st_mtime_ns, "mean": [float(m) for m in mean],
+               "std": [float(s) for s in std], "edge": args.edge, "reader": args.reader}
+    if args.runtime != "torch":  # (not recorded for torch: CSVs of earlier versions resume as before)
+        options["runtime"] = args.runtime
+    return options
+
+
+def _weights(args) -> str:
+    """The file (or pretrained folder) the predictions come from."""
+    return args.onnx if args.runtime == "onnxruntime" else args.ckpt_path
 
 
 def _check_same_run(args, mean, std, done: list[dict]) -> dict:
@@ -276,9 +308,14 @@ def _lock_output(out: str):
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m vir_lightning predict-large", description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", required=True,
-                   help="the training config (normalisation; checked against the checkpoint)")
-    p.add_argument("--ckpt_path", required=True, help="a checkpoint written by `python -m vir_lightning fit`")
+    p.add_argument("--config", default=None,
+                   help="the training config (normalisation, for checkpoints that do not record it; checked against"
+                   " the checkpoint)")
+    p.add_argument("--ckpt_path", default=None,
+                   help="a checkpoint written by `python -m vir_lightning fit`, or a pretrained folder (export-model)")
+    p.add_argument("--runtime", choices=("torch", "onnxruntime"), default="torch",
+                   help="torch (default), or ONNX Runtime on the CPU running an --onnx streaming-step graph")
+    p.add_argument("--onnx", default=None, help="--runtime onnxruntime: a graph of `export-onnx --form streaming-step`")
     p.add_argument("--images", nargs="+", required=True, help="TIFF/BigTIFF, whole-slide (OpenSlide) or PNG/JPEG files")
     p.add_argument("--out", required=True, help="CSV of top-5 predictions (rerun: images already in it are skipped)")
     p.add_argument("--chunk-size", type=int, default=None,
@@ -298,6 +335,12 @@ def main(argv: list[str] | None = None) -> int:
     if threading.current_thread() is threading.main_thread():
         # A `kill` (SIGTERM) unwinds like Ctrl-C, so the temporary CSV / features files are removed.
         signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    if args.runtime == "torch" and (args.ckpt_path is None or args.onnx is not None):
+        raise ValueError("--runtime torch needs --ckpt_path (a checkpoint or pretrained folder); --onnx is for"
+                         " --runtime onnxruntime")
+    if args.runtime == "onnxruntime" and (args.onnx is None or args.ckpt_path is not None or args.chunk_size):
+        raise ValueError("--runtime onnxruntime takes --onnx STEP.onnx (its band height is fixed at export), not"
+                         " --ckpt_path or --chunk-size")
     if args.chunk_size is not None and args.chunk_size < 1:
         raise ValueError(f"--chunk-size {args.chunk_size}: the band height must be at least 1 patch row")
     if args.level < 0:
@@ -308,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(by_file) < len(args.images):
         print(f"{len(args.images) - len(by_file)} of --images name an image given before; each is predicted once")
         args.images = list(by_file.values())
-    inputs = [*args.images, args.ckpt_path, args.config]
+    inputs = [p for p in (*args.images, _weights(args), args.config) if p]
     # Before loading the model and reading huge images. An --out of this command (resumed) or, with
     # --overwrite, any file; never one of the inputs.
     check_output_path(args.out, "--out", inputs=inputs, overwrite=args.overwrite)
@@ -327,7 +370,10 @@ def main(argv: list[str] | None = None) -> int:
     _make_folder("--out", os.path.dirname(os.path.abspath(args.out)))
     with _lock_output(args.out):
         done = [] if args.overwrite else _read_done(args.out)
-        model, names, mean, std = load_streaming_model(args.config, args.ckpt_path, args.chunk_size)
+        if args.runtime == "onnxruntime":
+            model, names, mean, std = load_onnx_model(args.config, args.onnx)
+        else:
+            model, names, mean, std = load_streaming_model(args.config, args.ckpt_path, args.chunk_size)
         options = _check_same_run(args, mean, std, done)
         options_recorded = False
 
@@ -348,8 +394,8 @@ def main(argv: list[str] | None = None) -> int:
                 done = [row for row in done if (row["path"], row["level"]) != (path, str(args.level))]
             try:
                 with open_large_image(path, args.level, args.reader) as image:
-                    rows, cols, _, _ = patch_grid(image.height, image.width, model.patch_embed.patch_size, args.edge)
-                    bands = len(band_bounds(max(rows, 1), args.chunk_size or default_band_rows(max(cols, 1))))
+                    rows, cols, _, _ = patch_grid(image.height, image.width, model.patch_size, args.edge)
+                    bands = len(band_bounds(max(rows, 1), model.band_rows or default_band_rows(max(cols, 1))))
                     passes = 2 if model.multipass else 1
                     with tqdm(total=bands * passes, desc=Path(path).name, unit="band", file=sys.stderr,
                               leave=False, dynamic_ncols=True) as progress:
@@ -371,10 +417,10 @@ def main(argv: list[str] | None = None) -> int:
             if features:
                 meta = {"source": os.path.abspath(path), "level": image.level, "reader": image.reader,
                         "image_size": [image.height, image.width], "grid": [result["grid_rows"], result["grid_cols"]],
-                        "patch_size": list(model.patch_embed.patch_size), "edge": args.edge,
+                        "patch_size": list(model.patch_size), "edge": args.edge,
                         "edge_px": [result["edge_rows_px"], result["edge_cols_px"]], "dim": model.num_features,
                         "dtype": "float16", "layout": "rows, cols, dim (final-norm features, first pass)",
-                        "checkpoint": os.path.abspath(args.ckpt_path)}
+                        "checkpoint": os.path.abspath(_weights(args))}
                 with atomic_output(features[: -len(".npy")] + ".json", overwrite=args.overwrite) as tmp:
                     Path(tmp).write_text(json.dumps(meta, indent=1))
             done.append(row)
