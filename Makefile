@@ -30,7 +30,7 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade "pip>=24"
 	$(PY) -m pip install --quiet "$(TORCH)"
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet -e ".[dev,deploy]"
 	@touch $(STAMP)
 
 # The OpenMMLab tier: mmcv 2.1.0 compiled once with ops (wheel cached in ~/.cache/vir-wheels), then

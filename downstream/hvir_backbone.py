@@ -23,7 +23,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from vir_lightning.models.hvir import ARCH_ZOO, HybridViR
 from vir_lightning.retention import check_mode
-from vir_lightning.tasks.checkpoints import load_tensors_only, read_state_dict
+from vir_lightning.tasks.checkpoints import exported_meta, read_state_dict
 
 from . import safe_checkpoints  # noqa: F401  (registers mmengine's checkpoint types as safe)
 
@@ -233,9 +233,8 @@ class HViRBackbone(BaseModule):
             shapes = ", ".join(f"{k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in mismatched[:3])
             problems.append(f"shape mismatch {shapes}")
         if problems:
-            exported = load_tensors_only(path)  # again, on this error path only: what the file says it is
-            meta = exported.get("meta") if isinstance(exported, dict) else None
-            name = meta.get("model_name") if isinstance(meta, dict) else None
+            meta = exported_meta(path)  # again, on this error path only: what the file says it is
+            name = meta.get("model_name") if meta else None
             if name and not str(name).startswith("hvir"):
                 raise ValueError(f"{path!r} holds the backbone of {name!r}, not of an H-ViR: the detection and"
                                  " segmentation backbone is H-ViR (hvir_*); export a checkpoint trained with"

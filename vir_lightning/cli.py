@@ -36,6 +36,8 @@ TOOLS: dict[str, tuple[str, str]] = {
         "vir_lightning.benchmarks.retention_op", "time and peak memory of the retention op per mode and length"),
     "bench-backbone": (
         "vir_lightning.benchmarks.backbone", "H-ViR feature-pyramid forward time and memory per retention mode"),
+    "bench-onnx": (
+        "vir_lightning.benchmarks.onnx_runtime", "ONNX Runtime (CPU) beside torch eager: time and memory per size"),
     "predict-large": (
         "vir_lightning.tasks.predict_large", "top-5 (and per-patch features) of huge images, streamed band by band"),
     "build-mosaic": (
@@ -251,14 +253,19 @@ def _build_cli_class(argv: list[str], exit_stack: contextlib.ExitStack):
             """Predict with the mean/std the checkpoint's model was trained with (its ``preprocessing``
             record), with a notice where the data config says otherwise."""
             ckpt = self.config.predict.get("ckpt_path")
+            pretrained = self.model.hparams.get("pretrained")
             data = self.datamodule
-            # ("best" / "last" name no file here; Lightning resolves them)
-            if not ckpt or not os.path.isfile(str(ckpt)) or not hasattr(data, "preprocessing"):
-                return
+            from .deploy.pretrained import read_pretrained_config
             from .tasks.checkpoints import load_tensors_only, recorded_normalisation
 
-            checkpoint = load_tensors_only(str(ckpt))
-            recorded = checkpoint.get("preprocessing") if isinstance(checkpoint, dict) else None
+            # ("best" / "last" name no file here; Lightning resolves them)
+            if ckpt and os.path.isfile(str(ckpt)) and hasattr(data, "preprocessing"):
+                checkpoint = load_tensors_only(str(ckpt))
+                recorded = checkpoint.get("preprocessing") if isinstance(checkpoint, dict) else None
+            elif not ckpt and pretrained and os.path.isdir(str(pretrained)) and hasattr(data, "preprocessing"):
+                recorded = read_pretrained_config(str(pretrained))["preprocessing"]
+            else:
+                return
             if not recorded:  # written before checkpoints recorded it: the config's, as before
                 return
             current = data.preprocessing()

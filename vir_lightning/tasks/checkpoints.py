@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import pickle
@@ -77,6 +78,22 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
     if _is_safetensors(path):
         return pretrained.read_safetensors(path)
     return _state_dict_of(load_tensors_only(path), path)
+
+
+def exported_meta(path: str) -> dict | None:
+    """The ``meta`` record ``export-backbone`` wrote beside the weights (.pth or .safetensors), or None."""
+    if _is_safetensors(path):
+        from safetensors import safe_open
+
+        from .export import EXPORT_META_KEY
+
+        with safe_open(path, "pt") as f:
+            text = (f.metadata() or {}).get(EXPORT_META_KEY)
+        meta = json.loads(text) if text else None
+    else:
+        loaded = load_tensors_only(path)
+        meta = loaded.get("meta") if isinstance(loaded, dict) else None
+    return meta if isinstance(meta, dict) else None
 
 
 def _is_safetensors(path: str) -> bool:

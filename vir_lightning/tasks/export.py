@@ -2,7 +2,9 @@
 
 The output is what MMDetection/MMSegmentation configs hand to the backbone with
 ``init_cfg=dict(type="Pretrained", checkpoint=OUT)``: ``{"state_dict": {name: tensor}, "meta": {...}}``
-with the model's own parameter names (no ``model.`` prefix) and without the classifier head. With
+with the model's own parameter names (no ``model.`` prefix) and without the classifier head. An
+``OUT`` ending in ``.safetensors`` is written as safetensors instead (no pickle at all; the meta
+record as JSON in its header), which ``HViRBackbone`` loads the same way. With
 Lightning's ``EMAWeightAveraging`` the checkpoint's ``state_dict`` already holds the averaged
 weights (the raw ones are under ``current_model_state``), so those are exported.
 Everything is read with ``weights_only=True`` and written atomically.
@@ -11,6 +13,7 @@ Everything is read with ``weights_only=True`` and written atomically.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 
 import torch
@@ -19,6 +22,9 @@ from ..io import add_overwrite_argument, atomic_output, check_output_path
 from .checkpoints import load_tensors_only
 
 HEAD_PREFIX = "head."
+SAFETENSORS_SUFFIX = ".safetensors"
+#: The safetensors header key that holds export-backbone's ``meta`` record (JSON).
+EXPORT_META_KEY = "vir_lightning_export"
 
 
 def read_lightning_checkpoint(path: str) -> dict:
@@ -65,10 +71,16 @@ def export_backbone(checkpoint_path: str, out_path: str, keep_head: bool = False
         # what the backbone's inputs were normalised with (None: a checkpoint from before it was recorded)
         "preprocessing": checkpoint.get("preprocessing"),
     }
-    with atomic_output(out_path, overwrite=overwrite, run=run) as tmp, open(tmp, "wb") as f:
-        # Through a file object: given a path, torch.save names the zip's records after the file
-        # name and rejects a temporary name without an extension (an output given as plain "out").
-        torch.save({"state_dict": state, "meta": meta}, f)
+    with atomic_output(out_path, overwrite=overwrite, run=run) as tmp:
+        if out_path.endswith(SAFETENSORS_SUFFIX):
+            from safetensors.torch import save_file
+
+            save_file(state, tmp, metadata={EXPORT_META_KEY: json.dumps(meta)})
+        else:
+            with open(tmp, "wb") as f:
+                # Through a file object: given a path, torch.save names the zip's records after the file
+                # name and rejects a temporary name without an extension (an output given as plain "out").
+                torch.save({"state_dict": state, "meta": meta}, f)
     return meta
 
 
@@ -79,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         " tensor state_dict for init_cfg=dict(type='Pretrained', checkpoint=OUT).",
     )
     parser.add_argument("checkpoint", help="a .ckpt written by `python -m vir_lightning fit`")
-    parser.add_argument("out", help="output .pth")
+    parser.add_argument("out", help="output .pth (torch's tensors-only zip) or .safetensors")
     parser.add_argument("--keep-head", action="store_true", help="keep the classifier head (default: dropped)")
     add_overwrite_argument(parser, "OUT")
     args = parser.parse_args(argv)
