@@ -279,17 +279,24 @@ def chunkwise_1d(
     inner.add_((qc @ states).mul_(cross_scale))
     del qc, states
 
-    # The output is a (batch, tokens, heads, dv) buffer seen as (batch, heads, tokens, dv): merging
-    # the heads afterwards (transpose(1, 2) + reshape) is then free instead of one more copy.
-    out = q.new_empty(batch, tokens, heads, v.shape[-1]).transpose(1, 2)
-    out[:, :, :full] = inner.flatten(2, 3)
+    tail_out = None
     if tail:
         qt, kt, vt = (t[:, :, full:] for t in (q, k, v))
-        last = parallel(qt, kt, vt, inner_decay[:, 0, :tail, :tail])
-        out[:, :, full:] = last + (qt @ last_state) * cross_scale[:, 0, :tail]
+        tail_out = parallel(qt, kt, vt, inner_decay[:, 0, :tail, :tail]) + (qt @ last_state) * cross_scale[:, 0, :tail]
         if return_state:  # R after the tail: γ^tail R + Σ_j γ^(tail−1−j) k_jᵀ v_j
             tail_kv = (kt * key_scale[:, 0, chunk - tail :]).transpose(-1, -2) @ vt
             last_state = torch.exp(tail * log_gamma.to(q.dtype)).view(heads, 1, 1) * last_state + tail_kv
+    if torch.compiler.is_compiling():
+        # Traced (torch.compile, or torch.export for ONNX): one concatenation, since writes into a
+        # strided buffer become scatters there.
+        out = inner.flatten(2, 3) if tail_out is None else torch.cat([inner.flatten(2, 3), tail_out], dim=2)
+    else:
+        # The output is a (batch, tokens, heads, dv) buffer seen as (batch, heads, tokens, dv): merging
+        # the heads afterwards (transpose(1, 2) + reshape) is then free instead of one more copy.
+        out = q.new_empty(batch, tokens, heads, v.shape[-1]).transpose(1, 2)
+        out[:, :, :full] = inner.flatten(2, 3)
+        if tail_out is not None:
+            out[:, :, full:] = tail_out
     return (out, last_state) if return_state else out
 
 
