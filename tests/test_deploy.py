@@ -378,3 +378,75 @@ def test_export_onnx_refuses_an_output_it_cannot_write_before_tracing(checkpoint
     assert {"folder": "is a directory", "below a file": "is a file, so the folder",
             "read-only": "is read-only"}[where] in one_error(capsys)
     assert (tmp_path / "file").read_text() == "x"
+
+
+# ----------------------------------------------------------------------------------------------
+# The new-user sweep: each case that failed the standard, pinned
+# ----------------------------------------------------------------------------------------------
+
+
+def test_export_model_never_replaces_a_folder_holding_its_checkpoint_or_other_files(tmp_path, capsys):
+    (tmp_path / "m").mkdir()
+    write_checkpoint(tmp_path / "m" / "m.ckpt")
+    assert cli_main(["export-model", str(tmp_path / "m" / "m.ckpt"), str(tmp_path / "m")]) == 2
+    assert "holds this command's own input" in one_error(capsys)
+    assert (tmp_path / "m" / "m.ckpt").exists()
+    assert cli_main(["export-model", str(tmp_path / "m" / "m.ckpt"), str(tmp_path / "out")]) == 0
+    (tmp_path / "out" / "MODEL_CARD.md").write_text("mine")
+    assert cli_main(["export-model", str(tmp_path / "m" / "m.ckpt"), str(tmp_path / "out")]) == 2
+    assert "also holds MODEL_CARD.md" in one_error(capsys)
+    assert (tmp_path / "out" / "MODEL_CARD.md").read_text() == "mine"
+
+
+def test_saving_a_loaded_model_again_keeps_its_classes_and_normalisation(tmp_path):
+    save_pretrained(small_model(), str(tmp_path / "a"), class_names=CLASS_NAMES, preprocessing=PREPROCESSING)
+    save_pretrained(from_pretrained(str(tmp_path / "a")), str(tmp_path / "b"))
+    config = json.loads((tmp_path / "b" / "config.json").read_text())
+    assert config["class_names"] == CLASS_NAMES and config["preprocessing"] == PREPROCESSING
+
+
+@pytest.mark.parametrize("preprocessing", [{"mean": [0.5] * 3, "std": [0.0] * 3}, {"mean": "x", "std": [1.0]}])
+def test_a_normalisation_that_cannot_be_right_is_refused_not_turned_into_nan(tmp_path, preprocessing):
+    save_pretrained(small_model(), str(tmp_path / "m"))
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    (tmp_path / "m" / "config.json").write_text(json.dumps({**config, "preprocessing": preprocessing}))
+    with pytest.raises(ValueError, match="the normalisation .* is invalid"):
+        from_pretrained(str(tmp_path / "m"))
+
+
+def test_from_pretrained_refuses_options_that_the_weights_fix(tmp_path):
+    save_pretrained(small_model(), str(tmp_path / "m"))
+    with pytest.raises(ValueError, match="the weights fix num_classes"):
+        from_pretrained(str(tmp_path / "m"), num_classes=10)
+    assert from_pretrained(str(tmp_path / "m"), retention_mode="chunkwise").retention_mode == "chunkwise"
+
+
+@pytest.mark.parametrize("extra,match", [
+    (["--img-size", "70"], "--img-size height 70 is not a multiple of 16"),
+    (["--img-size", "8"], "--img-size height 8 is not a multiple of 16"),
+    (["--opset", "99"], "--opset 99: the installed onnx knows opsets up to"),
+])
+def test_export_onnx_sizes_and_opsets_it_cannot_trace_get_one_line(checkpoints, tmp_path, capsys, extra, match):
+    assert cli_main(["export-onnx", str(checkpoints / "vir.ckpt"), str(tmp_path / "m.onnx"), "--form", "parallel",
+                     *extra]) == 2
+    assert match in one_error(capsys)
+    assert not (tmp_path / "m.onnx").exists()
+
+
+@pytest.mark.slow
+def test_predict_and_validate_refuse_a_pretrained_folder_of_another_model(tmp_path):
+    from test_classification import QUICKSTART, TINY_MODEL, run_cli
+
+    tiny = {"embed_dim": 32, "depth": 2, "num_heads": 2}
+    for name, options in (("same", {}), ("other", {"decay": "2d"})):
+        model = create_model("vir_nano_patch4_28", num_classes=10, img_size=28, in_chans=1, **tiny, **options)
+        save_pretrained(model, str(tmp_path / name))
+    proc = run_cli("predict", "--config", QUICKSTART, *TINY_MODEL, f"--model.init_args.pretrained={tmp_path / 'other'}",
+                   f"--predictions_csv={tmp_path / 'p.csv'}", cwd=tmp_path)
+    assert proc.returncode == 2 and "holds another model: model_kwargs is" in proc.stderr
+    assert not (tmp_path / "p.csv").exists()
+    proc = run_cli("validate", "--config", QUICKSTART, *TINY_MODEL, f"--model.init_args.pretrained={tmp_path / 'same'}",
+                   "--trainer.limit_val_batches", "2", "--trainer.default_root_dir", str(tmp_path / "run"),
+                   cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "val/acc1" in proc.stdout

@@ -180,6 +180,21 @@ def _build_cli_class(argv: list[str], exit_stack: contextlib.ExitStack):
                 # Lightning would evaluate (or predict with) freshly initialised weights and exit 0.
                 raise ValueError(f"{subcommand} needs trained weights: pass --ckpt_path CKPT (a checkpoint of this"
                                  " config's model) or --model.init_args.pretrained WEIGHTS")
+            pretrained = self.model.hparams.get("pretrained")
+            if subcommand in ("validate", "test", "predict") and pretrained and os.path.isdir(str(pretrained)):
+                # Evaluated as it is (no fine-tuning): a folder of another architecture would load partly
+                # and predict with re-initialised parts. The image size may differ (the position
+                # embedding is resized).
+                from .deploy.pretrained import read_pretrained_config
+
+                folder = read_pretrained_config(str(pretrained))
+                saved = {"model_name": folder["model_name"], "model_kwargs": folder["model_options"],
+                         "num_classes": folder["num_classes"], "in_chans": folder["in_chans"]}
+                mismatch = architecture_mismatch(saved, dict(self.model.hparams))
+                if mismatch:
+                    mismatch = mismatch.replace("in the checkpoint", "in the folder")
+                    raise ValueError(f"pretrained folder {pretrained} holds another model: {mismatch}; use a config of"
+                                     " the model it holds (its config.json names it)")
             if self.checkpoint_hparams:
                 mismatch = architecture_mismatch(self.checkpoint_hparams, dict(self.model.hparams))
                 if mismatch:

@@ -109,6 +109,12 @@ def _same_file(a: str, b: str) -> bool:
         return os.path.realpath(a) == os.path.realpath(b)
 
 
+def _inside(path: str, folder: str) -> bool:
+    """Whether ``path`` lies inside ``folder`` (through links too)."""
+    path, folder = os.path.realpath(path), os.path.realpath(folder)
+    return path != folder and os.path.commonpath([path, folder]) == folder
+
+
 def check_output_path(path: str, what: str = "output", directory: bool = False, replaces: bool = False,
                       inputs: Sequence[str] = (), overwrite: bool = False, run: str | None = None) -> None:
     """Raise a one-line ValueError, naming the fix, when :func:`atomic_output` could not or should not
@@ -143,6 +149,11 @@ def check_output_path(path: str, what: str = "output", directory: bool = False, 
                              " replace that input; choose another output path")
     if directory and os.path.lexists(path) and not os.path.isdir(path):
         raise ValueError(f"{what} {path!r} is an existing file; give a folder name")
+    if replaces and os.path.isdir(path):
+        for source in inputs:
+            if source and _inside(os.fspath(source), path):
+                raise ValueError(f"{what} {path!r} holds this command's own input {os.fspath(source)!r}: the output"
+                                 " replaces that folder whole; choose another output folder")
     if replaces and os.path.isdir(path) and not os.path.exists(os.path.join(path, OUTPUT_MARKER)):
         try:
             foreign = bool(os.listdir(path))

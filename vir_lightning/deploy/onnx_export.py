@@ -76,6 +76,10 @@ def export_onnx(model: nn.Module, path: str, form: str, *, img_size: tuple[int, 
     check_form(model, form)
     if opset is not None:
         check_int("--opset", opset, 7)
+        newest = onnx.defs.onnx_opset_version()
+        if opset > newest:
+            raise ValueError(f"--opset {opset}: the installed onnx knows opsets up to {newest}; give at most {newest}"
+                             " or leave --opset out")
     model = model.eval().requires_grad_(False).float().to("cpu")
     model.set_retention_mode("chunkwise" if form != "parallel" else "parallel")
     meta = {
@@ -104,6 +108,11 @@ def export_onnx(model: nn.Module, path: str, form: str, *, img_size: tuple[int, 
                     decay=model.decay, state_shape=list(module.state_shape(1)))  # batch: dimension 1
     else:
         height, width_px = to_2tuple(img_size if img_size is not None else model.img_size, "--img-size")
+        step = tuple(model.patch_size) if hasattr(model, "patch_size") else (32, 32)  # H-ViR: its stride-32 stage
+        for side, px, unit in ((0, height, "height"), (1, width_px, "width")):
+            if check_int(f"--img-size {unit}", px) % step[side]:
+                raise ValueError(f"--img-size {unit} {px} is not a multiple of {step[side]} (the patch of this model);"
+                                 f" give e.g. {max(step[side], px // step[side] * step[side])}")
         if hasattr(model, "dynamic_img_size"):
             model.dynamic_img_size = (height, width_px) != tuple(model.img_size)  # resized once, at trace time
         module = HybridFeatures(model) if hasattr(model, "stages") else WholeImage(model)
@@ -117,14 +126,22 @@ def export_onnx(model: nn.Module, path: str, form: str, *, img_size: tuple[int, 
     meta.update(inputs=names[0], outputs=names[1])
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's notes on its own internals, not the user's model
-        program = torch.onnx.export(module, example, None, input_names=names[0], output_names=names[1],
-                                    dynamo=True, dynamic_shapes=dynamic, opset_version=opset, verbose=False,
-                                    optimize=False)
+        expected = module(*example)  # the model's own errors first, as one line
+        try:
+            program = torch.onnx.export(module, example, None, input_names=names[0], output_names=names[1],
+                                        dynamo=True, dynamic_shapes=dynamic, opset_version=opset, verbose=False,
+                                        optimize=False)
+        except Exception as err:  # the exporter wraps every cause in pages of its own report
+            raise ValueError(f"torch.onnx.export failed for {meta['model_name']} ({meta['form']}):"
+                             f" {_summary(err)}; please report this with the model's options") from None
         simplify(program.model)
-        expected = module(*example)
     proto = program.model_proto
     onnx.helper.set_model_props(proto, {METADATA_KEY: json.dumps(meta)})
-    onnx.checker.check_model(proto, full_check=True)
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except onnx.checker.ValidationError as err:
+        raise ValueError(f"the exported graph fails onnx.checker ({' '.join(str(err).split())[:200]});"
+                         f"{' try the default --opset;' if opset else ''} nothing was written") from None
     with atomic_output(path, overwrite=overwrite, run=run) as tmp:
         onnx.save_model(proto, tmp)
     difference = max_relative_difference(path, dict(zip(names[0], example, strict=True)), expected)
@@ -132,6 +149,17 @@ def export_onnx(model: nn.Module, path: str, form: str, *, img_size: tuple[int, 
         raise ValueError(f"wrote {path}, but ONNX Runtime differs from torch by {difference:.2e} (relative) on a test"
                          f" batch, more than {PARITY_TOLERANCE:g}: please report this with the model's options")
     return {**meta, "max_relative_difference": difference}
+
+
+def _summary(err: Exception) -> str:
+    """The first line of an exporter error that says what went wrong."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    for marker in ("Exception summary", "Error:", "error"):
+        for i, line in enumerate(lines):
+            if marker in line:
+                return " ".join(lines[i + 1 : i + 2] if marker == "Exception summary" and i + 1 < len(lines)
+                                else [line])[:300]
+    return (lines[0] if lines else type(err).__name__)[:300]
 
 
 def simplify(model) -> None:
@@ -203,6 +231,8 @@ def read_onnx_metadata(path: str) -> dict:
     """The ``vir_lightning`` metadata of an exported graph; ValueError for a file that is not one of ours."""
     import onnx
 
+    if os.path.isdir(path):
+        raise ValueError(f"--onnx {path!r} is a folder; give the .onnx file written by export-onnx")
     if not os.path.isfile(path):
         raise ValueError(f"--onnx {path!r} does not exist; write one with `python -m vir_lightning export-onnx`")
     try:
@@ -223,4 +253,8 @@ def read_onnx_metadata(path: str) -> dict:
     if not declared or any(name not in meta.get("inputs", []) for name in inputs):
         raise ValueError(f"--onnx {path!r} has inputs {inputs}, not those its metadata declares ({meta.get('inputs')});"
                          " the file was changed after export: export it again")
+    if meta.get("preprocessing") is not None:
+        from .pretrained import check_preprocessing
+
+        check_preprocessing(meta["preprocessing"], f"--onnx {path!r}")
     return meta

@@ -89,6 +89,12 @@ def save_pretrained(model: nn.Module, directory: str, class_names: list[str] | N
 
     from ..io import atomic_output
 
+    loaded = getattr(model, "pretrained_config", None) or {}  # a model from from_pretrained keeps what it had
+    class_names = loaded.get("class_names") if class_names is None else class_names
+    preprocessing = loaded.get("preprocessing") if preprocessing is None else preprocessing
+    if preprocessing:
+        check_preprocessing(preprocessing, "preprocessing")
+    _refuse_other_files(directory)
     config = pretrained_config(model, class_names, preprocessing)
     # contiguous copies: safetensors stores raw bytes and refuses views that share storage
     state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
@@ -98,6 +104,35 @@ def save_pretrained(model: nn.Module, directory: str, class_names: list[str] | N
         save_file(state, weights, metadata={"format": "pt", "model_name": config["model_name"]})
         os.chmod(weights, 0o666 & ~_umask())  # safetensors creates it 0600; the folder's files get the user's umask
     return config
+
+
+def _refuse_other_files(directory: str) -> None:
+    """A pretrained folder is replaced whole: refuse when it holds anything but what we write there
+    (a model card or a checkpoint someone put beside the weights would be deleted)."""
+    from ..io import OUTPUT_MARKER, OUTPUTS_RECORD
+
+    if not os.path.isdir(directory):
+        return
+    ours = {CONFIG_FILE, WEIGHTS_FILE, OUTPUT_MARKER, OUTPUTS_RECORD}
+    others = sorted(set(os.listdir(directory)) - ours)
+    if others:
+        raise ValueError(f"{directory!r} also holds {', '.join(others[:3])}{' …' if len(others) > 3 else ''}, which"
+                         " replacing the folder would delete; move them out or choose another folder")
+
+
+def check_preprocessing(record, where: str) -> dict:
+    """ValueError naming ``where`` unless ``record`` holds ``mean`` and ``std``: equal-length lists of
+    finite numbers, every std positive (a std of 0 would turn every prediction into NaN)."""
+    import math
+
+    ok = isinstance(record, dict) and all(
+        isinstance(record.get(key), list) and record[key]
+        and all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in record[key])
+        for key in ("mean", "std"))
+    if not ok or len(record["mean"]) != len(record["std"]) or min(record["std"]) <= 0:
+        raise ValueError(f"{where}: the normalisation {record!r} is invalid; expected mean and std as lists of"
+                         " one finite number per channel, every std > 0")
+    return record
 
 
 def _umask() -> int:
@@ -134,10 +169,14 @@ def read_pretrained_config(directory: str) -> dict:
     if missing or not isinstance(config["model_options"], dict):
         raise ValueError(f"{path!r} lacks {', '.join(missing) or 'a model_options mapping'}; write the folder again"
                          " with export-model")
+    if isinstance(config["num_classes"], bool) or not isinstance(config["num_classes"], int):
+        raise ValueError(f"{path!r}: num_classes is {config['num_classes']!r}; expected an integer")
+    if config.get("preprocessing") is not None:
+        check_preprocessing(config["preprocessing"], path)
     names = config.get("class_names")
     if names is not None and (not isinstance(names, list) or len(names) != config["num_classes"]):
-        raise ValueError(f"{path!r}: class_names has {len(names) if isinstance(names, list) else names!r} entries for"
-                         f" num_classes={config['num_classes']}")
+        what = f"{len(names)} entries" if isinstance(names, list) else f"the value {names!r} (not a list)"
+        raise ValueError(f"{path!r}: class_names has {what} for num_classes={config['num_classes']}")
     return config
 
 
@@ -151,6 +190,8 @@ def read_safetensors(path: str) -> dict[str, torch.Tensor]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    if os.path.isdir(path):
+        raise ValueError(f"{path!r} is a folder, not a safetensors file; write the folder again with export-model")
     if not os.path.isfile(path):
         raise ValueError(f"{path!r} does not exist; the folder lacks its weights (write it again with export-model)")
     try:
@@ -180,6 +221,11 @@ def from_pretrained(directory: str, **overrides) -> nn.Module:
     from ..models import create_model
 
     config = read_pretrained_config(directory)
+    fixed = sorted(set(overrides) & {"model_name", *SHAPE_OPTIONS})
+    if fixed:
+        raise ValueError(f"from_pretrained({directory!r}, {fixed[0]}=...): the weights fix {', '.join(fixed)}; build"
+                         " the model with create_model and load the folder with --model.init_args.pretrained (or"
+                         " load_weights) to change them")
     state = read_pretrained_weights(directory)
     size = config["img_size"]
     options = {**config["model_options"], **overrides}
@@ -188,8 +234,9 @@ def from_pretrained(directory: str, **overrides) -> nn.Module:
                              img_size=size if isinstance(size, int) else tuple(size),
                              in_chans=config["in_chans"], **options)
     except (ValueError, TypeError) as err:
-        raise ValueError(f"{directory!r}: its config.json does not build a model ({err})") from None
-    check_weights_fit(model, state, f"{directory!r}")
+        source = "its config.json with your options" if overrides else "its config.json"
+        raise ValueError(f"{directory!r}: {source} does not build a model ({err})") from None
+    check_weights_fit(model, state, f"{directory!r}" + (f" with {sorted(overrides)}" if overrides else ""))
     model.load_state_dict(state)
     model.pretrained_config = config
     return model.eval()

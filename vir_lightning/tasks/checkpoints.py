@@ -41,7 +41,7 @@ def load_tensors_only(path: str):
                              " point to a .ckpt written by fit") from None
         raise ValueError(f"{path!r} is not a tensors-only checkpoint (refusing to unpickle code):"
                          f" {_one_line(err)}") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as err:
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError) as err:
         # torch's reader errors for a truncated or foreign file are long; their first sentence says it.
         first = str(err).strip().split(". ")[0] if str(err).strip() else type(err).__name__
         raise ValueError(f"checkpoint {path!r} cannot be read ({first}): it is truncated or not a checkpoint;"

@@ -395,6 +395,8 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 with open_large_image(path, args.level, args.reader) as image:
                     rows, cols, _, _ = patch_grid(image.height, image.width, model.patch_size, args.edge)
+                    if hasattr(model, "check_grid"):  # before the progress bar, so the error line stands alone
+                        model.check_grid((rows, cols), path)
                     bands = len(band_bounds(max(rows, 1), model.band_rows or default_band_rows(max(cols, 1))))
                     passes = 2 if model.multipass else 1
                     with tqdm(total=bands * passes, desc=Path(path).name, unit="band", file=sys.stderr,
