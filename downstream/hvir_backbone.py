@@ -21,6 +21,7 @@ from mmengine.model import BaseModule
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from vir_lightning.deploy.pretrained import weight_mismatches
 from vir_lightning.models.hvir import ARCH_ZOO, HybridViR
 from vir_lightning.retention import check_mode
 from vir_lightning.tasks.checkpoints import exported_meta, read_state_dict
@@ -221,17 +222,7 @@ class HViRBackbone(BaseModule):
         state = {k: v for k, v in state.items() if k not in set(ignored)}
         own = self.model.state_dict()
         adapted = self._adapt_input_channels(state, own)
-        missing = sorted(set(own) - set(state))
-        unexpected = sorted(set(state) - set(own))
-        mismatched = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
-        problems = []
-        if missing:
-            problems.append(f"missing {len(missing)} keys (first: {missing[:4]})")
-        if unexpected:
-            problems.append(f"unexpected {len(unexpected)} keys (first: {unexpected[:4]})")
-        if mismatched:
-            shapes = ", ".join(f"{k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in mismatched[:3])
-            problems.append(f"shape mismatch {shapes}")
+        problems = weight_mismatches(own, state)
         if problems:
             meta = exported_meta(path)  # again, on this error path only: what the file says it is
             name = meta.get("model_name") if meta else None

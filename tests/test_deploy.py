@@ -148,10 +148,10 @@ def _break(folder, how: str) -> None:
 @pytest.mark.parametrize("how,match", [
     ("no config", "has no config.json"),
     ("foreign config", "is not a vir_lightning config"),
-    ("missing tensor", "1 tensors missing (first: ['norm.weight'])"),
-    ("wrong shape", "head.weight (7, 96) where the config's model has (4, 96)"),
+    ("missing tensor", "missing 1 keys (first: ['norm.weight'])"),
+    ("wrong shape", "shape mismatch head.weight: (7, 96) vs (4, 96)"),
     ("truncated", "is not a readable safetensors file"),
-    ("config of another model", "tensors missing (first: ['blocks.2."),
+    ("config of another model", "keys (first: ['blocks.2."),
 ])
 def test_a_broken_pretrained_folder_gets_one_error_line(tmp_path, capsys, how, match):
     save_pretrained(small_model(), str(tmp_path / "m"), preprocessing=PREPROCESSING)

@@ -242,20 +242,26 @@ def from_pretrained(directory: str, **overrides) -> nn.Module:
     return model.eval()
 
 
-def check_weights_fit(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """ValueError unless ``state`` holds exactly ``model``'s tensors with their shapes."""
-    own = model.state_dict()
+def weight_mismatches(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -> list[str]:
+    """What keeps ``state`` from loading strictly into a model whose state_dict is ``own``: missing
+    and unexpected tensors and tensors of another shape, the first few of each named ([] if none)."""
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
-    reshaped = [k for k in sorted(set(own) & set(state)) if own[k].shape != state[k].shape]
+    reshaped = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
     problems = []
     if missing:
-        problems.append(f"{len(missing)} tensors missing (first: {missing[:3]})")
+        problems.append(f"missing {len(missing)} keys (first: {missing[:4]})")
     if unexpected:
-        problems.append(f"{len(unexpected)} unexpected tensors (first: {unexpected[:3]})")
+        problems.append(f"unexpected {len(unexpected)} keys (first: {unexpected[:4]})")
     if reshaped:
-        problems.append("another shape: " + ", ".join(f"{k} {tuple(state[k].shape)} where the config's model has"
-                                                       f" {tuple(own[k].shape)}" for k in reshaped[:3]))
+        problems.append("shape mismatch " + ", ".join(f"{k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+                                                      for k in reshaped[:3]))
+    return problems
+
+
+def check_weights_fit(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """ValueError unless ``state`` holds exactly ``model``'s tensors with their shapes."""
+    problems = weight_mismatches(model.state_dict(), state)
     if problems:
         raise ValueError(f"{source}: the weights do not match the model its config.json names"
                          f" ({getattr(model, 'model_name', type(model).__name__)}): {'; '.join(problems)}")
