@@ -108,11 +108,11 @@ def export_onnx(model: nn.Module, path: str, form: str, *, img_size: tuple[int, 
                     decay=model.decay, state_shape=list(module.state_shape(1)))  # batch: dimension 1
     else:
         height, width_px = to_2tuple(img_size if img_size is not None else model.img_size, "--img-size")
-        step = tuple(model.patch_size) if hasattr(model, "patch_size") else (32, 32)  # H-ViR: its stride-32 stage
+        patch = tuple(getattr(model, "patch_size", (1, 1)))  # H-ViR's convolutions take any size
         for side, px, unit in ((0, height, "height"), (1, width_px, "width")):
-            if check_int(f"--img-size {unit}", px) % step[side]:
-                raise ValueError(f"--img-size {unit} {px} is not a multiple of {step[side]} (the patch of this model);"
-                                 f" give e.g. {max(step[side], px // step[side] * step[side])}")
+            if check_int(f"--img-size {unit}", px) % patch[side]:
+                raise ValueError(f"--img-size {unit} {px} is not a multiple of {patch[side]} (the patch of this model);"
+                                 f" give e.g. {max(patch[side], px // patch[side] * patch[side])}")
         if hasattr(model, "dynamic_img_size"):
             model.dynamic_img_size = (height, width_px) != tuple(model.img_size)  # resized once, at trace time
         module = HybridFeatures(model) if hasattr(model, "stages") else WholeImage(model)
