@@ -146,7 +146,7 @@ def _break(folder, how: str) -> None:
 
 
 @pytest.mark.parametrize("how,match", [
-    ("no config", "has no config.json"),
+    ("no config", "is a folder without config.json"),
     ("foreign config", "is not a vir_lightning config"),
     ("missing tensor", "missing 1 keys (first: ['norm.weight'])"),
     ("wrong shape", "shape mismatch head.weight: (7, 96) vs (4, 96)"),

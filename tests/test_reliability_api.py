@@ -355,7 +355,8 @@ PREDICT = ["predict-large", "--config", "configs/quickstart.yaml", "--ckpt_path"
     "replace,extra,message",
     [
         (("configs/quickstart.yaml", "{tmp}"), [], "is a folder; give the training config's YAML file"),
-        (("{tmp}/none.ckpt", "{tmp}"), [], "is a folder; give the .ckpt file"),
+        (("{tmp}/none.ckpt", "{tmp}"), [], "is a folder without config.json, so not a pretrained folder; give the"
+                                            " .ckpt file"),
         (("{tmp}/none.ckpt", "{tmp}/file"), [], "is not a PyTorch file (neither torch.save's zip nor a pickle)"),
         (("{tmp}/out.csv", "{tmp}/file/out.csv"), [], "--out"),
         (None, ["--features-dir", "{tmp}/file"], "--features-dir"),

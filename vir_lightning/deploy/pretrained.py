@@ -155,8 +155,9 @@ def read_pretrained_config(directory: str) -> dict:
     try:
         config = json.loads(Path(path).read_text())
     except FileNotFoundError:
-        raise ValueError(f"{directory!r} has no {CONFIG_FILE}: it is not a pretrained folder (write one with"
-                         " `python -m vir_lightning export-model CKPT DIR` or save_pretrained)") from None
+        raise ValueError(f"{directory!r} is a folder without {CONFIG_FILE}, so not a pretrained folder; give the .ckpt"
+                         " file written by fit, or a folder written by `python -m vir_lightning export-model CKPT DIR`"
+                         " (or save_pretrained)") from None
     except (OSError, ValueError) as err:
         raise ValueError(f"{path!r} cannot be read as JSON ({err}); write the folder again with export-model") from None
     if not isinstance(config, dict) or config.get("format") != FORMAT:
