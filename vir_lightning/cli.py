@@ -185,11 +185,11 @@ def _build_cli_class(argv: list[str], exit_stack: contextlib.ExitStack):
                 # Evaluated as it is (no fine-tuning): a folder of another architecture would load partly
                 # and predict with re-initialised parts. The image size may differ (the position
                 # embedding is resized).
-                from .deploy.pretrained import read_pretrained_config
+                from .deploy.pretrained import as_hyper_parameters, read_pretrained_config
 
-                folder = read_pretrained_config(str(pretrained))
-                saved = {"model_name": folder["model_name"], "model_kwargs": folder["model_options"],
-                         "num_classes": folder["num_classes"], "in_chans": folder["in_chans"]}
+                saved = as_hyper_parameters(read_pretrained_config(str(pretrained)))
+                for free in ("img_size", "class_names"):  # not compared (see above)
+                    saved.pop(free)
                 mismatch = architecture_mismatch(saved, dict(self.model.hparams))
                 if mismatch:
                     mismatch = mismatch.replace("in the checkpoint", "in the folder")

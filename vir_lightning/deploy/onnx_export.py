@@ -20,7 +20,7 @@ import warnings
 import torch
 from torch import nn
 
-from .onnx_graphs import HybridFeatures, StreamingStep, WholeImage, exportable_forms, why_not
+from .onnx_graphs import ONNX_FORMS, HybridFeatures, StreamingStep, WholeImage, exportable_forms, why_not
 
 METADATA_KEY = "vir_lightning"
 FORMAT = "vir_lightning-onnx"
@@ -33,8 +33,6 @@ PARITY_TOLERANCE = 1e-4
 
 def check_form(model: nn.Module, form: str) -> None:
     """ValueError for an unknown form or one this model cannot export, naming the ones it can."""
-    from .onnx_graphs import ONNX_FORMS
-
     if form not in ONNX_FORMS:
         raise ValueError(f"--form {form!r} is unknown; expected one of {', '.join(ONNX_FORMS)}")
     reason = why_not(model, form)
@@ -100,8 +98,9 @@ def export_onnx(model: nn.Module, path: str, form: str, *, img_size: tuple[int, 
         grid_cols = width // pw
         module = StreamingStep(model, grid_cols, band_rows)
         example = _step_example(module, 2, generator)
-        dynamic = {"pixels": {0: torch.export.Dim("batch")}, "row_weights": None, "rows_before": None,
-                   "state": {1: torch.export.Dim("batch")}, "feature_sum": {0: torch.export.Dim("batch")}}
+        batch = torch.export.Dim("batch")
+        dynamic = {"pixels": {0: batch}, "row_weights": None, "rows_before": None, "state": {1: batch},
+                   "feature_sum": {0: batch}}
         names = (list(STEP_INPUTS), list(STEP_OUTPUTS))
         meta.update(patch_size=[ph, pw], width=width, grid_cols=grid_cols, band_rows=band_rows,
                     trained_grid=list(model.grid_shape), dim=int(model.embed_dim), pooling=model.pooling,

@@ -87,7 +87,7 @@ def save_pretrained(model: nn.Module, directory: str, class_names: list[str] | N
     """
     from safetensors.torch import save_file
 
-    from ..io import atomic_output
+    from ..io import _umask, atomic_output
 
     loaded = getattr(model, "pretrained_config", None) or {}  # a model from from_pretrained keeps what it had
     class_names = loaded.get("class_names") if class_names is None else class_names
@@ -135,10 +135,11 @@ def check_preprocessing(record, where: str) -> dict:
     return record
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def as_hyper_parameters(config: dict) -> dict:
+    """A folder's config in the terms of a training checkpoint's ``hyper_parameters``."""
+    return {"model_name": config["model_name"], "model_kwargs": config["model_options"],
+            "num_classes": config["num_classes"], "img_size": config["img_size"], "in_chans": config["in_chans"],
+            "class_names": config["class_names"], "preprocessing": config["preprocessing"]}
 
 
 def is_pretrained_folder(path) -> bool:

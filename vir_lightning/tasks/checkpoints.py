@@ -48,13 +48,18 @@ def load_tensors_only(path: str):
                          " point to a complete .ckpt file") from None
 
 
-def _looks_like_torch_save(path: str) -> bool:
-    """A torch.save zip, or a legacy pickle (protocol 2+ starts with 0x80)."""
+def _file_head(path: str, size: int) -> bytes:
+    """The first ``size`` bytes of a file (b"" when it cannot be read)."""
     try:
         with open(path, "rb") as f:
-            head = f.read(4)
+            return f.read(size)
     except OSError:
-        return False
+        return b""
+
+
+def _looks_like_torch_save(path: str) -> bool:
+    """A torch.save zip, or a legacy pickle (protocol 2+ starts with 0x80)."""
+    head = _file_head(path, 4)
     return head.startswith(b"PK") or head[:1] == b"\x80"
 
 
@@ -98,11 +103,7 @@ def exported_meta(path: str) -> dict | None:
 
 def _is_safetensors(path: str) -> bool:
     """A safetensors file: 8 bytes of header length, then the JSON header (``{``)."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(9)
-    except OSError:
-        return False
+    head = _file_head(path, 9)
     return len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < 100_000_000
 
 
@@ -198,11 +199,7 @@ def classifier_from_checkpoint(path: str) -> tuple[nn.Module, dict]:
 
 def _classifier_from_folder(path: str) -> tuple[nn.Module, dict]:
     """:func:`classifier_from_checkpoint` for a pretrained folder: its config as the hyper-parameters."""
-    from ..deploy.pretrained import from_pretrained
+    from ..deploy.pretrained import as_hyper_parameters, from_pretrained
 
     model = from_pretrained(path)
-    config = model.pretrained_config
-    hparams = {"model_name": config["model_name"], "model_kwargs": config["model_options"],
-               "num_classes": config["num_classes"], "img_size": config["img_size"], "in_chans": config["in_chans"],
-               "class_names": config["class_names"], "preprocessing": config["preprocessing"]}
-    return model.requires_grad_(False), hparams
+    return model.requires_grad_(False), as_hyper_parameters(model.pretrained_config)

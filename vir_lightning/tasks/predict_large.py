@@ -175,8 +175,6 @@ def predict_image(model, image, mean, std, edge: str = "crop", features_path: st
         raise ValueError(f"{image.path}: {image.width}×{image.height} px at level {image.level} is smaller than"
                          f" one {pw}×{ph} patch, so cropping leaves nothing; use {lower}--edge pad")
     rows, cols, edge_rows, edge_cols = patch_grid(image.height, image.width, (ph, pw), edge)
-    if hasattr(model, "check_grid"):  # a graph exported for one width: refused before any pixel is read
-        model.check_grid((rows, cols), image.path)
     scale = image.max_value
     mean_t = torch.tensor(per_channel(mean, channels)).view(1, -1, 1, 1)
     std_t = torch.tensor(per_channel(std, channels)).view(1, -1, 1, 1)
@@ -242,8 +240,10 @@ def _read_done(out: str) -> list[dict]:
 def _run_options(args, mean, std) -> dict:
     """What the rows of ``--out`` depend on besides the image and level: the weights, the normalisation,
     the edge handling and the reader (the band height and retention form do not change a result)."""
+    from ..deploy.pretrained import WEIGHTS_FILE
+
     weights = _weights(args)
-    stat = os.stat(os.path.join(weights, "model.safetensors") if os.path.isdir(weights) else weights)
+    stat = os.stat(os.path.join(weights, WEIGHTS_FILE) if os.path.isdir(weights) else weights)
     options = {"checkpoint": os.path.abspath(weights), "checkpoint_bytes": stat.st_size,
                "checkpoint_mtime_ns": stat.st_mtime_ns, "mean": [float(m) for m in mean],
                "std": [float(s) for s in std], "edge": args.edge, "reader": args.reader}
