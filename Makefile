@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.vir-core-installed
 MM_STAMP := $(VENV)/.vir-mm-installed
 TORCH  ?= torch==2.13.0
 
-.PHONY: help install mm data mini-datasets downstream-mini fit test test-fast bench bench-streaming bench-train bench-retention bench-backbone lint clean
+.PHONY: help install mm data mini-datasets downstream-mini fit test test-fast bench bench-streaming bench-train bench-retention bench-backbone docs lint clean
 
 help:
 	@echo "make fit              set up .venv and data if needed, then train the quickstart (~7 min; FIT_ARGS=\"--overwrite true\" to redo it)"
@@ -20,6 +20,7 @@ help:
 	@echo "make bench-streaming  streaming vs chunkwise vs the ViT: speed at 1024/2048 px, memory up to 16384 px (~1 h)"
 	@echo "make bench-retention  time and peak memory of the retention op (1k/4k/16k tokens)"
 	@echo "make bench-train      ViR-S training step (chunkwise/auto, checkpointing, 1D/2D) vs the SDPA ViT-S, 224-2048 px (~1 h)"
+	@echo "make docs             build the documentation site into site/ (mkdocs build --strict)"
 	@echo "make bench-backbone   H-ViR-T at 1333x800 beside MMDetection's Swin-T and ResNet-50: inference and training step"
 
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
@@ -30,7 +31,7 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade "pip>=24"
 	$(PY) -m pip install --quiet "$(TORCH)"
-	$(PY) -m pip install --quiet -e ".[dev,deploy]"
+	$(PY) -m pip install --quiet -e ".[dev,deploy,docs]"
 	@touch $(STAMP)
 
 # The OpenMMLab tier: mmcv 2.1.0 compiled once with ops (wheel cached in ~/.cache/vir-wheels), then
@@ -46,7 +47,7 @@ $(FMNIST):
 	@if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; \
 	else \
-	  echo "Fashion-MNIST is missing: run 'sudo apt-get install dataset-fashion-mnist' (or see README)"; exit 1; \
+	  echo "Fashion-MNIST is missing: run 'sudo apt-get install dataset-fashion-mnist' (or see docs/index.md)"; exit 1; \
 	fi
 
 data: $(FMNIST)
@@ -58,20 +59,25 @@ fit: $(STAMP) $(FMNIST)
 	$(PY) -m vir_lightning fit --config configs/quickstart.yaml $(FIT_ARGS)
 
 # pytest exits 5 when it collects nothing; that is a broken suite here, so it stays a failure.
-# VIR_REQUIRE_MM=1 turns "mm tier not installed" from a skip into a failure: here it must be there.
+# VIR_REQUIRE_MM=1 turns "mm tier not installed" from a skip into a failure: here it must be there;
+# VIR_REQUIRE_DOCS=1 does the same for the docs build (tests/test_docs.py).
 test: $(STAMP) $(MM_STAMP) $(FMNIST)
-	VIR_REQUIRE_MM=1 $(PY) -m pytest -q $(PYTEST_ARGS)
+	VIR_REQUIRE_MM=1 VIR_REQUIRE_DOCS=1 $(PY) -m pytest -q $(PYTEST_ARGS)
 
 test-fast: $(STAMP) $(FMNIST)
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
-# The README's throughput table and plots (about 15 min on 2 cores).
+# The documentation site (docs/, mkdocs.yml) into site/; --strict: a broken link or a stale page fails.
+docs: $(STAMP)
+	$(PY) -m mkdocs build --strict
+
+# The throughput tables and plots of docs/results/throughput.md (about 15-23 min on 2 cores).
 bench: $(STAMP)
 	$(PY) -m vir_lightning bench --models vir_small_patch16_224 vit_small_patch16_224 \
 	  --resolutions 224 512 1024 2048 --batch-sizes 1 2 --modes parallel chunkwise auto \
 	  --tasks inference train --repeats 3 --min-seconds 2 --out runs/bench
 
-# The README's streaming tables: speed side by side (band heights; the ViT), then working memory as
+# The streaming tables (docs/results/streaming.md): speed side by side (band heights; the ViT), then working memory as
 # the image grows (one call each; whole-image forms stop at 4096 px, streaming goes on to 16384 px).
 bench-streaming: $(STAMP)
 	$(PY) -m vir_lightning bench --models vir_small_patch16_224 vit_small_patch16_224 --resolutions 1024 2048 \
