@@ -34,10 +34,9 @@ def test_mkdocs_build_strict_succeeds(tmp_path):
         pytest.skip("mkdocs not installed (the docs extra)")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
                NO_MKDOCS_2_WARNING="1")
-    result = subprocess.run(
-        [sys.executable, "-m", "mkdocs", "build", "--strict", "-f", str(REPO / "mkdocs.yml"), "-d", str(tmp_path / "site")],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
-    )
+    command = [sys.executable, "-m", "mkdocs", "build", "--strict",
+               "-f", str(REPO / "mkdocs.yml"), "-d", str(tmp_path / "site")]
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, f"mkdocs build --strict failed:\n{result.stderr[-6000:]}"
     cli_page = (tmp_path / "site" / "reference" / "cli" / "index.html").read_text(encoding="utf-8")
     assert "predict-large" in cli_page and "--trainer.max_epochs" in cli_page, "the CLI reference lacks --help text"
