@@ -174,6 +174,9 @@ def _build_cli_class(argv: list[str], exit_stack: contextlib.ExitStack):
 
         def after_instantiate_classes(self) -> None:
             super().after_instantiate_classes()
+            from .tasks.progress import use_readable_output  # lines in a log, a summary without FLOPs
+
+            use_readable_output(self.trainer, self._run_config()["trainer"].get("callbacks"))
             subcommand = self.config.subcommand
             if (subcommand in ("validate", "test", "predict") and not self._run_config().get("ckpt_path")
                     and not self.model.hparams.get("pretrained")):

@@ -381,6 +381,7 @@ def main(argv: list[str] | None = None) -> int:
 
         from ..data.large_image import open_large_image
         from ..models.streaming import band_bounds, default_band_rows
+        from ..tasks.progress import LineProgress
 
         finished = {(row["path"], row["level"]) for row in done}
         failures = 0
@@ -399,8 +400,9 @@ def main(argv: list[str] | None = None) -> int:
                         model.check_grid((rows, cols), path)
                     bands = len(band_bounds(max(rows, 1), model.band_rows or default_band_rows(max(cols, 1))))
                     passes = 2 if model.multipass else 1
-                    with tqdm(total=bands * passes, desc=Path(path).name, unit="band", file=sys.stderr,
-                              leave=False, dynamic_ncols=True) as progress:
+                    bar = tqdm if sys.stderr.isatty() else LineProgress  # a log gets lines, not carriage returns
+                    with bar(total=bands * passes, desc=Path(path).name, unit="band", file=sys.stderr,
+                             leave=False, dynamic_ncols=True) as progress:
                         result = predict_image(model, image, mean, std, args.edge, features, progress,
                                                args.overwrite)
             except (ValueError, FileNotFoundError, OSError, MemoryError) as err:
