@@ -21,10 +21,10 @@ from mmengine.model import BaseModule
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from vir_lightning.deploy.checkpoints import exported_meta, read_state_dict
 from vir_lightning.deploy.pretrained import weight_mismatches
 from vir_lightning.models.hvir import ARCH_ZOO, HybridViR
 from vir_lightning.retention import check_mode
-from vir_lightning.tasks.checkpoints import exported_meta, read_state_dict
 
 from . import safe_checkpoints  # noqa: F401  (registers mmengine's checkpoint types as safe)
 

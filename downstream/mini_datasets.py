@@ -41,6 +41,10 @@ from vir_lightning.data.cluttered_fashion_mnist import paste_garment, photo_crop
 from vir_lightning.data.fashion_mnist import DEBIAN_ROOT, check_root, read_split
 from vir_lightning.io import atomic_output, check_output_path
 
+#: The line `python -m vir_lightning --help` shows for this command (registered in pyproject.toml's
+#: ``vir_lightning.commands`` entry points; read from this source without importing it).
+COMMAND_HELP = "small COCO/ADE20K-layout sets from real pixels (mm smoke tests)"
+
 COCO_CLASSES = ("tshirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot")
 ADE_CLASSES = ("background", *COCO_CLASSES)
 # Words, not numerals: mmengine's --cfg-options would read "0" as the integer 0, not a class name.

@@ -151,3 +151,25 @@ def saved_tensor_bytes(fn) -> int:
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         fn()
     return total
+
+
+def declared_entry_points(group: str = "vir_lightning.commands") -> list:
+    """The entry points pyproject.toml declares in ``group``, as importlib.metadata would list them
+    once installed (an install records them when it runs, so a checkout may be ahead of it)."""
+    import re
+    from importlib.metadata import EntryPoint
+    from pathlib import Path
+
+    # (the table's ``name = "module:function"`` lines read by hand: tomllib is Python 3.11+)
+    text = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    table = text.split(f'[project.entry-points."{group}"]', 1)[1].split("\n[", 1)[0]
+    return [EntryPoint(name, value, group) for name, value in re.findall(r'^([\w.-]+)\s*=\s*"([^"]+)"', table, re.M)]
+
+
+@pytest.fixture
+def declared_commands(monkeypatch):
+    """``python -m vir_lightning`` with the commands pyproject.toml registers (``build-mini-datasets``
+    of ``downstream``), whether or not the installed metadata has caught up with it yet."""
+    import vir_lightning.cli as cli
+
+    monkeypatch.setattr(cli, "_entry_points", declared_entry_points)

@@ -17,8 +17,8 @@ from conftest import write_image_folder
 from vir_lightning.cli import main
 from vir_lightning.data import FashionMNISTDataModule, ImageFolderDataModule
 from vir_lightning.data.image_folder import decode_image
+from vir_lightning.deploy.checkpoints import load_weights
 from vir_lightning.tasks import ImageClassifier
-from vir_lightning.tasks.checkpoints import load_weights
 from vir_lightning.tasks.optim import param_groups, warmup_cosine
 
 REPO = Path(__file__).resolve().parents[1]
@@ -211,7 +211,7 @@ def test_checkpoint_of_another_architecture_is_rejected(tmp_path):
 
 
 def test_a_fit_checkpoint_rebuilds_its_own_classifier_and_other_files_are_refused(tmp_path):
-    from vir_lightning.tasks.checkpoints import classifier_from_checkpoint
+    from vir_lightning.deploy.checkpoints import classifier_from_checkpoint
 
     torch.manual_seed(0)
     module = ImageClassifier("hvir_nano", model_kwargs={"retention_mode": "chunkwise", "chunk_size": 4},

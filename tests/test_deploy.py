@@ -168,8 +168,8 @@ def test_a_broken_pretrained_folder_gets_one_error_line(tmp_path, capsys, how, m
 def test_export_backbone_writes_safetensors_that_the_mm_backbone_loads(tmp_path):
     from safetensors import safe_open
 
+    from vir_lightning.deploy.checkpoints import exported_meta, read_state_dict
     from vir_lightning.tasks import ImageClassifier
-    from vir_lightning.tasks.checkpoints import exported_meta, read_state_dict
 
     torch.manual_seed(0)
     module = ImageClassifier(model_name="hvir_nano", num_classes=4, img_size=64)

@@ -28,8 +28,8 @@ from downstream import mini_datasets  # noqa: E402
 from downstream.hvir_backbone import HViRBackbone  # noqa: E402
 from downstream.mini_datasets import ADE_CLASSES, COCO_CLASSES, build  # noqa: E402
 from downstream.safe_checkpoints import history_buffer_statistic  # noqa: E402
+from vir_lightning.commands.export_backbone import export_backbone  # noqa: E402
 from vir_lightning.models import create_model  # noqa: E402
-from vir_lightning.tasks.export import export_backbone  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 MIM = os.path.join(os.path.dirname(sys.executable), "mim")

@@ -21,8 +21,8 @@ from test_downstream import lightning_style_checkpoint  # noqa: E402
 import downstream.mini_datasets as mini_datasets  # noqa: E402
 from downstream.data_checks import DataMatchesModelHook, check_data_matches_model  # noqa: E402
 from downstream.hvir_backbone import HViRBackbone  # noqa: E402
+from vir_lightning.commands.export_backbone import export_backbone  # noqa: E402
 from vir_lightning.models import create_model  # noqa: E402
-from vir_lightning.tasks.export import export_backbone  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DET_CONFIGS = ["hvir_maskrcnn_mini.py", "r18_maskrcnn_mini.py", "swin_maskrcnn_mini.py"]

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from vir_lightning.commands.export_backbone import export_backbone
 from vir_lightning.models import create_model
-from vir_lightning.tasks.export import export_backbone
 
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = str(REPO / "configs" / "quickstart.yaml")

@@ -98,7 +98,7 @@ def test_a_folder_given_as_an_image_is_named_as_a_folder(vir, tmp_path, capsys):
 
 
 def test_an_image_too_large_for_memory_is_named_with_the_fix(vir, tmp_path, capsys, monkeypatch):
-    import vir_lightning.tasks.predict_large as predict_large_module
+    import vir_lightning.commands.predict_large as predict_large_module
 
     def numpy_out_of_memory(*args, **kwargs):  # what numpy says for a 10⁶² px strip: no file, no fix
         raise MemoryError("Unable to allocate 931. GiB for an array with shape (1000000, 1000000)")
@@ -111,7 +111,7 @@ def test_an_image_too_large_for_memory_is_named_with_the_fix(vir, tmp_path, caps
 
 
 def test_predict_large_names_predict_for_a_model_that_cannot_stream(tmp_path, capsys):
-    from vir_lightning.tasks.predict_large import load_streaming_model
+    from vir_lightning.deploy.streaming_predict import load_streaming_model
 
     module = ImageClassifier(model_name="hvir_nano", num_classes=4, img_size=64, class_names=list("wxyz"))
     torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, tmp_path / "h.ckpt")

@@ -14,10 +14,10 @@ import torch
 from test_predict_large import write_checkpoint
 
 from vir_lightning.cli import main as cli_main
+from vir_lightning.commands.export_backbone import export_backbone
 from vir_lightning.data import ImageFolderDataModule
 from vir_lightning.data.mosaic import write_mosaic
 from vir_lightning.tasks import ImageClassifier
-from vir_lightning.tasks.export import export_backbone
 
 MEAN, STD = [0.3, 0.4, 0.5], [0.2, 0.25, 0.3]
 

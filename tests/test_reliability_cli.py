@@ -17,7 +17,7 @@ import torch
 from test_classification import QUICKSTART, TINY_MODEL, run_cli
 
 from vir_lightning import run_folder
-from vir_lightning.cli import _one_line
+from vir_lightning.commands.lightning import _one_line
 from vir_lightning.data import ImageFolderDataModule
 from vir_lightning.tasks import ImageClassifier, MinTrainSteps
 

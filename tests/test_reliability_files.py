@@ -374,7 +374,7 @@ def test_folder_output_gets_the_umask_and_replaces_the_old_one_only_when_complet
         os.umask(old_mask)
 
 
-def test_a_folder_output_never_replaces_a_folder_it_did_not_write(tmp_path, capsys):
+def test_a_folder_output_never_replaces_a_folder_it_did_not_write(tmp_path, capsys, declared_commands):
     # export-cluttered ~/data or build-mini-datasets over a real COCO used to replace the folder whole
     mine = tmp_path / "mine"
     mine.mkdir()
@@ -398,7 +398,8 @@ def test_a_folder_output_never_replaces_a_folder_it_did_not_write(tmp_path, caps
     assert sorted(os.listdir(mine)) == [OUTPUT_MARKER, "v1"]
 
 
-def test_build_mosaic_onto_a_directory_and_mini_datasets_below_a_file_are_errors(tmp_path, capsys):
+def test_build_mosaic_onto_a_directory_and_mini_datasets_below_a_file_are_errors(tmp_path, capsys,
+                                                                                 declared_commands):
     assert main(["build-mosaic", str(tmp_path), "--size", "64", "64", "--levels", "1"]) == 2
     assert error_lines(capsys.readouterr().err)[0].endswith("is a directory; give a file name"
                                                             f" (e.g. {tmp_path / 'out'}…)")

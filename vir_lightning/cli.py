@@ -2,20 +2,16 @@
 
 ``fit``, ``validate``, ``test`` and ``predict`` are LightningCLI subcommands (model and data in
 subclass mode, the data's classes / image size / channels linked into the model). Tools that are
-not training runs (benchmarks, …) are plain commands registered in ``TOOLS``.
+not training runs (benchmarks, …) are plain commands: the project's own in ``TOOLS`` (one module each
+in :mod:`vir_lightning.commands`), other packages' through the ``vir_lightning.commands`` entry
+points; :func:`tools` lists both. Nothing here imports Lightning until a training subcommand runs.
 """
 
 from __future__ import annotations
 
-import contextlib
 import importlib
-import json
 import os
-import re
 import sys
-from pathlib import Path
-
-from .io import atomic_output
 
 LIGHTNING_SUBCOMMANDS = {
     "fit": "train (and validate) a model; `--test_after_fit true` then tests the best checkpoint",
@@ -25,307 +21,122 @@ LIGHTNING_SUBCOMMANDS = {
 }
 
 
-#: command → (module whose ``main(argv) -> int`` runs it, one-line help). Imported only when run,
-#: so ``--help`` and the training subcommands never pay for the tools' imports.
+#: command → (module whose ``main(argv) -> int`` runs it, one-line help): the project's own tools,
+#: one module each in :mod:`vir_lightning.commands`. Imported only when run, so ``--help`` and the
+#: training subcommands never pay for the tools' imports.
 TOOLS: dict[str, tuple[str, str]] = {
     "grid": (
-        "vir_lightning.grid.cli", "ablation grids over the CLI configs: local or Ray, resumable, tables and plots"),
+        "vir_lightning.commands.grid",
+        "ablation grids over the CLI configs: local or Ray, resumable, tables and plots"),
     "bench": (
-        "vir_lightning.benchmarks.throughput", "images/s and peak memory: models x modes x resolutions, ViT alongside"),
+        "vir_lightning.commands.bench", "images/s and peak memory: models x modes x resolutions, ViT alongside"),
     "bench-retention": (
-        "vir_lightning.benchmarks.retention_op", "time and peak memory of the retention op per mode and length"),
+        "vir_lightning.commands.bench_retention", "time and peak memory of the retention op per mode and length"),
     "bench-backbone": (
-        "vir_lightning.benchmarks.backbone", "H-ViR feature-pyramid forward time and memory per retention mode"),
+        "vir_lightning.commands.bench_backbone", "H-ViR feature-pyramid forward time and memory per retention mode"),
     "bench-onnx": (
-        "vir_lightning.benchmarks.onnx_runtime", "ONNX Runtime (CPU) beside torch eager: time and memory per size"),
+        "vir_lightning.commands.bench_onnx", "ONNX Runtime (CPU) beside torch eager: time and memory per size"),
     "predict-large": (
-        "vir_lightning.tasks.predict_large", "top-5 (and per-patch features) of huge images, streamed band by band"),
+        "vir_lightning.commands.predict_large",
+        "top-5 (and per-patch features) of huge images, streamed band by band"),
     "build-mosaic": (
-        "vir_lightning.data.mosaic", "a huge real-pixel tiled pyramidal TIFF (matplotlib's photos) for predict-large"),
+        "vir_lightning.commands.build_mosaic",
+        "a huge real-pixel tiled pyramidal TIFF (matplotlib's photos) for predict-large"),
     "export-backbone": (
-        "vir_lightning.tasks.export", "classification checkpoint → tensor state_dict for mmdet/mmseg init_cfg"),
+        "vir_lightning.commands.export_backbone",
+        "classification checkpoint → tensor state_dict for mmdet/mmseg init_cfg"),
     "export-model": (
-        "vir_lightning.tasks.export_model", "checkpoint → pretrained folder (config.json + model.safetensors)"),
+        "vir_lightning.commands.export_model", "checkpoint → pretrained folder (config.json + model.safetensors)"),
     "export-onnx": (
-        "vir_lightning.tasks.export_onnx", "checkpoint or pretrained folder → ONNX, checked in ONNX Runtime"),
+        "vir_lightning.commands.export_onnx", "checkpoint or pretrained folder → ONNX, checked in ONNX Runtime"),
     "export-cluttered": (
-        "vir_lightning.data.cluttered_fashion_mnist", "cluttered Fashion-MNIST written out as an image folder"),
-    "build-mini-datasets": (
-        "downstream.mini_datasets", "small COCO/ADE20K-layout sets from real pixels (mm smoke tests)"),
+        "vir_lightning.commands.export_cluttered", "cluttered Fashion-MNIST written out as an image folder"),
 }
 
-
-#: Lightning's special ``ckpt_path`` values, resolved by the Trainer rather than read here.
-SPECIAL_CKPT_PATHS = ("last", "best", "hpc", "registry")
-
-
-def _absolute(path) -> str:
-    """A path as it names one file wherever the command runs (a special value such as "last" as it is)."""
-    if not path or str(path) in SPECIAL_CKPT_PATHS:
-        return str(path)
-    return os.path.abspath(str(path))
+#: The entry-point group through which other packages (``downstream``: ``build-mini-datasets``) add
+#: commands: ``name = "module:function"`` in their ``[project.entry-points."vir_lightning.commands"]``,
+#: the function taking ``argv`` and returning the exit status. Its one-line help is the module's
+#: ``COMMAND_HELP`` string, else its docstring's first line, both read from the source without
+#: importing it. A registered name never shadows a built-in command.
+ENTRY_POINT_GROUP = "vir_lightning.commands"
 
 
-def _one_line(message: str) -> str:
-    """A configuration error reduced to the line that names the problem (and the offending key).
+def _entry_points():
+    """The installed distributions' entry points of :data:`ENTRY_POINT_GROUP` (none if unreadable)."""
+    from importlib.metadata import entry_points
 
-    jsonargparse reports a mistake as "Does not validate against any of the Union subtypes", the
-    subtypes, one error per subtype and the given value (for a class, a dump of the whole
-    namespace). The real message is the error of the type the value was meant to be, not
-    "Expected a <class 'NoneType'>".
-    """
-    lines = [line.strip() for line in str(message).strip().splitlines() if line.strip()]
-    if not lines:
-        return "invalid configuration"
-    key = re.match(r'Parser key "([^"]+)":', lines[0])
-    reasons = [line[2:].strip() for line in lines if line.startswith("- ")]
-    reasons = [r for r in reasons if not r.startswith("Expected a <class 'NoneType'>")]
-    given = next((line[len("Given value:"):].strip() for line in lines if line.startswith("Given value:")), "")
-    reason = reasons[0] if reasons else lines[1] if key and len(lines) > 1 else lines[0]
-    if reason.lower().startswith("unrecognized arguments"):
-        reason += " (see --help for the options)"
-    if given and not given.startswith("Namespace(") and len(given) <= 80:
-        reason += f" (given: {given})"
-    return f"{key.group(1)}: {reason}" if key else reason
+    try:
+        return list(entry_points(group=ENTRY_POINT_GROUP))
+    except Exception:  # a broken distribution's metadata must not break every command
+        return []
 
 
-def _given(argv: list[str], option: str) -> bool:
-    """Whether ``option`` is on the command line (``--opt value`` or ``--opt=value``)."""
-    return any(arg == option or arg.startswith(option + "=") for arg in argv)
+def _module_help(module: str) -> str:
+    """``COMMAND_HELP`` of ``module``'s source, else its docstring's first line ("" when unreadable):
+    found and parsed, never imported (registered commands may import heavy or missing packages)."""
+    import ast
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec(module)
+        origin = spec.origin if spec is not None else None
+        if not origin or not origin.endswith(".py"):
+            return ""
+        with open(origin, encoding="utf-8") as f:
+            tree = ast.parse(f.read())
+    except (ImportError, OSError, SyntaxError, ValueError):
+        return ""
+    for node in tree.body:
+        if (isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "COMMAND_HELP"
+                                                 for t in node.targets)
+                and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)):
+            return node.value.value
+    doc = ast.get_docstring(tree) or ""
+    return doc.strip().splitlines()[0].strip() if doc.strip() else ""
 
 
-def _build_cli_class(argv: list[str], exit_stack: contextlib.ExitStack):
-    from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-    from lightning.pytorch.utilities import rank_zero_only
+def registered_tools() -> dict[str, tuple[str, str, str]]:
+    """command → (module, function, one-line help) of the commands other packages register."""
+    found = {}
+    for entry_point in _entry_points():
+        name = entry_point.name
+        if name in LIGHTNING_SUBCOMMANDS or name in TOOLS or name in found or not entry_point.module:
+            continue
+        found[name] = (entry_point.module, entry_point.attr or "main", _module_help(entry_point.module))
+    return found
 
-    from . import run_folder
-    from .tasks import MinTrainSteps, PredictionCSVWriter
-    from .tasks.checkpoints import load_tensors_only, read_state_dict
-    from .tasks.classification import architecture_mismatch
 
-    class ViRLightningCLI(LightningCLI):
-        def init_parser(self, **kwargs) -> LightningArgumentParser:
-            # Errors raise, so run_lightning prints them as one line instead of usage + a namespace dump.
-            return super().init_parser(**{**kwargs, "exit_on_error": False})
+def tools() -> dict[str, tuple[str, str]]:
+    """Every tool command → (module, one-line help): the built-in :data:`TOOLS`, then the commands
+    registered through the ``vir_lightning.commands`` entry points (sorted by name)."""
+    registered = registered_tools()
+    return {**TOOLS, **{name: (registered[name][0], registered[name][2]) for name in sorted(registered)}}
 
-        def add_arguments_to_parser(self, parser) -> None:
-            # The data decides these; the model must never be told twice.
-            for key in ("num_classes", "img_size", "in_chans", "class_names"):
-                parser.link_arguments(f"data.{key}", f"model.init_args.{key}", apply_on="instantiate")
-            parser.add_argument("--test_after_fit", type=bool, default=False,
-                                help="after fit, run the test split on the best (or last) checkpoint")
-            parser.add_argument("--overwrite", type=bool, default=False,
-                                help="fit: replace the results of an earlier run in the same default_root_dir;"
-                                " predict: replace a --predictions_csv of another run or not written here")
-            parser.add_argument("--predictions_csv", type=str | None, default=None,
-                                help="predict: CSV to write (default: <log dir>/predictions.csv)")
 
-        def _parse_ckpt_path(self) -> None:
-            """Read the checkpoint's hyperparameters to check them, never to apply them.
-
-            LightningCLI's own version replaces the model options of the config and command line with
-            the checkpoint's, so ``--model.init_args.eval_mode chunkwise`` would be ignored and a
-            checkpoint of another architecture trained on silently. Here the command line wins and the
-            architecture must match (checked once the data has set the linked options).
-            """
-            self.checkpoint_hparams = None
-            subcommand = self.config.get("subcommand")
-            ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
-            if not ckpt_path or ckpt_path in SPECIAL_CKPT_PATHS:
-                return
-            checkpoint = load_tensors_only(ckpt_path)
-            if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-                raise ValueError(f"{ckpt_path!r} is a plain state_dict, not a Lightning checkpoint: start from its "
-                                 "weights with --model.init_args.pretrained instead of --ckpt_path")
-            self.checkpoint_hparams = checkpoint.get("hyper_parameters") or {}
-
-        def _run_config(self):
-            return self.config[self.config.subcommand]
-
-        def before_instantiate_classes(self) -> None:
-            trainer = self._run_config()["trainer"]
-            root = trainer.get("default_root_dir") or "."
-            if _given(argv, "--trainer.default_root_dir"):
-                # A root given on the command line takes the config's pinned logger and checkpoint
-                # folders with it, so the run cannot write into (and overwrite) the config's own run.
-                run_folder.point_outputs_into(trainer, root)
-
-        def before_fit(self) -> None:
-            if _given(argv, "--trainer.max_epochs"):  # asked for by hand: obeyed as given
-                for callback in self.trainer.callbacks:
-                    if isinstance(callback, MinTrainSteps):
-                        callback.steps = 0
-            if rank_zero_only.rank != 0:
-                return  # DDP: the launching process (rank 0) holds the lock for all of them
-            root = self.trainer.default_root_dir
-            exit_stack.enter_context(run_folder.fit_lock(root))
-            checkpoint_dirs = [cb.dirpath for cb in self.trainer.checkpoint_callbacks if cb.dirpath]
-            ckpt_path = self._run_config().get("ckpt_path")
-            if ckpt_path and (ckpt_path != "last" or run_folder.has_last_checkpoint(checkpoint_dirs)):
-                return  # a resume continues the folder's run ("last" with none to resume starts afresh)
-            earlier = run_folder.previous_results(root, checkpoint_dirs)
-            if earlier and not self._run_config().get("overwrite"):
-                raise ValueError(
-                    f"{root} holds the results of an earlier run ({len(earlier)} files, e.g. {earlier[0]}); resume "
-                    "it with --ckpt_path last, give this run its own --trainer.default_root_dir, or replace it "
-                    "with --overwrite true")
-            for path in earlier:
-                os.remove(path)
-
-        def after_instantiate_classes(self) -> None:
-            super().after_instantiate_classes()
-            from .tasks.progress import use_readable_output  # lines in a log, a summary without FLOPs
-
-            use_readable_output(self.trainer, self._run_config()["trainer"].get("callbacks"))
-            subcommand = self.config.subcommand
-            if (subcommand in ("validate", "test", "predict") and not self._run_config().get("ckpt_path")
-                    and not self.model.hparams.get("pretrained")):
-                # Lightning would evaluate (or predict with) freshly initialised weights and exit 0.
-                raise ValueError(f"{subcommand} needs trained weights: pass --ckpt_path CKPT (a checkpoint of this"
-                                 " config's model) or --model.init_args.pretrained WEIGHTS")
-            pretrained = self.model.hparams.get("pretrained")
-            if subcommand in ("validate", "test", "predict") and pretrained and os.path.isdir(str(pretrained)):
-                # Evaluated as it is (no fine-tuning): a folder of another architecture would load partly
-                # and predict with re-initialised parts. The image size may differ (the position
-                # embedding is resized).
-                from .deploy.pretrained import as_hyper_parameters, read_pretrained_config
-
-                saved = as_hyper_parameters(read_pretrained_config(str(pretrained)))
-                for free in ("img_size", "class_names"):  # not compared (see above)
-                    saved.pop(free)
-                mismatch = architecture_mismatch(saved, dict(self.model.hparams))
-                if mismatch:
-                    mismatch = mismatch.replace("in the checkpoint", "in the folder")
-                    raise ValueError(f"pretrained folder {pretrained} holds another model: {mismatch}; use a config of"
-                                     " the model it holds (its config.json names it)")
-            if self.checkpoint_hparams:
-                mismatch = architecture_mismatch(self.checkpoint_hparams, dict(self.model.hparams))
-                if mismatch:
-                    ckpt_path = self._run_config().get("ckpt_path")
-                    raise ValueError(
-                        f"checkpoint {ckpt_path} was trained for another model: {mismatch}; use the config it was "
-                        "trained with (config.yaml in its run folder), or start from its weights with "
-                        "--model.init_args.pretrained")
-
-        def _save_metrics(self, fresh: bool = False) -> None:
-            """Write the logged metrics into ``<default_root_dir>/metrics.json`` (atomically): what
-            `grid` and scripts read, whatever loggers the config has. A fit starts the file afresh
-            (``fresh``); validate and test merge into it."""
-            if self.trainer.global_rank != 0:
-                return
-            path = os.path.join(self.trainer.default_root_dir, "metrics.json")
-            metrics = json.loads(Path(path).read_text()) if os.path.exists(path) and not fresh else {}
-            metrics.update({k: float(v) for k, v in self.trainer.callback_metrics.items() if v.numel() == 1})
-            # The run folder's own file, which the run folder's rule governs (a fresh fit refuses to
-            # replace an earlier run's results without --overwrite): no second rule for it here.
-            with atomic_output(path, overwrite=True) as tmp:
-                Path(tmp).write_text(json.dumps(metrics, indent=1, sort_keys=True))
-
-        after_validate = after_test = _save_metrics
-
-        def after_fit(self) -> None:
-            if self.trainer.global_step == 0:
-                # Lightning only warns ("No training batches" / max_epochs=0) and would go on to test
-                # and report the metrics of weights that were never trained.
-                raise ValueError(
-                    "the fit ran no training step (max_epochs/max_steps of 0, or no training batch); nothing "
-                    "was tested or saved: give the trainer at least one epoch and the data at least one image")
-            self._save_metrics(fresh=True)
-            checkpoint = self.trainer.checkpoint_callback
-            best = checkpoint.best_model_path if checkpoint is not None else ""
-            if self.trainer.global_rank == 0:
-                # The weights this fit selected, for whatever starts from them next (grid steps).
-                path = os.path.join(self.trainer.default_root_dir, "checkpoints.json")
-                with atomic_output(path, overwrite=True) as tmp:  # the run folder's own file, as metrics.json
-                    Path(tmp).write_text(json.dumps({"best_model_path": best}))
-            if not self.config.fit.get("test_after_fit"):
-                return
-            if best:
-                # Load the checkpoint's state_dict ourselves: with EMAWeightAveraging it holds the
-                # averaged weights (the ones validated and selected), whereas trainer.test(ckpt_path=…)
-                # in this process would let the callback restore the raw training weights instead.
-                self.model.model.load_state_dict(read_state_dict(best))
-                print(f"testing the best checkpoint {best}")
-            else:  # nothing was validated (no val split), or no checkpoint callback selects by a metric
-                print("no best checkpoint was selected (nothing validated, or no monitored metric): testing the"
-                      " weights at the end of training")
-            self.trainer.test(self.model, datamodule=self.datamodule)
-            self._save_metrics()
-
-        def before_predict(self) -> None:
-            self._use_recorded_normalisation()
-            if any(isinstance(cb, PredictionCSVWriter) for cb in self.trainer.callbacks):
-                return
-            path = self.config.predict.get("predictions_csv") or os.path.join(
-                self.trainer.log_dir or ".", "predictions.csv")
-            config = self.config.predict
-            ckpt_path = config.get("ckpt_path")
-            inputs = tuple(str(p) for p in (ckpt_path, *(config.get("config") or ())) if p)
-            # What makes the CSV what it is: predictions of another checkpoint or folder never replace it silently.
-            weights = ckpt_path or self.model.hparams.get("pretrained")
-            source = getattr(self.datamodule, "predict_root", None)
-            run = f"predict with {_absolute(weights)} on {_absolute(source)}"
-            self.trainer.callbacks.append(PredictionCSVWriter(path, inputs, config.get("overwrite"), run))
-
-        def _use_recorded_normalisation(self) -> None:
-            """Predict with the mean/std the checkpoint's model was trained with (its ``preprocessing``
-            record), with a notice where the data config says otherwise."""
-            ckpt = self.config.predict.get("ckpt_path")
-            pretrained = self.model.hparams.get("pretrained")
-            data = self.datamodule
-            from .deploy.pretrained import read_pretrained_config
-            from .tasks.checkpoints import load_tensors_only, recorded_normalisation
-
-            # ("best" / "last" name no file here; Lightning resolves them)
-            if ckpt and os.path.isfile(str(ckpt)) and hasattr(data, "preprocessing"):
-                checkpoint = load_tensors_only(str(ckpt))
-                recorded = checkpoint.get("preprocessing") if isinstance(checkpoint, dict) else None
-            elif not ckpt and pretrained and os.path.isdir(str(pretrained)) and hasattr(data, "preprocessing"):
-                recorded = read_pretrained_config(str(pretrained))["preprocessing"]
-            else:
-                return
-            if not recorded:  # written before checkpoints recorded it: the config's, as before
-                return
-            current = data.preprocessing()
-            data.mean, data.std = recorded_normalisation(recorded, (current["mean"], current["std"]),
-                                                         "the data config's")
-
-    return ViRLightningCLI
+def _tool_main(command: str):
+    """The ``main(argv) -> int`` of a tool command, imported now; None for an unknown command."""
+    if command in TOOLS:
+        return importlib.import_module(TOOLS[command][0]).main
+    registered = registered_tools().get(command)
+    if registered is None:
+        return None
+    return getattr(importlib.import_module(registered[0]), registered[1])
 
 
 def run_lightning(argv: list[str] | None) -> int:
     """Run a LightningCLI subcommand (``argv=None``: from sys.argv). Configuration errors print one
-    line (VIR_DEBUG=1: traceback)."""
+    line (VIR_DEBUG=1: traceback). Lightning is imported here, not before."""
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations otherwise calls the network
-    from jsonargparse import ArgumentError
+    from .commands import lightning
 
-    from .data import ClassificationDataModule
-    from .tasks import ImageClassifier
-
-    with contextlib.ExitStack() as exit_stack:  # the run folder's lock, held until the command ends
-        cli_class = _build_cli_class(sys.argv[1:] if argv is None else list(argv), exit_stack)
-        try:
-            cli_class(
-                ImageClassifier,
-                ClassificationDataModule,
-                subclass_mode_model=True,
-                subclass_mode_data=True,
-                save_config_kwargs={"overwrite": True},
-                args=argv,
-            )
-        except (ValueError, OSError, ArgumentError) as err:  # OSError: unreadable/unwritable paths
-            if os.environ.get("VIR_DEBUG"):
-                raise
-            print(f"error: {_one_line(str(err))}", file=sys.stderr)
-            return 2
-    return 0
+    return lightning.main(argv)
 
 
 def _usage() -> str:
     lines = ["usage: python -m vir_lightning <command> [options]", "", "training (LightningCLI; add --help):"]
     lines += [f"  {name:<20} {text}" for name, text in LIGHTNING_SUBCOMMANDS.items()]
     lines += ["", "tools:"]
-    lines += [f"  {name:<20} {text}" for name, (_, text) in TOOLS.items()]
+    lines += [f"  {name:<20} {text}" for name, (_, text) in tools().items()]
     lines += ["", "example: python -m vir_lightning fit --config configs/quickstart.yaml"]
     return "\n".join(lines)
 
@@ -339,13 +150,14 @@ def main(argv: list[str] | None = None) -> int:
     command, rest = argv[0], argv[1:]
     if command in LIGHTNING_SUBCOMMANDS:
         return run_lightning(None if from_command_line else argv)
-    if command in TOOLS:
-        try:
-            return importlib.import_module(TOOLS[command][0]).main(rest)
-        except (ValueError, OSError, ImportError) as err:  # OSError: unreadable/unwritable paths
-            if os.environ.get("VIR_DEBUG"):
-                raise
-            print(f"error: {err}", file=sys.stderr)
-            return 2
+    try:
+        tool = _tool_main(command)
+        if tool is not None:
+            return tool(rest)
+    except (ValueError, OSError, ImportError) as err:  # OSError: unreadable/unwritable paths
+        if os.environ.get("VIR_DEBUG"):
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     print(f"error: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
     return 2

@@ -107,8 +107,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(err))
     if not all(0 < f <= 1 for f in args.fill) or args.canvas < 32:
         parser.error(f"--fill {args.fill} / --canvas {args.canvas}: fills in (0, 1] and a canvas of at least 32")
-    from vir_lightning.tasks.checkpoints import classifier_from_checkpoint
-    from vir_lightning.tasks.predict_large import normalisation
+    from vir_lightning.deploy.checkpoints import classifier_from_checkpoint
+    from vir_lightning.deploy.streaming_predict import normalisation
 
     try:
         model, _ = classifier_from_checkpoint(args.checkpoint)

@@ -181,6 +181,16 @@ def run_isolated(module: str, cfg: dict) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def worker_main(worker: Callable[[dict], dict], argv: list[str] | None = None) -> int:
+    """The ``python -m <benchmark module> --worker JSON`` side of :func:`run_isolated`: one
+    configuration measured in this process, its result printed as the last stdout line."""
+    parser = argparse.ArgumentParser(description="one benchmark configuration (run by run_isolated)")
+    parser.add_argument("--worker", required=True, help="the configuration, as JSON")
+    args, _ = parser.parse_known_args(argv)
+    print(json.dumps(worker(json.loads(args.worker))))
+    return 0
+
+
 def add_measure_args(parser: argparse.ArgumentParser, repeats: int = 3) -> None:
     """The options every benchmark shares: threads, repeats, minimum time, allocator, CSV, worker mode."""
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)

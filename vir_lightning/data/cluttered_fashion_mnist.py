@@ -17,24 +17,22 @@ centre and size are kept (:meth:`ClutteredSource.layout`) so accuracy can be bro
 With ``redraw_train`` the training split becomes a function of ``(seed, split, index, epoch)``: the
 same garment, but a new photo crop, place, size, tint and clutter every epoch, so a fit cannot
 memorise the layouts (16 fixed epochs fit the training images to 90% while validation stays at 75%).
-``python -m vir_lightning export-cluttered OUT`` writes the same images out as an image folder
-(:func:`export_image_folder`), readable by ``ImageFolderDataModule``.
+``python -m vir_lightning export-cluttered OUT`` (:mod:`vir_lightning.commands.export_cluttered`) writes
+the same images out as an image folder (:func:`export_image_folder`), readable by ``ImageFolderDataModule``.
 :func:`paste_garment` is also what ``downstream/mini_datasets.py`` uses to build its detection and
 segmentation sets.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
-import inspect
 import os
 from collections.abc import Sequence
 
 import cv2
 import numpy as np
 
-from ..io import atomic_output, check_output_path
+from ..io import atomic_output
 from .base import ClassificationDataModule
 from .fashion_mnist import CLASS_NAMES, DEBIAN_ROOT, check_root, read_split
 
@@ -251,29 +249,3 @@ def export_image_folder(out: str, module: ClutteredFashionMNISTDataModule, count
             written[split] = count
     return written
 
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m vir_lightning export-cluttered",
-                                     description="Write cluttered Fashion-MNIST out as an image folder.")
-    parser.add_argument("out", help="output folder (gets train/, val/, test/ and one CSV of positions per split)")
-    for split in SPLIT_IDS:
-        parser.add_argument(f"--{split}", type=int, default=None, help=f"{split} images (default: the whole split)")
-    # The generator's options, with the data module's own defaults (one place to change them).
-    default = {name: p.default for name, p in inspect.signature(ClutteredFashionMNISTDataModule).parameters.items()}
-    parser.add_argument("--canvas", type=int, default=default["canvas"])
-    parser.add_argument("--object-scale", type=float, nargs=2, default=default["object_scale"], metavar=("LOW", "HIGH"))
-    parser.add_argument("--clutter", type=int, default=default["clutter"])
-    parser.add_argument("--clutter-size", type=int, default=default["clutter_size"])
-    parser.add_argument("--train-fraction", type=float, default=default["train_fraction"])
-    parser.add_argument("--seed", type=int, default=default["generator_seed"], help="the data module's generator_seed")
-    parser.add_argument("--root", default=default["root"], help="folder of the Fashion-MNIST IDX files")
-    args = parser.parse_args(argv)
-    check_output_path(args.out, directory=True, replaces=True)  # before minutes of work
-    check_root(args.root, option="--root")
-    module = ClutteredFashionMNISTDataModule(
-        root=args.root, canvas=args.canvas, object_scale=args.object_scale, clutter=args.clutter,
-        clutter_size=args.clutter_size, train_fraction=args.train_fraction, generator_seed=args.seed)
-    written = export_image_folder(args.out, module, {split: getattr(args, split) for split in SPLIT_IDS})
-    print(f"wrote {args.out}: " + ", ".join(f"{split} {n}" for split, n in written.items())
-          + f" images of {args.canvas}² px; positions in {args.out}/<split>.csv")
-    return 0

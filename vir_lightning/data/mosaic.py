@@ -11,13 +11,12 @@ following pages: the generic tiled-TIFF pyramid that tifffile and OpenSlide both
 
 from __future__ import annotations
 
-import argparse
 import functools
 import os
 
 import numpy as np
 
-from ..io import add_overwrite_argument, atomic_output, check_output_path
+from ..io import atomic_output, check_output_path
 
 CELL = 512
 PHOTOS = ("grace_hopper.jpg", "Minduka_Present_Blue_Pack.png")
@@ -122,16 +121,3 @@ def write_mosaic(path: str, height: int, width: int, levels: int = 3, tile: int 
                       compression="zlib", subfiletype=1 if level else 0, metadata=None)
     return shapes
 
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m vir_lightning build-mosaic", description=__doc__.split("\n\n")[0])
-    parser.add_argument("out", help="output .tif")
-    parser.add_argument("--size", type=int, nargs=2, default=(16384, 16384), metavar=("HEIGHT", "WIDTH"))
-    parser.add_argument("--levels", type=int, default=3, help="pyramid levels (each half the previous size)")
-    parser.add_argument("--tile", type=int, default=256, help="tile side in pixels")
-    add_overwrite_argument(parser, "OUT")
-    args = parser.parse_args(argv)
-    shapes = write_mosaic(args.out, *args.size, levels=args.levels, tile=args.tile, overwrite=args.overwrite)
-    sizes = ", ".join(f"{w}×{h}" for h, w in shapes)
-    print(f"wrote {args.out}: levels {sizes} px, {args.tile}² zlib tiles, {os.path.getsize(args.out) / 2**20:.0f} MB")
-    return 0

@@ -6,7 +6,7 @@ import albumentations as A
 import cv2
 from albumentations.pytorch import ToTensorV2
 
-from ..models.layers import to_2tuple
+from ..checks import to_2tuple
 
 
 def check_transform_options(mean, std, crop_scale, crop_ratio, hflip: float, color_jitter: float,

@@ -67,8 +67,8 @@ def export_onnx(model: nn.Module, path: str, form: str, *, img_size: tuple[int, 
     """
     import onnx
 
+    from ..checks import check_int, to_2tuple
     from ..io import atomic_output, check_output_path
-    from ..models.layers import check_int, to_2tuple
 
     check_output_path(path, "export-onnx output", overwrite=overwrite, run=run)
     check_form(model, form)

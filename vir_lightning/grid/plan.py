@@ -153,7 +153,7 @@ def _check_step_weights(config: dict, step_config: dict, label: str) -> None:
     fit_model, step_model = _check_model(config, label), _check_model(step_config, label)
     if fit_model is None or step_model is None:
         return
-    from ..tasks.checkpoints import head_to_reinitialise
+    from ..deploy.checkpoints import head_to_reinitialise
 
     try:
         head_to_reinitialise(step_model, fit_model.state_dict(), "the fit's checkpoint")

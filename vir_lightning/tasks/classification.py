@@ -11,9 +11,9 @@ import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torchmetrics.classification import MulticlassAccuracy
 
+from ..deploy.checkpoints import load_weights, read_state_dict
 from ..models import create_model
 from ..models.retention_layer import STREAMING, check_model_mode
-from .checkpoints import load_weights, read_state_dict
 from .optim import param_groups, warmup_cosine
 
 

@@ -41,8 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     import logging
 
     args = _parser().parse_args(argv)
+    from ..deploy.checkpoints import classifier_from_checkpoint
     from ..deploy.onnx_export import check_form, export_onnx
-    from .checkpoints import classifier_from_checkpoint
 
     if args.img_size is not None and len(args.img_size) not in (1, 2):
         raise ValueError(f"--img-size takes H or H W, not {len(args.img_size)} numbers")

@@ -1,4 +1,8 @@
-"""Loading weights safely (tensors only, never pickled code) into a model, with a clear report."""
+"""Loading weights safely (tensors only, never pickled code) into a model, with a clear report.
+
+Checkpoints of ``fit``, exported backbones, safetensors files and pretrained folders, read without
+Lightning (nor the Lightning tasks): the mm adapter (``downstream``), the deploy commands and the
+training tasks all read weights through here."""
 
 from __future__ import annotations
 
@@ -11,6 +15,9 @@ import torch
 from torch import nn
 
 log = logging.getLogger(__name__)
+
+#: The safetensors header key that holds export-backbone's ``meta`` record (JSON).
+EXPORT_META_KEY = "vir_lightning_export"
 
 
 def recorded_normalisation(recorded: dict, configured: tuple[list[float], list[float]] | None,
@@ -74,7 +81,7 @@ def _one_line(err: Exception) -> str:
 def read_state_dict(path: str) -> dict[str, torch.Tensor]:
     """Tensors of a plain state_dict file, of a Lightning checkpoint (prefix ``model.`` removed), of a
     safetensors file or of a pretrained folder (``export-model``); never unpickling code."""
-    from ..deploy import pretrained
+    from . import pretrained
 
     path = os.fspath(path)
     if pretrained.is_pretrained_folder(path):
@@ -89,8 +96,6 @@ def exported_meta(path: str) -> dict | None:
     """The ``meta`` record ``export-backbone`` wrote beside the weights (.pth or .safetensors), or None."""
     if _is_safetensors(path):
         from safetensors import safe_open
-
-        from .export import EXPORT_META_KEY
 
         with safe_open(path, "pt") as f:
             text = (f.metadata() or {}).get(EXPORT_META_KEY)
@@ -199,7 +204,7 @@ def classifier_from_checkpoint(path: str) -> tuple[nn.Module, dict]:
 
 def _classifier_from_folder(path: str) -> tuple[nn.Module, dict]:
     """:func:`classifier_from_checkpoint` for a pretrained folder: its config as the hyper-parameters."""
-    from ..deploy.pretrained import as_hyper_parameters, from_pretrained
+    from .pretrained import as_hyper_parameters, from_pretrained
 
     model = from_pretrained(path)
     return model.requires_grad_(False), as_hyper_parameters(model.pretrained_config)

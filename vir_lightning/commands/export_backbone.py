@@ -18,13 +18,11 @@ import os
 
 import torch
 
+from ..deploy.checkpoints import EXPORT_META_KEY, load_tensors_only
 from ..io import add_overwrite_argument, atomic_output, check_output_path
-from .checkpoints import load_tensors_only
 
 HEAD_PREFIX = "head."
 SAFETENSORS_SUFFIX = ".safetensors"
-#: The safetensors header key that holds export-backbone's ``meta`` record (JSON).
-EXPORT_META_KEY = "vir_lightning_export"
 
 
 def read_lightning_checkpoint(path: str) -> dict:

@@ -18,8 +18,8 @@ from ..io import add_overwrite_argument, check_output_path
 
 def export_model(checkpoint_path: str, directory: str, overwrite: bool = False) -> dict:
     """Write the pretrained folder of a classification checkpoint; returns its config."""
+    from ..deploy.checkpoints import classifier_from_checkpoint
     from ..deploy.pretrained import save_pretrained
-    from .checkpoints import classifier_from_checkpoint
 
     check_output_path(directory, "export-model output", directory=True, replaces=True, inputs=(checkpoint_path,))
     if os.path.isdir(checkpoint_path):

@@ -16,11 +16,11 @@ import os
 import sys
 import time
 
+from ..grid.execute import execute_run, read_status, status_for_metrics
+from ..grid.plan import plan
+from ..grid.report import REPORT_FILES, report_run, write_reports
+from ..grid.spec import load_spec
 from ..io import add_overwrite_argument, check_output_path
-from .execute import execute_run, read_status, status_for_metrics
-from .plan import plan
-from .report import REPORT_FILES, report_run, write_reports
-from .spec import load_spec
 
 
 def _parser() -> argparse.ArgumentParser:
