@@ -11,8 +11,9 @@ TORCH  ?= torch==2.13.0
 
 help:
 	@echo "make fit              set up .venv and data if needed, then train the quickstart (~7 min; FIT_ARGS=\"--overwrite true\" to redo it)"
-	@echo "make test             set up .venv and the OpenMMLab tier if needed, then run the whole test suite"
+	@echo "make test             set up .venv and the OpenMMLab tier if needed, then ruff (lint + format check) and the whole test suite"
 	@echo "make test-fast        the suite without tests marked slow (core tier only; mm tests skip if absent)"
+	@echo "make lint             ruff check and ruff format --check over the repository"
 	@echo "make mm               install the OpenMMLab tier (first time: builds mmcv 2.1.0, ~10-17 min)"
 	@echo "make mini-datasets    build data/mini/{coco,ade} from real pixels (400 train / 100 val images each)"
 	@echo "make downstream-mini  pretrain H-ViR nano, then Mask R-CNN + UPerNet with it and the mm baselines (RUNS=...)"
@@ -61,10 +62,10 @@ fit: $(STAMP) $(FMNIST)
 # pytest exits 5 when it collects nothing; that is a broken suite here, so it stays a failure.
 # VIR_REQUIRE_MM=1 turns "mm tier not installed" from a skip into a failure: here it must be there;
 # VIR_REQUIRE_DOCS=1 does the same for the docs build (tests/test_docs.py).
-test: $(STAMP) $(MM_STAMP) $(FMNIST)
+test: lint $(MM_STAMP) $(FMNIST)
 	VIR_REQUIRE_MM=1 VIR_REQUIRE_DOCS=1 $(PY) -m pytest -q $(PYTEST_ARGS)
 
-test-fast: $(STAMP) $(FMNIST)
+test-fast: lint $(FMNIST)
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 # The documentation site (docs/, mkdocs.yml) into site/; --strict: a broken link or a stale page fails.
@@ -111,8 +112,10 @@ mini-datasets: $(MM_STAMP) $(FMNIST)
 downstream-mini: $(STAMP) $(MM_STAMP) $(FMNIST)
 	experiments/downstream_mini/run.sh $(RUNS)
 
+# The style CI keeps: lint rules and the formatter (`ruff format .` rewrites what --check reports).
 lint: $(STAMP)
-	$(PY) -m ruff check vir_lightning downstream tests
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
