@@ -6,26 +6,20 @@ import torch
 from torch import Tensor, nn
 
 from ..retention import (
-    MODES,
+    AUTO,
+    PARALLEL,
+    STREAMING,
+    OpForm,
+    RetentionForm,
     check_backend,
-    check_mode,
+    check_form,
     decay_rates_for,
     retention,
     retention_decay_matrix,
     retention_step,
+    whole_image_form,
 )
-
-#: The model-level form in which each band of image rows goes through every layer before the next
-#: (SPEC §7); the layers then run their retention one segment at a time from a carried state.
-STREAMING = "streaming"
-
-
-def check_model_mode(mode: str, chunk_size: int | None) -> None:
-    """:func:`check_mode` for a whole model: the op's forms and ``"auto"``, plus ``"streaming"``
-    (whose ``chunk_size`` is the band height in patch rows)."""
-    if mode != STREAMING and mode not in (*MODES, "auto"):
-        raise ValueError(f"mode={mode!r} is unknown; expected one of {(*MODES, 'auto', STREAMING)}")
-    check_mode("chunkwise" if mode == STREAMING else mode, chunk_size)
+from ..retention.backends import AUTO_BACKEND
 
 
 class MultiHeadRetention(nn.Module):
@@ -56,11 +50,11 @@ class MultiHeadRetention(nn.Module):
         num_heads: int,
         decay_schedule: str = "vir",
         qkv_bias: bool = True,
-        mode: str = "parallel",
+        mode: OpForm = PARALLEL,
         chunk_size: int | None = None,
         directions: int = 1,
         softmax_retention: bool = False,
-        backend: str = "auto",
+        backend: str = AUTO_BACKEND,
     ):
         super().__init__()
         if dim % num_heads:
@@ -77,13 +71,14 @@ class MultiHeadRetention(nn.Module):
         self.set_mode(mode, chunk_size)
         self.set_backend(backend)
 
-    def set_mode(self, mode: str, chunk_size: int | None = None) -> None:
+    def set_mode(self, mode: OpForm, chunk_size: int | None = None) -> None:
         """Switch between the three exactly equivalent forms (and set the chunk size).
 
+        The form is not checked here: the model's constructor and ``set_retention_mode`` check it
+        (:func:`~vir_lightning.retention.check_form`), and the op checks its arguments on every call.
         With ``softmax_retention`` only ``"parallel"`` exists; ``"auto"`` then always means parallel.
         """
-        check_mode(mode, chunk_size)
-        if self.softmax_retention and mode not in ("parallel", "auto"):
+        if self.softmax_retention and mode not in (PARALLEL, AUTO):
             raise ValueError(
                 f"mode={mode!r} is impossible with softmax_retention=True: the softmax variant has no"
                 " recurrent or chunkwise form; use mode='parallel' or softmax_retention=False"
@@ -163,22 +158,21 @@ class RetentionModeMixin:
     streaming: bool = False
     band_rows: int | None = None
 
-    def set_retention_mode(self, mode: str, chunk_size: int | None = None) -> None:
+    def set_retention_mode(self, mode: RetentionForm, chunk_size: int | None = None) -> None:
         """Switch every retention layer to ``mode`` (and ``chunk_size``). Outputs stay equal.
 
         ``"streaming"`` (models that support it) pushes bands of ``chunk_size`` patch rows through
-        every layer in turn; the layers then run chunkwise within each band.
+        every layer in turn; the layers then run their retention one band at a time from a carried
+        state (and take :func:`~vir_lightning.retention.whole_image_form` for anything else).
         """
-        check_model_mode(mode, chunk_size)  # before touching any layer, so a bad call changes nothing
+        check_form(mode, chunk_size)  # before touching any layer, so a bad call changes nothing
         if mode == STREAMING:
             self.check_streamable()
-            for layer in self.retention_layers():
-                layer.set_mode("chunkwise", None)
-            self.streaming, self.band_rows = True, chunk_size
-            return
+        layer_mode, layer_chunk_size = whole_image_form(mode, chunk_size)
         for layer in self.retention_layers():
-            layer.set_mode(mode, chunk_size)
-        self.streaming, self.band_rows = False, None
+            layer.set_mode(layer_mode, layer_chunk_size)
+        self.streaming = mode == STREAMING
+        self.band_rows = chunk_size if self.streaming else None
 
     def check_streamable(self) -> None:
         """ValueError naming why this model cannot run in streaming mode (the default: it cannot)."""
@@ -199,7 +193,7 @@ class RetentionModeMixin:
     def retention_backend(self) -> str:
         """The retention op's backend; ``"auto"`` for a model without retention."""
         layers = self.retention_layers()
-        return layers[0].backend if layers else "auto"
+        return layers[0].backend if layers else AUTO_BACKEND
 
     @property
     def retention_mode(self) -> str:
@@ -207,4 +201,4 @@ class RetentionModeMixin:
         if self.streaming:
             return STREAMING
         layers = self.retention_layers()
-        return layers[0].mode if layers else "parallel"
+        return layers[0].mode if layers else PARALLEL

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Sequence
 
 import torch
@@ -11,6 +10,8 @@ from torch import Tensor
 from . import modes
 from .autograd import ChunkwiseSpec, chunkwise_retention
 from .backends import check_backend, resolve_backend
+from .forms import AUTO, CHUNKWISE, EXACT_FORMS, PARALLEL, check_form
+from .forms import check_positive_int as _positive_int
 
 __all__ = [
     "AUTO_PARALLEL_MAX_TOKENS",
@@ -24,8 +25,8 @@ __all__ = [
     "tile_shape",
 ]
 
-MODES = ("parallel", "recurrent", "chunkwise")
-AUTO = "auto"
+#: The op's exact forms (the former name of :data:`~.forms.EXACT_FORMS`, kept for existing imports).
+MODES = EXACT_FORMS
 
 #: ``mode="auto"`` runs the parallel form up to this many tokens and chunkwise beyond, per device
 #: type, decay and pass: the longest length at which parallel was still at least as fast as
@@ -84,13 +85,6 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _positive_int(name: str, value) -> int:
-    # numbers.Integral admits NumPy integers (e.g. a shape read from an array), which are exact.
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name}={value!r} is invalid; expected a positive integer")
-    return int(value)
-
-
 def resolve_mode(mode: str, num_tokens: int, grid_shape, device: torch.device, training: bool = False) -> str:
     """The exact form ``mode`` stands for: itself, or for ``"auto"`` the faster one at this length
     (``training``: the forward and backward pass together)."""
@@ -99,15 +93,13 @@ def resolve_mode(mode: str, num_tokens: int, grid_shape, device: torch.device, t
     table = AUTO_PARALLEL_MAX_TOKENS.get(device.type, AUTO_PARALLEL_MAX_TOKENS["cpu"])
     decay = "1d" if grid_shape is None else "2d"
     limit = table.get(f"{decay}_train", table[decay]) if training else table[decay]
-    return "parallel" if num_tokens <= limit else "chunkwise"
+    return PARALLEL if num_tokens <= limit else CHUNKWISE
 
 
 def check_mode(mode: str, chunk_size: int | None) -> None:
-    """ValueError unless ``mode`` is a form (or ``"auto"``) and ``chunk_size`` is None or a positive integer."""
-    if mode not in (*MODES, AUTO):
-        raise ValueError(f"mode={mode!r} is unknown; expected one of {(*MODES, AUTO)}")
-    if chunk_size is not None:
-        _positive_int("chunk_size", chunk_size)
+    """ValueError unless ``mode`` is one of the op's forms (or ``"auto"``) and ``chunk_size`` is None
+    or a positive integer: :func:`~.forms.check_form` with :data:`~.forms.OP_FORMS`."""
+    check_form(mode, chunk_size, "op")
 
 
 def _validate(q, k, v, decay_rates, mode, chunk_size, grid_shape, cls_token, directions) -> tuple[float, ...]:
@@ -134,7 +126,7 @@ def _validate(q, k, v, decay_rates, mode, chunk_size, grid_shape, cls_token, dir
 
     decay_rates = _rates_as_floats(decay_rates, heads)
 
-    check_mode(mode, chunk_size)
+    check_form(mode, chunk_size, "op")
     _check_directions(directions)
     if not isinstance(cls_token, bool):
         raise ValueError(f"cls_token={cls_token!r}; expected True or False")
@@ -211,7 +203,7 @@ def retention(
     v: Tensor,
     decay_rates: Tensor | Sequence[float],
     *,
-    mode: str = "parallel",
+    mode: str = PARALLEL,
     chunk_size: int | None = None,
     grid_shape: tuple[int, int] | None = None,
     cls_token: bool = False,
@@ -282,7 +274,7 @@ def retention(
 
     # The scale of q is folded into the decay tables where the form has them (free); the
     # recurrent forms scale q itself.
-    if mode == "parallel":
+    if mode == PARALLEL:
         (decay,) = modes.cached_tables(
             ("matrix", q.shape[2], grid_shape, cls_token, directions, scale),
             log_gamma,
@@ -290,7 +282,7 @@ def retention(
         )
         return modes.parallel(q, k, v, decay)
 
-    if mode == "chunkwise":  # computes in log_gamma's dtype; 16-bit inputs are saved as they are
+    if mode == CHUNKWISE:  # computes in log_gamma's dtype; 16-bit inputs are saved as they are
         spec = _chunkwise_spec(q.shape[2], chunk_size, scale, grid_shape, cls_token, directions)
         return chunkwise_retention(spec, log_gamma, q, k, v)
     out_dtype = q.dtype
@@ -390,7 +382,7 @@ def retention_step(
         raise ValueError("class_token=True needs grid_cols: in 1D the class token is just the next token")
     # An empty segment (zero rows) changes nothing; it is checked like a 1D one.
     grid_shape = None if grid_cols is None or class_token or tokens == 0 else (tokens // grid_cols, grid_cols)
-    rates = _validate(q, k, v, decay_rates, "chunkwise", chunk_size, grid_shape, False, 1)
+    rates = _validate(q, k, v, decay_rates, CHUNKWISE, chunk_size, grid_shape, False, 1)
     scale = _check_scale(scale)
     backend = resolve_backend(check_backend(backend), q.device, q.dtype, grid_cols is None, step=True,
                               head_dim=max(q.shape[-1], v.shape[-1]))
@@ -465,7 +457,7 @@ def retention_decay_matrix(
     # The op's own checks of the options, on an empty stand-in of the right token count (no data).
     probe = torch.empty(0, heads, int(num_tokens), 0, device="meta")
     try:
-        _validate(probe, probe, probe, [0.5] * heads, "parallel", None, grid_shape, cls_token, directions)
+        _validate(probe, probe, probe, [0.5] * heads, PARALLEL, None, grid_shape, cls_token, directions)
     except ValueError as err:  # the stand-in's name is not the caller's
         raise ValueError(str(err).replace("but q has", "but num_tokens is")) from None
     if grid_shape is not None:
