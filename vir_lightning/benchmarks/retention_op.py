@@ -19,9 +19,10 @@ import os
 import platform
 import sys
 
+from ..retention.forms import CHUNKWISE, EXACT_FORMS, PARALLEL
 from .measure import add_measure_args, check_measure_args, check_positive, measure, run_isolated, write_results_csv
 
-MODE_CHOICES = ("parallel", "chunkwise", "recurrent")
+MODE_CHOICES = EXACT_FORMS
 
 
 def _grid_for(tokens: int) -> tuple[int, int]:
@@ -69,7 +70,7 @@ def _predicted_bytes(cfg: dict) -> int:
     """Rough upper bound of the op's working memory (bytes), to skip configurations that cannot fit."""
     n, h, b, d = cfg["tokens"], cfg["heads"], cfg["batch"], cfg["head_dim"]
     train = 2 if cfg.get("task") == "train" else 1  # the backward pass keeps (or rebuilds) as much again
-    if cfg["mode"] == "parallel":
+    if cfg["mode"] == PARALLEL:
         return train * 4 * n * n * (3 * b * h + 3)  # scores, product, decay table and its distance grid
     return train * 4 * b * h * n * d * 8  # inputs, outputs and per-chunk intermediates
 
@@ -128,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
             for tokens in args.tokens:
                 cfg = dict(
                     decay=decay, mode=mode, tokens=tokens, batch=args.batch, heads=args.heads,
-                    head_dim=args.head_dim, chunk_size=args.chunk_size if mode == "chunkwise" else None,
+                    head_dim=args.head_dim, chunk_size=args.chunk_size if mode == CHUNKWISE else None,
                     dtype=args.dtype, task=args.task, threads=args.threads, allocator=args.allocator,
                     repeats=args.repeats, min_seconds=args.min_seconds,
                 )
@@ -138,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
                     result = run_isolated("vir_lightning.benchmarks.retention_op", cfg)
                 row = {**cfg, **result}
                 rows.append(row)
-                chunk = "default" if mode == "chunkwise" and cfg["chunk_size"] is None else (cfg["chunk_size"] or "—")
+                chunk = "default" if mode == CHUNKWISE and cfg["chunk_size"] is None else (cfg["chunk_size"] or "—")
                 if "error" in result:
                     print(f"| {decay} | {tokens} | {mode} | {chunk} | {result['error']} | | | |")
                 else:
@@ -168,10 +169,10 @@ def crossover(rows: list[dict], decay: str) -> int:
     """The longest measured length at which parallel is at least as fast as chunkwise (0 if none):
     the value for ``AUTO_PARALLEL_MAX_TOKENS``."""
     time_of = {(r["mode"], r["tokens"]): r["time_ms"] for r in rows if r["decay"] == decay and "time_ms" in r}
-    lengths = sorted({t for mode, t in time_of if ("parallel", t) in time_of and ("chunkwise", t) in time_of})
+    lengths = sorted({t for mode, t in time_of if (PARALLEL, t) in time_of and (CHUNKWISE, t) in time_of})
     best = 0
     for tokens in lengths:
-        if time_of["parallel", tokens] <= time_of["chunkwise", tokens]:
+        if time_of[PARALLEL, tokens] <= time_of[CHUNKWISE, tokens]:
             best = tokens
     return best
 

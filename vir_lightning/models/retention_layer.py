@@ -202,3 +202,51 @@ class RetentionModeMixin:
             return STREAMING
         layers = self.retention_layers()
         return layers[0].mode if layers else PARALLEL
+
+
+class TrainEvalFormsMixin:
+    """A retention form for training and one for evaluation, and the switch between them.
+
+    The one home of that switch for the task wrappers around a model held in ``self.model``: the
+    Lightning classifier (:class:`~vir_lightning.tasks.ImageClassifier`, from its epoch hooks) and
+    the OpenMMLab backbone (``downstream.hvir_backbone.HViRBackbone``, from its ``train()``). It
+    imports neither Lightning nor mmengine.
+    """
+
+    train_mode: str
+    train_chunk_size: int | None
+    eval_mode: str
+    eval_chunk_size: int | None
+
+    def set_train_eval_forms(self, train_mode: str, train_chunk_size: int | None, eval_mode: str,
+                             eval_chunk_size: int | None) -> None:
+        """Check both forms (the error names the option), keep them, and switch to the training form.
+
+        A form the model lacks is refused here too: streaming for evaluation by the model's
+        ``check_streamable``, chunkwise or recurrent with ``softmax_retention`` by its layers.
+        """
+        check_form(train_mode, train_chunk_size, "train", "train_mode")
+        check_form(eval_mode, eval_chunk_size, "model", "eval_mode")
+        if eval_mode == STREAMING:
+            try:
+                self.model.check_streamable()
+            except ValueError as error:
+                raise ValueError(f"eval_mode: {error}") from None
+        self.train_mode, self.train_chunk_size = train_mode, train_chunk_size
+        self.eval_mode, self.eval_chunk_size = eval_mode, eval_chunk_size
+        self.use_train_form()
+
+    def use_train_form(self) -> None:
+        """Switch the model to the training form."""
+        self.model.set_retention_mode(self.train_mode, self.train_chunk_size)
+
+    def use_eval_form(self) -> None:
+        """Switch the model to the evaluation form (validation, test, predict, inference)."""
+        self.model.set_retention_mode(self.eval_mode, self.eval_chunk_size)
+
+    def use_form_for(self, training: bool) -> None:
+        """The training form when ``training``, else the evaluation form."""
+        if training:
+            self.use_train_form()
+        else:
+            self.use_eval_form()

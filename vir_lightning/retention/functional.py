@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 
 import torch
@@ -9,7 +10,7 @@ from torch import Tensor
 
 from . import modes
 from .autograd import ChunkwiseSpec, chunkwise_retention
-from .backends import check_backend, resolve_backend
+from .backends import AUTO_BACKEND, check_backend, resolve_backend
 from .forms import AUTO, CHUNKWISE, EXACT_FORMS, PARALLEL, check_form
 from .forms import check_positive_int as _positive_int
 
@@ -209,7 +210,7 @@ def retention(
     cls_token: bool = False,
     directions: int = 1,
     scale: float = 1.0,
-    backend: str = "auto",
+    backend: str = AUTO_BACKEND,
 ) -> Tensor:
     """Multi-head retention: ``O[i] = Σ_j D[i, j] (s·q_i · k_j) v_j`` — no softmax, no normalisation.
 
@@ -330,7 +331,7 @@ def retention_step(
     class_token: bool = False,
     chunk_size: int | None = None,
     scale: float = 1.0,
-    backend: str = "auto",
+    backend: str = AUTO_BACKEND,
 ) -> tuple[Tensor, Tensor]:
     """One segment of a sequence whose past is carried in ``state``: the streaming form (SPEC §7).
 

@@ -105,6 +105,7 @@ def load_streaming_model(config_path: str | None, ckpt_path: str, band_rows: int
     The architecture comes from the checkpoint (it describes its weights); a config that names
     another model or other model options is refused rather than silently ignored.
     """
+    from ..retention import STREAMING
     from .checkpoints import classifier_from_checkpoint
 
     model_args, data_section = _config_sections(config_path) if config_path else ({}, {})
@@ -115,7 +116,7 @@ def load_streaming_model(config_path: str | None, ckpt_path: str, band_rows: int
             raise ValueError(f"--config sets model {key}={wanted!r} but the checkpoint was trained with"
                              f" {hparams.get(key)!r}; use the config the checkpoint was trained with")
     try:
-        model.set_retention_mode("streaming", band_rows)
+        model.set_retention_mode(STREAMING, band_rows)
     except ValueError as err:  # the model's reason names its own options, which this command does not have
         raise ValueError(f"predict-large streams the image band by band, which {hparams.get('model_name')!r} cannot"
                          f" ({err}); predict-large takes ViR checkpoints: use `predict` for this model") from None
@@ -307,6 +308,8 @@ def _lock_output(out: str):
 
 
 def _parser() -> argparse.ArgumentParser:
+    from ..data.large_image import READERS
+
     p = argparse.ArgumentParser(prog="python -m vir_lightning predict-large", description=__doc__.split("\n\n")[0])
     p.add_argument("--config", default=None,
                    help="the training config (normalisation, for checkpoints that do not record it; checked against"
@@ -321,7 +324,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-size", type=int, default=None,
                    help="band height in patch rows (default: about 1024 tokens of whole rows)")
     p.add_argument("--level", type=int, default=0, help="pyramid level to read (0 = full resolution)")
-    p.add_argument("--reader", choices=("auto", "tifffile", "openslide", "pil"), default="auto",
+    p.add_argument("--reader", choices=READERS, default=READERS[0],
                    help="auto: TIFF → tifffile, slide formats → OpenSlide, others → Pillow")
     p.add_argument("--edge", choices=("crop", "pad"), default="crop",
                    help="sides that are not a multiple of the patch: crop them (default) or pad with the mean colour")
