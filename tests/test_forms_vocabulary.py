@@ -89,3 +89,55 @@ def test_check_form_accepts_each_scopes_forms():
 def test_streaming_runs_its_layers_in_the_whole_image_form():
     assert whole_image_form(STREAMING, 4) == (AUTO, None)
     assert whole_image_form("chunkwise", 4) == ("chunkwise", 4)
+
+
+# -- the train/eval switch (TrainEvalFormsMixin) through the classifier; the mm backbone's is in test_downstream
+
+
+def test_the_classifier_switches_forms_through_the_mixin():
+    from vir_lightning.models.retention_layer import TrainEvalFormsMixin
+    from vir_lightning.tasks.classification import ImageClassifier
+
+    module = ImageClassifier(num_classes=10, img_size=28, in_chans=1, train_mode="parallel",
+                             eval_mode="chunkwise", eval_chunk_size=2)
+    assert isinstance(module, TrainEvalFormsMixin)
+    assert module.model.retention_mode == "parallel"
+    module.on_validation_epoch_start()
+    assert (module.model.retention_mode, module.model.retention_layers()[0].chunk_size) == ("chunkwise", 2)
+    module.on_validation_epoch_end()
+    assert module.model.retention_mode == "parallel"
+    module.on_test_epoch_start()
+    assert module.model.retention_mode == "chunkwise"
+    module.on_train_epoch_start()
+    assert module.model.retention_mode == "parallel"
+
+
+def test_a_model_that_cannot_stream_is_refused_streaming_eval_when_built():
+    from vir_lightning.tasks.classification import ImageClassifier
+
+    with pytest.raises(ValueError, match=r"^eval_mode: HybridViR has no streaming mode"):
+        ImageClassifier(model_name="hvir_nano", num_classes=10, img_size=32, in_chans=1, eval_mode="streaming")
+    with pytest.raises(ValueError, match=r"^eval_mode: mode='banana' is unknown"):
+        ImageClassifier(num_classes=10, img_size=28, in_chans=1, eval_mode="banana")
+
+
+# -- one name per concept: the op's flag is class_token (timm's name; cls_token is the model's parameter)
+
+
+def test_the_former_name_cls_token_still_works_with_a_warning():
+    import torch
+
+    from vir_lightning.retention import retention, retention_decay_matrix
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 13, 4) for _ in range(3))
+    rates = [0.9, 0.8]
+    new = retention(q, k, v, rates, grid_shape=(3, 4), class_token=True)
+    with pytest.warns(FutureWarning, match="renamed class_token"):
+        old = retention(q, k, v, rates, grid_shape=(3, 4), cls_token=True)
+    assert torch.equal(new, old)
+    with pytest.warns(FutureWarning, match="renamed class_token"):
+        old_matrix = retention_decay_matrix(13, rates, grid_shape=(3, 4), cls_token=True)
+    assert torch.equal(old_matrix, retention_decay_matrix(13, rates, grid_shape=(3, 4), class_token=True))
+    with pytest.warns(FutureWarning), pytest.raises(ValueError, match="cls_token is the former name of class_token"):
+        retention(q, k, v, rates, grid_shape=(3, 4), class_token=True, cls_token=False)

@@ -122,20 +122,21 @@ class MultiHeadRetention(nn.Module):
         )
         return self._merge_heads(out), state
 
-    def forward(self, x: Tensor, grid_shape: tuple[int, int] | None = None, cls_token: bool = False) -> Tensor:
-        """x: (B, N, dim) → (B, N, dim). ``grid_shape``/``cls_token`` select the 2D decay."""
+    def forward(self, x: Tensor, grid_shape: tuple[int, int] | None = None, class_token: bool = False) -> Tensor:
+        """x: (B, N, dim) → (B, N, dim). ``grid_shape``/``class_token`` select the 2D decay."""
         tokens = x.shape[1]
         q, k, v = self._heads(x)
         directions = self.directions if grid_shape is not None else 1
         if self.softmax_retention:
             decay = retention_decay_matrix(
-                tokens, self.rates(x.device, x.dtype), grid_shape=grid_shape, cls_token=cls_token, directions=directions
+                tokens, self.rates(x.device, x.dtype), grid_shape=grid_shape, class_token=class_token,
+                directions=directions,
             )
             out = ((q @ k.transpose(-1, -2)) * (decay.to(q.dtype) * self.scale)).softmax(dim=-1) @ v
         else:
             out = retention(  # the rates as Python floats: no device read per call
                 q, k, v, self.decay_rates, mode=self.mode, chunk_size=self.chunk_size,
-                grid_shape=grid_shape, cls_token=cls_token, directions=directions, scale=self.scale,
+                grid_shape=grid_shape, class_token=class_token, directions=directions, scale=self.scale,
                 backend=self.backend,
             )
         return self._merge_heads(out)

@@ -222,7 +222,7 @@ class VisionRetention(RetentionModeMixin, GradCheckpointingMixin, ClassifierHead
     def _retention_kwargs(self, grid_shape: tuple[int, int]) -> dict:
         if self.decay == "1d":
             return {}
-        return dict(grid_shape=grid_shape, cls_token=self.has_class_token)
+        return dict(grid_shape=grid_shape, class_token=self.has_class_token)
 
     def forward_features(self, x: Tensor) -> Tensor:
         """Images (B, C, H, W) → normalised tokens (B, tokens, dim)."""
