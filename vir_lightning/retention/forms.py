@@ -7,10 +7,14 @@ chunkwise beyond) and, for a whole model, ``"streaming"`` (bands of image rows t
 layer in turn; inference only).
 
 The vocabulary is a :data:`typing.Literal` of plain strings rather than an ``Enum``: the forms
-travel as strings through YAML configs, jsonargparse (which checks a ``Literal`` and lists its
-values in ``--help``), checkpoints' saved hyper-parameters, ``config.json`` of pretrained folders
-and OpenMMLab configs, and every one of those would need an Enum converted back and forth. The
+travel as strings through YAML configs, the command line (jsonargparse), checkpoints' saved
+hyper-parameters, ``config.json`` of pretrained folders and OpenMMLab configs, and every one of
+those would need an Enum converted back and forth (and would save ``!!python/object`` tags); a
+``Literal`` is what they already carry, and type checkers still see the allowed values. The
 names below are the only place the strings are spelled; everything else imports them.
+(``ImageClassifier``'s ``train_mode``/``eval_mode`` are annotated ``str`` on purpose: jsonargparse
+would refuse a bad value of a ``Literal`` with a generic "Problem with given class_path" that
+names neither the option nor, for ``train_mode: streaming``, why; :func:`check_form` says both.)
 
 Which forms each edge accepts:
 

@@ -13,7 +13,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from ..models import create_model
 from ..models.retention_layer import TrainEvalFormsMixin
-from ..retention import AUTO, RetentionForm, TrainForm, whole_image_form
+from ..retention import AUTO, whole_image_form
 from .checkpoints import load_weights, read_state_dict
 from .optim import param_groups, warmup_cosine
 
@@ -140,11 +140,11 @@ class ImageClassifier(TrainEvalFormsMixin, L.LightningModule):
         mixup_prob: float = 1.0,
         mixup_switch_prob: float = 0.5,
         layer_decay: float | None = None,
-        train_mode: TrainForm | None = None,
+        train_mode: str | None = None,  # a TrainForm; str so that check_form's message reaches the CLI user
         train_chunk_size: int | None = None,
         grad_checkpointing: bool = False,
         compile: bool = False,
-        eval_mode: RetentionForm = AUTO,
+        eval_mode: str = AUTO,  # a RetentionForm (str: see train_mode)
         eval_chunk_size: int | None = None,
         pretrained: str | None = None,
         class_names: list[str] | None = None,
