@@ -30,7 +30,7 @@ model = dict(
         train_mode='auto',
         with_cp=False,  # True: checkpoint the retention blocks (less memory, same gradients)
         # Same outputs; at 1333x800 4x faster and 4.9x less memory than parallel (README, H-ViR measurements).
-        test_mode='chunkwise',
+        eval_mode='chunkwise',
         frozen_stages=-1,
         norm_eval=False,
         # ImageNet weights: export them with `python -m vir_lightning export-backbone CKPT OUT`, then

@@ -31,7 +31,7 @@ model = dict(
         # Parallel for short grids, chunkwise with the lean backward above the crossover.
         train_mode='auto',
         with_cp=False,  # True: checkpoint the retention blocks (less memory, same gradients)
-        test_mode='chunkwise',
+        eval_mode='chunkwise',
         # ImageNet weights from `python -m vir_lightning export-backbone CKPT OUT`:
         #   --cfg-options model.backbone.init_cfg.checkpoint=OUT
         init_cfg=dict(type='Pretrained', checkpoint=None),

@@ -13,6 +13,7 @@ under torch's ``weights_only`` default (see :mod:`downstream.safe_checkpoints`).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -24,7 +25,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from vir_lightning.deploy.checkpoints import exported_meta, read_state_dict
 from vir_lightning.deploy.pretrained import weight_mismatches
 from vir_lightning.models.hvir import ARCH_ZOO, HybridViR
-from vir_lightning.retention import check_mode
+from vir_lightning.models.retention_layer import TrainEvalFormsMixin
+from vir_lightning.retention import AUTO, RetentionForm, TrainForm
 
 from . import safe_checkpoints  # noqa: F401  (registers mmengine's checkpoint types as safe)
 
@@ -52,7 +54,7 @@ def _output_norm(kind: str | bool | None, channels: int) -> nn.Module:
     raise ValueError(f"out_norm={kind!r} is invalid; expected 'bn', 'ln' or None")
 
 
-class HViRBackbone(BaseModule):
+class HViRBackbone(TrainEvalFormsMixin, BaseModule):
     """H-ViR feature pyramid (strides 4/8/16/32) for MMDetection and MMSegmentation.
 
     Args:
@@ -72,9 +74,11 @@ class HViRBackbone(BaseModule):
         train_mode: retention form while training. ``"auto"`` (default) picks parallel for short
             grids and chunkwise above the measured crossover, whose backward pass keeps only q, k, v
             (the same path as the classifier's ``train_mode``); gradients are identical in all forms.
-        test_mode: retention form in eval mode (validation/test/inference). Every form gives the
-            same outputs; chunkwise needs far less memory at detection resolutions.
-        chunk_size: chunkwise tile height in grid rows (``None`` = tiles of about 256 tokens).
+        eval_mode: retention form in eval mode (validation/test/inference). Every form gives the
+            same outputs; chunkwise needs far less memory at detection resolutions. (Formerly
+            ``test_mode``, still accepted with a FutureWarning: one name with the classifier's.)
+        chunk_size: chunkwise tile height in grid rows (``None`` = tiles of about 256 tokens), in
+            both forms.
         with_cp: gradient checkpointing of the retention blocks (MMDetection's name for it, as in
             its Swin and ResNet): less training memory, identical gradients.
         frozen_stages: ``-1`` trains everything; ``0`` freezes the stem; ``k ≥ 1`` freezes the stem
@@ -94,16 +98,24 @@ class HViRBackbone(BaseModule):
         drop_path_rate: float = 0.2,
         directions: int | None = None,
         layer_scale_init: float | None = 1e-5,
-        train_mode: str = "auto",
-        test_mode: str = "auto",
+        train_mode: TrainForm = AUTO,
+        eval_mode: RetentionForm = AUTO,
         chunk_size: int | None = None,
         with_cp: bool = False,
         frozen_stages: int = -1,
         norm_eval: bool = False,
         in_chans: int = 3,
         init_cfg: dict | None = None,
+        test_mode: str | None = None,
     ):
         super().__init__(init_cfg=init_cfg)
+        if test_mode is not None:  # the former name of eval_mode
+            if eval_mode != AUTO and eval_mode != test_mode:
+                raise ValueError(f"eval_mode={eval_mode!r} and test_mode={test_mode!r}: test_mode is the former name"
+                                 " of eval_mode; set eval_mode only")
+            warnings.warn("HViRBackbone(test_mode=...) is renamed eval_mode (as in ImageClassifier); test_mode"
+                          " still works but will be removed", FutureWarning, stacklevel=2)
+            eval_mode = test_mode
         if init_cfg is not None and init_cfg.get("type") != "Pretrained":
             raise ValueError(f"init_cfg={init_cfg!r}: only dict(type='Pretrained', checkpoint=PATH) is supported")
         if isinstance(arch, str):
@@ -117,12 +129,10 @@ class HViRBackbone(BaseModule):
             raise ValueError(f"out_indices={out_indices}: expected distinct stage indices among 0, 1, 2, 3")
         if not -1 <= frozen_stages <= 4:
             raise ValueError(f"frozen_stages={frozen_stages}: expected -1 (none), 0 (stem) … 4 (all stages)")
-        check_mode(train_mode, chunk_size)
-        check_mode(test_mode, chunk_size)
         extra = {} if directions is None else {"directions": directions}
         self.model = HybridViR(
             **sizes, num_classes=0, in_chans=in_chans, drop_path_rate=drop_path_rate,
-            layer_scale_init=layer_scale_init, retention_mode=train_mode, chunk_size=chunk_size, **extra,
+            layer_scale_init=layer_scale_init, **extra,
         )
         # Parameters that never reach the outputs would break DDP (unused parameters): the
         # classification norm, and the stages after the last requested one, are removed.
@@ -137,7 +147,8 @@ class HViRBackbone(BaseModule):
         self.out_indices = out_indices
         self.num_features = [self.model.feature_info[i]["num_chs"] for i in out_indices]
         self.out_norms = nn.ModuleList(_output_norm(out_norm, c) for c in self.num_features)
-        self.train_mode, self.test_mode, self.chunk_size = train_mode, test_mode, chunk_size
+        self.chunk_size = chunk_size
+        self.set_train_eval_forms(train_mode, chunk_size, eval_mode, chunk_size)
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval
         self._freeze_stages()
@@ -162,14 +173,14 @@ class HViRBackbone(BaseModule):
 
     def train(self, mode: bool = True) -> HViRBackbone:
         """Train/eval as usual, then re-freeze frozen stages, apply ``norm_eval`` and pick the
-        retention form (``train_mode`` while training, ``test_mode`` in eval)."""
+        retention form (``train_mode`` while training, ``eval_mode`` in eval)."""
         super().train(mode)
         self._freeze_stages()
         if mode and self.norm_eval:
             for module in self.modules():
                 if isinstance(module, _BatchNorm):
                     module.eval()
-        self.model.set_retention_mode(self.train_mode if mode else self.test_mode, self.chunk_size)
+        self.use_form_for(mode)
         return self
 
     # ------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
     return ((actual - expected).abs().max() / scale).item()
 
 
-def brute_force_retention(q, k, v, rates, grid_shape=None, cls_token=False, directions=1):
+def brute_force_retention(q, k, v, rates, grid_shape=None, class_token=False, directions=1):
     """Σ_j D[i, j] (q_i·k_j) v_j with D written out pair by pair from SPEC §1–2 (Python loops)."""
     batch, heads, tokens, _ = q.shape
     out = torch.zeros(batch, heads, tokens, v.shape[-1], dtype=q.dtype)
@@ -28,7 +28,7 @@ def brute_force_retention(q, k, v, rates, grid_shape=None, cls_token=False, dire
         positions = [(n, 0) for n in range(tokens)]
     else:
         rows, cols = grid_shape
-        positions = [(n % cols, n // cols) for n in range(rows * cols)] + ([(cols - 1, rows)] if cls_token else [])
+        positions = [(n % cols, n // cols) for n in range(rows * cols)] + ([(cols - 1, rows)] if class_token else [])
     for h in range(heads):
         gamma = float(rates[h])
         for i in range(tokens):

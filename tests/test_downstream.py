@@ -98,8 +98,14 @@ def test_out_indices_select_stages_and_bad_values_raise():
         backbone(arch="huge")
     with pytest.raises(ValueError, match="frozen_stages=5"):
         backbone(frozen_stages=5)
-    with pytest.raises(ValueError, match="mode"):
-        backbone(test_mode="fast")
+    with pytest.raises(ValueError, match=r"^eval_mode: mode='fast' is unknown; expected one of"):
+        backbone(eval_mode="fast")
+    with pytest.raises(ValueError, match=r"^train_mode='streaming' is inference-only"):
+        backbone(train_mode="streaming")
+    with pytest.raises(ValueError, match=r"^eval_mode: HybridViR has no streaming mode"):
+        backbone(eval_mode="streaming")
+    with pytest.raises(ValueError, match=r"^train_mode: chunk_size=0 is invalid"):
+        backbone(chunk_size=0)
 
 
 def test_frozen_stages_get_no_gradient_and_keep_their_statistics():
@@ -129,8 +135,8 @@ def test_norm_eval_keeps_every_batchnorm_in_eval_while_training():
     assert backbone(norm_eval=False).train().model.stem[1].training
 
 
-def test_train_uses_train_mode_and_eval_uses_test_mode_with_equal_outputs():
-    model = backbone(layer_scale_init=1.0, test_mode="chunkwise", chunk_size=2)
+def test_train_uses_train_mode_and_eval_uses_eval_mode_with_equal_outputs():
+    model = backbone(layer_scale_init=1.0, eval_mode="chunkwise", chunk_size=2)
     model.train()
     assert model.model.retention_mode == "auto"  # parallel up to the crossover, lean chunkwise above
     model.eval()
@@ -142,6 +148,20 @@ def test_train_uses_train_mode_and_eval_uses_test_mode_with_equal_outputs():
         parallel = model(x)
     for a, b in zip(chunkwise, parallel, strict=True):
         assert relative_error(a, b) < 1e-5
+
+
+def test_the_former_name_test_mode_still_sets_the_eval_form_with_a_warning():
+    with pytest.warns(FutureWarning, match="renamed eval_mode"):
+        model = backbone(test_mode="chunkwise", chunk_size=2)
+    assert model.eval_mode == "chunkwise"
+    assert model.eval().model.retention_mode == "chunkwise" and model.train().model.retention_mode == "auto"
+    with pytest.raises(ValueError, match="test_mode is the former name of eval_mode"):
+        backbone(test_mode="chunkwise", eval_mode="parallel")
+    # an mmdet config of before the rename still builds
+    from mmdet.registry import MODELS
+
+    built = MODELS.build(dict(type="HViRBackbone", arch="nano", test_mode="recurrent"))
+    assert built.eval().model.retention_mode == "recurrent"
 
 
 def test_with_cp_checkpoints_the_retention_blocks_with_identical_gradients():

@@ -36,7 +36,7 @@ CASES = {
 
 def _run(backend, q, k, v, case, scale=0.3):
     grid_shape, cls_token, directions, _ = CASES[case]
-    return retention(q, k, v, RATES, grid_shape=grid_shape, cls_token=cls_token, directions=directions,
+    return retention(q, k, v, RATES, grid_shape=grid_shape, class_token=cls_token, directions=directions,
                      scale=scale, backend=backend)
 
 

@@ -47,7 +47,7 @@ def test_tile_shaped_2d_chunks_equal_parallel_values_and_gradients(grid_shape, c
         (out * upstream).sum().backward()
         return out, q.grad, k.grad, v.grad
 
-    expected = run(lambda q, k, v: retention(q, k, v, rates3, grid_shape=grid_shape, cls_token=cls_token, scale=0.7))
+    expected = run(lambda q, k, v: retention(q, k, v, rates3, grid_shape=grid_shape, class_token=cls_token, scale=0.7))
     lean = run(lambda q, k, v: ChunkwiseRetention.apply(q, k, v, log_gamma, spec))
     through_autograd = run(lambda q, k, v: chunkwise_forward(spec, log_gamma, q, k, v))
     for want, got, plain in zip(expected, lean, through_autograd, strict=True):
@@ -65,7 +65,7 @@ def test_grid_wider_than_the_default_tile_uses_tiles_and_stays_exact(cls_token, 
 
     def grads(mode):
         q, k, v = random_qkv(1, 3, tokens, 4, requires_grad=True)
-        out = retention(q, k, v, rates3, mode=mode, grid_shape=grid_shape, cls_token=cls_token, scale=0.5)
+        out = retention(q, k, v, rates3, mode=mode, grid_shape=grid_shape, class_token=cls_token, scale=0.5)
         (out * upstream).sum().backward()
         return out, q.grad, k.grad, v.grad
 

@@ -32,7 +32,7 @@ def test_parallel_matches_brute_force_definition(grid_shape, cls_token, directio
     tokens = 7 if grid_shape is None else grid_shape[0] * grid_shape[1] + cls_token
     q, k, v = random_qkv(2, 3, tokens, 4, value_dim=5)
     expected = brute_force_retention(q, k, v, rates3, grid_shape, cls_token, directions)
-    actual = retention(q, k, v, rates3, grid_shape=grid_shape, cls_token=cls_token, directions=directions)
+    actual = retention(q, k, v, rates3, grid_shape=grid_shape, class_token=cls_token, directions=directions)
     assert relative_error(actual, expected) <= TOL
 
 
@@ -60,7 +60,7 @@ GRIDS = [(1, 1), (1, 9), (9, 1), (2, 3), (5, 4), (4, 7), (8, 8)]
 def test_2d_chunkwise_equals_parallel(grid_shape, cls_token, chunk_size, rates3):
     tokens = grid_shape[0] * grid_shape[1] + cls_token
     q, k, v = random_qkv(2, 3, tokens, 4, seed=tokens)
-    kwargs = dict(grid_shape=grid_shape, cls_token=cls_token)
+    kwargs = dict(grid_shape=grid_shape, class_token=cls_token)
     expected = retention(q, k, v, rates3, **kwargs)
     actual = retention(q, k, v, rates3, mode="chunkwise", chunk_size=chunk_size, **kwargs)
     assert relative_error(actual, expected) <= TOL
@@ -71,7 +71,7 @@ def test_2d_chunkwise_equals_parallel(grid_shape, cls_token, chunk_size, rates3)
 def test_2d_recurrent_equals_parallel(grid_shape, cls_token, rates3):
     tokens = grid_shape[0] * grid_shape[1] + cls_token
     q, k, v = random_qkv(1, 3, tokens, 4, seed=tokens)
-    kwargs = dict(grid_shape=grid_shape, cls_token=cls_token)
+    kwargs = dict(grid_shape=grid_shape, class_token=cls_token)
     expected = retention(q, k, v, rates3, **kwargs)
     assert relative_error(retention(q, k, v, rates3, mode="recurrent", **kwargs), expected) <= TOL
 
@@ -110,7 +110,7 @@ LAYOUTS_GRAD = [(None, False, 1), ((3, 4), False, 1), ((4, 3), True, 1), ((3, 4)
 @pytest.mark.parametrize("mode,chunk_size", [("recurrent", None), ("chunkwise", 1), ("chunkwise", 5)])
 def test_gradients_equal_across_modes(grid_shape, cls_token, directions, mode, chunk_size, rates3):
     tokens = 13 if grid_shape is None else grid_shape[0] * grid_shape[1] + cls_token
-    kwargs = dict(grid_shape=grid_shape, cls_token=cls_token, directions=directions)
+    kwargs = dict(grid_shape=grid_shape, class_token=cls_token, directions=directions)
     upstream = torch.randn(2, 3, tokens, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
 
     def grads(**mode_kwargs):
@@ -139,7 +139,7 @@ def test_decay_rates_accept_a_sequence_of_floats(rates3):
 def test_scale_argument_equals_scaling_q_in_every_mode(mode, grid_shape, cls_token, directions, rates3):
     tokens = 11 if grid_shape is None else grid_shape[0] * grid_shape[1] + cls_token
     q, k, v = random_qkv(2, 3, tokens, 4, seed=3)
-    kwargs = dict(grid_shape=grid_shape, cls_token=cls_token, directions=directions, mode=mode)
+    kwargs = dict(grid_shape=grid_shape, class_token=cls_token, directions=directions, mode=mode)
     expected = retention(q * 0.3, k, v, rates3, **{**kwargs, "mode": "parallel"})
     actual = retention(q, k, v, rates3, scale=0.3, chunk_size=2 if mode == "chunkwise" else None, **kwargs)
     assert relative_error(actual, expected) <= TOL

@@ -24,10 +24,10 @@ def qkv(tokens=12, heads=2, dim=4):
         (dict(mode="chunkwise", chunk_size=2.5), r"chunk_size=2.5"),
         (dict(mode="chunkwise", chunk_size=True), r"chunk_size=True"),
         (dict(grid_shape=(3, 5)), r"grid_shape=\(3, 5\).*15 tokens.*has 12"),
-        (dict(grid_shape=(3, 4), cls_token=True), r"cls_token=True means 13 tokens"),
+        (dict(grid_shape=(3, 4), class_token=True), r"class_token=True means 13 tokens"),
         (dict(grid_shape=(0, 4)), r"grid_shape rows=0"),
         (dict(grid_shape=(12,)), r"grid_shape=\(12,\).*\(rows, cols\)"),
-        (dict(cls_token=True), r"cls_token=True needs grid_shape"),
+        (dict(class_token=True), r"class_token=True needs grid_shape"),
         (dict(directions=4), r"directions=4 needs a 2D grid_shape"),
         (dict(directions=3, grid_shape=(3, 4)), r"directions=3 is invalid; expected 1, 2 or 4"),
         (dict(scale=0.0), r"scale=0.0 is invalid; expected a positive finite number"),
@@ -43,8 +43,8 @@ def test_bad_option_raises_value_error(kwargs, match):
 
 def test_directions_with_class_token_is_rejected():
     q, k, v = qkv(tokens=13)
-    with pytest.raises(ValueError, match=r"directions=2 with cls_token=True"):
-        retention(q, k, v, RATES, grid_shape=(3, 4), cls_token=True, directions=2)
+    with pytest.raises(ValueError, match=r"directions=2 with class_token=True"):
+        retention(q, k, v, RATES, grid_shape=(3, 4), class_token=True, directions=2)
 
 
 @pytest.mark.parametrize("bad", [[0.0, 0.9], [0.9, 1.0], [1.5, 0.9], [-0.1, 0.5], [float("nan"), 0.5]])

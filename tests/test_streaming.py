@@ -61,7 +61,7 @@ def test_1d_segments_with_carried_state_equal_the_whole_sequence(tokens, segment
 def test_2d_row_bands_with_carried_column_states_equal_the_whole_grid(grid_shape, cls_token, band, rates3):
     rows, cols = grid_shape
     q, k, v = random_qkv(2, 3, rows * cols + cls_token, 8, value_dim=5, seed=rows * cols)
-    expected = retention(q, k, v, rates3, grid_shape=grid_shape, cls_token=cls_token, scale=0.3)
+    expected = retention(q, k, v, rates3, grid_shape=grid_shape, class_token=cls_token, scale=0.3)
     outputs, state = [], None
     for row0 in range(0, rows, band):
         part = slice(row0 * cols, min(rows, row0 + band) * cols)

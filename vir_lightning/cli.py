@@ -75,12 +75,10 @@ def _module_help(module: str) -> str:
     """``COMMAND_HELP`` of ``module``'s source, else its docstring's first line ("" when unreadable):
     found and parsed, never imported (registered commands may import heavy or missing packages)."""
     import ast
-    import importlib.util
 
     try:
-        spec = importlib.util.find_spec(module)
-        origin = spec.origin if spec is not None else None
-        if not origin or not origin.endswith(".py"):
+        origin = _module_source(module)
+        if origin is None:
             return ""
         with open(origin, encoding="utf-8") as f:
             tree = ast.parse(f.read())
@@ -93,6 +91,25 @@ def _module_help(module: str) -> str:
             return node.value.value
     doc = ast.get_docstring(tree) or ""
     return doc.strip().splitlines()[0].strip() if doc.strip() else ""
+
+
+def _module_source(module: str) -> str | None:
+    """The ``.py`` file of ``module``, found without importing anything: ``find_spec`` of a submodule
+    would import (run) its parent packages."""
+    import importlib.util
+
+    top, *rest = module.split(".")
+    spec = importlib.util.find_spec(top)  # a top-level name: looked up, not imported
+    if spec is None:
+        return None
+    if not rest:
+        return spec.origin if spec.origin and spec.origin.endswith(".py") else None
+    for folder in spec.submodule_search_locations or ():
+        base = os.path.join(folder, *rest)
+        for candidate in (base + ".py", os.path.join(base, "__init__.py")):
+            if os.path.isfile(candidate):
+                return candidate
+    return None
 
 
 def registered_tools() -> dict[str, tuple[str, str, str]]:

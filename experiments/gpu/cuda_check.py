@@ -35,7 +35,7 @@ def record(key, value):
 # 1. The op: every form equals parallel in float64, forward and gradients (the lean backward).
 torch.manual_seed(0)
 for name, kwargs, tokens in [("1d", {}, 300), ("2d", {"grid_shape": (12, 25)}, 300),
-                             ("2d_cls", {"grid_shape": (12, 25), "cls_token": True}, 301),
+                             ("2d_cls", {"grid_shape": (12, 25), "class_token": True}, 301),
                              ("2d_dir4", {"grid_shape": (12, 25), "directions": 4}, 300)]:
     q, k, v = (torch.randn(2, 3, tokens, 16, device=DEVICE, dtype=torch.float64, requires_grad=True) for _ in range(3))
     rates = [0.9, 0.97, 0.99]

@@ -99,7 +99,7 @@ GRID = (5, 7) if DRY else (12, 25)
 OP_CASES = {  # name: (retention kwargs, tokens)
     "1d": ({}, GRID[0] * GRID[1]),
     "2d": ({"grid_shape": GRID}, GRID[0] * GRID[1]),
-    "2d_cls": ({"grid_shape": GRID, "cls_token": True}, GRID[0] * GRID[1] + 1),
+    "2d_cls": ({"grid_shape": GRID, "class_token": True}, GRID[0] * GRID[1] + 1),
     "2d_dir2": ({"grid_shape": GRID, "directions": 2}, GRID[0] * GRID[1]),
     "2d_dir4": ({"grid_shape": GRID, "directions": 4}, GRID[0] * GRID[1]),
 }

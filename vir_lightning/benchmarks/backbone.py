@@ -15,9 +15,10 @@ checked against parallel mode's (the relative difference is printed).
 
 from __future__ import annotations
 
+from ..retention.forms import OP_FORMS
 from .measure import measure, worker_main
 
-MODE_CHOICES = ("parallel", "chunkwise", "recurrent", "auto")
+MODE_CHOICES = OP_FORMS
 
 #: MMDetection's backbones as its Mask R-CNN configs build them (mask-rcnn_swin-t-p4-w7 and
 #: mask-rcnn_r50), except that every stage trains (mmdet freezes ResNet's stem and first stage).

@@ -17,6 +17,7 @@ import os
 import tempfile
 import time
 
+from ..retention.forms import AUTO
 from .measure import measure, worker_main
 
 
@@ -38,7 +39,7 @@ def _worker(cfg: dict) -> dict:
     ph, pw = model.patch_size
     grid = (size // ph, size // pw)
     tokens = grid[0] * grid[1] + int(model.has_class_token)
-    form = resolve_mode("auto", tokens, grid if cfg["decay"] == "2d" else None, torch.device("cpu"))
+    form = resolve_mode(AUTO, tokens, grid if cfg["decay"] == "2d" else None, torch.device("cpu"))
     images = torch.randn(cfg["batch"], model.in_chans, size, size)
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, "model.onnx")

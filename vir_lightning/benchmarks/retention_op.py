@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import math
 
+from ..retention.forms import CHUNKWISE, EXACT_FORMS, PARALLEL
 from .measure import measure, worker_main
 
-MODE_CHOICES = ("parallel", "chunkwise", "recurrent")
+MODE_CHOICES = EXACT_FORMS
 
 
 def _grid_for(tokens: int) -> tuple[int, int]:
@@ -64,7 +65,7 @@ def _predicted_bytes(cfg: dict) -> int:
     """Rough upper bound of the op's working memory (bytes), to skip configurations that cannot fit."""
     n, h, b, d = cfg["tokens"], cfg["heads"], cfg["batch"], cfg["head_dim"]
     train = 2 if cfg.get("task") == "train" else 1  # the backward pass keeps (or rebuilds) as much again
-    if cfg["mode"] == "parallel":
+    if cfg["mode"] == PARALLEL:
         return train * 4 * n * n * (3 * b * h + 3)  # scores, product, decay table and its distance grid
     return train * 4 * b * h * n * d * 8  # inputs, outputs and per-chunk intermediates
 
@@ -73,10 +74,10 @@ def crossover(rows: list[dict], decay: str) -> int:
     """The longest measured length at which parallel is at least as fast as chunkwise (0 if none):
     the value for ``AUTO_PARALLEL_MAX_TOKENS``."""
     time_of = {(r["mode"], r["tokens"]): r["time_ms"] for r in rows if r["decay"] == decay and "time_ms" in r}
-    lengths = sorted({t for mode, t in time_of if ("parallel", t) in time_of and ("chunkwise", t) in time_of})
+    lengths = sorted({t for mode, t in time_of if (PARALLEL, t) in time_of and (CHUNKWISE, t) in time_of})
     best = 0
     for tokens in lengths:
-        if time_of["parallel", tokens] <= time_of["chunkwise", tokens]:
+        if time_of[PARALLEL, tokens] <= time_of[CHUNKWISE, tokens]:
             best = tokens
     return best
 

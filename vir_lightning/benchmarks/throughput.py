@@ -27,11 +27,11 @@ import time
 from pathlib import Path
 
 from ..io import atomic_output
+from ..retention.forms import CHUNKWISE, MODEL_FORMS, PARALLEL, STREAMING
 from .measure import measure, measure_cuda, worker_main
 
 MODULE = "vir_lightning.benchmarks.throughput"
-RETENTION_MODES = ("parallel", "chunkwise", "recurrent", "auto", "streaming")
-STREAMING = "streaming"
+RETENTION_MODES = MODEL_FORMS
 ATTENTION_MODE = "sdpa"  # the label of the ViT baseline's single form
 
 
@@ -176,7 +176,7 @@ def _predicted_gb(model, cfg: dict) -> float:
             tokens = cols * (cfg["chunk_size"] or default_band_rows(cols))
         # parallel: the scores per image, the decay table and its temporaries (ViR-S at 1024²
         # measured 4.7 / 6.3 tables' worth at batch 1 / 2)
-        quadratic = (2 * batch + 3) * heads * tokens**2 if cfg["mode"] == "parallel" else 0
+        quadratic = (2 * batch + 3) * heads * tokens**2 if cfg["mode"] == PARALLEL else 0
         per_layer.append(quadratic + 12 * batch * tokens * width)
     params = sum(p.numel() for p in model.parameters())
     if cfg["task"] == "train":  # every layer's activations are kept for backward; Adam: 4 copies
@@ -215,7 +215,7 @@ def _configs(args, models: dict) -> list[dict]:
             compiling = [c == "on" for c in args.compile]
             variants = ((o, m, c, k) for o in option_sets for m in modes for c in checkpointing for k in compiling)
             for options, mode, ckpt, compiled in variants:
-                chunks = {"chunkwise": args.chunk_sizes, STREAMING: args.band_rows}.get(mode, [None])
+                chunks = {CHUNKWISE: args.chunk_sizes, STREAMING: args.band_rows}.get(mode, [None])
                 grid = ((c, r, b) for c in chunks for r in args.resolutions for b in args.batch_sizes)
                 for chunk, res, batch in grid:
                     rows.append(dict(

@@ -35,6 +35,7 @@ from ..benchmarks.throughput import (
     plot_report,
 )
 from ..io import atomic_output, check_output_path
+from ..retention.forms import AUTO, CHUNKWISE, PARALLEL
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -46,9 +47,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--resolutions", type=int, nargs="+", default=[224, 512, 1024, 2048])
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[2])
     p.add_argument("--tasks", nargs="+", choices=("inference", "train"), default=["inference", "train"])
-    p.add_argument("--modes", nargs="+", choices=RETENTION_MODES, default=["parallel", "chunkwise", "auto"],
+    p.add_argument("--modes", nargs="+", choices=RETENTION_MODES, default=[PARALLEL, CHUNKWISE, AUTO],
                    help="retention modes for inference")
-    p.add_argument("--train-modes", nargs="+", choices=RETENTION_MODES, default=["parallel"],
+    p.add_argument("--train-modes", nargs="+", choices=RETENTION_MODES, default=[PARALLEL],
                    help="retention modes for the training step")
     p.add_argument("--chunk-sizes", type=int, nargs="+", default=[None],
                    help="chunkwise chunk sizes (tokens in 1D, grid rows in 2D); default: the library's")

@@ -13,6 +13,7 @@ import sys
 from ..benchmarks import backbone
 from ..benchmarks.backbone import MM_BASELINES, MODE_CHOICES, _worker
 from ..benchmarks.measure import add_measure_args, check_measure_args, check_positive, run_isolated, write_results_csv
+from ..retention.forms import CHUNKWISE, PARALLEL
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -21,7 +22,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="hvir_tiny", help="a registered H-ViR name (default hvir_tiny)")
     p.add_argument("--size", type=int, nargs=2, default=[800, 1333], metavar=("HEIGHT", "WIDTH"))
     p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--modes", nargs="+", choices=MODE_CHOICES, default=["parallel", "chunkwise"])
+    p.add_argument("--modes", nargs="+", choices=MODE_CHOICES, default=[PARALLEL, CHUNKWISE])
     p.add_argument("--directions", type=int, nargs="+", default=[0], help="2D decay directions (0 = model default)")
     p.add_argument("--chunk-size", type=int, default=None, help="chunkwise tile height in grid rows")
     p.add_argument("--tasks", nargs="+", choices=("inference", "train"), default=["inference"],
@@ -79,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
                   repeats=args.repeats, min_seconds=args.min_seconds)
     for task in args.tasks:
         plan = [dict(model=args.model, mode=mode, directions=directions,
-                     chunk_size=args.chunk_size if mode == "chunkwise" else None)
+                     chunk_size=args.chunk_size if mode == CHUNKWISE else None)
                 for directions in args.directions for mode in args.modes]
         plan += [dict(model=name, mode="mmdet", directions=0, chunk_size=None) for name in args.baselines]
         references = {}
@@ -90,14 +91,14 @@ def main(argv: list[str] | None = None) -> int:
             diff = ""
             if probe is not None and cfg["mode"] != "mmdet":
                 reference = references.get(cfg["directions"])
-                if reference is None and cfg["mode"] == "parallel":
+                if reference is None and cfg["mode"] == PARALLEL:
                     references[cfg["directions"]] = torch.tensor(probe)
                 elif reference is not None:
                     diff = f"{float((torch.tensor(probe) - reference).norm() / reference.norm()):.1e}"
             row = {**cfg, **result, "rel_diff": diff}
             rows.append(row)
             label = "—" if cfg["mode"] == "mmdet" else (cfg["directions"] or "default")
-            default_chunk = cfg["mode"] == "chunkwise" and cfg["chunk_size"] is None
+            default_chunk = cfg["mode"] == CHUNKWISE and cfg["chunk_size"] is None
             chunk = "default" if default_chunk else (cfg["chunk_size"] or "—")
             name = f"{cfg['model']} (MMDetection)" if cfg["mode"] == "mmdet" else cfg["model"]
             mode = "—" if cfg["mode"] == "mmdet" else cfg["mode"]

@@ -13,6 +13,7 @@ import sys
 from ..benchmarks import retention_op
 from ..benchmarks.measure import add_measure_args, check_measure_args, check_positive, run_isolated, write_results_csv
 from ..benchmarks.retention_op import MODE_CHOICES, _grid_for, _predicted_bytes, _worker, crossover
+from ..retention.forms import CHUNKWISE
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -70,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
             for tokens in args.tokens:
                 cfg = dict(
                     decay=decay, mode=mode, tokens=tokens, batch=args.batch, heads=args.heads,
-                    head_dim=args.head_dim, chunk_size=args.chunk_size if mode == "chunkwise" else None,
+                    head_dim=args.head_dim, chunk_size=args.chunk_size if mode == CHUNKWISE else None,
                     dtype=args.dtype, task=args.task, threads=args.threads, allocator=args.allocator,
                     repeats=args.repeats, min_seconds=args.min_seconds,
                 )
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
                     result = run_isolated("vir_lightning.benchmarks.retention_op", cfg)
                 row = {**cfg, **result}
                 rows.append(row)
-                chunk = "default" if mode == "chunkwise" and cfg["chunk_size"] is None else (cfg["chunk_size"] or "—")
+                chunk = "default" if mode == CHUNKWISE and cfg["chunk_size"] is None else (cfg["chunk_size"] or "—")
                 if "error" in result:
                     print(f"| {decay} | {tokens} | {mode} | {chunk} | {result['error']} | | | |")
                 else:

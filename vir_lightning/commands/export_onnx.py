@@ -17,6 +17,7 @@ import argparse
 import os
 
 from ..io import add_overwrite_argument, check_output_path
+from ..retention.forms import CHUNKWISE, PARALLEL
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -46,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.img_size is not None and len(args.img_size) not in (1, 2):
         raise ValueError(f"--img-size takes H or H W, not {len(args.img_size)} numbers")
-    whole = args.form in ("parallel", "chunkwise")
+    whole = args.form in (PARALLEL, CHUNKWISE)
     if whole and (args.width is not None or args.band_rows != 1):
         raise ValueError(f"--width and --band-rows shape the streaming step; the {args.form} form takes --img-size")
     if not whole and args.img_size is not None:

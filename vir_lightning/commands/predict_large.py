@@ -26,6 +26,7 @@ import sys
 import threading
 from pathlib import Path
 
+from ..data.large_image import READERS
 from ..deploy.streaming_predict import load_onnx_model, load_streaming_model, patch_grid, predict_image
 from ..io import add_overwrite_argument, atomic_output, check_output_path, write_csv_atomically
 
@@ -138,7 +139,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-size", type=int, default=None,
                    help="band height in patch rows (default: about 1024 tokens of whole rows)")
     p.add_argument("--level", type=int, default=0, help="pyramid level to read (0 = full resolution)")
-    p.add_argument("--reader", choices=("auto", "tifffile", "openslide", "pil"), default="auto",
+    p.add_argument("--reader", choices=READERS, default=READERS[0],
                    help="auto: TIFF → tifffile, slide formats → OpenSlide, others → Pillow")
     p.add_argument("--edge", choices=("crop", "pad"), default="crop",
                    help="sides that are not a multiple of the patch: crop them (default) or pad with the mean colour")

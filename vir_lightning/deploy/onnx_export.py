@@ -20,6 +20,7 @@ import warnings
 import torch
 from torch import nn
 
+from ..retention.forms import CHUNKWISE, PARALLEL
 from .onnx_graphs import ONNX_FORMS, HybridFeatures, StreamingStep, WholeImage, exportable_forms, why_not
 
 METADATA_KEY = "vir_lightning"
@@ -79,7 +80,7 @@ def export_onnx(model: nn.Module, path: str, form: str, *, img_size: tuple[int, 
             raise ValueError(f"--opset {opset}: the installed onnx knows opsets up to {newest}; give at most {newest}"
                              " or leave --opset out")
     model = model.eval().requires_grad_(False).float().to("cpu")
-    model.set_retention_mode("chunkwise" if form != "parallel" else "parallel")
+    model.set_retention_mode(CHUNKWISE if form != PARALLEL else PARALLEL)
     meta = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "form": form,
         "model_name": getattr(model, "model_name", type(model).__name__),

@@ -20,10 +20,11 @@ import torch
 from torch import Tensor, nn
 
 from ..models.pos_embed import bicubic_weights
+from ..retention.forms import CHUNKWISE, PARALLEL
 
 #: The forms ``export-onnx`` writes. ``parallel`` and ``chunkwise`` are the model's own whole-image
 #: forms; ``streaming-step`` is one band of the streaming form.
-ONNX_FORMS = ("parallel", "chunkwise", "streaming-step")
+ONNX_FORMS = (PARALLEL, CHUNKWISE, "streaming-step")
 
 
 def exportable_forms(model: nn.Module) -> tuple[str, ...]:
@@ -34,13 +35,13 @@ def exportable_forms(model: nn.Module) -> tuple[str, ...]:
 def why_not(model: nn.Module, form: str) -> str | None:
     """Why ``model`` cannot be exported in ``form``, or None when it can."""
     layers = model.retention_layers() if hasattr(model, "retention_layers") else []
-    if form == "parallel":
+    if form == PARALLEL:
         return None
     if not layers:
         return "it has no retention (softmax attention has one form: parallel)"
     if layers[0].softmax_retention:
         return "softmax_retention has no chunkwise or recurrent form"
-    if form == "chunkwise":
+    if form == CHUNKWISE:
         return None
     try:
         model.check_streamable()

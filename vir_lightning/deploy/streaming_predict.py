@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..io import atomic_output
+from ..retention import STREAMING
 
 # ----------------------------------------------------------------------------------------------
 # The model and its normalisation, from the checkpoint and the config
@@ -92,7 +93,7 @@ def load_streaming_model(config_path: str | None, ckpt_path: str, band_rows: int
             raise ValueError(f"--config sets model {key}={wanted!r} but the checkpoint was trained with"
                              f" {hparams.get(key)!r}; use the config the checkpoint was trained with")
     try:
-        model.set_retention_mode("streaming", band_rows)
+        model.set_retention_mode(STREAMING, band_rows)
     except ValueError as err:  # the model's reason names its own options, which this command does not have
         raise ValueError(f"predict-large streams the image band by band, which {hparams.get('model_name')!r} cannot"
                          f" ({err}); predict-large takes ViR checkpoints: use `predict` for this model") from None

@@ -61,16 +61,16 @@ class RetentionBlock(nn.Module):
         #: (set through the model's ``set_grad_checkpointing``).
         self.grad_checkpointing = False
 
-    def forward(self, x: Tensor, grid_shape: tuple[int, int] | None = None, cls_token: bool = False) -> Tensor:
+    def forward(self, x: Tensor, grid_shape: tuple[int, int] | None = None, class_token: bool = False) -> Tensor:
         if self.grad_checkpointing and torch.is_grad_enabled():
             # Non-reentrant: works with keyword arguments and inputs that need no gradient; the RNG
             # state is replayed, so drop path draws the same mask when the block is recomputed.
-            return checkpoint(self._forward, x, grid_shape, cls_token, use_reentrant=False)
-        return self._forward(x, grid_shape, cls_token)
+            return checkpoint(self._forward, x, grid_shape, class_token, use_reentrant=False)
+        return self._forward(x, grid_shape, class_token)
 
-    def _forward(self, x: Tensor, grid_shape: tuple[int, int] | None, cls_token: bool) -> Tensor:
+    def _forward(self, x: Tensor, grid_shape: tuple[int, int] | None, class_token: bool) -> Tensor:
         mixer = self.retention if self.token_mixer == "retention" else self.attn
-        return self._residuals(x, mixer(self.norm1(x), grid_shape, cls_token))
+        return self._residuals(x, mixer(self.norm1(x), grid_shape, class_token))
 
     def forward_step(
         self, x: Tensor, state: Tensor | None, grid_cols: int | None = None, class_token: bool = False

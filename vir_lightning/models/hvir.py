@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from ..retention import PARALLEL, STREAMING, OpForm, check_form
+from ..retention.backends import AUTO_BACKEND
 from .blocks import GradCheckpointingMixin, RetentionBlock
 from .layers import (
     ClassifierHeadMixin,
@@ -113,13 +115,16 @@ class HybridViR(RetentionModeMixin, GradCheckpointingMixin, ClassifierHeadMixin,
         layer_scale_init: float | None = 1e-5,
         directions: int = 1,
         decay_schedule: str = "vir",
-        retention_mode: str = "parallel",
+        retention_mode: OpForm = PARALLEL,
         chunk_size: int | None = None,
         drop_rate: float = 0.0,
         img_size: int | tuple[int, int] = 224,
-        retention_backend: str = "auto",
+        retention_backend: str = AUTO_BACKEND,
     ):
         super().__init__()
+        check_form(retention_mode, chunk_size)
+        if retention_mode == STREAMING:
+            self.check_streamable()  # names why H-ViR cannot stream
         def ints(value, count: int, minimum: int) -> bool:
             return (isinstance(value, (tuple, list)) and len(value) == count
                     and all(isinstance(v, int) and not isinstance(v, bool) and v >= minimum for v in value))

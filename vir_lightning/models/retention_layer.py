@@ -6,26 +6,20 @@ import torch
 from torch import Tensor, nn
 
 from ..retention import (
-    MODES,
+    AUTO,
+    PARALLEL,
+    STREAMING,
+    OpForm,
+    RetentionForm,
     check_backend,
-    check_mode,
+    check_form,
     decay_rates_for,
     retention,
     retention_decay_matrix,
     retention_step,
+    whole_image_form,
 )
-
-#: The model-level form in which each band of image rows goes through every layer before the next
-#: (SPEC §7); the layers then run their retention one segment at a time from a carried state.
-STREAMING = "streaming"
-
-
-def check_model_mode(mode: str, chunk_size: int | None) -> None:
-    """:func:`check_mode` for a whole model: the op's forms and ``"auto"``, plus ``"streaming"``
-    (whose ``chunk_size`` is the band height in patch rows)."""
-    if mode != STREAMING and mode not in (*MODES, "auto"):
-        raise ValueError(f"mode={mode!r} is unknown; expected one of {(*MODES, 'auto', STREAMING)}")
-    check_mode("chunkwise" if mode == STREAMING else mode, chunk_size)
+from ..retention.backends import AUTO_BACKEND
 
 
 class MultiHeadRetention(nn.Module):
@@ -56,11 +50,11 @@ class MultiHeadRetention(nn.Module):
         num_heads: int,
         decay_schedule: str = "vir",
         qkv_bias: bool = True,
-        mode: str = "parallel",
+        mode: OpForm = PARALLEL,
         chunk_size: int | None = None,
         directions: int = 1,
         softmax_retention: bool = False,
-        backend: str = "auto",
+        backend: str = AUTO_BACKEND,
     ):
         super().__init__()
         if dim % num_heads:
@@ -77,13 +71,14 @@ class MultiHeadRetention(nn.Module):
         self.set_mode(mode, chunk_size)
         self.set_backend(backend)
 
-    def set_mode(self, mode: str, chunk_size: int | None = None) -> None:
+    def set_mode(self, mode: OpForm, chunk_size: int | None = None) -> None:
         """Switch between the three exactly equivalent forms (and set the chunk size).
 
+        The form is not checked here: the model's constructor and ``set_retention_mode`` check it
+        (:func:`~vir_lightning.retention.check_form`), and the op checks its arguments on every call.
         With ``softmax_retention`` only ``"parallel"`` exists; ``"auto"`` then always means parallel.
         """
-        check_mode(mode, chunk_size)
-        if self.softmax_retention and mode not in ("parallel", "auto"):
+        if self.softmax_retention and mode not in (PARALLEL, AUTO):
             raise ValueError(
                 f"mode={mode!r} is impossible with softmax_retention=True: the softmax variant has no"
                 " recurrent or chunkwise form; use mode='parallel' or softmax_retention=False"
@@ -127,20 +122,21 @@ class MultiHeadRetention(nn.Module):
         )
         return self._merge_heads(out), state
 
-    def forward(self, x: Tensor, grid_shape: tuple[int, int] | None = None, cls_token: bool = False) -> Tensor:
-        """x: (B, N, dim) → (B, N, dim). ``grid_shape``/``cls_token`` select the 2D decay."""
+    def forward(self, x: Tensor, grid_shape: tuple[int, int] | None = None, class_token: bool = False) -> Tensor:
+        """x: (B, N, dim) → (B, N, dim). ``grid_shape``/``class_token`` select the 2D decay."""
         tokens = x.shape[1]
         q, k, v = self._heads(x)
         directions = self.directions if grid_shape is not None else 1
         if self.softmax_retention:
             decay = retention_decay_matrix(
-                tokens, self.rates(x.device, x.dtype), grid_shape=grid_shape, cls_token=cls_token, directions=directions
+                tokens, self.rates(x.device, x.dtype), grid_shape=grid_shape, class_token=class_token,
+                directions=directions,
             )
             out = ((q @ k.transpose(-1, -2)) * (decay.to(q.dtype) * self.scale)).softmax(dim=-1) @ v
         else:
             out = retention(  # the rates as Python floats: no device read per call
                 q, k, v, self.decay_rates, mode=self.mode, chunk_size=self.chunk_size,
-                grid_shape=grid_shape, cls_token=cls_token, directions=directions, scale=self.scale,
+                grid_shape=grid_shape, class_token=class_token, directions=directions, scale=self.scale,
                 backend=self.backend,
             )
         return self._merge_heads(out)
@@ -163,22 +159,21 @@ class RetentionModeMixin:
     streaming: bool = False
     band_rows: int | None = None
 
-    def set_retention_mode(self, mode: str, chunk_size: int | None = None) -> None:
+    def set_retention_mode(self, mode: RetentionForm, chunk_size: int | None = None) -> None:
         """Switch every retention layer to ``mode`` (and ``chunk_size``). Outputs stay equal.
 
         ``"streaming"`` (models that support it) pushes bands of ``chunk_size`` patch rows through
-        every layer in turn; the layers then run chunkwise within each band.
+        every layer in turn; the layers then run their retention one band at a time from a carried
+        state (and take :func:`~vir_lightning.retention.whole_image_form` for anything else).
         """
-        check_model_mode(mode, chunk_size)  # before touching any layer, so a bad call changes nothing
+        check_form(mode, chunk_size)  # before touching any layer, so a bad call changes nothing
         if mode == STREAMING:
             self.check_streamable()
-            for layer in self.retention_layers():
-                layer.set_mode("chunkwise", None)
-            self.streaming, self.band_rows = True, chunk_size
-            return
+        layer_mode, layer_chunk_size = whole_image_form(mode, chunk_size)
         for layer in self.retention_layers():
-            layer.set_mode(mode, chunk_size)
-        self.streaming, self.band_rows = False, None
+            layer.set_mode(layer_mode, layer_chunk_size)
+        self.streaming = mode == STREAMING
+        self.band_rows = chunk_size if self.streaming else None
 
     def check_streamable(self) -> None:
         """ValueError naming why this model cannot run in streaming mode (the default: it cannot)."""
@@ -199,7 +194,7 @@ class RetentionModeMixin:
     def retention_backend(self) -> str:
         """The retention op's backend; ``"auto"`` for a model without retention."""
         layers = self.retention_layers()
-        return layers[0].backend if layers else "auto"
+        return layers[0].backend if layers else AUTO_BACKEND
 
     @property
     def retention_mode(self) -> str:
@@ -207,4 +202,52 @@ class RetentionModeMixin:
         if self.streaming:
             return STREAMING
         layers = self.retention_layers()
-        return layers[0].mode if layers else "parallel"
+        return layers[0].mode if layers else PARALLEL
+
+
+class TrainEvalFormsMixin:
+    """A retention form for training and one for evaluation, and the switch between them.
+
+    The one home of that switch for the task wrappers around a model held in ``self.model``: the
+    Lightning classifier (:class:`~vir_lightning.tasks.ImageClassifier`, from its epoch hooks) and
+    the OpenMMLab backbone (``downstream.hvir_backbone.HViRBackbone``, from its ``train()``). It
+    imports neither Lightning nor mmengine.
+    """
+
+    train_mode: str
+    train_chunk_size: int | None
+    eval_mode: str
+    eval_chunk_size: int | None
+
+    def set_train_eval_forms(self, train_mode: str, train_chunk_size: int | None, eval_mode: str,
+                             eval_chunk_size: int | None) -> None:
+        """Check both forms (the error names the option), keep them, and switch to the training form.
+
+        A form the model lacks is refused here too: streaming for evaluation by the model's
+        ``check_streamable``, chunkwise or recurrent with ``softmax_retention`` by its layers.
+        """
+        check_form(train_mode, train_chunk_size, "train", "train_mode")
+        check_form(eval_mode, eval_chunk_size, "model", "eval_mode")
+        if eval_mode == STREAMING:
+            try:
+                self.model.check_streamable()
+            except ValueError as error:
+                raise ValueError(f"eval_mode: {error}") from None
+        self.train_mode, self.train_chunk_size = train_mode, train_chunk_size
+        self.eval_mode, self.eval_chunk_size = eval_mode, eval_chunk_size
+        self.use_train_form()
+
+    def use_train_form(self) -> None:
+        """Switch the model to the training form."""
+        self.model.set_retention_mode(self.train_mode, self.train_chunk_size)
+
+    def use_eval_form(self) -> None:
+        """Switch the model to the evaluation form (validation, test, predict, inference)."""
+        self.model.set_retention_mode(self.eval_mode, self.eval_chunk_size)
+
+    def use_form_for(self, training: bool) -> None:
+        """The training form when ``training``, else the evaluation form."""
+        if training:
+            self.use_train_form()
+        else:
+            self.use_eval_form()

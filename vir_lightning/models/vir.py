@@ -13,7 +13,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..retention import check_backend
+from ..retention import PARALLEL, STREAMING, RetentionForm, check_backend, check_form, whole_image_form
+from ..retention.backends import AUTO_BACKEND
 from .blocks import GradCheckpointingMixin, RetentionBlock
 from .layers import (
     ClassifierHeadMixin,
@@ -26,7 +27,7 @@ from .layers import (
 )
 from .pos_embed import infer_grid_shape, resize_pos_embed
 from .registry import register_model
-from .retention_layer import STREAMING, RetentionModeMixin
+from .retention_layer import RetentionModeMixin
 from .streaming import BandReader, FeatureSink, check_inference_only, stream
 
 #: Size table per family member (width, depth, heads), like mmpretrain's ``arch_zoo``.
@@ -100,14 +101,15 @@ class VisionRetention(RetentionModeMixin, GradCheckpointingMixin, ClassifierHead
         decay_schedule: str = "vir",
         pooling: str = "token_last",
         multipass: bool = False,
-        retention_mode: str = "parallel",
+        retention_mode: RetentionForm = PARALLEL,
         chunk_size: int | None = None,
         softmax_retention: bool = False,
         dynamic_img_size: bool = False,
         token_mixer: str = "retention",
-        retention_backend: str = "auto",
+        retention_backend: str = AUTO_BACKEND,
     ):
         super().__init__()
+        check_form(retention_mode, chunk_size)
         if token_mixer == "attention" and (decay != "1d" or directions != 1 or multipass or softmax_retention):
             raise ValueError(
                 "token_mixer='attention' (the ViT baseline) takes no decay, directions, multipass or"
@@ -164,12 +166,12 @@ class VisionRetention(RetentionModeMixin, GradCheckpointingMixin, ClassifierHead
 
         # Linearly increasing stochastic depth; plain Python so construction works on any device.
         drop_paths = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
+        layer_mode, layer_chunk_size = whole_image_form(retention_mode, chunk_size)
         self.blocks = nn.ModuleList(
             RetentionBlock(
                 embed_dim, num_heads, mlp_ratio, drop_path=drop_paths[i], layer_scale_init=layer_scale_init,
                 drop=drop_rate, decay_schedule=decay_schedule, qkv_bias=qkv_bias,
-                mode="parallel" if retention_mode == STREAMING else retention_mode,
-                chunk_size=None if retention_mode == STREAMING else chunk_size,
+                mode=layer_mode, chunk_size=layer_chunk_size,
                 directions=directions, softmax_retention=softmax_retention,
                 token_mixer=token_mixer, backend=retention_backend,
             )
@@ -220,7 +222,7 @@ class VisionRetention(RetentionModeMixin, GradCheckpointingMixin, ClassifierHead
     def _retention_kwargs(self, grid_shape: tuple[int, int]) -> dict:
         if self.decay == "1d":
             return {}
-        return dict(grid_shape=grid_shape, cls_token=self.has_class_token)
+        return dict(grid_shape=grid_shape, class_token=self.has_class_token)
 
     def forward_features(self, x: Tensor) -> Tensor:
         """Images (B, C, H, W) → normalised tokens (B, tokens, dim)."""

@@ -4,6 +4,23 @@ PyTorch, plus fused GPU kernels behind ``backend=`` (:mod:`.backends`, imported 
 nothing about models, Lightning or OpenMMLab.
 """
 from .backends import BACKENDS, check_backend
+from .forms import (
+    AUTO,
+    CHUNKWISE,
+    EXACT_FORMS,
+    MODEL_FORMS,
+    OP_FORMS,
+    PARALLEL,
+    RECURRENT,
+    STREAMING,
+    TRAIN_FORMS,
+    ExactForm,
+    OpForm,
+    RetentionForm,
+    TrainForm,
+    check_form,
+    whole_image_form,
+)
 from .functional import (
     AUTO_PARALLEL_MAX_TOKENS,
     MODES,
@@ -18,6 +35,21 @@ from .functional import (
 from .schedules import DECAY_SCHEDULES, decay_rates_for
 
 __all__ = [
+    "AUTO",
+    "CHUNKWISE",
+    "EXACT_FORMS",
+    "MODEL_FORMS",
+    "OP_FORMS",
+    "PARALLEL",
+    "RECURRENT",
+    "STREAMING",
+    "TRAIN_FORMS",
+    "ExactForm",
+    "OpForm",
+    "RetentionForm",
+    "TrainForm",
+    "check_form",
+    "whole_image_form",
     "AUTO_PARALLEL_MAX_TOKENS",
     "BACKENDS",
     "DECAY_SCHEDULES",

@@ -38,7 +38,7 @@ class ChunkwiseSpec(NamedTuple):
     chunk: int  # tokens per chunk (1D) or tile rows (2D)
     scale: float
     grid_shape: tuple[int, int] | None = None  # None = 1D
-    cls_token: bool = False
+    class_token: bool = False
     directions: int = 1
     tile_cols: int | None = None  # 2D: columns per tile (None = whole rows)
 
@@ -48,8 +48,8 @@ def chunkwise_forward(spec: ChunkwiseSpec, log_gamma: Tensor, q: Tensor, k: Tens
     if spec.grid_shape is None:
         return modes.chunkwise_1d(q, k, v, log_gamma, spec.chunk, spec.scale)
 
-    def quadrant(q_, k_, v_, cls_token=spec.cls_token):
-        return modes.chunkwise_2d(q_, k_, v_, log_gamma, spec.grid_shape, cls_token, spec.chunk,
+    def quadrant(q_, k_, v_, class_token=spec.class_token):
+        return modes.chunkwise_2d(q_, k_, v_, log_gamma, spec.grid_shape, class_token, spec.chunk,
                                   cols_per_chunk=spec.tile_cols, scale=spec.scale)
 
     if spec.directions == 1:
@@ -61,7 +61,7 @@ def _transposed_forward(spec: ChunkwiseSpec, log_gamma: Tensor, q: Tensor, k: Te
     """Retention with the transposed mask Dᵀ over the tokens without the class token."""
     if spec.directions != 1:  # symmetric masks
         return chunkwise_forward(spec, log_gamma, q, k, v)
-    plain = spec._replace(cls_token=False)
+    plain = spec._replace(class_token=False)
     if spec.grid_shape is None:
         flip = lambda t: t.flip(2)  # noqa: E731
     else:
@@ -111,7 +111,7 @@ def _gradients(spec: ChunkwiseSpec, log_gamma: Tensor, q: Tensor, k: Tensor, v: 
     dq = chunkwise_forward(spec, log_gamma, d_out, v, k) if need_q else None
     if not (need_k or need_v):
         return dq, None, None
-    cls = spec.cls_token
+    cls = spec.class_token
     grid = slice(0, -1) if cls else slice(None)  # Dᵀ below covers the patches only
     qg, kg, vg, dg = (t[:, :, grid] for t in (q, k, v, d_out))
     dk = _transposed_forward(spec, log_gamma, vg, dg, qg) if need_k else None

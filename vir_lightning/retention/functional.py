@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numbers
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -10,7 +11,9 @@ from torch import Tensor
 
 from . import modes
 from .autograd import ChunkwiseSpec, chunkwise_retention
-from .backends import check_backend, resolve_backend
+from .backends import AUTO_BACKEND, check_backend, resolve_backend
+from .forms import AUTO, CHUNKWISE, EXACT_FORMS, PARALLEL, check_form
+from .forms import check_positive_int as _positive_int
 
 __all__ = [
     "AUTO_PARALLEL_MAX_TOKENS",
@@ -24,8 +27,8 @@ __all__ = [
     "tile_shape",
 ]
 
-MODES = ("parallel", "recurrent", "chunkwise")
-AUTO = "auto"
+#: The op's exact forms (the former name of :data:`~.forms.EXACT_FORMS`, kept for existing imports).
+MODES = EXACT_FORMS
 
 #: ``mode="auto"`` runs the parallel form up to this many tokens and chunkwise beyond, per device
 #: type, decay and pass: the longest length at which parallel was still at least as fast as
@@ -84,13 +87,6 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _positive_int(name: str, value) -> int:
-    # numbers.Integral admits NumPy integers (e.g. a shape read from an array), which are exact.
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name}={value!r} is invalid; expected a positive integer")
-    return int(value)
-
-
 def resolve_mode(mode: str, num_tokens: int, grid_shape, device: torch.device, training: bool = False) -> str:
     """The exact form ``mode`` stands for: itself, or for ``"auto"`` the faster one at this length
     (``training``: the forward and backward pass together)."""
@@ -99,18 +95,27 @@ def resolve_mode(mode: str, num_tokens: int, grid_shape, device: torch.device, t
     table = AUTO_PARALLEL_MAX_TOKENS.get(device.type, AUTO_PARALLEL_MAX_TOKENS["cpu"])
     decay = "1d" if grid_shape is None else "2d"
     limit = table.get(f"{decay}_train", table[decay]) if training else table[decay]
-    return "parallel" if num_tokens <= limit else "chunkwise"
+    return PARALLEL if num_tokens <= limit else CHUNKWISE
 
 
 def check_mode(mode: str, chunk_size: int | None) -> None:
-    """ValueError unless ``mode`` is a form (or ``"auto"``) and ``chunk_size`` is None or a positive integer."""
-    if mode not in (*MODES, AUTO):
-        raise ValueError(f"mode={mode!r} is unknown; expected one of {(*MODES, AUTO)}")
-    if chunk_size is not None:
-        _positive_int("chunk_size", chunk_size)
+    """ValueError unless ``mode`` is one of the op's forms (or ``"auto"``) and ``chunk_size`` is None
+    or a positive integer: :func:`~.forms.check_form` with :data:`~.forms.OP_FORMS`."""
+    check_form(mode, chunk_size, "op")
 
 
-def _validate(q, k, v, decay_rates, mode, chunk_size, grid_shape, cls_token, directions) -> tuple[float, ...]:
+def _former_cls_token(cls_token, class_token) -> bool:
+    """``class_token`` from a call that still passed its former name ``cls_token`` (FutureWarning)."""
+    warnings.warn("the retention flag cls_token=... is renamed class_token (timm's name for the flag; cls_token"
+                  " is the model's parameter); cls_token still works but will be removed", FutureWarning,
+                  stacklevel=3)
+    if class_token is not False and class_token is not cls_token:
+        raise ValueError(f"class_token={class_token!r} and cls_token={cls_token!r}: cls_token is the former name"
+                         " of class_token; pass class_token only")
+    return cls_token
+
+
+def _validate(q, k, v, decay_rates, mode, chunk_size, grid_shape, class_token, directions) -> tuple[float, ...]:
     """Check every argument; return ``decay_rates`` as a tuple of Python floats."""
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, Tensor) or t.dim() != 4:
@@ -134,16 +139,16 @@ def _validate(q, k, v, decay_rates, mode, chunk_size, grid_shape, cls_token, dir
 
     decay_rates = _rates_as_floats(decay_rates, heads)
 
-    check_mode(mode, chunk_size)
+    check_form(mode, chunk_size, "op")
     _check_directions(directions)
-    if not isinstance(cls_token, bool):
-        raise ValueError(f"cls_token={cls_token!r}; expected True or False")
+    if not isinstance(class_token, bool):
+        raise ValueError(f"class_token={class_token!r}; expected True or False")
 
     if grid_shape is None:
-        if cls_token:
+        if class_token:
             raise ValueError(
-                "cls_token=True needs grid_shape: in 1D the class token is an ordinary token at its"
-                " raster position, so pass cls_token only with a 2D grid_shape=(rows, cols)"
+                "class_token=True needs grid_shape: in 1D the class token is an ordinary token at its"
+                " raster position, so pass class_token only with a 2D grid_shape=(rows, cols)"
             )
         if directions != 1:
             raise ValueError(f"directions={directions} needs a 2D grid_shape=(rows, cols); 1D retention is causal")
@@ -152,15 +157,15 @@ def _validate(q, k, v, decay_rates, mode, chunk_size, grid_shape, cls_token, dir
             raise ValueError(f"grid_shape={grid_shape!r} is invalid; expected (rows, cols)")
         rows = _positive_int("grid_shape rows", grid_shape[0])
         cols = _positive_int("grid_shape cols", grid_shape[1])
-        expected = rows * cols + int(cls_token)
+        expected = rows * cols + int(class_token)
         if tokens != expected:
             raise ValueError(
-                f"grid_shape={tuple(grid_shape)} with cls_token={cls_token} means {expected} tokens,"
+                f"grid_shape={tuple(grid_shape)} with class_token={class_token} means {expected} tokens,"
                 f" but q has {tokens} (tokens must be rows·cols, plus 1 for a class token)"
             )
-        if cls_token and directions != 1:
+        if class_token and directions != 1:
             raise ValueError(
-                f"directions={directions} with cls_token=True is not defined: the class token lives"
+                f"directions={directions} with class_token=True is not defined: the class token lives"
                 " below the grid and only the upper-left quadrant (directions=1) reaches it;"
                 " use directions=1 or drop the class token (e.g. average pooling)"
             )
@@ -211,13 +216,14 @@ def retention(
     v: Tensor,
     decay_rates: Tensor | Sequence[float],
     *,
-    mode: str = "parallel",
+    mode: str = PARALLEL,
     chunk_size: int | None = None,
     grid_shape: tuple[int, int] | None = None,
-    cls_token: bool = False,
+    class_token: bool = False,
     directions: int = 1,
     scale: float = 1.0,
-    backend: str = "auto",
+    backend: str = AUTO_BACKEND,
+    cls_token: bool | None = None,
 ) -> Tensor:
     """Multi-head retention: ``O[i] = Σ_j D[i, j] (s·q_i · k_j) v_j`` — no softmax, no normalisation.
 
@@ -237,7 +243,9 @@ def retention(
             not divide the length). ``None`` picks :func:`default_chunk_size`.
         grid_shape: ``None`` for 1D raster-causal decay γ^(i−j); ``(rows, cols)`` for the 2D
             upper-left-quadrant Manhattan decay over a raster-ordered patch grid.
-        cls_token: 2D only — the last token is a class token at (x = cols−1, y = rows).
+        class_token: 2D only — the last token is a class token at (x = cols−1, y = rows).
+            (Formerly ``cls_token``, still accepted with a FutureWarning: as in timm, ``class_token``
+            is the flag and ``cls_token`` the model's parameter.)
         directions: 2D without class token — 1 quadrant, 2 upper-left + lower-right, 4 = full
             symmetric Manhattan decay γ^(|Δx|+|Δy|); each position pair is counted once.
         scale: s, the factor on q (ViR uses head_dim^−½). Folded into the decay tables in the
@@ -259,7 +267,9 @@ def retention(
         ValueError: an argument has the wrong shape, dtype, value or combination, or ``backend``
             cannot run the call (the message names why and the backends that can).
     """
-    rates = _validate(q, k, v, decay_rates, mode, chunk_size, grid_shape, cls_token, directions)
+    if cls_token is not None:
+        class_token = _former_cls_token(cls_token, class_token)
+    rates = _validate(q, k, v, decay_rates, mode, chunk_size, grid_shape, class_token, directions)
     scale = _check_scale(scale)
     backend = resolve_backend(check_backend(backend), q.device, q.dtype, grid_shape is None, mode=mode,
                               head_dim=max(q.shape[-1], v.shape[-1]))
@@ -271,7 +281,7 @@ def retention(
         from .backends import triton_flash
 
         log_gamma = modes.log_rates(rates, torch.float32, q.device)
-        return triton_flash.retention(q, k, v, log_gamma, scale, grid_shape, cls_token, directions)
+        return triton_flash.retention(q, k, v, log_gamma, scale, grid_shape, class_token, directions)
     if backend == "fla":
         from .backends import fla_chunk
 
@@ -282,16 +292,16 @@ def retention(
 
     # The scale of q is folded into the decay tables where the form has them (free); the
     # recurrent forms scale q itself.
-    if mode == "parallel":
+    if mode == PARALLEL:
         (decay,) = modes.cached_tables(
-            ("matrix", q.shape[2], grid_shape, cls_token, directions, scale),
+            ("matrix", q.shape[2], grid_shape, class_token, directions, scale),
             log_gamma,
-            lambda: (modes.decay_matrix(q.shape[2], log_gamma, grid_shape, cls_token, directions) * scale,),
+            lambda: (modes.decay_matrix(q.shape[2], log_gamma, grid_shape, class_token, directions) * scale,),
         )
         return modes.parallel(q, k, v, decay)
 
-    if mode == "chunkwise":  # computes in log_gamma's dtype; 16-bit inputs are saved as they are
-        spec = _chunkwise_spec(q.shape[2], chunk_size, scale, grid_shape, cls_token, directions)
+    if mode == CHUNKWISE:  # computes in log_gamma's dtype; 16-bit inputs are saved as they are
+        spec = _chunkwise_spec(q.shape[2], chunk_size, scale, grid_shape, class_token, directions)
         return chunkwise_retention(spec, log_gamma, q, k, v)
     out_dtype = q.dtype
     if q.dtype != compute_dtype:  # 16-bit input: accumulate states in float32
@@ -300,7 +310,7 @@ def retention(
         q = q * scale
     if grid_shape is None:
         return modes.recurrent_1d(q, k, v, log_gamma).to(out_dtype)
-    quadrant = lambda q_, k_, v_: modes.recurrent_2d(q_, k_, v_, log_gamma, grid_shape, cls_token)  # noqa: E731
+    quadrant = lambda q_, k_, v_: modes.recurrent_2d(q_, k_, v_, log_gamma, grid_shape, class_token)  # noqa: E731
     if directions == 1:
         out = quadrant(q, k, v)
     else:
@@ -319,12 +329,12 @@ def _check_scale(scale) -> float:
     return float(scale)
 
 
-def _chunkwise_spec(tokens, chunk_size, scale, grid_shape, cls_token=False, directions=1) -> ChunkwiseSpec:
+def _chunkwise_spec(tokens, chunk_size, scale, grid_shape, class_token=False, directions=1) -> ChunkwiseSpec:
     """The chunk (1D) or tile (2D) the chunkwise form uses for this call."""
     if grid_shape is None:
         return ChunkwiseSpec(chunk_size or default_chunk_size(tokens), scale)
     rows, cols = tile_shape(grid_shape, chunk_size)
-    return ChunkwiseSpec(rows, scale, grid_shape, cls_token, directions, cols)
+    return ChunkwiseSpec(rows, scale, grid_shape, class_token, directions, cols)
 
 
 def retention_step(
@@ -338,7 +348,7 @@ def retention_step(
     class_token: bool = False,
     chunk_size: int | None = None,
     scale: float = 1.0,
-    backend: str = "auto",
+    backend: str = AUTO_BACKEND,
 ) -> tuple[Tensor, Tensor]:
     """One segment of a sequence whose past is carried in ``state``: the streaming form (SPEC §7).
 
@@ -390,7 +400,7 @@ def retention_step(
         raise ValueError("class_token=True needs grid_cols: in 1D the class token is just the next token")
     # An empty segment (zero rows) changes nothing; it is checked like a 1D one.
     grid_shape = None if grid_cols is None or class_token or tokens == 0 else (tokens // grid_cols, grid_cols)
-    rates = _validate(q, k, v, decay_rates, "chunkwise", chunk_size, grid_shape, False, 1)
+    rates = _validate(q, k, v, decay_rates, CHUNKWISE, chunk_size, grid_shape, False, 1)
     scale = _check_scale(scale)
     backend = resolve_backend(check_backend(backend), q.device, q.dtype, grid_cols is None, step=True,
                               head_dim=max(q.shape[-1], v.shape[-1]))
@@ -432,24 +442,28 @@ def retention_decay_matrix(
     decay_rates: Tensor | Sequence[float],
     *,
     grid_shape: tuple[int, int] | None = None,
-    cls_token: bool = False,
+    class_token: bool = False,
     directions: int = 1,
+    cls_token: bool | None = None,
 ) -> Tensor:
     """The (heads, N, N) decay matrix D of the parallel form, in float32 (float64 for float64 rates).
 
     Used by the authors' softmax ablation, ``softmax((Q Kᵀ/√d) ⊙ D) V``, and handy for plotting masks.
 
     Args:
-        num_tokens: N, the sequence length (rows·cols, plus 1 with ``cls_token``, in 2D).
+        num_tokens: N, the sequence length (rows·cols, plus 1 with ``class_token``, in 2D).
         decay_rates: (heads,) rates γ_h in (0, 1): a floating-point tensor (its values are not read
             back from the device, so they are not checked: the softmax ablation calls this per
             layer) or a sequence of Python floats (checked).
-        grid_shape, cls_token, directions: as for :func:`retention`.
+        grid_shape, class_token, directions: as for :func:`retention` (``cls_token``: the former
+            name of ``class_token``, with a FutureWarning).
 
     Raises:
         ValueError: ``num_tokens`` is negative or does not fit ``grid_shape``, the rates are not
             one per head, or an option is invalid (the same checks as :func:`retention`).
     """
+    if cls_token is not None:
+        class_token = _former_cls_token(cls_token, class_token)
     if isinstance(num_tokens, bool) or not isinstance(num_tokens, numbers.Integral) or num_tokens < 0:
         raise ValueError(f"num_tokens={num_tokens!r} is invalid; expected a non-negative integer")
     if isinstance(decay_rates, Tensor):
@@ -465,7 +479,7 @@ def retention_decay_matrix(
     # The op's own checks of the options, on an empty stand-in of the right token count (no data).
     probe = torch.empty(0, heads, int(num_tokens), 0, device="meta")
     try:
-        _validate(probe, probe, probe, [0.5] * heads, "parallel", None, grid_shape, cls_token, directions)
+        _validate(probe, probe, probe, [0.5] * heads, PARALLEL, None, grid_shape, class_token, directions)
     except ValueError as err:  # the stand-in's name is not the caller's
         raise ValueError(str(err).replace("but q has", "but num_tokens is")) from None
     if grid_shape is not None:
@@ -474,4 +488,4 @@ def retention_decay_matrix(
         log_gamma = modes.log_rates(rates, torch.float32, torch.device("cpu"))
     else:
         log_gamma = torch.log(decay_rates.to(_compute_dtype(decay_rates.dtype)))
-    return modes.decay_matrix(int(num_tokens), log_gamma, grid_shape, cls_token, directions)
+    return modes.decay_matrix(int(num_tokens), log_gamma, grid_shape, class_token, directions)

@@ -41,26 +41,26 @@ def causal_decay_1d(num_tokens: int, log_gamma: Tensor) -> Tensor:
     return decay.masked_fill(dist < 0, 0.0)
 
 
-def grid_coords(grid_shape: tuple[int, int], cls_token: bool, dtype, device) -> tuple[Tensor, Tensor]:
+def grid_coords(grid_shape: tuple[int, int], class_token: bool, dtype, device) -> tuple[Tensor, Tensor]:
     """(x, y) of every token of an R×C raster grid, plus the class token at (C−1, R) if present."""
     rows, cols = grid_shape
     index = torch.arange(rows * cols, device=device)  # int64: exact for any grid
     x, y = index % cols, index // cols
-    if cls_token:
+    if class_token:
         x = torch.cat([x, x.new_tensor([cols - 1])])
         y = torch.cat([y, y.new_tensor([rows])])
     return x.to(dtype), y.to(dtype)
 
 
 def manhattan_decay_2d(
-    grid_shape: tuple[int, int], log_gamma: Tensor, cls_token: bool = False, directions: int = 1
+    grid_shape: tuple[int, int], log_gamma: Tensor, class_token: bool = False, directions: int = 1
 ) -> Tensor:
     """The 2D decay matrix, built straight from its definition. Shape (heads, N, N).
 
     ``directions``: 1 = upper-left quadrant (x_j ≤ x_i and y_j ≤ y_i); 2 = that quadrant plus the
     lower-right one; 4 = every pair. The value is always γ^(|Δx| + |Δy|) and each pair counts once.
     """
-    x, y = grid_coords(grid_shape, cls_token, log_gamma.dtype, log_gamma.device)
+    x, y = grid_coords(grid_shape, class_token, log_gamma.dtype, log_gamma.device)
     dx, dy = x[:, None] - x[None, :], y[:, None] - y[None, :]
     upper_left = (dx >= 0) & (dy >= 0)
     if directions == 1:
@@ -77,13 +77,13 @@ def decay_matrix(
     num_tokens: int,
     log_gamma: Tensor,
     grid_shape: tuple[int, int] | None = None,
-    cls_token: bool = False,
+    class_token: bool = False,
     directions: int = 1,
 ) -> Tensor:
     """The full (heads, N, N) decay matrix D of the parallel form, 1D or 2D."""
     if grid_shape is None:
         return causal_decay_1d(num_tokens, log_gamma)
-    return manhattan_decay_2d(grid_shape, log_gamma, cls_token, directions)
+    return manhattan_decay_2d(grid_shape, log_gamma, class_token, directions)
 
 
 _TABLE_CACHE: OrderedDict[tuple, tuple[Tensor, ...]] = OrderedDict()
@@ -306,7 +306,7 @@ def chunkwise_1d(
 
 
 def recurrent_2d(
-    q: Tensor, k: Tensor, v: Tensor, log_gamma: Tensor, grid_shape: tuple[int, int], cls_token: bool
+    q: Tensor, k: Tensor, v: Tensor, log_gamma: Tensor, grid_shape: tuple[int, int], class_token: bool
 ) -> Tensor:
     """Because γ^(Δx+Δy) = γ^Δx · γ^Δy, the quadrant sum obeys (inclusion–exclusion)
 
@@ -323,7 +323,7 @@ def recurrent_2d(
     zero = q.new_zeros(q.shape[0], heads, q.shape[-1], v.shape[-1])
     previous_row = [zero] * cols
     outputs = []
-    for y in range(rows + int(cls_token)):
+    for y in range(rows + int(class_token)):
         current_row, left, up_left = [], zero, zero
         for x in range(cols):
             up = previous_row[x]
@@ -375,7 +375,7 @@ def chunkwise_2d(
     v: Tensor,
     log_gamma: Tensor,
     grid_shape: tuple[int, int],
-    cls_token: bool,
+    class_token: bool,
     rows_per_chunk: int,
     initial_state: Tensor | None = None,
     return_state: bool = False,
@@ -454,7 +454,7 @@ def chunkwise_2d(
         del row_kv
         left = decayed_cumsum(edge, log_decay_per_tile, dim=2, exclusive=True)  # L(y) of every tile
         band_out.add_((qb @ left).mul_(col_cross[:, None]))
-        if y0 + r < rows or cls_token or return_state:
+        if y0 + r < rows or class_token or return_state:
             bottom = key_to_bottom[:, None, th - r : th]  # γ^(r−1−yl) for the r rows of this band
             column_kv = (kb * bottom).permute(0, 1, 2, 4, 5, 3) @ vb.transpose(3, 4)  # W(x'), (B,H,tiles,tw,d,dv)
             column_sum = (col_prefix[:, None] @ column_kv.flatten(4)).view_as(column_kv)
@@ -467,7 +467,7 @@ def chunkwise_2d(
         del left, edge
     out = out.permute(0, 1, 3, 2, 4, 5).flatten(3, 4)[:, :, :, :cols].flatten(2, 3)  # (B, H, R·C, dv)
     state = state[:, :, :cols]
-    if cls_token:
+    if class_token:
         cls_out = quadrant_class_token(q[:, :, -1:] * scale, k[:, :, -1:], v[:, :, -1:], lg, state)
         out = torch.cat([out, cls_out], dim=2)
     return (out, state) if return_state else out

@@ -13,7 +13,8 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from ..deploy.checkpoints import load_weights, read_state_dict
 from ..models import create_model
-from ..models.retention_layer import STREAMING, check_model_mode
+from ..models.retention_layer import TrainEvalFormsMixin
+from ..retention import AUTO, whole_image_form
 from .optim import param_groups, warmup_cosine
 
 
@@ -41,17 +42,6 @@ class _DecodedBatches:
         if seen and not self.decoded.get(split, 0):
             raise ValueError(f"no image of the {split} split could be decoded ({seen} batches, every image"
                              " skipped as undecodable); check the image files of that split")
-
-
-def check_train_mode(mode: str, chunk_size: int | None) -> None:
-    """ValueError unless ``mode`` is a retention form that can train (not streaming)."""
-    if mode == STREAMING:
-        raise ValueError("train_mode='streaming' is inference-only (no gradients flow between bands);"
-                         " train with 'chunkwise' (linear memory) or 'auto', and use streaming for eval_mode")
-    try:
-        check_model_mode(mode, chunk_size)
-    except ValueError as error:
-        raise ValueError(f"train_mode: {error}") from None
 
 
 def default_optimizer(params) -> torch.optim.Optimizer:
@@ -91,7 +81,7 @@ def architecture_mismatch(saved: dict, current: dict) -> str | None:
     return None
 
 
-class ImageClassifier(L.LightningModule):
+class ImageClassifier(TrainEvalFormsMixin, L.LightningModule):
     """Image classification with a registry model (``model_name`` + ``model_kwargs``).
 
     ``num_classes``, ``img_size`` and ``in_chans`` are normally linked from the data module by the CLI.
@@ -150,21 +140,17 @@ class ImageClassifier(L.LightningModule):
         mixup_prob: float = 1.0,
         mixup_switch_prob: float = 0.5,
         layer_decay: float | None = None,
-        train_mode: str | None = None,
+        train_mode: str | None = None,  # a TrainForm; str so that check_form's message reaches the CLI user
         train_chunk_size: int | None = None,
         grad_checkpointing: bool = False,
         compile: bool = False,
-        eval_mode: str = "auto",
+        eval_mode: str = AUTO,  # a RetentionForm (str: see train_mode)
         eval_chunk_size: int | None = None,
         pretrained: str | None = None,
         class_names: list[str] | None = None,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
-        try:
-            check_model_mode(eval_mode, eval_chunk_size)
-        except ValueError as error:
-            raise ValueError(f"eval_mode: {error}") from None
         linked = sorted({"num_classes", "img_size", "in_chans"} & set(model_kwargs or {}))
         if linked:
             raise ValueError(f"model_kwargs sets {', '.join(linked)}, which the data sets (its image size, classes and"
@@ -174,13 +160,12 @@ class ImageClassifier(L.LightningModule):
         self.model = create_model(model_name, num_classes=num_classes, img_size=size, in_chans=in_chans,
                                   **(model_kwargs or {}))
         if train_mode is None:  # the model's own form, when model_kwargs chose one (streaming is inference-only)
-            own_mode = (model_kwargs or {}).get("retention_mode")
-            train_mode = own_mode if own_mode not in (None, STREAMING) else "auto"
-            if own_mode == train_mode and train_chunk_size is None:
-                train_chunk_size = (model_kwargs or {}).get("chunk_size")
-        check_train_mode(train_mode, train_chunk_size)
-        self.model.set_retention_mode(train_mode, train_chunk_size)  # refuses a form the model lacks
-        self.train_mode, self.train_chunk_size = train_mode, train_chunk_size
+            own = model_kwargs or {}
+            train_mode, own_chunk_size = whole_image_form(own.get("retention_mode", AUTO), own.get("chunk_size"))
+            if train_chunk_size is None:
+                train_chunk_size = own_chunk_size
+        # checks both forms (the error names the option) and refuses a form the model lacks
+        self.set_train_eval_forms(train_mode, train_chunk_size, eval_mode, eval_chunk_size)
         if grad_checkpointing is not False:
             if not hasattr(self.model, "set_grad_checkpointing"):
                 raise ValueError(f"grad_checkpointing=True: {model_name} cannot checkpoint its blocks;"
@@ -229,7 +214,7 @@ class ImageClassifier(L.LightningModule):
         torch.manual_seed((base * 1_000_003 + self.global_step) * 64 + self.global_rank)
 
     def on_train_epoch_start(self) -> None:
-        self.model.set_retention_mode(self.train_mode, self.train_chunk_size)
+        self.use_train_form()
         self._batches.start("train")
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor | None:
@@ -256,26 +241,23 @@ class ImageClassifier(L.LightningModule):
 
     # -- evaluation ------------------------------------------------------------------------------
 
-    def _eval_form(self) -> None:
-        self.model.set_retention_mode(self.hparams.eval_mode, self.hparams.eval_chunk_size)
-
     def on_validation_epoch_start(self) -> None:
-        self._eval_form()
+        self.use_eval_form()
         self._batches.start("val")
 
     def on_validation_epoch_end(self) -> None:
-        self.model.set_retention_mode(self.train_mode, self.train_chunk_size)
+        self.use_train_form()
         self._batches.require("val")
 
     def on_test_epoch_start(self) -> None:
-        self._eval_form()
+        self.use_eval_form()
         self._batches.start("test")
 
     def on_test_epoch_end(self) -> None:
         self._batches.require("test")
 
     def on_predict_epoch_start(self) -> None:
-        self._eval_form()
+        self.use_eval_form()
 
     def _evaluate(self, batch, stage: str) -> torch.Tensor | None:
         """Log the batch's loss and accuracy; returns which images were classified right (B bools)."""

@@ -27,7 +27,11 @@ import os
 
 import torch
 
-BACKENDS = ("auto", "torch", "triton", "fla")
+from ..forms import AUTO, RECURRENT
+
+#: The backend that picks one per call (the same word as the form ``"auto"``, another vocabulary).
+AUTO_BACKEND = "auto"
+BACKENDS = (AUTO_BACKEND, "torch", "triton", "fla")
 _FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 #: The Triton kernel keeps a query tile, a key tile and a value tile of the head dims in shared
 #: memory: beyond these head (or value) dims a launch would not fit an H100's 227 KB (measured by
@@ -96,11 +100,11 @@ def unsupported(backend: str, device: torch.device, dtype: torch.dtype, one_d: b
 
 
 def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype, one_d: bool, step: bool = False,
-                    mode: str = "auto", head_dim: int = 64) -> str:
+                    mode: str = AUTO, head_dim: int = 64) -> str:
     """The backend that runs the call: ``backend`` itself if it can, ``"auto"``'s choice, or ValueError
     naming why it cannot and which backends can."""
-    if backend == "auto":
-        if device.type != "cuda" or mode == "recurrent":
+    if backend == AUTO_BACKEND:
+        if device.type != "cuda" or mode == RECURRENT:
             return "torch"
         if torch.compiler.is_compiling():  # fla is not traceable (torch.compiler.disable); the Triton kernel is
             candidates = ("triton",)

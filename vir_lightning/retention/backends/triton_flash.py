@@ -236,8 +236,8 @@ fused_retention.register_autograd(_backward, setup_context=_setup_context)
 
 
 def retention(q: Tensor, k: Tensor, v: Tensor, log_gamma: Tensor, scale: float,
-              grid_shape: tuple[int, int] | None, cls_token: bool, directions: int) -> Tensor:
+              grid_shape: tuple[int, int] | None, class_token: bool, directions: int) -> Tensor:
     """The backend's entry, for arguments the public op has validated: 1D when ``grid_shape`` is None."""
     rows, cols = (1, q.shape[2]) if grid_shape is None else grid_shape
-    return fused_retention(q, k, v, log_gamma.float(), rows, cols, int(cls_token), _MASK_OF_DIRECTIONS[directions],
+    return fused_retention(q, k, v, log_gamma.float(), rows, cols, int(class_token), _MASK_OF_DIRECTIONS[directions],
                            scale)
