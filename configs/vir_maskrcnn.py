@@ -6,7 +6,7 @@
 #
 # Data: the standard layout data/coco/{train2017,val2017,annotations/instances_*2017.json}, relative to
 # the working directory. Another COCO-format set, pretrained weights, schedule and batch size are set
-# with --cfg-options only (see README "Detection and segmentation"). Batch 2 per GPU x 8 GPUs = 16.
+# with --cfg-options only (see docs/guides/downstream.md). Batch 2 per GPU x 8 GPUs = 16.
 _base_ = [
     'mmdet::_base_/models/mask-rcnn_r50_fpn.py',
     'mmdet::_base_/datasets/coco_instance.py',
@@ -29,7 +29,7 @@ model = dict(
         # Parallel for short grids, chunkwise with the lean backward above the crossover.
         train_mode='auto',
         with_cp=False,  # True: checkpoint the retention blocks (less memory, same gradients)
-        # Same outputs; at 1333x800 4x faster and 4.9x less memory than parallel (README, H-ViR measurements).
+        # Same outputs; at 1333x800 4x faster and 4.9x less memory than parallel (docs/results/highres-training.md).
         eval_mode='chunkwise',
         frozen_stages=-1,
         norm_eval=False,

@@ -6,7 +6,7 @@
 #
 # Data: the standard layout data/ade/ADEChallengeData2016/{images,annotations}/{training,validation},
 # relative to the working directory. Another set in this layout, pretrained weights, schedule and
-# batch size are set with --cfg-options only (see README). Batch 2 per GPU x 8 GPUs = 16.
+# batch size are set with --cfg-options only (see docs/guides/downstream.md). Batch 2 per GPU x 8 GPUs = 16.
 _base_ = [
     'mmseg::_base_/models/upernet_r50.py',
     'mmseg::_base_/datasets/ade20k.py',

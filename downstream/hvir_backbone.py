@@ -67,7 +67,7 @@ class HViRBackbone(TrainEvalFormsMixin, BaseModule):
             flat background up to the norm of an edge, and H-ViR's conv-stage outputs carry much of
             their localisation in that contrast: with ``"ln"`` Mask R-CNN on the mini set could not
             fit even one batch (mask loss 0.34 after 120 steps, against 0.07 with none), with
-            ``"bn"`` or none it fits like ResNet-18 (docs/downstream_mini.md). ``True`` means ``"ln"``.
+            ``"bn"`` or none it fits like ResNet-18 (docs/results/downstream-mini.md). ``True`` means ``"ln"``.
         drop_path_rate: stochastic depth over all blocks.
         directions: 2D decay directions (1, 2 or 4); ``None`` keeps H-ViR's default.
         layer_scale_init: LayerScale of the retention blocks.

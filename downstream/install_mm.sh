@@ -2,7 +2,7 @@
 # Install the OpenMMLab tier (mmcv 2.1.0 with compiled ops, mmengine, mmdet, mmseg, mim) into the
 # virtual environment whose python is $1. Idempotent: a second run does nothing but checks.
 #
-# Why it is a script and not a pip extra (STACK.md):
+# Why it is a script and not a pip extra:
 #   * mmdet 3.3.0 / mmseg 1.2.2 assert mmcv < 2.2.0, and mmcv 2.1.0 exists on PyPI only as source.
 #     It must be built with --no-build-isolation (otherwise it silently builds without ops and
 #     Mask R-CNN fails with "No module named 'mmcv._ext'"). That takes ~10-17 min on 2 cores, so

@@ -21,7 +21,7 @@ def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
 
 
 def brute_force_retention(q, k, v, rates, grid_shape=None, class_token=False, directions=1):
-    """Σ_j D[i, j] (q_i·k_j) v_j with D written out pair by pair from SPEC §1–2 (Python loops)."""
+    """Σ_j D[i, j] (q_i·k_j) v_j with D written out pair by pair from docs/design/method.md §1–2 (Python loops)."""
     batch, heads, tokens, _ = q.shape
     out = torch.zeros(batch, heads, tokens, v.shape[-1], dtype=q.dtype)
     if grid_shape is None:

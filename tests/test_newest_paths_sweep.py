@@ -1,5 +1,5 @@
 """The cases of the new-user sweep over predict-large, export-*, predict, the grids and the data
-modules (docs/reliability.md, "The newest paths"): each ends in one ``error:`` line naming the problem
+modules (docs/guides/reliability.md, "The newest paths"): each ends in one ``error:`` line naming the problem
 and the fix, a warning, or the right result, where it used to lose data or answer wrongly."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The training commands never give a silently wrong result and never overwrite another run.
 
-Each test pins a defect a new-user sweep found (README, "Reliability"): a checkpoint's options
+Each test pins a defect a new-user sweep found (docs/guides/reliability.md): a checkpoint's options
 replacing the command line's, runs writing into each other's folders, fits of zero steps reporting
 test metrics, and configuration errors buried in a namespace dump.
 """

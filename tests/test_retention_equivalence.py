@@ -1,4 +1,4 @@
-"""All three retention forms compute the same function (SPEC §1–2), values and gradients."""
+"""All three retention forms compute the same function (docs/design/method.md §1–2), values and gradients."""
 
 from __future__ import annotations
 

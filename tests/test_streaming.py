@@ -1,4 +1,5 @@
-"""The streaming form (SPEC §7): segments with a carried state, and ViR band by band through every block."""
+"""The streaming form (docs/design/method.md §7): segments with a carried state, and ViR band by band
+through every block."""
 
 from __future__ import annotations
 

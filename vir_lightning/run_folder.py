@@ -1,7 +1,7 @@
 """A run folder (``trainer.default_root_dir``): every output of a run lives under it, one fit writes
 into it at a time, and a fresh fit never replaces an earlier run's results unless told to.
 
-The rules (README, "Reliability"):
+The rules (docs/guides/reliability.md):
 
 - ``--trainer.default_root_dir DIR`` on the command line moves the loggers' ``save_dir`` and the
   checkpoint callbacks' ``dirpath`` into ``DIR`` too (the grid runner places its runs the same way).

@@ -4,8 +4,8 @@
 #   mim train mmdet configs/mini/hvir_maskrcnn_mini.py --gpus 0 --work-dir runs/mini/det_hvir
 #
 # Inherits configs/vir_maskrcnn.py; the only differences are the data (root, classes, the images'
-# own scale), the schedule and the model size. Pretrained weights (see README "Downstream that
-# learns"): --cfg-options model.backbone.init_cfg.checkpoint=runs/mini/hvir_nano_backbone.pth
+# own scale), the schedule and the model size. Pretrained weights (see
+# docs/guides/downstream.md): --cfg-options model.backbone.init_cfg.checkpoint=runs/mini/hvir_nano_backbone.pth
 _base_ = ['../vir_maskrcnn.py']
 
 data_root = 'data/mini/coco/'
@@ -67,7 +67,7 @@ test_evaluator = val_evaluator
 # On a few hundred images a higher rate than the 1x COCO recipe's 1e-4 (batch 16, pretrained): 1e-3, with
 # gradients clipped and a 250-iteration warm-up. ResNet-18 and Swin train stably with it; so does H-ViR
 # since its outputs are batch-normalised (HViRBackbone out_norm='bn'); with the per-position LayerNorm
-# it diverged at 1e-3 and learnt nothing at 4e-4 or 5e-4 (docs/downstream_mini.md).
+# it diverged at 1e-3 and learnt nothing at 4e-4 or 5e-4 (docs/results/downstream-mini.md).
 # Pretrained backbones train at a tenth of it (run.sh: custom_keys.backbone.lr_mult=0.1).
 optim_wrapper = dict(optimizer=dict(lr=0.001), clip_grad=dict(max_norm=5.0, norm_type=2))
 train_cfg = dict(max_epochs=max_epochs, val_interval=max_epochs // 4)

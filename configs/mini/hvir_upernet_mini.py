@@ -4,8 +4,8 @@
 #   mim train mmseg configs/mini/hvir_upernet_mini.py --gpus 0 --work-dir runs/mini/seg_hvir
 #
 # Inherits configs/vir_upernet_ade20k.py; the only differences are the data (root, classes, the
-# image scale), the schedule and the model size. Pretrained weights (see README "Downstream
-# that learns"): --cfg-options model.backbone.init_cfg.checkpoint=runs/mini/hvir_nano_backbone.pth
+# image scale), the schedule and the model size. Pretrained weights (see
+# docs/guides/downstream.md): --cfg-options model.backbone.init_cfg.checkpoint=runs/mini/hvir_nano_backbone.pth
 _base_ = ['../vir_upernet_ade20k.py']
 
 data_root = 'data/mini/ade/ADEChallengeData2016'
@@ -13,7 +13,7 @@ data_root = 'data/mini/ade/ADEChallengeData2016'
 classes = ('background', 'tshirt', 'trouser', 'pullover', 'dress', 'coat', 'sandal', 'shirt', 'sneaker', 'bag', 'boot')
 # Three quarters of the images' own size (256x192), so that the garments (51-81 px there) come out at
 # 38-61 px, the scale at which the pretrained classifier saw them (29-51 px on its 64 px canvas): at
-# 2,000 iterations this gave 57.4% mIoU against 50.5% at full size (docs/downstream_mini.md). Predictions
+# 2,000 iterations this gave 57.4% mIoU against 50.5% at full size (docs/results/downstream-mini.md). Predictions
 # are scored at the labels' own size.
 scale = (192, 144)
 crop_size = (144, 144)

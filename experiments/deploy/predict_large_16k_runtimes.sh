@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # predict-large on a 16,384² px real-pixel tiled TIFF with ViR-S/16 (1D decay), in torch and in ONNX
 # Runtime, one after the other: wall time and peak resident memory of each whole process, and whether
-# the two CSVs agree. As reported in docs/deploy.md.
+# the two CSVs agree. As reported in docs/results/deploy.md.
 #   experiments/deploy/predict_large_16k_runtimes.sh [OUT_DIR]     (after `make install`; ~30 min on 2 cores)
 # The model is an untrained ViR-S/16 (a pretrained folder of random weights): memory and time do not
 # depend on the weights, and no trained ImageNet weights can be downloaded here.

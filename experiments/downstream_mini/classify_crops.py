@@ -8,7 +8,7 @@ Every garment of the split's label maps (one connected region per class, after c
 strappy garments such as sandals) is cropped as a square around its box, the box filling ``--fill`` of
 the square's side, resized to ``--canvas`` and classified. This bounds what the segmentation heads can
 read off the pretrained features, and says at which object scale the classifier reads best
-(docs/downstream_mini.md: about 81% at fills 0.75-0.85, i.e. garments of 48-54 px, against 72% at 1.0).
+(docs/results/downstream-mini.md: about 81% at fills 0.75-0.85, i.e. garments of 48-54 px, against 72% at 1.0).
 It also prints the mIoU of the label maps with every garment's exact mask given the classifier's label:
 what the classifier's accuracy alone allows a segmenter.
 

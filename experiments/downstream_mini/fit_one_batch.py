@@ -6,7 +6,7 @@ Builds the config's model and training set through MMDetection's registries, the
 same first ``--images`` training images every step (AdamW, gradients clipped at norm 5) and prints
 what mmengine logs for it (the total, each loss, the R-CNN accuracy) every 20 steps. A backbone
 whose features the heads can read drives every loss down within about 100 steps
-(docs/downstream_mini.md has the table); one that cannot leaves the mask loss near ln 2 and the
+(docs/results/downstream-mini.md has the table); one that cannot leaves the mask loss near ln 2 and the
 R-CNN classification loss high.
 """
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Downstream that learns, at CPU scale (README "Downstream that learns"; results in
-# docs/downstream_mini.md): the mini COCO / ADE sets, cluttered Fashion-MNIST pretraining of H-ViR
+# Downstream that learns, at CPU scale (docs/guides/downstream.md; results in
+# docs/results/downstream-mini.md): the mini COCO / ADE sets, cluttered Fashion-MNIST pretraining of H-ViR
 # nano with the Lightning suite, export of its backbone, then Mask R-CNN and UPerNet with H-ViR nano (from
 # scratch and pretrained) and MMDetection's / MMSegmentation's own ResNet-18 and Swin baselines of
 # the same widths, all through `mim train` with the shipped configs/mini/*.py.

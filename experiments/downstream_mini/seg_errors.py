@@ -16,7 +16,7 @@ and its iter_6000.pth). Every label map of the split is predicted with MMSegment
 
 It also prints the share of garments whose majority label is right and the foreground IoU (any garment
 against background). Garments are found as by classify_crops.py (one region per class after closing the
-gaps of strappy garments). docs/downstream_mini.md reads these numbers for the protocol's runs.
+gaps of strappy garments). docs/results/downstream-mini.md reads these numbers for the protocol's runs.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # predict-large on a 16,384² px real-pixel tiled TIFF with ViR-S/16 (1D decay): peak resident memory
-# of the whole process and wall time, as reported in the README ("Streaming").
+# of the whole process and wall time, as reported in docs/results/streaming.md.
 #   experiments/streaming/predict_large_16k.sh [OUT_DIR]        (after `make install`; ~10 min on 2 cores)
 # The checkpoint is an untrained ViR-S/16 in the ImageNet config's architecture: memory and time do
 # not depend on the weights, and no trained ImageNet weights can be downloaded here.

@@ -1,4 +1,4 @@
-"""H-ViR: the hierarchical hybrid — convolutions at high resolution, 2D retention at low (SPEC §5).
+"""H-ViR: the hierarchical hybrid — convolutions at high resolution, 2D retention at low (docs/design/method.md §5).
 
     image ─ stem (two 3×3 stride-2 convs) ─────────────────────────── stride 4
           ─ stage 1: residual conv blocks ─────────────────────────── out 0, stride 4,  C
@@ -90,7 +90,7 @@ class HybridViR(RetentionModeMixin, GradCheckpointingMixin, ClassifierHeadMixin,
         drop_path_rate: stochastic depth, linearly increasing to this value over all blocks.
         layer_scale_init: LayerScale of the retention blocks (``None`` disables it).
         directions: 2D decay directions, 1 (upper-left quadrant), 2 or 4 (the whole grid). The
-            default 1 was chosen by measurement (README, "H-ViR measurements"): the same
+            default 1 was chosen by measurement (docs/results/highres-training.md): the same
             Fashion-MNIST accuracy as 4, and 3× faster chunkwise inference at 1333×800.
         decay_schedule: ``"vir"`` or ``"retnet"``.
         retention_mode: ``"parallel"``, ``"recurrent"`` or ``"chunkwise"``; see

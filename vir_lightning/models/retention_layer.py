@@ -25,7 +25,7 @@ from ..retention.backends import AUTO_BACKEND
 class MultiHeadRetention(nn.Module):
     """Fused qkv projection → retention per head → concatenated heads → output projection.
 
-    q is scaled by head_dim^−½; there is no gate, GroupNorm or rotary embedding (SPEC §3).
+    q is scaled by head_dim^−½; there is no gate, GroupNorm or rotary embedding (docs/design/method.md §3).
     The decay rates are fixed (not learned) and are not part of the state_dict.
 
     Args:

@@ -1,4 +1,4 @@
-"""The streaming form of ViR (SPEC §7): the image goes through the network band by band.
+"""The streaming form of ViR (docs/design/method.md §7): the image goes through the network band by band.
 
 Every part of a block except retention acts on one token at a time (LayerNorm, projections, MLP,
 LayerScale, residuals), and retention is causal in raster order (1D) or row-causal (the 2D

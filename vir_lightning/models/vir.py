@@ -1,11 +1,11 @@
-"""ViR: the isotropic Vision Retention Network (SPEC §3).
+"""ViR: the isotropic Vision Retention Network (docs/design/method.md §3).
 
     image ─ PatchEmbed (p×p conv) ─ + pos_embed (patches only) ─ append class token (no pos embed)
           ─ [multipass: sequence ++ reversed sequence] ─ N × RetentionBlock ─ LayerNorm
           ─ pool (last token | first token | mean) ─ Linear head
 
 The class token goes *last* because 1D retention is causal: only the final token sees every patch.
-With 2D decay the class token sits one row below the grid, in the last column (SPEC §2).
+With 2D decay the class token sits one row below the grid, in the last column (docs/design/method.md §2).
 """
 
 from __future__ import annotations
@@ -255,7 +255,7 @@ class VisionRetention(RetentionModeMixin, GradCheckpointingMixin, ClassifierHead
         return self.forward_head(self.forward_features(x))
 
     # ------------------------------------------------------------------------------------------
-    # Streaming (SPEC §7; see .streaming)
+    # Streaming (docs/design/method.md §7; see .streaming)
     # ------------------------------------------------------------------------------------------
 
     def check_streamable(self) -> None:

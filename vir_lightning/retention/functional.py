@@ -42,7 +42,7 @@ MODES = EXACT_FORMS
 #: and add one.
 AUTO_PARALLEL_MAX_TOKENS = {"cpu": {"1d": 256, "2d": 784, "1d_train": 256, "2d_train": 1600}}
 
-#: Chunkwise defaults in tokens per chunk, measured on 2 CPU cores (README, "Retention op benchmark").
+#: Chunkwise defaults in tokens per chunk, measured on 2 CPU cores (docs/results/throughput.md, "The retention op").
 #: 1D: a ViR-S layer at 4,097 tokens took the same time (±4%) for chunks of 32–128; 64 halves the
 #: score blocks' memory of 128. 2D chunks are tiles of about 256 tokens: whole rows while the grid
 #: is at most DEFAULT_TILE_SIDE_2D columns wide, 16-row tiles of ~256 tokens beyond (a fixed tile keeps the cost
@@ -350,7 +350,7 @@ def retention_step(
     scale: float = 1.0,
     backend: str = AUTO_BACKEND,
 ) -> tuple[Tensor, Tensor]:
-    """One segment of a sequence whose past is carried in ``state``: the streaming form (SPEC §7).
+    """One segment of a sequence whose past is carried in ``state``: the streaming form (docs/design/method.md §7).
 
     Feeding a sequence segment by segment, each call given the state the previous one returned,
     gives exactly what :func:`retention` gives on the whole sequence (any mode), for any cut. The

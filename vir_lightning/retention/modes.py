@@ -242,7 +242,7 @@ def chunkwise_1d(
     reuses the leading part of the tables with the final state. Working memory per head: the
     B×B score block of every chunk (N·B) and one d×dv state per chunk.
 
-    Streaming (SPEC §7): the tokens may continue a sequence whose past is summed up in
+    Streaming (docs/design/method.md §7): the tokens may continue a sequence whose past is summed up in
     ``initial_state`` R₀ = Σ_{m<0} γ^(−1−m) k_mᵀ v_m, (batch, heads, d, dv): it enters the scan as
     R_{−1}, so chunk i starts from its local state plus γ^(i·B) R₀, and everything else is unchanged.
     With ``return_state`` the result is ``(out, state after the last token)``.
@@ -406,7 +406,7 @@ def chunkwise_2d(
     keys and values on the right (they contribute nothing; their outputs are dropped). The class
     token at (C−1, R) is a final one-token step (:func:`quadrant_class_token`).
 
-    Streaming (SPEC §7): the rows may continue a grid whose rows above are summed up in
+    Streaming (docs/design/method.md §7): the rows may continue a grid whose rows above are summed up in
     ``initial_state`` = P(x) of the row just above them, (batch, heads, C, d, dv); the decays are
     shift-invariant, so nothing else depends on where the rows are. With ``return_state`` the
     result is ``(out, P after the last row)``.

@@ -45,7 +45,7 @@ class _DecodedBatches:
 
 
 def default_optimizer(params) -> torch.optim.Optimizer:
-    """AdamW(lr=1e-3, betas=(0.9, 0.999), weight_decay=0.05): the authors' defaults (SPEC §4)."""
+    """AdamW(lr=1e-3, betas=(0.9, 0.999), weight_decay=0.05): the authors' defaults (docs/design/method.md §4)."""
     return torch.optim.AdamW(params, lr=1e-3, betas=(0.9, 0.999), weight_decay=0.05)
 
 
