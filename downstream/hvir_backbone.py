@@ -111,10 +111,16 @@ class HViRBackbone(TrainEvalFormsMixin, BaseModule):
         super().__init__(init_cfg=init_cfg)
         if test_mode is not None:  # the former name of eval_mode
             if eval_mode != AUTO and eval_mode != test_mode:
-                raise ValueError(f"eval_mode={eval_mode!r} and test_mode={test_mode!r}: test_mode is the former name"
-                                 " of eval_mode; set eval_mode only")
-            warnings.warn("HViRBackbone(test_mode=...) is renamed eval_mode (as in ImageClassifier); test_mode"
-                          " still works but will be removed", FutureWarning, stacklevel=2)
+                raise ValueError(
+                    f"eval_mode={eval_mode!r} and test_mode={test_mode!r}: test_mode is the former name"
+                    " of eval_mode; set eval_mode only"
+                )
+            warnings.warn(
+                "HViRBackbone(test_mode=...) is renamed eval_mode (as in ImageClassifier); test_mode"
+                " still works but will be removed",
+                FutureWarning,
+                stacklevel=2,
+            )
             eval_mode = test_mode
         if init_cfg is not None and init_cfg.get("type") != "Pretrained":
             raise ValueError(f"init_cfg={init_cfg!r}: only dict(type='Pretrained', checkpoint=PATH) is supported")
@@ -131,8 +137,12 @@ class HViRBackbone(TrainEvalFormsMixin, BaseModule):
             raise ValueError(f"frozen_stages={frozen_stages}: expected -1 (none), 0 (stem) … 4 (all stages)")
         extra = {} if directions is None else {"directions": directions}
         self.model = HybridViR(
-            **sizes, num_classes=0, in_chans=in_chans, drop_path_rate=drop_path_rate,
-            layer_scale_init=layer_scale_init, **extra,
+            **sizes,
+            num_classes=0,
+            in_chans=in_chans,
+            drop_path_rate=drop_path_rate,
+            layer_scale_init=layer_scale_init,
+            **extra,
         )
         # Parameters that never reach the outputs would break DDP (unused parameters): the
         # classification norm, and the stages after the last requested one, are removed.
@@ -226,7 +236,7 @@ class HViRBackbone(TrainEvalFormsMixin, BaseModule):
         """
         state = read_state_dict(path)
         if prefix:
-            state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+            state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
             if not state:
                 raise ValueError(f"{path!r} has no keys starting with prefix={prefix!r}")
         ignored = sorted(k for k in state if k.startswith(self.unused_prefixes))
@@ -238,9 +248,11 @@ class HViRBackbone(TrainEvalFormsMixin, BaseModule):
             meta = exported_meta(path)  # again, on this error path only: what the file says it is
             name = meta.get("model_name") if meta else None
             if name and not str(name).startswith("hvir"):
-                raise ValueError(f"{path!r} holds the backbone of {name!r}, not of an H-ViR: the detection and"
-                                 " segmentation backbone is H-ViR (hvir_*); export a checkpoint trained with"
-                                 f" model_name hvir_{self.arch}")
+                raise ValueError(
+                    f"{path!r} holds the backbone of {name!r}, not of an H-ViR: the detection and"
+                    " segmentation backbone is H-ViR (hvir_*); export a checkpoint trained with"
+                    f" model_name hvir_{self.arch}"
+                )
             raise ValueError(
                 f"{path!r} does not fit HViRBackbone(arch={self.arch!r}): {'; '.join(problems)}. Export the"
                 " backbone with `python -m vir_lightning export-backbone CKPT OUT` from a checkpoint of the"
@@ -259,8 +271,14 @@ class HViRBackbone(TrainEvalFormsMixin, BaseModule):
         1 → N case is adapted; any other channel difference stays a shape mismatch.
         """
         key = "stem.0.weight"
-        if key in state and key in own and state[key].shape[1] == 1 and own[key].shape[1] > 1 \
-                and state[key].shape[0] == own[key].shape[0] and state[key].shape[2:] == own[key].shape[2:]:
+        if (
+            key in state
+            and key in own
+            and state[key].shape[1] == 1
+            and own[key].shape[1] > 1
+            and state[key].shape[0] == own[key].shape[0]
+            and state[key].shape[2:] == own[key].shape[2:]
+        ):
             channels = own[key].shape[1]
             state[key] = state[key].repeat(1, channels, 1, 1) / channels
             return [key]

@@ -87,16 +87,20 @@ def cfg_options(roots: dict[str, str], classes: tuple[str, ...], task: str) -> l
     # name would arrive changed, silently.
     for text in (*roots.values(), *classes):
         if any(c in text for c in " ,()[]'\""):
-            raise ValueError(f"{text!r}: --cfg-options cannot carry spaces, commas, brackets or quotes;"
-                             " choose a path or class name without them")
+            raise ValueError(
+                f"{text!r}: --cfg-options cannot carry spaces, commas, brackets or quotes;"
+                " choose a path or class name without them"
+            )
     splits = ("train", "val", "test")
     names = classes if task == "det" else ("background", *classes)
     # a tuple, so that a one-class set is a sequence too (a bare name would be a string)
     options = [f"{split}_dataloader.dataset.metainfo.classes=({','.join(names)},)" for split in splits]
     if task == "det":
         options += [f"{split}_dataloader.dataset.data_root={roots['coco']}/" for split in splits]
-        options += [f"{split}_evaluator.ann_file={roots['coco']}/annotations/instances_val2017.json"
-                    for split in ("val", "test")]
+        options += [
+            f"{split}_evaluator.ann_file={roots['coco']}/annotations/instances_val2017.json"
+            for split in ("val", "test")
+        ]
         options += [f"model.roi_head.{head}.num_classes={len(names)}" for head in ("bbox_head", "mask_head")]
     else:
         options += [f"{split}_dataloader.dataset.data_root={roots['ade']}" for split in splits]
@@ -131,8 +135,14 @@ def _polygons(mask: np.ndarray) -> list[list[float]]:
     return [c.reshape(-1).astype(float).tolist() for c in contours if len(c) >= 3]
 
 
-def build_coco(out: str, rng, photos, splits: dict[str, tuple[int, np.ndarray, np.ndarray]], size=(240, 320),
-               classes: tuple[str, ...] = COCO_CLASSES) -> None:
+def build_coco(
+    out: str,
+    rng,
+    photos,
+    splits: dict[str, tuple[int, np.ndarray, np.ndarray]],
+    size=(240, 320),
+    classes: tuple[str, ...] = COCO_CLASSES,
+) -> None:
     """COCO instance layout under ``out`` (replaced atomically).
 
     ``splits`` maps a split name to ``(image count, objects, labels)``; label ``i`` is ``classes[i]``.
@@ -155,11 +165,17 @@ def build_coco(out: str, rng, photos, splits: dict[str, tuple[int, np.ndarray, n
                         continue
                     ys, xs = np.nonzero(mask)
                     x0, y0 = int(xs.min()), int(ys.min())
-                    annotations.append(dict(
-                        id=next_ann, image_id=next_image, category_id=label + 1, iscrowd=0,
-                        bbox=[x0, y0, int(xs.max()) - x0 + 1, int(ys.max()) - y0 + 1],
-                        area=float(mask.sum()), segmentation=polygons,
-                    ))
+                    annotations.append(
+                        dict(
+                            id=next_ann,
+                            image_id=next_image,
+                            category_id=label + 1,
+                            iscrowd=0,
+                            bbox=[x0, y0, int(xs.max()) - x0 + 1, int(ys.max()) - y0 + 1],
+                            area=float(mask.sum()),
+                            segmentation=polygons,
+                        )
+                    )
                     next_ann += 1
                 next_image += 1
             with open(os.path.join(tmp, "annotations", f"instances_{split}.json"), "w") as f:
@@ -187,8 +203,14 @@ def set_roots(out: str) -> dict[str, str]:
     return {"coco": os.path.join(out, "coco"), "ade": os.path.join(out, "ade", "ADEChallengeData2016")}
 
 
-def build(out: str, fmnist_root: str = DEBIAN_ROOT, train: int = 16, val: int = 8, seed: int = 0,
-          objects: str = "fashion-mnist") -> dict[str, str]:
+def build(
+    out: str,
+    fmnist_root: str = DEBIAN_ROOT,
+    train: int = 16,
+    val: int = 8,
+    seed: int = 0,
+    objects: str = "fashion-mnist",
+) -> dict[str, str]:
     """Build both sets under ``out`` from an object set of :data:`OBJECT_SETS`; returns their roots."""
     if objects not in OBJECT_SETS:
         raise ValueError(f"objects={objects!r}: choose from {', '.join(OBJECT_SETS)}")
@@ -204,10 +226,19 @@ def build(out: str, fmnist_root: str = DEBIAN_ROOT, train: int = 16, val: int = 
     # object is seen in both, and a backbone pretrained on Fashion-MNIST's training split has not seen
     # the validation garments either.
     train_objects, val_objects = _objects(objects, fmnist_root, "train"), _objects(objects, fmnist_root, "test")
-    build_coco(roots["coco"], np.random.default_rng(seed), photos,
-               {"train2017": (train, *train_objects), "val2017": (val, *val_objects)}, classes=OBJECT_SETS[objects])
-    build_ade(roots["ade"], np.random.default_rng(seed + 1), photos,
-              {"training": (train, *train_objects), "validation": (val, *val_objects)})
+    build_coco(
+        roots["coco"],
+        np.random.default_rng(seed),
+        photos,
+        {"train2017": (train, *train_objects), "val2017": (val, *val_objects)},
+        classes=OBJECT_SETS[objects],
+    )
+    build_ade(
+        roots["ade"],
+        np.random.default_rng(seed + 1),
+        photos,
+        {"training": (train, *train_objects), "validation": (val, *val_objects)},
+    )
     return roots
 
 
@@ -220,8 +251,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train", type=int, default=16, help="training images per set (default 16)")
     parser.add_argument("--val", type=int, default=8, help="validation images per set (default 8)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--objects", choices=list(OBJECT_SETS), default="fashion-mnist",
-                        help="the objects pasted: Fashion-MNIST garments (the protocol's) or scikit-learn's digits")
+    parser.add_argument(
+        "--objects",
+        choices=list(OBJECT_SETS),
+        default="fashion-mnist",
+        help="the objects pasted: Fashion-MNIST garments (the protocol's) or scikit-learn's digits",
+    )
     parser.add_argument("--fmnist-root", default=DEBIAN_ROOT, help="folder of the Fashion-MNIST IDX files")
     args = parser.parse_args(argv)
     roots = build(args.out, args.fmnist_root, args.train, args.val, args.seed, args.objects)

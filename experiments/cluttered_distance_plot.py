@@ -49,8 +49,10 @@ def read_runs(grid_dir: str, step: str | None) -> dict[str, list[dict]]:
             point_values[run_dir] = _point_values(point_file)
             found_runs[run_dir] = sorted(found)[-1]
     if not found_runs:
-        raise ValueError(f"no test_positions.csv under {grid_dir}/runs/*/{step or ''}: run the grid first"
-                         " (its base config must have the ObjectPositionBreakdown callback)")
+        raise ValueError(
+            f"no test_positions.csv under {grid_dir}/runs/*/{step or ''}: run the grid first"
+            " (its base config must have the ObjectPositionBreakdown callback)"
+        )
     labels = point_labels(point_values)
     points: dict[str, list[dict]] = {}
     for run_dir, path in found_runs.items():
@@ -74,8 +76,9 @@ def _sides_from_config(config_path: str, run: dict) -> np.ndarray | None:
         with open(config_path) as f:
             data = yaml.safe_load(f)["data"]
     except (OSError, yaml.YAMLError, KeyError, TypeError) as err:
-        raise ValueError(f"{config_path}: cannot read the run's data config ({type(err).__name__}: {err});"
-                         " rerun that run's test") from None
+        raise ValueError(
+            f"{config_path}: cannot read the run's data config ({type(err).__name__}: {err}); rerun that run's test"
+        ) from None
     if not str(data.get("class_path", "")).endswith("ClutteredFashionMNISTDataModule"):
         return None
     try:
@@ -84,12 +87,16 @@ def _sides_from_config(config_path: str, run: dict) -> np.ndarray | None:
         source = module.source("test")
         layouts = [source.layout(int(i)) for i in run["index"]]
     except (OSError, TypeError, ValueError) as err:
-        raise ValueError(f"{config_path}: cannot regenerate the run's test images ({type(err).__name__}: {err});"
-                         " rerun that run's test to record the garment sizes") from None
+        raise ValueError(
+            f"{config_path}: cannot regenerate the run's test images ({type(err).__name__}: {err});"
+            " rerun that run's test to record the garment sizes"
+        ) from None
     centers = np.array([layout["center"] for layout in layouts], dtype=float).reshape(-1, 2)
     if not np.array_equal(centers, run["center"]):
-        raise ValueError(f"{config_path}: the generator no longer places the run's garments where its"
-                         " test_positions.csv says; rerun that run's test to record the garment sizes")
+        raise ValueError(
+            f"{config_path}: the generator no longer places the run's garments where its"
+            " test_positions.csv says; rerun that run's test to record the garment sizes"
+        )
     return np.array([layout["side"] for layout in layouts])
 
 
@@ -98,8 +105,10 @@ def _point_values(path: str) -> dict:
         with open(path) as f:
             return json.load(f)["values"]
     except (OSError, ValueError, KeyError, TypeError) as err:
-        raise ValueError(f"{path}: not a grid run's point file ({type(err).__name__}: {err});"
-                         " rerun the grid, or move that run folder out of runs/") from None
+        raise ValueError(
+            f"{path}: not a grid run's point file ({type(err).__name__}: {err});"
+            " rerun the grid, or move that run folder out of runs/"
+        ) from None
 
 
 def _positions(path: str) -> dict[str, np.ndarray]:
@@ -113,8 +122,9 @@ def _positions(path: str) -> dict[str, np.ndarray]:
         run["center"] = np.array([[float(r["center_y"]), float(r["center_x"])] for r in rows]).reshape(-1, 2)
         run["side"] = np.array([int(r["side"]) for r in rows]) if rows and rows[0].get("side") else None
     except (OSError, ValueError, KeyError, TypeError) as err:
-        raise ValueError(f"{path}: not a readable test_positions.csv ({type(err).__name__}: {err});"
-                         " rerun that run's test") from None
+        raise ValueError(
+            f"{path}: not a readable test_positions.csv ({type(err).__name__}: {err}); rerun that run's test"
+        ) from None
     if not len(run["correct"]):
         raise ValueError(f"{path}: no test images in it; rerun that run's test")
     return run
@@ -184,8 +194,9 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"error: {err}") from None
     images = min(len(run["correct"]) for runs in points.values() for run in runs)
     if args.bins > images:
-        raise SystemExit(f"error: --bins {args.bins}: more bins than the {images} test images of a run;"
-                         f" give at most {images}")
+        raise SystemExit(
+            f"error: --bins {args.bins}: more bins than the {images} test images of a run; give at most {images}"
+        )
     import matplotlib
 
     matplotlib.use("Agg")
@@ -220,8 +231,10 @@ def main(argv: list[str] | None = None) -> int:
             csv.writer(f).writerows(gaps)
         print(f"near minus far accuracy at equal garment size (points of %), mean ± std over seeds → {gaps_path}")
         for label, seeds, *cells in gaps[1:]:
-            shown = [f"{kind} {100 * float(m):+.1f} ± {100 * float(sd):.1f}"
-                     for kind, m, sd in zip(KINDS, cells[::2], cells[1::2], strict=True)]
+            shown = [
+                f"{kind} {100 * float(m):+.1f} ± {100 * float(sd):.1f}"
+                for kind, m, sd in zip(KINDS, cells[::2], cells[1::2], strict=True)
+            ]
             print(f"  {label} ({seeds} seeds): {', '.join(shown)}")
     return 0
 

@@ -65,8 +65,8 @@ def fashion_mnist_images(count: int, offset: int = 0, split: str = "t10k"):
     """Real 28×28 pixels and labels from Debian's Fashion-MNIST files (split "train" or "t10k")."""
     from vir_lightning.data.fashion_mnist import read_idx
 
-    images = read_idx(f"{FASHION_MNIST}/{split}-images-idx3-ubyte.gz")[offset: offset + count]
-    labels = read_idx(f"{FASHION_MNIST}/{split}-labels-idx1-ubyte.gz")[offset: offset + count]
+    images = read_idx(f"{FASHION_MNIST}/{split}-images-idx3-ubyte.gz")[offset : offset + count]
+    labels = read_idx(f"{FASHION_MNIST}/{split}-labels-idx1-ubyte.gz")[offset : offset + count]
     return images, labels
 
 
@@ -119,8 +119,9 @@ def tiny_weights(tmp_path_factory) -> str:
     from vir_lightning.models import create_model
 
     path = tmp_path_factory.mktemp("weights") / "tiny_vir.pt"
-    model = create_model("vir_nano_patch4_28", num_classes=10, img_size=28, in_chans=1,
-                         embed_dim=32, depth=2, num_heads=2)
+    model = create_model(
+        "vir_nano_patch4_28", num_classes=10, img_size=28, in_chans=1, embed_dim=32, depth=2, num_heads=2
+    )
     torch.save(model.state_dict(), path)
     return str(path)
 
@@ -134,8 +135,9 @@ def require_mm() -> None:
         import mmseg  # noqa: F401
     except ImportError as err:
         if os.environ.get("VIR_REQUIRE_MM"):
-            pytest.fail(f"VIR_REQUIRE_MM=1 but the OpenMMLab tier is not importable ({err}); run `make mm`",
-                        pytrace=False)
+            pytest.fail(
+                f"VIR_REQUIRE_MM=1 but the OpenMMLab tier is not importable ({err}); run `make mm`", pytrace=False
+            )
         pytest.skip(f"OpenMMLab tier not installed ({err}); `make mm` installs it", allow_module_level=True)
 
 

@@ -81,9 +81,12 @@ def test_crossover_is_the_longest_length_where_parallel_still_wins():
     rows = [
         {"decay": "1d", "mode": mode, "tokens": tokens, "time_ms": t}
         for mode, tokens, t in [
-            ("parallel", 64, 1.0), ("chunkwise", 64, 2.0),
-            ("parallel", 256, 3.0), ("chunkwise", 256, 3.5),
-            ("parallel", 1024, 9.0), ("chunkwise", 1024, 4.0),
+            ("parallel", 64, 1.0),
+            ("chunkwise", 64, 2.0),
+            ("parallel", 256, 3.0),
+            ("chunkwise", 256, 3.5),
+            ("parallel", 1024, 9.0),
+            ("chunkwise", 1024, 4.0),
         ]
     ]
     assert crossover(rows, "1d") == 256
@@ -108,8 +111,20 @@ def test_decayed_cumsum_matches_its_definition(exclusive, requires_grad):
 
 # -- the command ---------------------------------------------------------------------------------
 
-SMALL = ["--models", "vir_nano_patch16_224", "vit_nano_patch16_224", "--resolutions", "32", "64",
-         "--batch-sizes", "1", "--repeats", "1", "--min-seconds", "0"]
+SMALL = [
+    "--models",
+    "vir_nano_patch16_224",
+    "vit_nano_patch16_224",
+    "--resolutions",
+    "32",
+    "64",
+    "--batch-sizes",
+    "1",
+    "--repeats",
+    "1",
+    "--min-seconds",
+    "0",
+]
 
 
 def _rows(path):
@@ -120,14 +135,19 @@ def _rows(path):
 @pytest.mark.slow
 def test_bench_writes_csv_markdown_and_plots_for_every_configuration(tmp_path, capsys):
     out = tmp_path / "bench"
-    assert main(["bench", *SMALL, "--modes", "parallel", "chunkwise", "--tasks", "inference", "train",
-                 "--out", str(out)]) == 0
+    assert (
+        main(["bench", *SMALL, "--modes", "parallel", "chunkwise", "--tasks", "inference", "train", "--out", str(out)])
+        == 0
+    )
     rows = _rows(out / "results.csv")
     # inference: 2 ViR modes + the ViT, training: ViR parallel + the ViT; two resolutions each
     assert len(rows) == (3 + 2) * 2
     assert {(r["task"], r["mode"]) for r in rows} == {
-        ("inference", "parallel"), ("inference", "chunkwise"), ("inference", "sdpa"),
-        ("train", "parallel"), ("train", "sdpa"),
+        ("inference", "parallel"),
+        ("inference", "chunkwise"),
+        ("inference", "sdpa"),
+        ("train", "parallel"),
+        ("train", "sdpa"),
     }
     for row in rows:
         assert not row.get("error"), row
@@ -159,8 +179,23 @@ def test_sdpa_flops_are_counted_on_the_cpu():
 
 def test_bench_skips_configurations_predicted_not_to_fit(tmp_path, capsys):
     out = tmp_path / "bench"
-    assert main(["bench", *SMALL, "--tasks", "inference", "--modes", "parallel", "--max-memory-gb", "0.0001",
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                *SMALL,
+                "--tasks",
+                "inference",
+                "--modes",
+                "parallel",
+                "--max-memory-gb",
+                "0.0001",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     rows = _rows(out / "results.csv")
     assert rows and all(r["error"].startswith("skipped: predicted") for r in rows)
     assert "Skipped (predicted not to fit)" in (out / "results.md").read_text()
@@ -168,10 +203,36 @@ def test_bench_skips_configurations_predicted_not_to_fit(tmp_path, capsys):
 
 def test_streaming_runs_above_the_whole_image_limit_and_other_forms_are_skipped(tmp_path):
     out = tmp_path / "bench"
-    assert main(["bench", "--models", "vir_nano_patch16_224", "--resolutions", "64", "128", "--batch-sizes", "1",
-                 "--tasks", "inference", "--modes", "chunkwise", "streaming", "--band-rows", "2",
-                 "--whole-image-max-resolution", "64", "--repeats", "1", "--min-seconds", "0",
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "--models",
+                "vir_nano_patch16_224",
+                "--resolutions",
+                "64",
+                "128",
+                "--batch-sizes",
+                "1",
+                "--tasks",
+                "inference",
+                "--modes",
+                "chunkwise",
+                "streaming",
+                "--band-rows",
+                "2",
+                "--whole-image-max-resolution",
+                "64",
+                "--repeats",
+                "1",
+                "--min-seconds",
+                "0",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     rows = {(r["mode"], r["resolution"]): r for r in _rows(out / "results.csv")}
     assert rows[("chunkwise", "128")]["error"].startswith("skipped: whole-image form")
     assert not rows[("streaming", "128")]["error"] and float(rows[("streaming", "128")]["images_per_s"]) > 0
@@ -219,8 +280,20 @@ def test_out_of_memory_in_a_worker_is_recorded_not_raised(monkeypatch):
         raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 99 GB")
 
     monkeypatch.setattr(throughput, "measure", no_memory)
-    cfg = dict(task="inference", model="vir_nano_patch16_224", mode="parallel", chunk_size=None, resolution=32,
-               batch=1, device="cpu", dtype="float32", threads=1, repeats=1, min_seconds=0, allocator="system")
+    cfg = dict(
+        task="inference",
+        model="vir_nano_patch16_224",
+        mode="parallel",
+        chunk_size=None,
+        resolution=32,
+        batch=1,
+        device="cpu",
+        dtype="float32",
+        threads=1,
+        repeats=1,
+        min_seconds=0,
+        allocator="system",
+    )
     assert throughput._worker(cfg) == {"error": "OOM"}
 
 
@@ -242,8 +315,30 @@ def test_every_mode_agrees_with_parallel_on_cuda(rates3):
 
 def test_bench_measures_hierarchical_models_too(tmp_path):
     out = tmp_path / "bench"
-    assert main(["bench", "--models", "hvir_nano", "--resolutions", "64", "--batch-sizes", "1", "--tasks", "inference",
-                 "--modes", "chunkwise", "--repeats", "1", "--min-seconds", "0", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "--models",
+                "hvir_nano",
+                "--resolutions",
+                "64",
+                "--batch-sizes",
+                "1",
+                "--tasks",
+                "inference",
+                "--modes",
+                "chunkwise",
+                "--repeats",
+                "1",
+                "--min-seconds",
+                "0",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     (row,) = _rows(out / "results.csv")
     assert not row.get("error") and float(row["images_per_s"]) > 0
     assert int(row["tokens"]) == (64 // 16) ** 2  # the longest retention sequence: stage 3, stride 16
@@ -258,9 +353,29 @@ def test_auto_mode_has_its_own_crossover_for_training():
 
 def test_bench_training_rows_with_and_without_checkpointing_and_two_option_sets(tmp_path):
     out = tmp_path / "bench"
-    assert main(["bench", *SMALL, "--resolutions", "32", "--tasks", "train", "--train-modes", "chunkwise",
-                 "--grad-checkpointing", "off", "on", "--model-kwargs", "", '{"decay": "2d"}',
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                *SMALL,
+                "--resolutions",
+                "32",
+                "--tasks",
+                "train",
+                "--train-modes",
+                "chunkwise",
+                "--grad-checkpointing",
+                "off",
+                "on",
+                "--model-kwargs",
+                "",
+                '{"decay": "2d"}',
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     rows = _rows(out / "results.csv")
     vir = {(r["model_kwargs"], r["grad_checkpointing"]) for r in rows if r["mode"] == "chunkwise"}
     assert vir == {("", "False"), ("", "True"), ('{"decay": "2d"}', "False"), ('{"decay": "2d"}', "True")}
@@ -272,12 +387,37 @@ def test_bench_training_rows_with_and_without_checkpointing_and_two_option_sets(
 def test_bench_backbone_times_training_and_mmdetection_baselines(tmp_path, capsys):
     pytest.importorskip("mmdet")
     csv_path = tmp_path / "backbone.csv"
-    assert main(["bench-backbone", "--model", "hvir_nano", "--size", "64", "96", "--modes", "parallel", "chunkwise",
-                 "--tasks", "inference", "train", "--baselines", "resnet50", "--repeats", "1", "--min-seconds", "0",
-                 "--csv", str(csv_path)]) == 0
+    assert (
+        main(
+            [
+                "bench-backbone",
+                "--model",
+                "hvir_nano",
+                "--size",
+                "64",
+                "96",
+                "--modes",
+                "parallel",
+                "chunkwise",
+                "--tasks",
+                "inference",
+                "train",
+                "--baselines",
+                "resnet50",
+                "--repeats",
+                "1",
+                "--min-seconds",
+                "0",
+                "--csv",
+                str(csv_path),
+            ]
+        )
+        == 0
+    )
     rows = _rows(csv_path)
     assert [(r["task"], r["model"], r["mode"]) for r in rows] == [
-        (task, model, mode) for task in ("inference", "train")
+        (task, model, mode)
+        for task in ("inference", "train")
         for model, mode in (("hvir_nano", "parallel"), ("hvir_nano", "chunkwise"), ("resnet50", "mmdet"))
     ]
     assert all(not r.get("error") and float(r["time_ms"]) > 0 for r in rows)

@@ -30,8 +30,14 @@ TINY_MODEL = ['--model.init_args.model_kwargs={"embed_dim": 32, "depth": 2, "num
 
 def run_cli(*args: str, cwd: Path, timeout: int = 600, extra_env: dict | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", **(extra_env or {})}
-    return subprocess.run([sys.executable, "-m", "vir_lightning", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "vir_lightning", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
 
 
 def metrics_rows(run_dir: Path) -> list[dict]:
@@ -68,9 +74,23 @@ def test_quickstart_fast_dev_run_prints_test_accuracy(tmp_path):
 def test_imagenet_configs_run_fast_dev_run_on_a_real_pixel_folder(config, image_folder, tmp_path):
     """The full recipes (RandAugment, Mixup/CutMix, EMA, erasing) on CPU, one step each."""
     proc = run_cli(
-        "fit", "--config", config, "--trainer.fast_dev_run", "1", "--trainer.accelerator", "cpu",
-        "--trainer.devices", "1", "--trainer.precision", "32-true", f"--data.init_args.root={image_folder}",
-        "--data.init_args.batch_size", "2", "--data.init_args.num_workers", "0", cwd=tmp_path,
+        "fit",
+        "--config",
+        config,
+        "--trainer.fast_dev_run",
+        "1",
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.devices",
+        "1",
+        "--trainer.precision",
+        "32-true",
+        f"--data.init_args.root={image_folder}",
+        "--data.init_args.batch_size",
+        "2",
+        "--data.init_args.num_workers",
+        "0",
+        cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
 
@@ -91,8 +111,17 @@ def test_configuration_errors_print_one_clear_line(args, message, tmp_path):
 
 
 def test_own_image_folder_needs_only_the_root(image_folder, tmp_path):
-    proc = run_cli("fit", "--config", QUICKSTART, "--data", "ImageFolderDataModule",
-                   f"--data.root={image_folder}", "--trainer.fast_dev_run", "1", cwd=tmp_path)
+    proc = run_cli(
+        "fit",
+        "--config",
+        QUICKSTART,
+        "--data",
+        "ImageFolderDataModule",
+        f"--data.root={image_folder}",
+        "--trainer.fast_dev_run",
+        "1",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "test/acc1" in proc.stdout
 
@@ -127,8 +156,9 @@ def test_undecodable_image_fails_with_its_path_or_is_skipped_and_counted(tmp_pat
     dm.setup("fit")
     with pytest.raises(ValueError, match="broken.jpg"):
         list(dm.train_dataloader())
-    dm = ImageFolderDataModule(str(tmp_path), img_size=32, num_workers=0, batch_size=16, skip_bad_images=True,
-                               random_erasing=0.0)
+    dm = ImageFolderDataModule(
+        str(tmp_path), img_size=32, num_workers=0, batch_size=16, skip_bad_images=True, random_erasing=0.0
+    )
     dm.setup("fit")
     images, _ = next(iter(dm.val_dataloader()))
     train_source = dm._datasets["train"].source
@@ -177,8 +207,7 @@ def test_param_groups_exclude_embeddings_norms_biases_and_layer_scale_from_weigh
 def test_warmup_cosine_schedule_values():
     param = torch.nn.Parameter(torch.zeros(1))
     optimizer = torch.optim.SGD([{"params": [param], "lr": 1.0}], lr=1.0)
-    scheduler = warmup_cosine(optimizer, total_steps=110, warmup_steps=10, warmup_lr=0.0, min_lr=0.1,
-                              cooldown_steps=10)
+    scheduler = warmup_cosine(optimizer, total_steps=110, warmup_steps=10, warmup_lr=0.0, min_lr=0.1, cooldown_steps=10)
     lrs = []
     for _ in range(110):
         lrs.append(optimizer.param_groups[0]["lr"])
@@ -214,8 +243,13 @@ def test_a_fit_checkpoint_rebuilds_its_own_classifier_and_other_files_are_refuse
     from vir_lightning.deploy.checkpoints import classifier_from_checkpoint
 
     torch.manual_seed(0)
-    module = ImageClassifier("hvir_nano", model_kwargs={"retention_mode": "chunkwise", "chunk_size": 4},
-                             num_classes=3, img_size=64, in_chans=3).eval()
+    module = ImageClassifier(
+        "hvir_nano",
+        model_kwargs={"retention_mode": "chunkwise", "chunk_size": 4},
+        num_classes=3,
+        img_size=64,
+        in_chans=3,
+    ).eval()
     path = tmp_path / "last.ckpt"
     torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, path)
     model, hparams = classifier_from_checkpoint(str(path))
@@ -241,10 +275,18 @@ def test_pickled_code_in_a_checkpoint_is_refused(tmp_path):
 def test_metrics_of_one_checkpoint_are_identical_in_every_retention_mode(tmp_path):
     L.seed_everything(0)
     dm = FashionMNISTDataModule(num_workers=0, batch_size=100, val_size=300)
-    module = ImageClassifier("vir_nano_patch4_28", num_classes=10, img_size=28, in_chans=1,
-                             model_kwargs={"decay": "2d", "depth": 2})
-    trainer = L.Trainer(max_epochs=1, limit_train_batches=80, limit_val_batches=0, logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False, default_root_dir=tmp_path)
+    module = ImageClassifier(
+        "vir_nano_patch4_28", num_classes=10, img_size=28, in_chans=1, model_kwargs={"decay": "2d", "depth": 2}
+    )
+    trainer = L.Trainer(
+        max_epochs=1,
+        limit_train_batches=80,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        default_root_dir=tmp_path,
+    )
     trainer.fit(module, dm)
     results = {}
     for mode, chunk in (("parallel", None), ("chunkwise", 2), ("recurrent", None), ("streaming", 3)):
@@ -261,10 +303,22 @@ def test_metrics_of_one_checkpoint_are_identical_in_every_retention_mode(tmp_pat
 # -- reliability --------------------------------------------------------------------------------------------
 
 
-RESUME_ARGS = ['--model.init_args.model_kwargs={"embed_dim": 32, "depth": 2, "num_heads": 2, "drop_path_rate": 0.1}',
-               "--trainer.max_epochs", "3", "--trainer.check_val_every_n_epoch", "1",
-               "--trainer.limit_train_batches", "6", "--trainer.limit_val_batches", "3", "--test_after_fit", "false",
-               "--data.init_args.num_workers", "0", "--data.init_args.crop_scale=[0.5, 1.0]"]
+RESUME_ARGS = [
+    '--model.init_args.model_kwargs={"embed_dim": 32, "depth": 2, "num_heads": 2, "drop_path_rate": 0.1}',
+    "--trainer.max_epochs",
+    "3",
+    "--trainer.check_val_every_n_epoch",
+    "1",
+    "--trainer.limit_train_batches",
+    "6",
+    "--trainer.limit_val_batches",
+    "3",
+    "--test_after_fit",
+    "false",
+    "--data.init_args.num_workers",
+    "0",
+    "--data.init_args.crop_scale=[0.5, 1.0]",
+]
 
 
 @pytest.mark.slow
@@ -276,8 +330,16 @@ def test_fit_killed_part_way_and_resumed_matches_an_uninterrupted_fit(tmp_path):
     saved = list(whole.glob("runs/quickstart/**/config.yaml"))
     assert saved and "vir_nano_patch4_28" in saved[0].read_text()  # every run saves its resolved config
     env = {"PYTHONPATH": str(REPO / "tests")}
-    killed = run_cli("fit", "--config", QUICKSTART, *RESUME_ARGS, "--trainer.callbacks+=kill_callback.KillAtEpoch",
-                     "--trainer.callbacks.epoch=2", cwd=broken, extra_env=env)
+    killed = run_cli(
+        "fit",
+        "--config",
+        QUICKSTART,
+        *RESUME_ARGS,
+        "--trainer.callbacks+=kill_callback.KillAtEpoch",
+        "--trainer.callbacks.epoch=2",
+        cwd=broken,
+        extra_env=env,
+    )
     assert killed.returncode == -9, killed.stderr[-3000:]  # SIGKILL after two epochs
     resumed = run_cli("fit", "--config", QUICKSTART, *RESUME_ARGS, "--ckpt_path", "last", cwd=broken)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -298,9 +360,23 @@ def test_fit_killed_part_way_and_resumed_matches_an_uninterrupted_fit(tmp_path):
 @pytest.mark.slow
 def test_ddp_fit_on_two_cpu_processes(tmp_path):
     config = str(REPO / "configs" / "quickstart_ddp.yaml")
-    proc = run_cli("fit", "--config", config, *TINY_MODEL, "--trainer.max_epochs", "1",
-                   "--trainer.limit_train_batches", "3", "--trainer.limit_val_batches", "2",
-                   "--trainer.limit_test_batches", "2", "--data.init_args.num_workers", "0", cwd=tmp_path)
+    proc = run_cli(
+        "fit",
+        "--config",
+        config,
+        *TINY_MODEL,
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.limit_train_batches",
+        "3",
+        "--trainer.limit_val_batches",
+        "2",
+        "--trainer.limit_test_batches",
+        "2",
+        "--data.init_args.num_workers",
+        "0",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "test/acc1" in proc.stdout
     assert "distributed_backend=gloo" in proc.stderr + proc.stdout
@@ -308,9 +384,16 @@ def test_ddp_fit_on_two_cpu_processes(tmp_path):
 
 def test_predict_writes_top5_csv_for_a_folder(image_folder, tiny_weights, tmp_path):
     out = tmp_path / "preds" / "out.csv"
-    proc = run_cli("predict", "--config", QUICKSTART, *TINY_MODEL, f"--model.init_args.pretrained={tiny_weights}",
-                   f"--data.init_args.predict_root={image_folder}",
-                   f"--predictions_csv={out}", cwd=tmp_path)
+    proc = run_cli(
+        "predict",
+        "--config",
+        QUICKSTART,
+        *TINY_MODEL,
+        f"--model.init_args.pretrained={tiny_weights}",
+        f"--data.init_args.predict_root={image_folder}",
+        f"--predictions_csv={out}",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = list(csv.DictReader(out.open()))
     images = glob.glob(str(image_folder / "**" / "*.*"), recursive=True)

@@ -21,16 +21,36 @@ def test_unknown_command_is_an_error(capsys):
 
 
 def test_module_entry_point_runs():
-    proc = subprocess.run([sys.executable, "-m", "vir_lightning", "--help"], capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "vir_lightning", "--help"], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr
     assert "bench-retention" in proc.stdout and "predict" in proc.stdout
 
 
 def test_retention_benchmark_prints_a_table_and_writes_csv(tmp_path, capsys):
     out_csv = tmp_path / "nested" / "bench.csv"
-    argv = ["--tokens", "64", "256", "--modes", "parallel", "chunkwise", "--decay", "1d", "2d",
-            "--repeats", "1", "--min-seconds", "0", "--heads", "1", "--head-dim", "8", "--csv", str(out_csv)]
+    argv = [
+        "--tokens",
+        "64",
+        "256",
+        "--modes",
+        "parallel",
+        "chunkwise",
+        "--decay",
+        "1d",
+        "2d",
+        "--repeats",
+        "1",
+        "--min-seconds",
+        "0",
+        "--heads",
+        "1",
+        "--head-dim",
+        "8",
+        "--csv",
+        str(out_csv),
+    ]
     assert main(["bench-retention", *argv]) == 0
     printed = capsys.readouterr().out
     assert "| 2d | 256 | chunkwise |" in printed

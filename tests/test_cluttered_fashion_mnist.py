@@ -13,8 +13,10 @@ from vir_lightning.data import ClutteredFashionMNISTDataModule
 from vir_lightning.data.cluttered_fashion_mnist import FOREGROUND_THRESHOLD, sample_photos
 from vir_lightning.data.fashion_mnist import DEBIAN_ROOT, FILES, read_idx
 
-pytestmark = pytest.mark.skipif(not os.path.isfile(os.path.join(DEBIAN_ROOT, FILES["test_images"])),
-                                reason="Fashion-MNIST is installed by `make data`")
+pytestmark = pytest.mark.skipif(
+    not os.path.isfile(os.path.join(DEBIAN_ROOT, FILES["test_images"])),
+    reason="Fashion-MNIST is installed by `make data`",
+)
 
 
 @pytest.fixture(scope="module")
@@ -62,21 +64,27 @@ def test_the_garment_lies_where_its_layout_says_and_has_its_label(sources):
         # the pasted pixels are the garment's foreground times one colour per channel (0.5-1.0)
         garment = cv2.resize(source.garments[index], (side, side), interpolation=cv2.INTER_LINEAR)
         mask = garment > FOREGROUND_THRESHOLD
-        patch = image[top: top + side, left: left + side][mask].astype(float)
+        patch = image[top : top + side, left : left + side][mask].astype(float)
         ratio = patch / garment[mask][:, None]
         assert np.all(ratio <= 1.0 + 1e-6) and np.all(ratio >= 0.5 - 1 / garment[mask][:, None] - 1e-6)
 
 
-@pytest.mark.parametrize("options, message", [
-    (dict(canvas=16), "canvas=16"),
-    (dict(object_scale=(0.9, 0.5)), "object_scale"),
-    (dict(object_scale=(0.5,)), "object_scale"),
-    (dict(clutter=-1), "clutter=-1"),
-    (dict(canvas=56, object_scale=(0.25, 0.5), clutter_size=100), "clutter_size=100 is larger than the largest garment"
-     r" \(28 px: canvas 56 × object_scale 0.5\); give at most 28"),
-    (dict(train_fraction=1.0), "train_fraction=1.0"),
-    (dict(root="/nonexistent"), "Fashion-MNIST not found"),
-])
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (dict(canvas=16), "canvas=16"),
+        (dict(object_scale=(0.9, 0.5)), "object_scale"),
+        (dict(object_scale=(0.5,)), "object_scale"),
+        (dict(clutter=-1), "clutter=-1"),
+        (
+            dict(canvas=56, object_scale=(0.25, 0.5), clutter_size=100),
+            "clutter_size=100 is larger than the largest garment"
+            r" \(28 px: canvas 56 × object_scale 0.5\); give at most 28",
+        ),
+        (dict(train_fraction=1.0), "train_fraction=1.0"),
+        (dict(root="/nonexistent"), "Fashion-MNIST not found"),
+    ],
+)
 def test_bad_options_are_refused_with_the_option_named(options, message):
     with pytest.raises((ValueError, FileNotFoundError), match=message):
         ClutteredFashionMNISTDataModule(**options)

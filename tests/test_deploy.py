@@ -34,10 +34,17 @@ def write_checkpoint(path, **model_kwargs):
     from vir_lightning.tasks import ImageClassifier
 
     torch.manual_seed(0)
-    module = ImageClassifier(model_name="vir_nano_patch16_224", model_kwargs={**SMALL, **model_kwargs},
-                             num_classes=4, img_size=64, class_names=CLASS_NAMES)
-    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
-                "preprocessing": PREPROCESSING}, path)
+    module = ImageClassifier(
+        model_name="vir_nano_patch16_224",
+        model_kwargs={**SMALL, **model_kwargs},
+        num_classes=4,
+        img_size=64,
+        class_names=CLASS_NAMES,
+    )
+    torch.save(
+        {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams), "preprocessing": PREPROCESSING},
+        path,
+    )
     return module.model.eval()
 
 
@@ -57,16 +64,22 @@ def relative(got, want) -> float:
 # ----------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name,options", [
-    ("vir_nano_patch16_224", {"decay": "1d"}),
-    ("vir_nano_patch16_224", {"decay": "2d", "pooling": "avg"}),
-    ("hvir_nano", {}),
-])
+@pytest.mark.parametrize(
+    "name,options",
+    [
+        ("vir_nano_patch16_224", {"decay": "1d"}),
+        ("vir_nano_patch16_224", {"decay": "2d", "pooling": "avg"}),
+        ("hvir_nano", {}),
+    ],
+)
 def test_a_pretrained_folder_round_trip_is_bit_exact_and_holds_no_pickle(tmp_path, name, options):
     model = small_model(name, **options).eval()
     save_pretrained(model, str(tmp_path / "m"), class_names=CLASS_NAMES, preprocessing=PREPROCESSING)
-    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == [".written-by-vir_lightning", "config.json",
-                                                                  "model.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == [
+        ".written-by-vir_lightning",
+        "config.json",
+        "model.safetensors",
+    ]
     loaded = from_pretrained(str(tmp_path / "m"))
     assert type(loaded) is type(model) and not loaded.training
     for key, value in model.state_dict().items():
@@ -95,16 +108,23 @@ def test_export_model_writes_a_folder_that_predict_large_and_pretrained_read(tmp
 
     from vir_lightning.tasks import ImageClassifier
 
-    fine_tune = ImageClassifier(model_name="vir_nano_patch16_224", model_kwargs={**SMALL, "decay": "2d"},
-                                num_classes=4, img_size=96, pretrained=str(tmp_path / "folder"))
+    fine_tune = ImageClassifier(
+        model_name="vir_nano_patch16_224",
+        model_kwargs={**SMALL, "decay": "2d"},
+        num_classes=4,
+        img_size=96,
+        pretrained=str(tmp_path / "folder"),
+    )
     assert torch.equal(fine_tune.model.blocks[1].mlp.fc1.weight, reference.blocks[1].mlp.fc1.weight)
 
     from PIL import Image
 
     Image.fromarray((np.random.default_rng(0).random((160, 224, 3)) * 255).astype(np.uint8)).save(tmp_path / "a.png")
     rows = {}
-    for name, weights in (("ckpt", ["--ckpt_path", str(tmp_path / "m.ckpt")]),
-                          ("folder", ["--ckpt_path", str(tmp_path / "folder")])):  # no --config: the folder has it
+    for name, weights in (
+        ("ckpt", ["--ckpt_path", str(tmp_path / "m.ckpt")]),
+        ("folder", ["--ckpt_path", str(tmp_path / "folder")]),
+    ):  # no --config: the folder has it
         out = tmp_path / f"{name}.csv"
         assert cli_main(["predict-large", *weights, "--images", str(tmp_path / "a.png"), "--out", str(out)]) == 0
         (rows[name],) = list(csv.DictReader(out.open()))
@@ -145,22 +165,37 @@ def _break(folder, how: str) -> None:
         (folder / "config.json").write_text(json.dumps(config))
 
 
-@pytest.mark.parametrize("how,match", [
-    ("no config", "is a folder without config.json"),
-    ("foreign config", "is not a vir_lightning config"),
-    ("missing tensor", "missing 1 keys (first: ['norm.weight'])"),
-    ("wrong shape", "shape mismatch head.weight: (7, 96) vs (4, 96)"),
-    ("truncated", "is not a readable safetensors file"),
-    ("config of another model", "keys (first: ['blocks.2."),
-])
+@pytest.mark.parametrize(
+    "how,match",
+    [
+        ("no config", "is a folder without config.json"),
+        ("foreign config", "is not a vir_lightning config"),
+        ("missing tensor", "missing 1 keys (first: ['norm.weight'])"),
+        ("wrong shape", "shape mismatch head.weight: (7, 96) vs (4, 96)"),
+        ("truncated", "is not a readable safetensors file"),
+        ("config of another model", "keys (first: ['blocks.2."),
+    ],
+)
 def test_a_broken_pretrained_folder_gets_one_error_line(tmp_path, capsys, how, match):
     save_pretrained(small_model(), str(tmp_path / "m"), preprocessing=PREPROCESSING)
     _break(tmp_path / "m", how)
     with pytest.raises(ValueError, match=re.escape(match)):
         from_pretrained(str(tmp_path / "m"))
     out = tmp_path / "p.csv"
-    assert cli_main(["predict-large", "--ckpt_path", str(tmp_path / "m"), "--images", str(tmp_path / "none.png"),
-                     "--out", str(out)]) == 2
+    assert (
+        cli_main(
+            [
+                "predict-large",
+                "--ckpt_path",
+                str(tmp_path / "m"),
+                "--images",
+                str(tmp_path / "none.png"),
+                "--out",
+                str(out),
+            ]
+        )
+        == 2
+    )
     assert match in one_error(capsys)
     assert not out.exists()
 
@@ -206,17 +241,21 @@ def run_onnx(path, **feeds):
 
     session = onnx_session(str(path))
     wanted = {i.name for i in session.get_inputs()}
-    return session.run(None, {k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in feeds.items()
-                              if k in wanted})
+    return session.run(
+        None, {k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in feeds.items() if k in wanted}
+    )
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("options,form,size", [
-    ({"decay": "1d"}, "parallel", None),              # class token last, the training size
-    ({"decay": "1d"}, "chunkwise", (96, 128)),        # another size: position embedding resized at export
-    ({"decay": "2d", "pooling": "avg"}, "chunkwise", None),
-    ({"decay": "2d"}, "parallel", (80, 64)),          # 2D class token, another size
-])
+@pytest.mark.parametrize(
+    "options,form,size",
+    [
+        ({"decay": "1d"}, "parallel", None),  # class token last, the training size
+        ({"decay": "1d"}, "chunkwise", (96, 128)),  # another size: position embedding resized at export
+        ({"decay": "2d", "pooling": "avg"}, "chunkwise", None),
+        ({"decay": "2d"}, "parallel", (80, 64)),  # 2D class token, another size
+    ],
+)
 def test_whole_image_graphs_give_the_torch_logits_and_name_their_size(tmp_path, options, form, size):
     import onnxruntime
 
@@ -270,8 +309,12 @@ def test_the_streaming_step_streams_an_image_of_another_height_as_torch_does(tmp
         tokens = model.forward_features(images)[:, : 6 * 5]
     runner = OnnxStreamingModel(str(tmp_path / "s.onnx"))
     bands = {}
-    logits = runner.forward_streaming(lambda r0, r1: images[:, :, r0 * 16 : r1 * 16], (6, 5), 2,
-                                      on_features=lambda row0, f: bands.__setitem__(row0, f))
+    logits = runner.forward_streaming(
+        lambda r0, r1: images[:, :, r0 * 16 : r1 * 16],
+        (6, 5),
+        2,
+        on_features=lambda row0, f: bands.__setitem__(row0, f),
+    )
     assert relative(logits, expected) <= 1e-4
     features = torch.cat([bands[r] for r in sorted(bands)], dim=1).flatten(1, 2)
     assert relative(features, tokens) <= 1e-4
@@ -285,19 +328,41 @@ def step_graph(tmp_path_factory):
     folder = tmp_path_factory.mktemp("step")
     write_checkpoint(folder / "m.ckpt", decay="2d")
     write_mosaic(str(folder / "mosaic.tif"), 512, 768, levels=1, tile=256)
-    assert cli_main(["export-onnx", str(folder / "m.ckpt"), str(folder / "step.onnx"), "--form", "streaming-step",
-                     "--width", "768"]) == 0
+    assert (
+        cli_main(
+            [
+                "export-onnx",
+                str(folder / "m.ckpt"),
+                str(folder / "step.onnx"),
+                "--form",
+                "streaming-step",
+                "--width",
+                "768",
+            ]
+        )
+        == 0
+    )
     return folder
 
 
 @pytest.mark.slow
 def test_predict_large_in_onnx_runtime_equals_the_torch_run(step_graph, tmp_path):
     rows, features = {}, {}
-    for runtime, weights in (("torch", ["--ckpt_path", str(step_graph / "m.ckpt")]),
-                             ("onnxruntime", ["--runtime", "onnxruntime", "--onnx", str(step_graph / "step.onnx")])):
+    for runtime, weights in (
+        ("torch", ["--ckpt_path", str(step_graph / "m.ckpt")]),
+        ("onnxruntime", ["--runtime", "onnxruntime", "--onnx", str(step_graph / "step.onnx")]),
+    ):
         out = tmp_path / f"{runtime}.csv"
-        argv = ["predict-large", *weights, "--images", str(step_graph / "mosaic.tif"), "--out", str(out),
-                "--features-dir", str(tmp_path / runtime)]
+        argv = [
+            "predict-large",
+            *weights,
+            "--images",
+            str(step_graph / "mosaic.tif"),
+            "--out",
+            str(out),
+            "--features-dir",
+            str(tmp_path / runtime),
+        ]
         assert cli_main(argv) == 0
         (rows[runtime],) = list(csv.DictReader(out.open()))
         features[runtime] = np.load(tmp_path / runtime / "mosaic.npy").astype(np.float32)
@@ -319,14 +384,20 @@ def test_predict_large_refuses_graphs_it_cannot_stream_with(step_graph, tmp_path
     argv = ["predict-large", "--runtime", "onnxruntime", "--images", str(tmp_path / "narrow.png"), "--out", str(out)]
     assert cli_main([*argv, "--onnx", str(step_graph / "step.onnx")]) == 1
     assert "export the step for this width with `export-onnx ... --form streaming-step --width 640`" in (
-        one_error(capsys))
-    graph = onnx.helper.make_graph([onnx.helper.make_node("Relu", ["pixels"], ["logits"])], "foreign",
-                                   [onnx.helper.make_tensor_value_info("pixels", onnx.TensorProto.FLOAT, [1])],
-                                   [onnx.helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, [1])])
+        one_error(capsys)
+    )
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Relu", ["pixels"], ["logits"])],
+        "foreign",
+        [onnx.helper.make_tensor_value_info("pixels", onnx.TensorProto.FLOAT, [1])],
+        [onnx.helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, [1])],
+    )
     onnx.save(onnx.helper.make_model(graph), tmp_path / "foreign.onnx")
     (tmp_path / "text.onnx").write_text("not a graph")
-    for path, match in ((tmp_path / "foreign.onnx", "was not written by vir_lightning export-onnx"),
-                        (tmp_path / "text.onnx", "is not an ONNX model")):
+    for path, match in (
+        (tmp_path / "foreign.onnx", "was not written by vir_lightning export-onnx"),
+        (tmp_path / "text.onnx", "is not an ONNX model"),
+    ):
         assert cli_main([*argv, "--onnx", str(path)]) == 2
         assert match in one_error(capsys)
     assert not out.exists()
@@ -350,17 +421,25 @@ def checkpoints(tmp_path_factory):
     return folder
 
 
-@pytest.mark.parametrize("source,extra,match", [
-    ("vir.ckpt", ["--form", "recurrent"], "--form 'recurrent' is unknown; expected one of parallel, chunkwise,"),
-    ("hvir.ckpt", ["--form", "streaming-step"], "it exports parallel, chunkwise"),
-    ("multipass.ckpt", ["--form", "streaming-step"], "multipass replays the whole sequence"),
-    ("vir.ckpt", ["--form", "streaming-step", "--width", "70"], "--width 70 is not a multiple of the patch width 16"),
-    ("vir.ckpt", ["--form", "parallel", "--width", "64"], "--width and --band-rows shape the streaming step"),
-    ("vir.ckpt", ["--form", "parallel", "--opset", "3"], "--opset=3 is invalid"),
-    ("missing.ckpt", ["--form", "parallel"], "does not exist"),
-])
-def test_export_onnx_bad_options_get_one_error_line_and_write_nothing(checkpoints, tmp_path, capsys, source, extra,
-                                                                       match):
+@pytest.mark.parametrize(
+    "source,extra,match",
+    [
+        ("vir.ckpt", ["--form", "recurrent"], "--form 'recurrent' is unknown; expected one of parallel, chunkwise,"),
+        ("hvir.ckpt", ["--form", "streaming-step"], "it exports parallel, chunkwise"),
+        ("multipass.ckpt", ["--form", "streaming-step"], "multipass replays the whole sequence"),
+        (
+            "vir.ckpt",
+            ["--form", "streaming-step", "--width", "70"],
+            "--width 70 is not a multiple of the patch width 16",
+        ),
+        ("vir.ckpt", ["--form", "parallel", "--width", "64"], "--width and --band-rows shape the streaming step"),
+        ("vir.ckpt", ["--form", "parallel", "--opset", "3"], "--opset=3 is invalid"),
+        ("missing.ckpt", ["--form", "parallel"], "does not exist"),
+    ],
+)
+def test_export_onnx_bad_options_get_one_error_line_and_write_nothing(
+    checkpoints, tmp_path, capsys, source, extra, match
+):
     out = tmp_path / "m.onnx"
     assert cli_main(["export-onnx", str(checkpoints / source), str(out), *extra]) == 2
     assert match in one_error(capsys)
@@ -373,10 +452,22 @@ def test_export_onnx_refuses_an_output_it_cannot_write_before_tracing(checkpoint
     out = {"folder": tmp_path, "below a file": tmp_path / "file" / "m.onnx", "read-only": tmp_path / "file"}[where]
     if where == "read-only":
         os.chmod(out, 0o444)
-    assert cli_main(["export-onnx", str(checkpoints / "vir.ckpt"), str(out), "--form", "parallel",
-                     *(["--overwrite"] if where == "read-only" else [])]) == 2
-    assert {"folder": "is a directory", "below a file": "is a file, so the folder",
-            "read-only": "is read-only"}[where] in one_error(capsys)
+    assert (
+        cli_main(
+            [
+                "export-onnx",
+                str(checkpoints / "vir.ckpt"),
+                str(out),
+                "--form",
+                "parallel",
+                *(["--overwrite"] if where == "read-only" else []),
+            ]
+        )
+        == 2
+    )
+    assert {"folder": "is a directory", "below a file": "is a file, so the folder", "read-only": "is read-only"}[
+        where
+    ] in one_error(capsys)
     assert (tmp_path / "file").read_text() == "x"
 
 
@@ -421,14 +512,19 @@ def test_from_pretrained_refuses_options_that_the_weights_fix(tmp_path):
     assert from_pretrained(str(tmp_path / "m"), retention_mode="chunkwise").retention_mode == "chunkwise"
 
 
-@pytest.mark.parametrize("extra,match", [
-    (["--img-size", "70"], "--img-size height 70 is not a multiple of 16"),
-    (["--img-size", "8"], "--img-size height 8 is not a multiple of 16"),
-    (["--opset", "99"], "--opset 99: the installed onnx knows opsets up to"),
-])
+@pytest.mark.parametrize(
+    "extra,match",
+    [
+        (["--img-size", "70"], "--img-size height 70 is not a multiple of 16"),
+        (["--img-size", "8"], "--img-size height 8 is not a multiple of 16"),
+        (["--opset", "99"], "--opset 99: the installed onnx knows opsets up to"),
+    ],
+)
 def test_export_onnx_sizes_and_opsets_it_cannot_trace_get_one_line(checkpoints, tmp_path, capsys, extra, match):
-    assert cli_main(["export-onnx", str(checkpoints / "vir.ckpt"), str(tmp_path / "m.onnx"), "--form", "parallel",
-                     *extra]) == 2
+    assert (
+        cli_main(["export-onnx", str(checkpoints / "vir.ckpt"), str(tmp_path / "m.onnx"), "--form", "parallel", *extra])
+        == 2
+    )
     assert match in one_error(capsys)
     assert not (tmp_path / "m.onnx").exists()
 
@@ -441,12 +537,28 @@ def test_predict_and_validate_refuse_a_pretrained_folder_of_another_model(tmp_pa
     for name, options in (("same", {}), ("other", {"decay": "2d"})):
         model = create_model("vir_nano_patch4_28", num_classes=10, img_size=28, in_chans=1, **tiny, **options)
         save_pretrained(model, str(tmp_path / name))
-    proc = run_cli("predict", "--config", QUICKSTART, *TINY_MODEL, f"--model.init_args.pretrained={tmp_path / 'other'}",
-                   f"--predictions_csv={tmp_path / 'p.csv'}", cwd=tmp_path)
+    proc = run_cli(
+        "predict",
+        "--config",
+        QUICKSTART,
+        *TINY_MODEL,
+        f"--model.init_args.pretrained={tmp_path / 'other'}",
+        f"--predictions_csv={tmp_path / 'p.csv'}",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 2 and "holds another model: model_kwargs is" in proc.stderr
     assert not (tmp_path / "p.csv").exists()
-    proc = run_cli("validate", "--config", QUICKSTART, *TINY_MODEL, f"--model.init_args.pretrained={tmp_path / 'same'}",
-                   "--trainer.limit_val_batches", "2", "--trainer.default_root_dir", str(tmp_path / "run"),
-                   cwd=tmp_path)
+    proc = run_cli(
+        "validate",
+        "--config",
+        QUICKSTART,
+        *TINY_MODEL,
+        f"--model.init_args.pretrained={tmp_path / 'same'}",
+        "--trainer.limit_val_batches",
+        "2",
+        "--trainer.default_root_dir",
+        str(tmp_path / "run"),
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "val/acc1" in proc.stdout

@@ -29,13 +29,27 @@ def _tracked_files() -> list[Path]:
 def test_mkdocs_build_strict_succeeds(tmp_path):
     if importlib.util.find_spec("mkdocs") is None:
         if os.environ.get("VIR_REQUIRE_DOCS"):
-            pytest.fail("VIR_REQUIRE_DOCS=1 but mkdocs is not installed; install the docs extra "
-                        "(pip install -e '.[docs]')", pytrace=False)
+            pytest.fail(
+                "VIR_REQUIRE_DOCS=1 but mkdocs is not installed; install the docs extra (pip install -e '.[docs]')",
+                pytrace=False,
+            )
         pytest.skip("mkdocs not installed (the docs extra)")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-               NO_MKDOCS_2_WARNING="1")
-    command = [sys.executable, "-m", "mkdocs", "build", "--strict",
-               "-f", str(REPO / "mkdocs.yml"), "-d", str(tmp_path / "site")]
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+        NO_MKDOCS_2_WARNING="1",
+    )
+    command = [
+        sys.executable,
+        "-m",
+        "mkdocs",
+        "build",
+        "--strict",
+        "-f",
+        str(REPO / "mkdocs.yml"),
+        "-d",
+        str(tmp_path / "site"),
+    ]
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, f"mkdocs build --strict failed:\n{result.stderr[-6000:]}"
     cli_page = (tmp_path / "site" / "reference" / "cli" / "index.html").read_text(encoding="utf-8")
@@ -45,7 +59,8 @@ def test_mkdocs_build_strict_succeeds(tmp_path):
 def test_readme_is_at_most_250_lines():
     lines = (REPO / "README.md").read_text(encoding="utf-8").splitlines()
     assert len(lines) <= README_MAX_LINES, (
-        f"README.md has {len(lines)} lines (at most {README_MAX_LINES}); move detail into docs/")
+        f"README.md has {len(lines)} lines (at most {README_MAX_LINES}); move detail into docs/"
+    )
 
 
 def test_no_tracked_file_cites_a_document_outside_the_repository():
@@ -56,8 +71,10 @@ def test_no_tracked_file_cites_a_document_outside_the_repository():
         for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
             if MISSING_DOCS.search(line):
                 offenders.append(f"{path.relative_to(REPO)}:{number}: {line.strip()[:100]}")
-    assert not offenders, ("these lines cite SPEC.md / STACK.md / ANCHORS.md, which are not in the repository "
-                           "(the method is docs/design/method.md §1-§7):\n" + "\n".join(offenders))
+    assert not offenders, (
+        "these lines cite SPEC.md / STACK.md / ANCHORS.md, which are not in the repository "
+        "(the method is docs/design/method.md §1-§7):\n" + "\n".join(offenders)
+    )
 
 
 def _relative_links(markdown: str) -> list[str]:

@@ -294,8 +294,11 @@ def det_options(roots: dict, scale=(320, 240)) -> dict:
 def seg_options(roots: dict, crop=(128, 128)) -> dict:
     """What a user sets to train the shipped UPerNet config on their own ADE20K-layout data: as
     :func:`det_options`, plus a dataset type that takes any class names (ADE20KDataset has its 150)."""
-    options = {**parsed(mini_datasets.cfg_options(roots, COCO_CLASSES, "seg")),
-               "model.data_preprocessor.size": crop, "train_dataloader.dataset.pipeline.3.crop_size": crop}
+    options = {
+        **parsed(mini_datasets.cfg_options(roots, COCO_CLASSES, "seg")),
+        "model.data_preprocessor.size": crop,
+        "train_dataloader.dataset.pipeline.3.crop_size": crop,
+    }
     for split in ("train", "val", "test"):
         options[f"{split}_dataloader.dataset.type"] = "BaseSegDataset"
         options[f"{split}_dataloader.dataset.reduce_zero_label"] = True
@@ -314,15 +317,22 @@ def test_maskrcnn_config_builds_computes_losses_and_predicts(mini, tmp_path):
     source = lightning_style_checkpoint(tmp_path / "fit.ckpt")
     export_backbone(str(tmp_path / "fit.ckpt"), str(tmp_path / "nano.pth"))
     cfg = Config.fromfile(str(REPO / "configs" / "vir_maskrcnn.py"))
-    cfg.merge_from_dict({**det_options(mini), **NANO, "model.neck.in_channels": NANO_WIDTHS,
-                         "model.backbone.init_cfg.checkpoint": str(tmp_path / "nano.pth")})
+    cfg.merge_from_dict(
+        {
+            **det_options(mini),
+            **NANO,
+            "model.neck.in_channels": NANO_WIDTHS,
+            "model.backbone.init_cfg.checkpoint": str(tmp_path / "nano.pth"),
+        }
+    )
     init_default_scope("mmdet")
     dataset = DATASETS.build(cfg.train_dataloader.dataset)
     model = MODELS.build(cfg.model)
     model.init_weights()  # the detector's init reaches the backbone's strict loader
     assert isinstance(model.backbone, HViRBackbone)
-    assert torch.equal(model.backbone.model.stages[2].blocks[0].retention.qkv.weight,
-                       source.stages[2].blocks[0].retention.qkv.weight)
+    assert torch.equal(
+        model.backbone.model.stages[2].blocks[0].retention.qkv.weight, source.stages[2].blocks[0].retention.qkv.weight
+    )
     data = model.data_preprocessor(pseudo_collate([dataset[0], dataset[1]]), training=True)
     losses = model(**data, mode="loss")
     total = sum(v for k, v in losses.items() if "loss" in k for v in (v if isinstance(v, list) else [v]))
@@ -342,8 +352,14 @@ def test_upernet_config_builds_computes_losses_and_predicts(mini):
     from mmseg.registry import DATASETS, MODELS
 
     cfg = Config.fromfile(str(REPO / "configs" / "vir_upernet_ade20k.py"))
-    cfg.merge_from_dict({**seg_options(mini), **NANO, "model.decode_head.in_channels": NANO_WIDTHS,
-                         "model.auxiliary_head.in_channels": NANO_WIDTHS[2]})
+    cfg.merge_from_dict(
+        {
+            **seg_options(mini),
+            **NANO,
+            "model.decode_head.in_channels": NANO_WIDTHS,
+            "model.auxiliary_head.in_channels": NANO_WIDTHS[2],
+        }
+    )
     init_default_scope("mmseg")
     dataset = DATASETS.build(cfg.train_dataloader.dataset)
     model = MODELS.build(cfg.model)
@@ -368,6 +384,7 @@ def test_upernet_config_builds_computes_losses_and_predicts(mini):
 
 def cfg_options(options: dict) -> list[str]:
     """--cfg-options KEY=VALUE words as a user types them (tuples as (a,b), no spaces)."""
+
     def text(value):
         if isinstance(value, (tuple, list)):
             return "(" + ",".join(str(v) for v in value) + ")"
@@ -377,8 +394,19 @@ def cfg_options(options: dict) -> list[str]:
 
 
 def mim(verb: str, package: str, config: str, work_dir: Path, options: dict, *extra: str) -> str:
-    cmd = [MIM, verb, package, str(REPO / "configs" / config), "--gpus", "0", "--work-dir", str(work_dir),
-           *extra, "--cfg-options", *cfg_options(options)]
+    cmd = [
+        MIM,
+        verb,
+        package,
+        str(REPO / "configs" / config),
+        "--gpus",
+        "0",
+        "--work-dir",
+        str(work_dir),
+        *extra,
+        "--cfg-options",
+        *cfg_options(options),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=work_dir.parent, timeout=1200)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{output[-4000:]}"
@@ -387,8 +415,12 @@ def mim(verb: str, package: str, config: str, work_dir: Path, options: dict, *ex
 
 @pytest.mark.slow
 def test_mim_train_test_and_resume_mask_rcnn(mini, tmp_path):
-    options = {**det_options(mini), "train_cfg.max_epochs": 1, "train_dataloader.batch_size": 2,
-               "default_hooks.logger.interval": 1}
+    options = {
+        **det_options(mini),
+        "train_cfg.max_epochs": 1,
+        "train_dataloader.batch_size": 2,
+        "default_hooks.logger.interval": 1,
+    }
     work = tmp_path / "det"
     out = mim("train", "mmdet", "vir_maskrcnn.py", work, options)
     assert re.search(r"Epoch\(train\) \[1\]\[2/2\]", out) and "coco/bbox_mAP" in out and "coco/segm_mAP" in out
@@ -397,15 +429,20 @@ def test_mim_train_test_and_resume_mask_rcnn(mini, tmp_path):
     out = mim("train", "mmdet", "vir_maskrcnn.py", work, {**options, "train_cfg.max_epochs": 2}, "--resume")
     assert "resumed epoch: 1, iter: 2" in out and re.search(r"Epoch\(train\) \[2\]\[2/2\]", out)
 
-    out = mim("test", "mmdet", "vir_maskrcnn.py", tmp_path / "det_test", options,
-              "--checkpoint", str(work / "epoch_2.pth"))
+    out = mim(
+        "test", "mmdet", "vir_maskrcnn.py", tmp_path / "det_test", options, "--checkpoint", str(work / "epoch_2.pth")
+    )
     assert re.search(r"Epoch\(test\) \[2/2\].*coco/bbox_mAP: [\d.]+.*coco/segm_mAP: [\d.]+", out)
 
 
 @pytest.mark.slow
 def test_mim_train_test_and_resume_upernet(mini, tmp_path):
-    options = {**seg_options(mini), "train_cfg.max_iters": 4, "train_cfg.val_interval": 4,
-               "default_hooks.logger.interval": 1}
+    options = {
+        **seg_options(mini),
+        "train_cfg.max_iters": 4,
+        "train_cfg.val_interval": 4,
+        "default_hooks.logger.interval": 1,
+    }
     work = tmp_path / "seg"
     out = mim("train", "mmseg", "vir_upernet_ade20k.py", work, options)
     assert re.search(r"Iter\(train\) \[4/4\]", out) and re.search(r"mIoU: [\d.]+", out)
@@ -414,6 +451,13 @@ def test_mim_train_test_and_resume_upernet(mini, tmp_path):
     out = mim("train", "mmseg", "vir_upernet_ade20k.py", work, {**options, "train_cfg.max_iters": 6}, "--resume")
     assert "resumed epoch: 0, iter: 4" in out and re.search(r"Iter\(train\) \[6/6\]", out)
 
-    out = mim("test", "mmseg", "vir_upernet_ade20k.py", tmp_path / "seg_test", options,
-              "--checkpoint", str(work / "iter_6.pth"))
+    out = mim(
+        "test",
+        "mmseg",
+        "vir_upernet_ade20k.py",
+        tmp_path / "seg_test",
+        options,
+        "--checkpoint",
+        str(work / "iter_6.pth"),
+    )
     assert re.search(r"Iter\(test\) \[2/2\].*mIoU: [\d.]+", out)

@@ -147,8 +147,11 @@ def test_hook_refuses_heads_of_another_class_count_and_classes_matching_no_annot
     init_default_scope("mmdet")
     dataset = DATASETS.build(cfg.val_dataloader.dataset)
     cfg.model.roi_head.mask_head.num_classes = 80  # COCO's count, as the shipped config has it
-    with pytest.raises(ValueError, match=r"10 classes .* model\.roi_head\.mask_head\.num_classes=80; pass "
-                                         r"--cfg-options model\.roi_head\.mask_head\.num_classes=10"):
+    with pytest.raises(
+        ValueError,
+        match=r"10 classes .* model\.roi_head\.mask_head\.num_classes=80; pass "
+        r"--cfg-options model\.roi_head\.mask_head\.num_classes=10",
+    ):
         check_data_matches_model(MODELS.build(cfg.model), dataset, "val")
     cfg.model.roi_head.mask_head.num_classes = 10
     model = MODELS.build(cfg.model)
@@ -168,8 +171,11 @@ def test_segmentation_heads_must_count_the_dataset_classes(mini):
     init_default_scope("mmseg")
     dataset = DATASETS.build(cfg.train_dataloader.dataset)
     cfg.model.auxiliary_head.num_classes = 150
-    with pytest.raises(ValueError, match=r"model\.auxiliary_head\.num_classes=150; pass --cfg-options "
-                                         r"model\.auxiliary_head\.num_classes=11"):
+    with pytest.raises(
+        ValueError,
+        match=r"model\.auxiliary_head\.num_classes=150; pass --cfg-options "
+        r"model\.auxiliary_head\.num_classes=11",
+    ):
         check_data_matches_model(MODELS.build(cfg.model), dataset)
 
 
@@ -198,8 +204,13 @@ def test_training_images_paste_training_garments_and_validation_images_test_garm
 def test_a_grey_pretrained_stem_gives_an_rgb_backbone_the_grey_response(tmp_path):
     torch.manual_seed(0)
     grey = create_model("hvir_nano", num_classes=10, in_chans=1)
-    torch.save({"state_dict": {f"model.{k}": v for k, v in grey.state_dict().items()},
-                "hyper_parameters": {"model_name": "hvir_nano"}}, tmp_path / "grey.ckpt")
+    torch.save(
+        {
+            "state_dict": {f"model.{k}": v for k, v in grey.state_dict().items()},
+            "hyper_parameters": {"model_name": "hvir_nano"},
+        },
+        tmp_path / "grey.ckpt",
+    )
     export_backbone(str(tmp_path / "grey.ckpt"), str(tmp_path / "grey.pth"))
     pretrained = dict(type="Pretrained", checkpoint=str(tmp_path / "grey.pth"))
     rgb = HViRBackbone(arch="nano", out_norm=False, init_cfg=pretrained)
@@ -220,20 +231,26 @@ def test_a_grey_pretrained_stem_gives_an_rgb_backbone_the_grey_response(tmp_path
 
 def test_summarize_reads_metrics_curve_and_inference_time_from_mim_logs(tmp_path):
     summarize = experiment("summarize")
-    det_log = "\n".join([
-        "11/27 14:16:10 - mmengine - INFO - Epoch(train) [1][ 25/100]  base_lr: 9.7e-05 lr: 9.7e-05  time: 1.79",
-        "11/27 14:25:04 - mmengine - INFO - Epoch(val) [2][100/100]    eta: 0:00:00  time: 1.3718  data_time: 0.0096",
-        "11/27 14:25:07 - mmengine - INFO - Epoch(val) [2][100/100]    coco/bbox_mAP: 0.0010  coco/bbox_mAP_50: 0.0030"
-        "  coco/segm_mAP: 0.0020  data_time: 0.0095  time: 1.2062",
-        "11/27 14:30:00 - mmengine - INFO - Epoch(val) [4][100/100]    coco/bbox_mAP: 0.5120  coco/segm_mAP: 0.4980"
-        "  data_time: 0.0095  time: 0.2500",
-    ])
+    det_log = "\n".join(
+        [
+            "11/27 14:16:10 - mmengine - INFO - Epoch(train) [1][ 25/100]  base_lr: 9.7e-05 lr: 9.7e-05  time: 1.79",
+            "11/27 14:25:04 - mmengine - INFO - Epoch(val) [2][100/100]    eta: 0:00:00  time: 1.3718"
+            "  data_time: 0.0096",
+            "11/27 14:25:07 - mmengine - INFO - Epoch(val) [2][100/100]    coco/bbox_mAP: 0.0010"
+            "  coco/bbox_mAP_50: 0.0030"
+            "  coco/segm_mAP: 0.0020  data_time: 0.0095  time: 1.2062",
+            "11/27 14:30:00 - mmengine - INFO - Epoch(val) [4][100/100]    coco/bbox_mAP: 0.5120  coco/segm_mAP: 0.4980"
+            "  data_time: 0.0095  time: 0.2500",
+        ]
+    )
     result = summarize.parse_log(det_log)
     assert (result["bbox_mAP"], result["segm_mAP"], result["seconds_per_image"]) == (0.512, 0.498, 0.25)
     assert [p["train_iter"] for p in result["curve"]] == [200, 400]
-    seg_log = ("11/27 15:20:43 - mmengine - INFO - Iter(train) [450/600]  base_lr: 1.2e-04\n"
-               "11/27 15:21:06 - mmengine - INFO - Iter(val) [100/100]    aAcc: 89.5700  mIoU: 8.1400  mAcc: 9.0900"
-               "  data_time: 0.0068  time: 0.2252\n")
+    seg_log = (
+        "11/27 15:20:43 - mmengine - INFO - Iter(train) [450/600]  base_lr: 1.2e-04\n"
+        "11/27 15:21:06 - mmengine - INFO - Iter(val) [100/100]    aAcc: 89.5700  mIoU: 8.1400  mAcc: 9.0900"
+        "  data_time: 0.0068  time: 0.2252\n"
+    )
     seg = summarize.parse_log(seg_log)
     assert (seg["mIoU"], seg["aAcc"], seg["train_iter"]) == (8.14, 89.57, 450) and "bbox_mAP" not in seg
     with pytest.raises(ValueError, match="did not finish"):
@@ -247,14 +264,17 @@ def test_summarize_reads_metrics_curve_and_inference_time_from_mim_logs(tmp_path
     (tmp_path / "run_s1.log").write_text(seg_log.replace("mIoU: 8.1400", "mIoU: 10.1400"))
     summarize.collect(str(tmp_path / "run_s1"), str(tmp_path / "run_s1.log"), 150)
     assert "| run | 2 | – | – | 9.14 ± 1.41 | – | 89.57 ± 0.00 | 2.0 ± 0.7 min | 0.225 ± 0.000 |" in summarize.table(
-        str(tmp_path))
+        str(tmp_path)
+    )
 
 
 def test_summarize_adds_the_test_time_flip_score_from_the_last_test_line(tmp_path):
     summarize = experiment("summarize")
     (tmp_path / "run").mkdir()
-    (tmp_path / "run.log").write_text("11/27 15:21:06 - mmengine - INFO - Iter(val) [100/100]    aAcc: 89.5700"
-                                      "  mIoU: 8.1400  mAcc: 9.0900  data_time: 0.0068  time: 0.2252\n")
+    (tmp_path / "run.log").write_text(
+        "11/27 15:21:06 - mmengine - INFO - Iter(val) [100/100]    aAcc: 89.5700"
+        "  mIoU: 8.1400  mAcc: 9.0900  data_time: 0.0068  time: 0.2252\n"
+    )
     summarize.collect(str(tmp_path / "run"), str(tmp_path / "run.log"), 90)
     # mmengine prints the progress line at [100/100] before the metrics line; only the latter counts
     test_log = tmp_path / "run.flip.log"
@@ -262,11 +282,16 @@ def test_summarize_adds_the_test_time_flip_score_from_the_last_test_line(tmp_pat
         "11/28 20:04:17 - mmengine - INFO - Iter(test) [ 50/100]    eta: 0:00:06  time: 0.1207  data_time: 0.0069\n"
         "11/28 20:04:18 - mmengine - INFO - Iter(test) [100/100]    eta: 0:00:00  time: 0.1201  data_time: 0.0069\n"
         "11/28 20:04:18 - mmengine - INFO - Iter(test) [100/100]    aAcc: 91.3800  mIoU: 9.2700  mAcc: 9.8900"
-        "  data_time: 0.0069  time: 0.4207\n")
+        "  data_time: 0.0069  time: 0.4207\n"
+    )
     assert summarize.main(["flip", str(tmp_path / "run"), str(test_log)]) == 0
     result = json.loads((tmp_path / "run" / "result.json").read_text())
     assert (result["mIoU"], result["mIoU_flip"], result["aAcc_flip"], result["seconds_per_image_flip"]) == (
-        8.14, 9.27, 91.38, 0.4207)
+        8.14,
+        9.27,
+        91.38,
+        0.4207,
+    )
     assert "| run | 1 | – | – | 8.14 | 9.27 | 89.57 | 1.5 min | 0.225 |" in summarize.table(str(tmp_path))
     # a test that stopped before its metrics line adds nothing and says so
     test_log.write_text("11/28 20:04:17 - mmengine - INFO - Iter(test) [ 50/100]    eta: 0:00:06  time: 0.1207\n")
@@ -284,15 +309,19 @@ def test_crop_probe_finds_each_garment_once_and_scores_its_labels_as_mmseg_would
     label_map[20:30, 30:34] = label_map[20:30, 36:40] = 2 + 5  # class 5 in two straps 2 px apart: one garment
     label_map[20:30, 50:58] = 2 + 5  # another garment of class 5, far away
     found = [(k, box, pixels, 0) for k, box, pixels in probe.garments(label_map)]
-    assert sorted((k, box) for k, box, _, _ in found) == [(3, (5, 5, 15, 15)), (5, (20, 30, 30, 40)),
-                                                        (5, (20, 50, 30, 58))]
+    assert sorted((k, box) for k, box, _, _ in found) == [
+        (3, (5, 5, 15, 15)),
+        (5, (20, 30, 30, 40)),
+        (5, (20, 50, 30, 58)),
+    ]
     assert sum(int(p.sum()) for _, _, p, _ in found) == 100 + 80 + 80  # the gap between the straps is not labelled
     as_found = [(k, None, box, pixels, owner) for k, box, pixels, owner in found]
     assert probe.miou_with_exact_masks([label_map], as_found, [k for k, *_ in found], classes=10) == 1.0
     # the class-3 garment called class 5: class 3 scores 0, class 5 gets 160 of 260 pixels, background 1
     wrong = [5 if k == 3 else k for k, *_ in found]
     assert probe.miou_with_exact_masks([label_map], as_found, wrong, classes=10) == pytest.approx(
-        (0 + 160 / 260 + 1) / 3)
+        (0 + 160 / 260 + 1) / 3
+    )
 
 
 def test_seg_errors_splits_a_segmenters_loss_into_class_and_mask_errors():
@@ -363,27 +392,35 @@ exit 0
         script.chmod(0o755)
     out = tmp_path / "out"
     env = dict(os.environ, PY=str(fake / "python"), OUT=str(out), OBJECTS=objects)
-    done = subprocess.run([str(REPO / "experiments/downstream_mini/run.sh"), "seg_hvir_pretrained", "det_r18"],
-                          env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [str(REPO / "experiments/downstream_mini/run.sh"), "seg_hvir_pretrained", "det_r18"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     assert (out / "pretrain_hvir_nano/checkpoints/last.ckpt").is_file()
     lines = calls.read_text().splitlines()
-    assert f"-m vir_lightning export-backbone {out}/pretrain_hvir_nano/checkpoints/last.ckpt " \
-           f"{out}/hvir_nano_backbone.pth" in lines
+    assert (
+        f"-m vir_lightning export-backbone {out}/pretrain_hvir_nano/checkpoints/last.ckpt "
+        f"{out}/hvir_nano_backbone.pth" in lines
+    )
     (seg,) = [line for line in lines if line.startswith("mim train mmseg")]
     (det,) = [line for line in lines if line.startswith("mim train mmdet configs/mini/r18_maskrcnn_mini.py")]
     assert f"model.backbone.init_cfg.checkpoint={out}/hvir_nano_backbone.pth" in seg
     # the segmentation run is then tested with flip, on its own checkpoint and set; detection is not
     (flip,) = [line for line in lines if line.startswith("mim test")]
-    assert flip.startswith(f"mim test mmseg configs/mini/hvir_upernet_mini.py --checkpoint "
-                           f"{out}/seg_hvir_pretrained/iter_6000.pth --tta ")
-    assert f"summarize.py flip {out}/seg_hvir_pretrained " \
-           f"{out}/seg_hvir_pretrained.flip.log" in "\n".join(lines)
+    assert flip.startswith(
+        f"mim test mmseg configs/mini/hvir_upernet_mini.py --checkpoint {out}/seg_hvir_pretrained/iter_6000.pth --tta "
+    )
+    assert f"summarize.py flip {out}/seg_hvir_pretrained {out}/seg_hvir_pretrained.flip.log" in "\n".join(lines)
     if objects == "digits":
         roots = mini_datasets.set_roots("data/mini_digits")
         for line, task in ((seg, "seg"), (flip, "seg"), (det, "det")):
-            assert all(f" {option}" in line for option in mini_datasets.cfg_options(
-                roots, mini_datasets.DIGIT_CLASSES, task))
+            assert all(
+                f" {option}" in line for option in mini_datasets.cfg_options(roots, mini_datasets.DIGIT_CLASSES, task)
+            )
         assert "model.decode_head.num_classes=11" in seg and "model.decode_head.num_classes=11" in flip
         assert "model.roi_head.mask_head.num_classes=10" in det
     else:
@@ -393,30 +430,47 @@ exit 0
     (out / "seg_r18").mkdir()
     (out / "seg_r18/result.json").write_text('{"mIoU": 50.0}')
     calls.write_text("")
-    done = subprocess.run([str(REPO / "experiments/downstream_mini/run.sh"), "seg_r18"], env=env,
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [str(REPO / "experiments/downstream_mini/run.sh"), "seg_r18"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2 and calls.read_text() == ""
     assert done.stderr.strip().splitlines() == [
         f"error: seg_r18: no checkpoint to test with flip ({out}/seg_r18/last_checkpoint missing); train it again:"
-        f" remove {out}/seg_r18/result.json and rerun"]
+        f" remove {out}/seg_r18/result.json and rerun"
+    ]
     # a backbone placed under another OUT (a second pretraining stage's) is used as it is: no
     # pretraining, no export, the fine-tuning starts from it
     placed = tmp_path / "placed"
     placed.mkdir()
     (placed / "hvir_nano_backbone.pth").write_bytes(b"weights")
     calls.write_text("")
-    done = subprocess.run([str(REPO / "experiments/downstream_mini/run.sh"), "seg_hvir_pretrained"],
-                          env={**env, "OUT": str(placed)}, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [str(REPO / "experiments/downstream_mini/run.sh"), "seg_hvir_pretrained"],
+        env={**env, "OUT": str(placed)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     lines = calls.read_text().splitlines()
     assert not [line for line in lines if " fit " in line or "export-backbone" in line]
     (seg,) = [line for line in lines if line.startswith("mim train mmseg")]
     assert f"model.backbone.init_cfg.checkpoint={placed}/hvir_nano_backbone.pth" in seg
     # an unknown set is refused before anything runs
-    done = subprocess.run([str(REPO / "experiments/downstream_mini/run.sh"), "det_r18"], capture_output=True, text=True,
-                          env=dict(env, OBJECTS="garmnets", OUT=str(tmp_path / "other")), timeout=120)
+    done = subprocess.run(
+        [str(REPO / "experiments/downstream_mini/run.sh"), "det_r18"],
+        capture_output=True,
+        text=True,
+        env=dict(env, OBJECTS="garmnets", OUT=str(tmp_path / "other")),
+        timeout=120,
+    )
     assert done.returncode == 2 and done.stderr.strip().splitlines() == [
-        "error: unknown OBJECTS 'garmnets'; choose from fashion-mnist digits"]
+        "error: unknown OBJECTS 'garmnets'; choose from fashion-mnist digits"
+    ]
     assert not (tmp_path / "other").exists()
 
 

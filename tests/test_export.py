@@ -17,8 +17,14 @@ QUICKSTART = str(REPO / "configs" / "quickstart.yaml")
 
 
 def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "vir_lightning", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=600, env={"NO_ALBUMENTATIONS_UPDATE": "1", "PATH": "/usr/bin:/bin"})
+    return subprocess.run(
+        [sys.executable, "-m", "vir_lightning", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={"NO_ALBUMENTATIONS_UPDATE": "1", "PATH": "/usr/bin:/bin"},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -26,12 +32,28 @@ def hvir_checkpoint(tmp_path_factory) -> Path:
     """Six steps of H-ViR nano on Fashion-MNIST (56×56) with EMAWeightAveraging, via the CLI."""
     cwd = tmp_path_factory.mktemp("fit")
     proc = run(
-        "fit", "--config", QUICKSTART, "--model.init_args.model_name", "hvir_nano",
-        "--model.init_args.model_kwargs={}", "--data.init_args.img_size", "56",
-        "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "6", "--trainer.limit_val_batches", "2",
-        "--trainer.check_val_every_n_epoch", "1", "--test_after_fit", "false",
+        "fit",
+        "--config",
+        QUICKSTART,
+        "--model.init_args.model_name",
+        "hvir_nano",
+        "--model.init_args.model_kwargs={}",
+        "--data.init_args.img_size",
+        "56",
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.limit_train_batches",
+        "6",
+        "--trainer.limit_val_batches",
+        "2",
+        "--trainer.check_val_every_n_epoch",
+        "1",
+        "--test_after_fit",
+        "false",
         "--trainer.callbacks+=lightning.pytorch.callbacks.EMAWeightAveraging",
-        "--trainer.callbacks.init_args.decay", "0.5", cwd=cwd,
+        "--trainer.callbacks.init_args.decay",
+        "0.5",
+        cwd=cwd,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return cwd / "runs" / "quickstart" / "checkpoints" / "last.ckpt"
@@ -44,8 +66,8 @@ def test_export_writes_the_ema_weights_without_the_head(hvir_checkpoint, tmp_pat
     assert "hvir_nano" in proc.stdout and "EMA weights" in proc.stdout
     exported = torch.load(out, weights_only=True)
     checkpoint = torch.load(hvir_checkpoint, weights_only=True)
-    ema = {k[len("model."):]: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
-    raw = {k[len("model."):]: v for k, v in checkpoint["current_model_state"].items() if k.startswith("model.")}
+    ema = {k[len("model.") :]: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
+    raw = {k[len("model.") :]: v for k, v in checkpoint["current_model_state"].items() if k.startswith("model.")}
     state = exported["state_dict"]
     assert exported["meta"]["ema"] is True and exported["meta"]["model_name"] == "hvir_nano"
     assert set(state) == {k for k in ema if not k.startswith("head.")}

@@ -40,19 +40,30 @@ def _docstrings(tree: ast.AST) -> set[int]:
 def _spelled_forms(path: Path) -> list[tuple[int, str]]:
     tree = ast.parse(path.read_text(), filename=str(path))
     docstrings = _docstrings(tree)
-    return [(node.lineno, node.value) for node in ast.walk(tree)
-            if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in MODEL_FORMS
-            and id(node) not in docstrings]
+    return [
+        (node.lineno, node.value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant)
+        and isinstance(node.value, str)
+        and node.value in MODEL_FORMS
+        and id(node) not in docstrings
+    ]
 
 
 def test_the_form_names_are_spelled_only_in_forms_py():
     sources = sorted((ROOT / "vir_lightning").rglob("*.py")) + sorted((ROOT / "downstream").rglob("*.py"))
     assert FORMS_FILE in sources
     spelled = {p: _spelled_forms(p) for p in sources if p != FORMS_FILE}
-    offenders = [f"{p.relative_to(ROOT)}:{line}: {value!r}" for p, found in spelled.items() for line, value in found
-                 if not (value == AUTO and p in OTHER_AUTOS)]
-    assert not offenders, ("spell the retention forms through vir_lightning.retention.forms (PARALLEL, AUTO,"
-                           " MODEL_FORMS, …), not as literals:\n" + "\n".join(offenders))
+    offenders = [
+        f"{p.relative_to(ROOT)}:{line}: {value!r}"
+        for p, found in spelled.items()
+        for line, value in found
+        if not (value == AUTO and p in OTHER_AUTOS)
+    ]
+    assert not offenders, (
+        "spell the retention forms through vir_lightning.retention.forms (PARALLEL, AUTO,"
+        " MODEL_FORMS, …), not as literals:\n" + "\n".join(offenders)
+    )
     assert _spelled_forms(FORMS_FILE)  # the definition is where the test looks for it
 
 
@@ -66,8 +77,11 @@ def test_the_subsets_nest():
 @pytest.mark.parametrize(
     "args,message",
     [
-        (("fast", None, "model"), r"^mode='fast' is unknown; expected one of \('parallel', 'recurrent', 'chunkwise',"
-                                  r" 'auto', 'streaming'\)$"),
+        (
+            ("fast", None, "model"),
+            r"^mode='fast' is unknown; expected one of \('parallel', 'recurrent', 'chunkwise',"
+            r" 'auto', 'streaming'\)$",
+        ),
         (("fast", None, "op", "mode"), r"^mode: mode='fast' is unknown"),
         (("streaming", None, "op"), r"is unknown; expected one of .*'auto'\).*a form of a whole model"),
         (("streaming", None, "train", "train_mode"), r"^train_mode='streaming' is inference-only"),
@@ -98,8 +112,9 @@ def test_the_classifier_switches_forms_through_the_mixin():
     from vir_lightning.models.retention_layer import TrainEvalFormsMixin
     from vir_lightning.tasks.classification import ImageClassifier
 
-    module = ImageClassifier(num_classes=10, img_size=28, in_chans=1, train_mode="parallel",
-                             eval_mode="chunkwise", eval_chunk_size=2)
+    module = ImageClassifier(
+        num_classes=10, img_size=28, in_chans=1, train_mode="parallel", eval_mode="chunkwise", eval_chunk_size=2
+    )
     assert isinstance(module, TrainEvalFormsMixin)
     assert module.model.retention_mode == "parallel"
     module.on_validation_epoch_start()

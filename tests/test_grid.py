@@ -46,13 +46,19 @@ def read_rows(path: Path) -> list[dict]:
 
 
 def test_points_are_the_product_of_axes_and_zip_groups_times_seeds(tmp_path):
-    spec = load_spec(write_spec(
-        tmp_path / "s.yaml",
-        axes={"model.init_args.model_kwargs.decay": ["1d", "2d"]},
-        zip=[{"model.init_args.model_kwargs.pooling": ["avg", "token_last"],
-              "model.init_args.model_kwargs.multipass": [False, True]}],
-        seeds=[0, 1, 2],
-    ))
+    spec = load_spec(
+        write_spec(
+            tmp_path / "s.yaml",
+            axes={"model.init_args.model_kwargs.decay": ["1d", "2d"]},
+            zip=[
+                {
+                    "model.init_args.model_kwargs.pooling": ["avg", "token_last"],
+                    "model.init_args.model_kwargs.multipass": [False, True],
+                }
+            ],
+            seeds=[0, 1, 2],
+        )
+    )
     points = spec.points()
     assert len(points) == 2 * 2 * 3
     kwargs = "model.init_args.model_kwargs."
@@ -96,14 +102,17 @@ def test_a_report_groups_points_whose_zipped_values_are_dicts(tmp_path, monkeypa
 
     kwargs = [{"embed_dim": 32, "decay": "1d"}, {"embed_dim": 32, "decay": "2d"}]
     spec = load_spec(write_spec(tmp_path / "s.yaml", zip=[{"model.init_args.model_kwargs": kwargs}], seeds=[0, 1]))
-    runs = [Run(f"r{i}", point, str(tmp_path / f"r{i}"), spec.steps, spec.metrics, {}, {})
-            for i, point in enumerate(spec.points())]
+    runs = [
+        Run(f"r{i}", point, str(tmp_path / f"r{i}"), spec.steps, spec.metrics, {}, {})
+        for i, point in enumerate(spec.points())
+    ]
     accuracy = {0: 0.5, 1: 0.7, 2: 0.2, 3: 0.4}  # run index → test/acc1; runs 0, 1 are the 1D seeds
     statuses = {run.run_id: {"state": "done", "metrics": {"test/acc1": accuracy[i]}} for i, run in enumerate(runs)}
     drawn_x = []  # the x values of every errorbar the plots draw
     errorbar = matplotlib.axes.Axes.errorbar
-    monkeypatch.setattr(matplotlib.axes.Axes, "errorbar", lambda ax, x, *a, **k: drawn_x.append(list(x))
-                        or errorbar(ax, x, *a, **k))
+    monkeypatch.setattr(
+        matplotlib.axes.Axes, "errorbar", lambda ax, x, *a, **k: drawn_x.append(list(x)) or errorbar(ax, x, *a, **k)
+    )
     write_reports(spec, runs, statuses, str(tmp_path), "grid s.yaml")
     report = (tmp_path / "results.md").read_text()
     assert "| decay=1d | 2/2 | 0.6000 ± 0.1414 |" in report and "| decay=2d | 2/2 | 0.3000 ± 0.1414 |" in report
@@ -125,9 +134,12 @@ def test_point_labels_name_what_tells_points_apart():
         "d": {name: "hvir", kwargs: {}},
     }
     assert point_labels(points) == {
-        "a": "model_name=vir, decay=1d", "b": "model_name=vir, decay=2d",
+        "a": "model_name=vir, decay=1d",
+        "b": "model_name=vir, decay=2d",
         "b4": "model_name=vir, decay=2d, directions=4, pooling=avg",  # set for one point: both kept
-        "c": "model_name=vit, patch_size=4", "d": "model_name=hvir"}
+        "c": "model_name=vit, patch_size=4",
+        "d": "model_name=hvir",
+    }
     pooling = {"x": {"m.pooling": "avg", "m.multipass": False}, "y": {"m.pooling": "token_last", "m.multipass": True}}
     assert point_labels(pooling) == {"x": "pooling=avg, multipass=False", "y": "pooling=token_last, multipass=True"}
     assert point_labels({"x": {"m.decay": "2d"}}) == {"x": "decay=2d"}  # a single point keeps its values
@@ -153,8 +165,13 @@ def test_point_labels_name_what_tells_points_apart():
         (dict(seeds=[-1, 4294967296]), "every seed must lie in 0 … 2**32 − 1"),
         (dict(axes={"seed_everything": [1, 2]}), "'seed_everything' cannot be set: the grid sets seed_everything"),
         (dict(axes={"trainer.default_root_dir": ["a", "b"]}), "the grid sets trainer.default_root_dir"),
-        (dict(axes={"model.init_args.model_kwargs": [{}, {"decay": "2d"}]},
-              zip=[{"model.init_args.model_kwargs.decay": ["1d", "2d"]}]), "overlap: one sets a mapping"),
+        (
+            dict(
+                axes={"model.init_args.model_kwargs": [{}, {"decay": "2d"}]},
+                zip=[{"model.init_args.model_kwargs.decay": ["1d", "2d"]}],
+            ),
+            "overlap: one sets a mapping",
+        ),
     ],
 )
 def test_bad_specs_are_rejected_with_the_file_and_the_problem(fields, message, tmp_path):
@@ -167,22 +184,38 @@ def test_bad_specs_are_rejected_with_the_file_and_the_problem(fields, message, t
 @pytest.mark.parametrize(
     "fields,message",
     [
-        (dict(subcommands=["fit", {"run": "test", "tag": "t56"}], metrics=["val/acc1@t56"]),
-         "metric 'val/acc1@t56': step 't56' (test) logs only test/ metrics"),
-        (dict(args={**TINY_ARGS, "test_after_fit": False}),
-         "metric 'test/acc1': the untagged steps ['fit'] log only train/, val/ metrics (set test_after_fit: true"),
+        (
+            dict(subcommands=["fit", {"run": "test", "tag": "t56"}], metrics=["val/acc1@t56"]),
+            "metric 'val/acc1@t56': step 't56' (test) logs only test/ metrics",
+        ),
+        (
+            dict(args={**TINY_ARGS, "test_after_fit": False}),
+            "metric 'test/acc1': the untagged steps ['fit'] log only train/, val/ metrics (set test_after_fit: true",
+        ),
         (dict(subcommands=["test"]), "the untagged test has no weights to evaluate: put an untagged fit before it"),
-        (dict(axes={"model.init_args.model_kwargs.decay": ["1d", "1d"]}),
-         "points decay=1d and decay=1d resolve to the same config (the same run)"),
+        (
+            dict(axes={"model.init_args.model_kwargs.decay": ["1d", "1d"]}),
+            "points decay=1d and decay=1d resolve to the same config (the same run)",
+        ),
         (dict(metrics=["test/acc"]), "metric 'test/acc' is not one the runs log: did you mean 'test/acc1'?"),
-        (dict(subcommands=["fit", {"run": "test", "tag": "wide",
-                                   "args": {"model.init_args.model_kwargs.embed_dim": 48}}]),
-         "step wide: the fit's checkpoint does not fit VisionRetention ("),
-        (dict(axes={"data.init_args.batch_size": [8, 0]}),
-         "point batch_size=0: the data does not build: batch_size=0 must be a positive integer"),
+        (
+            dict(
+                subcommands=[
+                    "fit",
+                    {"run": "test", "tag": "wide", "args": {"model.init_args.model_kwargs.embed_dim": 48}},
+                ]
+            ),
+            "step wide: the fit's checkpoint does not fit VisionRetention (",
+        ),
+        (
+            dict(axes={"data.init_args.batch_size": [8, 0]}),
+            "point batch_size=0: the data does not build: batch_size=0 must be a positive integer",
+        ),
         (dict(args={**TINY_ARGS, "data.init_args.root": "no/such/folder"}), "the data does not build: "),
-        (dict(args={**TINY_ARGS, "data.init_args.crop_scale": [1.2, 0.5]}),
-         "the data does not build: crop_scale=[1.2, 0.5]: expected [low, high] with 0 < low <= high <= 1"),
+        (
+            dict(args={**TINY_ARGS, "data.init_args.crop_scale": [1.2, 0.5]}),
+            "the data does not build: crop_scale=[1.2, 0.5]: expected [low, high] with 0 < low <= high <= 1",
+        ),
     ],
 )
 def test_plans_whose_runs_would_fail_or_repeat_after_training_are_refused_before_any_run(fields, message, tmp_path):
@@ -211,12 +244,16 @@ def test_dotted_keys_must_reach_an_existing_section():
 
 
 def test_every_output_of_a_run_goes_into_its_own_directory():
-    config = {"trainer": {
-        "default_root_dir": "runs/quickstart",
-        "logger": [{"class_path": "CSVLogger", "init_args": {"save_dir": "runs/quickstart"}}],
-        "callbacks": [{"class_path": "ModelCheckpoint", "init_args": {"dirpath": "runs/quickstart/checkpoints"}},
-                      {"class_path": "LearningRateMonitor", "init_args": {"logging_interval": "step"}}],
-    }}
+    config = {
+        "trainer": {
+            "default_root_dir": "runs/quickstart",
+            "logger": [{"class_path": "CSVLogger", "init_args": {"save_dir": "runs/quickstart"}}],
+            "callbacks": [
+                {"class_path": "ModelCheckpoint", "init_args": {"dirpath": "runs/quickstart/checkpoints"}},
+                {"class_path": "LearningRateMonitor", "init_args": {"logging_interval": "step"}},
+            ],
+        }
+    }
     placed = place_outputs(config, "/out/runs/r1")
     assert placed["trainer"]["default_root_dir"] == "/out/runs/r1"
     assert placed["trainer"]["logger"][0]["init_args"]["save_dir"] == "/out/runs/r1"
@@ -242,14 +279,21 @@ def test_unknown_keys_and_bad_values_stop_the_grid_before_any_run(tmp_path, caps
 
 def _grid(spec: str, out: Path, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"}
-    return subprocess.Popen([sys.executable, "-m", "vir_lightning", "grid", spec, "--out", str(out), *extra],
-                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "vir_lightning", "grid", spec, "--out", str(out), *extra],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 @pytest.mark.slow
 def test_grid_killed_with_sigkill_resumes_without_redoing_or_losing_runs(tmp_path):
-    spec = write_spec(tmp_path / "decay.yaml", name="decay", axes={"model.init_args.model_kwargs.decay": ["1d", "2d"]},
-                      seeds=[0, 1])
+    spec = write_spec(
+        tmp_path / "decay.yaml", name="decay", axes={"model.init_args.model_kwargs.decay": ["1d", "2d"]}, seeds=[0, 1]
+    )
     out = tmp_path / "out"
     proc = _grid(spec, out)
     # Wait until one run has ended and a later one has started writing checkpoints, then SIGKILL.
@@ -326,9 +370,12 @@ def test_tagged_steps_start_from_the_fits_checkpoint_and_resume_step_by_step(tmp
     finetune = {"data.init_args.img_size": 36, "trainer.max_epochs": 1, "trainer.limit_train_batches": 2}
     spec = write_spec(
         tmp_path / "t.yaml",
-        subcommands=["fit", {"run": "test", "tag": "same"},
-                     {"run": "test", "tag": "36px", "args": {"data.init_args.img_size": 36}},
-                     {"run": "fit", "tag": "ft36px", "args": finetune}],
+        subcommands=[
+            "fit",
+            {"run": "test", "tag": "same"},
+            {"run": "test", "tag": "36px", "args": {"data.init_args.img_size": 36}},
+            {"run": "fit", "tag": "ft36px", "args": finetune},
+        ],
         metrics=["test/acc1", "test/acc1@same", "test/acc1@36px", "test/acc1@ft36px"],
     )
     out = tmp_path / "out"

@@ -37,9 +37,18 @@ class SleepyModule(L.LightningModule):
 
 def test_images_per_second_counts_training_and_test_images_over_their_own_time(tmp_path):
     loader = DataLoader(TensorDataset(torch.zeros(6 * BATCH, 3, 4, 4), torch.zeros(6 * BATCH)), batch_size=BATCH)
-    trainer = L.Trainer(accelerator="cpu", max_epochs=2, logger=False, enable_progress_bar=False,
-                        enable_checkpointing=False, num_sanity_val_steps=1, val_check_interval=3,
-                        limit_val_batches=2, default_root_dir=str(tmp_path), callbacks=[ImagesPerSecond()])
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_epochs=2,
+        logger=False,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        num_sanity_val_steps=1,
+        val_check_interval=3,
+        limit_val_batches=2,
+        default_root_dir=str(tmp_path),
+        callbacks=[ImagesPerSecond()],
+    )
     module = SleepyModule()
     trainer.fit(module, train_dataloaders=loader, val_dataloaders=loader)
     ceiling = BATCH / STEP_SECONDS  # images per second if nothing but the sleep took time

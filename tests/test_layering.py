@@ -25,7 +25,9 @@ PACKAGE = REPO / "vir_lightning"
 #: models (it needs none), and the tools' libraries (grid, benchmarks) below the commands.
 LEAVES = {"checks", "io", "run_folder"}
 ALLOWED = {
-    "checks": set(), "io": set(), "run_folder": set(),
+    "checks": set(),
+    "io": set(),
+    "run_folder": set(),
     "retention": set(),
     "models": {"retention", "checks"},
     "data": {"checks", "io"},
@@ -60,8 +62,11 @@ def _imports(path: Path, root: Path = REPO) -> list[tuple[int, str]]:
             if node.level:
                 base = package.split(".")[: len(package.split(".")) - (node.level - 1)]
                 target = ".".join(base + ([node.module] if node.module else []))
-                found += ([(node.lineno, f"{target}.{alias.name}") for alias in node.names] if not node.module
-                          else [(node.lineno, target)])
+                found += (
+                    [(node.lineno, f"{target}.{alias.name}") for alias in node.names]
+                    if not node.module
+                    else [(node.lineno, target)]
+                )
             else:
                 found.append((node.lineno, node.module))
         elif isinstance(node, ast.Constant) and isinstance(node.value, str) and DOWNSTREAM.fullmatch(node.value):
@@ -78,22 +83,37 @@ SOURCES = sorted(PACKAGE.rglob("*.py"))
 
 
 def test_the_core_never_imports_downstream():
-    offenders = [f"{path.relative_to(REPO)}:{line}: {name}" for path in SOURCES for line, name in _imports(path)
-                 if name == "downstream" or name.startswith(("downstream.", "downstream:"))]
+    offenders = [
+        f"{path.relative_to(REPO)}:{line}: {name}"
+        for path in SOURCES
+        for line, name in _imports(path)
+        if name == "downstream" or name.startswith(("downstream.", "downstream:"))
+    ]
     assert not offenders, "vir_lightning must not import downstream (register a command instead):\n" + "\n".join(
-        offenders)
+        offenders
+    )
 
 
 def test_the_scan_sees_imports_and_importlib_strings(tmp_path):
     # the check above is only as good as what it finds
     fake = tmp_path / "vir_lightning" / "deploy" / "x.py"
     fake.parent.mkdir(parents=True)
-    fake.write_text('import downstream\nfrom downstream.mini_datasets import main\nimport importlib\n'
-                    'importlib.import_module("downstream.mini_datasets")\nTARGET = "downstream.mini_datasets:main"\n'
-                    'NOTE = "downstream/README.md explains it"\nfrom ..models import layers\nfrom . import io\n')
-    assert sorted(name for _, name in _imports(fake, tmp_path)) == sorted([
-        "downstream", "downstream.mini_datasets", "importlib", "downstream.mini_datasets",
-        "downstream.mini_datasets:main", "vir_lightning.models", "vir_lightning.deploy.io"])
+    fake.write_text(
+        "import downstream\nfrom downstream.mini_datasets import main\nimport importlib\n"
+        'importlib.import_module("downstream.mini_datasets")\nTARGET = "downstream.mini_datasets:main"\n'
+        'NOTE = "downstream/README.md explains it"\nfrom ..models import layers\nfrom . import io\n'
+    )
+    assert sorted(name for _, name in _imports(fake, tmp_path)) == sorted(
+        [
+            "downstream",
+            "downstream.mini_datasets",
+            "importlib",
+            "downstream.mini_datasets",
+            "downstream.mini_datasets:main",
+            "vir_lightning.models",
+            "vir_lightning.deploy.io",
+        ]
+    )
 
 
 def test_every_layer_imports_only_the_layers_below_it():
@@ -112,10 +132,18 @@ def test_every_layer_imports_only_the_layers_below_it():
 
 def _blocked_python(code: str, tmp_path) -> subprocess.CompletedProcess:
     """``code`` in a fresh interpreter in which Lightning cannot be imported."""
-    prelude = ("import sys\nfor name in ('lightning', 'pytorch_lightning', 'lightning_fabric'):\n"
-               "    sys.modules[name] = None  # any import of it raises ImportError\n")
-    return subprocess.run([sys.executable, "-c", prelude + code], cwd=tmp_path, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300)
+    prelude = (
+        "import sys\nfor name in ('lightning', 'pytorch_lightning', 'lightning_fabric'):\n"
+        "    sys.modules[name] = None  # any import of it raises ImportError\n"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", prelude + code],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        timeout=300,
+    )
 
 
 def test_checkpoints_read_and_export_without_lightning(tmp_path):
@@ -125,13 +153,27 @@ def test_checkpoints_read_and_export_without_lightning(tmp_path):
     torch.manual_seed(0)
     tiny = {"embed_dim": 32, "depth": 2, "num_heads": 2}
     model = create_model("vir_nano_patch4_28", num_classes=3, img_size=32, **tiny)
-    hparams = {"model_name": "vir_nano_patch4_28", "num_classes": 3, "img_size": 32, "in_chans": 3,
-               "model_kwargs": tiny, "class_names": ["a", "b", "c"]}
-    torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}, "hyper_parameters": hparams,
-                "epoch": 1, "global_step": 2}, tmp_path / "run.ckpt")
+    hparams = {
+        "model_name": "vir_nano_patch4_28",
+        "num_classes": 3,
+        "img_size": 32,
+        "in_chans": 3,
+        "model_kwargs": tiny,
+        "class_names": ["a", "b", "c"],
+    }
+    torch.save(
+        {
+            "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
+            "hyper_parameters": hparams,
+            "epoch": 1,
+            "global_step": 2,
+        },
+        tmp_path / "run.ckpt",
+    )
     # the mm adapter's own imports of vir_lightning, read from its source
-    adapter = sorted({name for _, name in _imports(REPO / "downstream" / "hvir_backbone.py")
-                      if name.startswith("vir_lightning")})
+    adapter = sorted(
+        {name for _, name in _imports(REPO / "downstream" / "hvir_backbone.py") if name.startswith("vir_lightning")}
+    )
     assert "vir_lightning.deploy.checkpoints" in adapter
     code = f"""
 import importlib, torch
@@ -186,14 +228,18 @@ def test_registered_commands_are_listed_and_run(monkeypatch, tmp_path, capsys):
     here importlib.metadata's answer is replaced), listed with their module's COMMAND_HELP (or
     docstring) without importing it, dispatched to, and never shadow a built-in command."""
     plugin = tmp_path / "vir_plugin_cmd.py"
-    plugin.write_text('"""Say hello: a registered command.\n\nMore text."""\n\nCALLS = []\n\n\n'
-                      'def run(argv):\n    CALLS.append(argv)\n    return 3\n')
+    plugin.write_text(
+        '"""Say hello: a registered command.\n\nMore text."""\n\nCALLS = []\n\n\n'
+        "def run(argv):\n    CALLS.append(argv)\n    return 3\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     group = cli.ENTRY_POINT_GROUP
-    points = [EntryPoint("hello", "vir_plugin_cmd:run", group),
-              EntryPoint("export-onnx", "vir_plugin_cmd:run", group),  # a built-in name: ignored
-              EntryPoint("broken", "no_such_module_here:main", group),
-              *declared_entry_points()]
+    points = [
+        EntryPoint("hello", "vir_plugin_cmd:run", group),
+        EntryPoint("export-onnx", "vir_plugin_cmd:run", group),  # a built-in name: ignored
+        EntryPoint("broken", "no_such_module_here:main", group),
+        *declared_entry_points(),
+    ]
     seen = {}
 
     def entry_points(**kwargs):
@@ -208,7 +254,9 @@ def test_registered_commands_are_listed_and_run(monkeypatch, tmp_path, capsys):
     assert listed["export-onnx"] == cli.TOOLS["export-onnx"]
     assert listed["broken"] == ("no_such_module_here", "")
     assert listed["build-mini-datasets"] == (
-        "downstream.mini_datasets", "small COCO/ADE20K-layout sets from real pixels (mm smoke tests)")
+        "downstream.mini_datasets",
+        "small COCO/ADE20K-layout sets from real pixels (mm smoke tests)",
+    )
     assert list(listed)[: len(cli.TOOLS)] == list(cli.TOOLS)  # the built-in ones first, as before
     assert cli.main(["hello", "--x", "1"]) == 3
     assert sys.modules["vir_plugin_cmd"].CALLS == [["--x", "1"]]

@@ -94,7 +94,8 @@ def test_an_image_smaller_than_a_patch_is_padded_with_edge_pad_and_the_advice_fi
 def test_a_folder_given_as_an_image_is_named_as_a_folder(vir, tmp_path, capsys):
     assert predict_large(vir, tmp_path / "p.csv", "--images", str(tmp_path)) == 1
     assert error_lines(capsys.readouterr().err) == [
-        f"error: {tmp_path} is a folder; pass the image files in it (e.g. {tmp_path / '*.tif'})"]
+        f"error: {tmp_path} is a folder; pass the image files in it (e.g. {tmp_path / '*.tif'})"
+    ]
 
 
 def test_an_image_too_large_for_memory_is_named_with_the_fix(vir, tmp_path, capsys, monkeypatch):
@@ -116,8 +117,9 @@ def test_predict_large_names_predict_for_a_model_that_cannot_stream(tmp_path, ca
     module = ImageClassifier(model_name="hvir_nano", num_classes=4, img_size=64, class_names=list("wxyz"))
     torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, tmp_path / "h.ckpt")
     config = tmp_path / "c.yaml"
-    config.write_text("model:\n  class_path: vir_lightning.tasks.ImageClassifier\n  init_args:\n"
-                      "    model_name: hvir_nano\n")
+    config.write_text(
+        "model:\n  class_path: vir_lightning.tasks.ImageClassifier\n  init_args:\n    model_name: hvir_nano\n"
+    )
     with pytest.raises(ValueError, match="predict-large takes ViR checkpoints: use `predict` for this model") as err:
         load_streaming_model(str(config), str(tmp_path / "h.ckpt"), None)
     assert "retention_mode" not in str(err.value).split("(")[0]
@@ -151,10 +153,13 @@ def test_the_hvir_backbone_names_a_vir_export_as_what_it_is(vir, tmp_path):
 # -- build-mosaic, export-cluttered ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name,options,message", [
-    ("m.tif", ["--levels", "0"], "--levels 0: expected at least 1"),
-    ("mosaic.png", [], "the mosaic is a TIFF; give a .tif or .tiff file name"),
-])
+@pytest.mark.parametrize(
+    "name,options,message",
+    [
+        ("m.tif", ["--levels", "0"], "--levels 0: expected at least 1"),
+        ("mosaic.png", [], "the mosaic is a TIFF; give a .tif or .tiff file name"),
+    ],
+)
 def test_build_mosaic_refuses_no_levels_and_a_non_tiff_name(tmp_path, capsys, name, options, message):
     assert main(["build-mosaic", str(tmp_path / name), "--size", "64", "64", *options]) == 2
     assert message in error_lines(capsys.readouterr().err)[0]
@@ -195,9 +200,22 @@ def test_predict_never_writes_its_csv_over_one_of_its_images(image_folder, tiny_
     shutil.copytree(image_folder / "val", images)
     victim = list_images(str(images), recursive=True)[0]
     before = digest(victim)
-    assert main(["predict", "--config", QUICKSTART, *TINY_MODEL, f"--model.init_args.pretrained={tiny_weights}",
-                 f"--data.init_args.predict_root={images}", f"--predictions_csv={victim}", "--overwrite=true",
-                 f"--trainer.default_root_dir={tmp_path / 'run'}"]) != 0
+    assert (
+        main(
+            [
+                "predict",
+                "--config",
+                QUICKSTART,
+                *TINY_MODEL,
+                f"--model.init_args.pretrained={tiny_weights}",
+                f"--data.init_args.predict_root={images}",
+                f"--predictions_csv={victim}",
+                "--overwrite=true",
+                f"--trainer.default_root_dir={tmp_path / 'run'}",
+            ]
+        )
+        != 0
+    )
     assert "is this command's own input" in error_lines(capsys.readouterr().err)[-1]
     assert digest(victim) == before
 
@@ -251,6 +269,6 @@ def test_a_grid_whose_fit_trains_no_step_is_refused_by_the_dry_run(tmp_path, cap
 
     spec = write_spec(tmp_path / "s.yaml", args={**TINY_ARGS, "trainer.max_epochs": 0})
     assert main(["grid", spec, "--dry-run", "--out", str(tmp_path / "out")]) == 2
-    assert "the untagged fit trains no step (trainer max_epochs/max_steps of 0)" in error_lines(
-        capsys.readouterr().err)[0]
-
+    assert (
+        "the untagged fit trains no step (trainer max_epochs/max_steps of 0)" in error_lines(capsys.readouterr().err)[0]
+    )

@@ -32,8 +32,9 @@ def test_export_backbone_refuses_to_write_over_its_checkpoint(checkpoint, tmp_pa
     ckpt.parent.mkdir()
     shutil.copy(checkpoint / "model.ckpt", ckpt)
     before = digest(ckpt)
-    out = {"same": ckpt, "link": tmp_path / "link.ckpt",
-           "dotdot": tmp_path / "run" / ".." / "run" / "last.ckpt"}[spelling]
+    out = {"same": ckpt, "link": tmp_path / "link.ckpt", "dotdot": tmp_path / "run" / ".." / "run" / "last.ckpt"}[
+        spelling
+    ]
     if spelling == "link":
         os.symlink(ckpt, out)
     assert cli_main(["export-backbone", str(ckpt), str(out)]) != 0
@@ -48,8 +49,17 @@ def test_predict_large_refuses_an_out_that_is_one_of_its_images(checkpoint, tmp_
     write_mosaic(str(image), 128, 128, levels=1, tile=64)
     before = digest(image)
     config = write_config(tmp_path / "config.yaml")
-    argv = ["predict-large", "--config", config, "--ckpt_path", str(checkpoint / "model.ckpt"),
-            "--images", str(image), "--out", str(image)]
+    argv = [
+        "predict-large",
+        "--config",
+        config,
+        "--ckpt_path",
+        str(checkpoint / "model.ckpt"),
+        "--images",
+        str(image),
+        "--out",
+        str(image),
+    ]
     assert cli_main(argv) != 0
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith(f"error: --out {str(image)!r} is this command's own input")
@@ -60,8 +70,16 @@ def test_predict_refuses_a_predictions_csv_that_is_its_config(image_folder, tiny
     config = tmp_path / "quickstart.yaml"
     shutil.copy(QUICKSTART, config)
     before = digest(config)
-    proc = run_cli("predict", "--config", str(config), *TINY_MODEL, f"--model.init_args.pretrained={tiny_weights}",
-                   f"--data.init_args.predict_root={image_folder}", f"--predictions_csv={config}", cwd=tmp_path)
+    proc = run_cli(
+        "predict",
+        "--config",
+        str(config),
+        *TINY_MODEL,
+        f"--model.init_args.pretrained={tiny_weights}",
+        f"--data.init_args.predict_root={image_folder}",
+        f"--predictions_csv={config}",
+        cwd=tmp_path,
+    )
     assert proc.returncode != 0
     assert "is this command's own input" in proc.stderr.strip().splitlines()[-1]
     assert digest(config) == before

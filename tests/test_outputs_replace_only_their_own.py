@@ -110,8 +110,10 @@ def test_overwrite_never_replaces_a_read_only_file_an_input_or_a_foreign_folder(
     folder = tmp_path / "data"
     folder.mkdir()
     user_file(folder / "notes.txt")
-    with pytest.raises(ValueError, match="not one this command wrote"), \
-            atomic_output(str(folder), directory=True, overwrite=True):
+    with (
+        pytest.raises(ValueError, match="not one this command wrote"),
+        atomic_output(str(folder), directory=True, overwrite=True),
+    ):
         pass
     assert os.listdir(folder) == ["notes.txt"]
 
@@ -157,9 +159,19 @@ def test_predict_keeps_a_csv_of_another_checkpoint_or_folder(image_folder, tiny_
     csv_path = tmp_path / "predictions.csv"
 
     def predict(root, *extra):
-        return main(["predict", "--config", QUICKSTART, *TINY_MODEL, f"--model.init_args.pretrained={tiny_weights}",
-                     f"--data.init_args.predict_root={root}", f"--predictions_csv={csv_path}",
-                     f"--trainer.default_root_dir={tmp_path / 'run'}", *extra])
+        return main(
+            [
+                "predict",
+                "--config",
+                QUICKSTART,
+                *TINY_MODEL,
+                f"--model.init_args.pretrained={tiny_weights}",
+                f"--data.init_args.predict_root={root}",
+                f"--predictions_csv={csv_path}",
+                f"--trainer.default_root_dir={tmp_path / 'run'}",
+                *extra,
+            ]
+        )
 
     before = user_file(csv_path)
     assert predict(image_folder) != 0
@@ -182,13 +194,25 @@ def test_predict_large_keeps_foreign_files_and_overwrite_starts_afresh(checkpoin
     write_mosaic(str(image), 128, 128, levels=1, tile=64)
     config = write_config(tmp_path / "config.yaml")
     out, features = tmp_path / "pred.csv", tmp_path / "features"
-    argv = ["predict-large", "--config", config, "--ckpt_path", str(checkpoints / "a.ckpt"), "--images", str(image),
-            "--out", str(out), "--features-dir", str(features)]
+    argv = [
+        "predict-large",
+        "--config",
+        config,
+        "--ckpt_path",
+        str(checkpoints / "a.ckpt"),
+        "--images",
+        str(image),
+        "--out",
+        str(out),
+        "--features-dir",
+        str(features),
+    ]
     before = user_file(out)
     assert main(argv) == 2
     assert error_lines(capsys.readouterr().err) == [
         f"error: --out {str(out)!r} exists and was not written by vir_lightning (or was changed since), so it is kept;"
-        " choose another path, or replace it with --overwrite"]
+        " choose another path, or replace it with --overwrite"
+    ]
     assert digest(out) == before
     out.unlink()
     features.mkdir()
@@ -230,8 +254,21 @@ def test_grid_keeps_report_files_it_did_not_write_or_of_another_grid(tmp_path, c
 def test_bench_csv_of_other_options_is_kept_and_checked_before_measuring(tmp_path, capsys):
     out = tmp_path / "op.csv"
     before = user_file(out)
-    argv = ["bench-retention", "--tokens", "64", "--modes", "parallel", "--decay", "1d", "--repeats", "1",
-            "--min-seconds", "0", "--csv", str(out)]
+    argv = [
+        "bench-retention",
+        "--tokens",
+        "64",
+        "--modes",
+        "parallel",
+        "--decay",
+        "1d",
+        "--repeats",
+        "1",
+        "--min-seconds",
+        "0",
+        "--csv",
+        str(out),
+    ]
     assert main(argv) == 2
     assert "op.csv' exists and was not written by vir_lightning" in error_lines(capsys.readouterr().err)[0]
     assert digest(out) == before and "ms" not in capsys.readouterr().out  # nothing was measured

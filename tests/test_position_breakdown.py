@@ -26,17 +26,26 @@ def test_distances_count_from_the_token_end_of_the_grid():
     assert np.allclose(first["raster"], [0.0, 1.0, 3 / 15]) and np.allclose(first["manhattan"], [0.0, 1.0, 0.5])
 
 
-@pytest.mark.skipif(not os.path.isfile(os.path.join(DEBIAN_ROOT, FILES["test_images"])),
-                    reason="Fashion-MNIST is installed by `make data`")
+@pytest.mark.skipif(
+    not os.path.isfile(os.path.join(DEBIAN_ROOT, FILES["test_images"])),
+    reason="Fashion-MNIST is installed by `make data`",
+)
 def test_test_accuracy_is_split_by_distance_and_written_per_image(tmp_path):
     from vir_lightning.data import ClutteredFashionMNISTDataModule
     from vir_lightning.tasks import ImageClassifier
 
     data = ClutteredFashionMNISTDataModule(canvas=32, batch_size=16, num_workers=0)
-    model = ImageClassifier("vir_nano_patch4_28", model_kwargs=dict(embed_dim=32, depth=1, num_heads=1),
-                            num_classes=10, img_size=32)
-    trainer = L.Trainer(accelerator="cpu", limit_test_batches=4, logger=False, enable_progress_bar=False,
-                        default_root_dir=str(tmp_path), callbacks=[ObjectPositionBreakdown()])
+    model = ImageClassifier(
+        "vir_nano_patch4_28", model_kwargs=dict(embed_dim=32, depth=1, num_heads=1), num_classes=10, img_size=32
+    )
+    trainer = L.Trainer(
+        accelerator="cpu",
+        limit_test_batches=4,
+        logger=False,
+        enable_progress_bar=False,
+        default_root_dir=str(tmp_path),
+        callbacks=[ObjectPositionBreakdown()],
+    )
     metrics = trainer.test(model, datamodule=data, verbose=False)[0]
     rows = list(csv.DictReader(open(tmp_path / "test_positions.csv")))
     assert [int(r["index"]) for r in rows] == list(range(64))
@@ -64,10 +73,16 @@ def test_a_test_split_without_positions_is_refused(tmp_path):
             (root / split / name).mkdir(parents=True)
             cv2.imwrite(str(root / split / name / "x.png"), np.zeros((32, 32, 3), np.uint8))
     data = ImageFolderDataModule(root=str(root), img_size=32, batch_size=1, num_workers=0)
-    model = ImageClassifier("vir_nano_patch4_28", model_kwargs=dict(embed_dim=32, depth=1, num_heads=1),
-                            num_classes=2, img_size=32)
-    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, default_root_dir=str(tmp_path),
-                        callbacks=[ObjectPositionBreakdown()])
+    model = ImageClassifier(
+        "vir_nano_patch4_28", model_kwargs=dict(embed_dim=32, depth=1, num_heads=1), num_classes=2, img_size=32
+    )
+    trainer = L.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        default_root_dir=str(tmp_path),
+        callbacks=[ObjectPositionBreakdown()],
+    )
     with pytest.raises(ValueError, match="needs test images with object positions"):
         trainer.test(model, datamodule=data, verbose=False)
 
@@ -147,8 +162,10 @@ def test_runs_without_the_side_column_get_the_sizes_their_config_generates(tmp_p
         (run / "point.json").write_text(json.dumps({"values": {"m.decay": "1d"}, "seed": seed}))
         (run / "config.yaml").write_text(yaml.safe_dump({"data": data}))
         rows = ["index,label,correct,center_y,center_x,raster,manhattan"]  # as written before the side column
-        rows += [f"{i},0,{int(layout['side'] < 26)},{layout['center'][0]},{layout['center'][1]},{i / 1000},{i / 1000}"
-                 for i, layout in enumerate(layouts)]
+        rows += [
+            f"{i},0,{int(layout['side'] < 26)},{layout['center'][0]},{layout['center'][1]},{i / 1000},{i / 1000}"
+            for i, layout in enumerate(layouts)
+        ]
         (run / "csv" / "version_0" / "test_positions.csv").write_text("\n".join(rows) + "\n")
     script = os.path.join(os.path.dirname(__file__), "..", "experiments", "cluttered_distance_plot.py")
     command = [sys.executable, script, str(tmp_path), "--bins", "2"]
@@ -162,4 +179,3 @@ def test_runs_without_the_side_column_get_the_sizes_their_config_generates(tmp_p
     (tmp_path / "runs" / "p-1" / "config.yaml").write_text(yaml.safe_dump({"data": data}))
     moved = subprocess.run(command, capture_output=True, text=True)
     assert moved.returncode == 1 and "no longer places the run's garments" in moved.stderr
-

@@ -74,8 +74,13 @@ def write_checkpoint(path, model_name="vir_nano_patch16_224", **model_kwargs):
     from vir_lightning.tasks import ImageClassifier
 
     torch.manual_seed(0)
-    module = ImageClassifier(model_name=model_name, model_kwargs={"layer_scale_init": 0.5, **model_kwargs},
-                             num_classes=4, img_size=64, class_names=["w", "x", "y", "z"])
+    module = ImageClassifier(
+        model_name=model_name,
+        model_kwargs={"layer_scale_init": 0.5, **model_kwargs},
+        num_classes=4,
+        img_size=64,
+        class_names=["w", "x", "y", "z"],
+    )
     torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, path)
     return module.model
 
@@ -105,8 +110,23 @@ def read_rows(path) -> list[dict]:
 def test_predict_large_equals_the_model_on_the_whole_tensor(mosaic, trained, tmp_path, capsys):
     model, ckpt, config = trained
     out, features = tmp_path / "pred.csv", tmp_path / "features"
-    argv = ["predict-large", "--config", config, "--ckpt_path", ckpt, "--images", mosaic, "--level", "1",
-            "--out", str(out), "--chunk-size", "3", "--features-dir", str(features)]
+    argv = [
+        "predict-large",
+        "--config",
+        config,
+        "--ckpt_path",
+        ckpt,
+        "--images",
+        mosaic,
+        "--level",
+        "1",
+        "--out",
+        str(out),
+        "--chunk-size",
+        "3",
+        "--features-dir",
+        str(features),
+    ]
     assert cli_main(argv) == 0
     pixels = torch.from_numpy(whole_level(mosaic, 1)).permute(2, 0, 1)[None].float()
     images = (pixels / 255 - MEAN) / STD  # 1024×1536: a 64×96 grid, no edge
@@ -134,8 +154,24 @@ def test_edges_are_cropped_by_default_and_padded_on_request(mosaic, trained, tmp
     Image.fromarray(whole_level(mosaic, 2)[:250, :333]).save(small)
     for edge, grid, edge_px in (("crop", ("15", "20"), ("10", "13")), ("pad", ("16", "21"), ("6", "3"))):
         out = tmp_path / f"{edge}.csv"
-        assert cli_main(["predict-large", "--config", config, "--ckpt_path", ckpt, "--images", str(small),
-                         "--out", str(out), "--edge", edge]) == 0
+        assert (
+            cli_main(
+                [
+                    "predict-large",
+                    "--config",
+                    config,
+                    "--ckpt_path",
+                    ckpt,
+                    "--images",
+                    str(small),
+                    "--out",
+                    str(out),
+                    "--edge",
+                    edge,
+                ]
+            )
+            == 0
+        )
         (row,) = read_rows(out)
         assert (row["grid_rows"], row["grid_cols"]) == grid and (row["edge_rows_px"], row["edge_cols_px"]) == edge_px
 
@@ -160,8 +196,21 @@ def test_bad_files_are_reported_by_path_the_others_go_on_and_a_rerun_skips_done_
     corrupt = corrupt_copy(mosaic, tmp_path / "corrupt.tif")
     out, features = tmp_path / "pred.csv", tmp_path / "features"
     images = [corrupt, mosaic, str(tmp_path / "missing.tif")]
-    argv = ["predict-large", "--config", config, "--ckpt_path", ckpt, "--level", "2", "--out", str(out),
-            "--features-dir", str(features), "--images", *images]
+    argv = [
+        "predict-large",
+        "--config",
+        config,
+        "--ckpt_path",
+        ckpt,
+        "--level",
+        "2",
+        "--out",
+        str(out),
+        "--features-dir",
+        str(features),
+        "--images",
+        *images,
+    ]
     assert cli_main(argv) == 1
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if line.startswith("error:")]
@@ -190,8 +239,20 @@ def test_bad_files_are_reported_by_path_the_others_go_on_and_a_rerun_skips_done_
 )
 def test_bad_options_get_one_error_line(mosaic, trained, tmp_path, capsys, extra, match):
     _, ckpt, config = trained
-    code = cli_main(["predict-large", "--config", config, "--ckpt_path", ckpt, "--images", mosaic,
-                     "--out", str(tmp_path / "p.csv"), *extra])
+    code = cli_main(
+        [
+            "predict-large",
+            "--config",
+            config,
+            "--ckpt_path",
+            ckpt,
+            "--images",
+            mosaic,
+            "--out",
+            str(tmp_path / "p.csv"),
+            *extra,
+        ]
+    )
     assert code in (1, 2)
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and match in errors[0]
@@ -211,8 +272,22 @@ def test_models_and_configs_that_cannot_serve_are_refused_before_reading(
     write_checkpoint(tmp_path / "m.ckpt", model_name, **kwargs)
     config = write_config(tmp_path / "c.yaml", model_name, **(kwargs if config_kwargs is None else config_kwargs))
     out = tmp_path / "p.csv"
-    assert cli_main(["predict-large", "--config", config, "--ckpt_path", str(tmp_path / "m.ckpt"), "--images",
-                     mosaic, "--out", str(out)]) == 2
+    assert (
+        cli_main(
+            [
+                "predict-large",
+                "--config",
+                config,
+                "--ckpt_path",
+                str(tmp_path / "m.ckpt"),
+                "--images",
+                mosaic,
+                "--out",
+                str(out),
+            ]
+        )
+        == 2
+    )
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and match in errors[0]
     assert not out.exists()
@@ -226,8 +301,24 @@ def test_a_second_run_into_the_same_csv_is_refused_while_the_first_holds_it(mosa
     write_csv_atomically(str(out), ["earlier results"], [])
     with open(str(out) + ".lock", "a") as held:  # another run in progress
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        assert cli_main(["predict-large", "--config", config, "--ckpt_path", ckpt, "--images", mosaic,
-                         "--level", "2", "--out", str(out)]) == 2
+        assert (
+            cli_main(
+                [
+                    "predict-large",
+                    "--config",
+                    config,
+                    "--ckpt_path",
+                    ckpt,
+                    "--images",
+                    mosaic,
+                    "--level",
+                    "2",
+                    "--out",
+                    str(out),
+                ]
+            )
+            == 2
+        )
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "being written by another predict-large run" in errors[0]
     assert out.read_text() == "earlier results\n"  # kept
@@ -238,8 +329,19 @@ def test_a_rerun_with_other_options_is_refused_instead_of_keeping_the_old_result
     changes one would skip the finished images and keep results of another computation."""
     _, ckpt, config = trained
     out = tmp_path / "pred.csv"
-    argv = ["predict-large", "--config", config, "--ckpt_path", ckpt, "--level", "2", "--out", str(out),
-            "--images", mosaic]
+    argv = [
+        "predict-large",
+        "--config",
+        config,
+        "--ckpt_path",
+        ckpt,
+        "--level",
+        "2",
+        "--out",
+        str(out),
+        "--images",
+        mosaic,
+    ]
     assert cli_main(argv) == 0
     before = out.read_bytes()
     capsys.readouterr()

@@ -24,10 +24,22 @@ MEAN, STD = [0.3, 0.4, 0.5], [0.2, 0.25, 0.3]
 
 def test_a_fit_checkpoint_records_the_datas_normalisation_channels_and_size(image_folder, tmp_path):
     data = ImageFolderDataModule(str(image_folder), img_size=32, num_workers=0, batch_size=4, mean=MEAN, std=STD)
-    module = ImageClassifier(model_name="vir_nano_patch16_224", num_classes=data.num_classes, img_size=32,
-                             model_kwargs={"embed_dim": 32, "depth": 1, "num_heads": 2}, class_names=data.class_names)
-    trainer = L.Trainer(max_steps=1, limit_val_batches=0, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    module = ImageClassifier(
+        model_name="vir_nano_patch16_224",
+        num_classes=data.num_classes,
+        img_size=32,
+        model_kwargs={"embed_dim": 32, "depth": 1, "num_heads": 2},
+        class_names=data.class_names,
+    )
+    trainer = L.Trainer(
+        max_steps=1,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
     trainer.fit(module, data)
     trainer.save_checkpoint(tmp_path / "fit.ckpt")
     checkpoint = torch.load(tmp_path / "fit.ckpt", weights_only=True)
@@ -46,12 +58,22 @@ def test_predict_large_normalises_as_the_checkpoint_records_over_a_contradicting
         "model:\n  class_path: vir_lightning.tasks.ImageClassifier\n  init_args:\n"
         "    model_name: vir_nano_patch16_224\n"
         "data:\n  class_path: vir_lightning.data.ImageFolderDataModule\n  init_args:\n    root: data/mine\n"
-        "    mean: [0.5, 0.5, 0.5]\n    std: [0.5, 0.5, 0.5]\n")
+        "    mean: [0.5, 0.5, 0.5]\n    std: [0.5, 0.5, 0.5]\n"
+    )
     image = tmp_path / "slide.tif"
     write_mosaic(str(image), 128, 192, levels=1, tile=64)
     out = tmp_path / "pred.csv"
-    argv = ["predict-large", "--config", str(config), "--ckpt_path", str(tmp_path / "model.ckpt"),
-            "--images", str(image), "--out", str(out)]
+    argv = [
+        "predict-large",
+        "--config",
+        str(config),
+        "--ckpt_path",
+        str(tmp_path / "model.ckpt"),
+        "--images",
+        str(image),
+        "--out",
+        str(out),
+    ]
     assert cli_main(argv) == 0
     assert "using the checkpoint's, which the model was trained with" in capsys.readouterr().out
     pixels = torch.from_numpy(tifffile.imread(image)).permute(2, 0, 1)[None].float() / 255
@@ -70,10 +92,22 @@ def test_predict_normalises_as_the_checkpoint_records_with_a_notice(image_folder
 
     data = ImageFolderDataModule(str(image_folder), img_size=32, num_workers=0, batch_size=4, mean=MEAN, std=STD)
     kwargs = {"embed_dim": 32, "depth": 1, "num_heads": 2}
-    module = ImageClassifier(model_name="vir_nano_patch16_224", num_classes=data.num_classes, img_size=32,
-                             model_kwargs=kwargs, class_names=data.class_names)
-    trainer = L.Trainer(max_steps=1, limit_val_batches=0, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    module = ImageClassifier(
+        model_name="vir_nano_patch16_224",
+        num_classes=data.num_classes,
+        img_size=32,
+        model_kwargs=kwargs,
+        class_names=data.class_names,
+    )
+    trainer = L.Trainer(
+        max_steps=1,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
     trainer.fit(module, data)
     trainer.save_checkpoint(tmp_path / "fit.ckpt")
     config = tmp_path / "config.yaml"
@@ -84,10 +118,18 @@ def test_predict_normalises_as_the_checkpoint_records_with_a_notice(image_folder
         "data:\n  class_path: vir_lightning.data.ImageFolderDataModule\n  init_args:\n"
         f"    root: {image_folder}\n    img_size: 32\n    num_workers: 0\n    mean: [0.5, 0.5, 0.5]\n"
         "    std: [0.5, 0.5, 0.5]\n"
-        "trainer:\n  logger: false\n  enable_progress_bar: false\n")
+        "trainer:\n  logger: false\n  enable_progress_bar: false\n"
+    )
     out = tmp_path / "pred.csv"
-    proc = run_cli("predict", "--config", str(config), f"--ckpt_path={tmp_path / 'fit.ckpt'}",
-                   f"--data.init_args.predict_root={image_folder}", f"--predictions_csv={out}", cwd=tmp_path)
+    proc = run_cli(
+        "predict",
+        "--config",
+        str(config),
+        f"--ckpt_path={tmp_path / 'fit.ckpt'}",
+        f"--data.init_args.predict_root={image_folder}",
+        f"--predictions_csv={out}",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "using the checkpoint's, which the model was trained with" in proc.stdout
     assert len(list(csv.DictReader(open(out, newline="")))) > 0

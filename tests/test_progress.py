@@ -68,8 +68,9 @@ class Tiny(L.LightningModule):
     @staticmethod
     def _loader(n: int, seed: int) -> DataLoader:
         g = torch.Generator().manual_seed(seed)
-        return DataLoader(TensorDataset(torch.randn(n, 2, generator=g), torch.randint(0, 3, (n,), generator=g)),
-                          batch_size=4)
+        return DataLoader(
+            TensorDataset(torch.randn(n, 2, generator=g), torch.randint(0, 3, (n,), generator=g)), batch_size=4
+        )
 
     def train_dataloader(self):
         return self._loader(10, 0)  # batches of 4, 4 and 2 images
@@ -82,8 +83,14 @@ def test_progress_lines_measure_images_per_second_loss_and_eta(monkeypatch, caps
     clock = FakeClock()
     monkeypatch.setattr(progress, "_clock", clock)
     model = Tiny(clock)
-    trainer = L.Trainer(callbacks=[ProgressLines(interval_s=0)], max_epochs=2, accelerator="cpu", logger=False,
-                        enable_checkpointing=False, enable_model_summary=False)
+    trainer = L.Trainer(
+        callbacks=[ProgressLines(interval_s=0)],
+        max_epochs=2,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+    )
     trainer.fit(model)
     lines = capsys.readouterr().out.splitlines()
     progress_lines = [line for line in lines if line.startswith("epoch ")]
@@ -98,10 +105,14 @@ def test_progress_lines_measure_images_per_second_loss_and_eta(monkeypatch, caps
         "epoch 1/2 | validation | batch 1/2 | 8.0 images/s | ETA 0:00",  # 4 images in 0.5 s
     ]
     # the validation's results, then 3 training batches and the last validation left (1 s each)
-    assert re.fullmatch(r"epoch 1/2 \| validation \| val_loss \d\.\d{4} \| 6 images in 0:01, 6\.0 images/s"
-                        r" \| ETA fit 0:04", progress_lines[4]), progress_lines[4]
-    assert progress_lines[5] == (f"epoch 2/2 | step 1/3 | loss {model.losses[3]:.4f} | 4.0 images/s"
-                                 " | ETA epoch 0:02, fit 0:03")
+    assert re.fullmatch(
+        r"epoch 1/2 \| validation \| val_loss \d\.\d{4} \| 6 images in 0:01, 6\.0 images/s"
+        r" \| ETA fit 0:04",
+        progress_lines[4],
+    ), progress_lines[4]
+    assert progress_lines[5] == (
+        f"epoch 2/2 | step 1/3 | loss {model.losses[3]:.4f} | 4.0 images/s | ETA epoch 0:02, fit 0:03"
+    )
     assert progress_lines[-1].endswith(" | 6 images in 0:01, 6.0 images/s | ETA fit 0:00")
     assert len(progress_lines) == 10
     assert not any("\r" in line or "\x1b" in line for line in lines)
@@ -110,8 +121,15 @@ def test_progress_lines_measure_images_per_second_loss_and_eta(monkeypatch, caps
 def test_progress_lines_wait_for_their_interval(monkeypatch, capsys):
     clock = FakeClock()
     monkeypatch.setattr(progress, "_clock", clock)
-    trainer = L.Trainer(callbacks=[ProgressLines(interval_s=1.5)], max_epochs=1, accelerator="cpu", logger=False,
-                        enable_checkpointing=False, enable_model_summary=False, num_sanity_val_steps=0)
+    trainer = L.Trainer(
+        callbacks=[ProgressLines(interval_s=1.5)],
+        max_epochs=1,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
     trainer.fit(Tiny(clock))
     lines = capsys.readouterr().out.splitlines()
     steps = [line.split(" | ")[1] for line in lines if line.startswith("epoch 1/1 | step")]
@@ -142,12 +160,13 @@ def test_a_bar_or_summary_the_config_names_stays_and_a_disabled_bar_stays_off(mo
     monkeypatch.setattr(sys.stdout, "isatty", lambda: False)
     bar, summary = TQDMProgressBar(refresh_rate=7), ModelSummary(max_depth=2)
     trainer = L.Trainer(logger=False, enable_checkpointing=False, callbacks=[bar, summary])
-    named = [{"class_path": "lightning.pytorch.callbacks.TQDMProgressBar", "init_args": {"refresh_rate": 7}},
-             {"class_path": "lightning.pytorch.callbacks.ModelSummary", "init_args": {"max_depth": 2}}]
+    named = [
+        {"class_path": "lightning.pytorch.callbacks.TQDMProgressBar", "init_args": {"refresh_rate": 7}},
+        {"class_path": "lightning.pytorch.callbacks.ModelSummary", "init_args": {"max_depth": 2}},
+    ]
     use_readable_output(trainer, named)
     assert trainer.progress_bar_callback is bar and summary in trainer.callbacks
-    trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False)
+    trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     use_readable_output(trainer)
     assert trainer.progress_bar_callback is None
     assert not any(isinstance(c, ModelSummary) for c in trainer.callbacks)
@@ -158,9 +177,14 @@ def test_the_plain_summary_has_no_flops(caplog):
 
     summary = summarize(Tiny(FakeClock()), max_depth=1)
     with caplog.at_level(logging.INFO, logger="lightning.pytorch"):
-        SummaryWithoutFlops.summarize(summary._get_summary_data(), summary.total_parameters,
-                                      summary.trainable_parameters, summary.model_size, summary.total_training_modes,
-                                      summary.total_flops)
+        SummaryWithoutFlops.summarize(
+            summary._get_summary_data(),
+            summary.total_parameters,
+            summary.trainable_parameters,
+            summary.model_size,
+            summary.total_training_modes,
+            summary.total_flops,
+        )
     assert "Total params" in caplog.text and "layer" in caplog.text
     assert "flops" not in caplog.text.lower()
 
@@ -173,26 +197,59 @@ def test_line_progress_prints_lines_at_its_interval(monkeypatch, capsys):
             clock.now += 4.0
             bands.update(1)
     err = capsys.readouterr().err
-    assert err.splitlines() == ["big.tif: 3/8 bands (38%), 0:12 elapsed, ETA 0:20",
-                                "big.tif: 6/8 bands (75%), 0:24 elapsed, ETA 0:08"]
+    assert err.splitlines() == [
+        "big.tif: 3/8 bands (38%), 0:12 elapsed, ETA 0:20",
+        "big.tif: 6/8 bands (75%), 0:24 elapsed, ETA 0:08",
+    ]
 
 
 def test_piped_fit_prints_progress_lines_and_a_summary_without_flops(tmp_path):
     """The CLI with stdout piped (as ``fit ... > log``): lines with every field, no carriage return."""
     env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"}
     proc = subprocess.run(
-        [sys.executable, "-m", "vir_lightning", "fit", "--config", QUICKSTART, *TINY_MODEL,
-         "--trainer.max_epochs", "1", "--trainer.check_val_every_n_epoch", "1", "--trainer.limit_train_batches", "4",
-         "--trainer.limit_val_batches", "2", "--trainer.limit_test_batches", "2", "--data.init_args.batch_size", "16",
-         f"--trainer.default_root_dir={tmp_path / 'run'}"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+        [
+            sys.executable,
+            "-m",
+            "vir_lightning",
+            "fit",
+            "--config",
+            QUICKSTART,
+            *TINY_MODEL,
+            "--trainer.max_epochs",
+            "1",
+            "--trainer.check_val_every_n_epoch",
+            "1",
+            "--trainer.limit_train_batches",
+            "4",
+            "--trainer.limit_val_batches",
+            "2",
+            "--trainer.limit_test_batches",
+            "2",
+            "--data.init_args.batch_size",
+            "16",
+            f"--trainer.default_root_dir={tmp_path / 'run'}",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
     number, time_ = r"\d+\.\d+", r"\d+:\d\d"
-    assert re.search(rf"^epoch 1/1 \| step 4/4 \| loss {number} \(epoch mean\) \| 64 images in {time_}, "
-                     rf"{number} images/s \| ETA fit {time_}$", out, re.M), out
-    assert re.search(rf"^epoch 1/1 \| validation \| val/acc1 {number}, val/acc5 {number}, val/loss {number} \| "
-                     rf"32 images in {time_}, {number} images/s \| ETA fit 0:00$", out, re.M), out
+    assert re.search(
+        rf"^epoch 1/1 \| step 4/4 \| loss {number} \(epoch mean\) \| 64 images in {time_}, "
+        rf"{number} images/s \| ETA fit {time_}$",
+        out,
+        re.M,
+    ), out
+    assert re.search(
+        rf"^epoch 1/1 \| validation \| val/acc1 {number}, val/acc5 {number}, val/loss {number} \| "
+        rf"32 images in {time_}, {number} images/s \| ETA fit 0:00$",
+        out,
+        re.M,
+    ), out
     assert re.search(rf"^test \| batch 2/2 \| 32 images in {time_}, {number} images/s$", out, re.M), out
     assert "\r" not in out + proc.stderr and "\x1b" not in out
     assert "Total params" in out  # the summary is still there, without its FLOPs

@@ -144,10 +144,16 @@ def tiny(family):
 @pytest.mark.parametrize(
     "make_input,error,match",
     [
-        (lambda s: torch.randint(0, 255, (2, 1, s, s), dtype=torch.uint8), ValueError,
-         r"dtype torch.uint8; expected floating-point images .*x.float\(\) / 255"),
-        (lambda s: torch.randn(2, 1, s, s, dtype=torch.float64), ValueError,
-         r"dtype torch.float64 but the model's weights are torch.float32; pass x.to\(torch.float32\)"),
+        (
+            lambda s: torch.randint(0, 255, (2, 1, s, s), dtype=torch.uint8),
+            ValueError,
+            r"dtype torch.uint8; expected floating-point images .*x.float\(\) / 255",
+        ),
+        (
+            lambda s: torch.randn(2, 1, s, s, dtype=torch.float64),
+            ValueError,
+            r"dtype torch.float64 but the model's weights are torch.float32; pass x.to\(torch.float32\)",
+        ),
         (lambda s: torch.randn(2, 1, s, s, dtype=torch.bfloat16), ValueError, r"dtype torch.bfloat16 but the model"),
         (lambda s: torch.randn(2, 1, s, s).numpy(), TypeError, r"input is a ndarray; expected a torch.Tensor"),
         (lambda s: torch.randn(1, s, s), ValueError, r"input has shape \(1, \d+, \d+\); expected \(batch, 1,"),
@@ -278,17 +284,27 @@ ONE_1D = ["--modes", "parallel", "--decay", "1d"]
         (["bench-backbone", "--size", "64", "64", "--chunk-size", "0"], "--chunk-size 0"),
         (["bench-backbone", "--model", "vir_nano_patch16_224"], "is not an H-ViR backbone"),
         (["bench-backbone", "--model", "hvir_tni"], "unknown model 'hvir_tni'"),
-        (["bench", "--models", "vir_nano_patch16_224", "--resolutions", "32", "--model-kwargs", '{"bogus": 1}'],
-         "--model-kwargs '{\"bogus\": 1}' for vir_nano_patch16_224: model 'vir_nano_patch16_224' has no option"),
-        (["bench", "--models", "vir_nano_patch16_224", "--resolutions", "32", "--model-kwargs", '{"embed_dim": 0}'],
-         "embed_dim=0 is invalid"),
-        (["bench", "--models", "vir_nano_patch16_224", "--resolutions", "32", "--max-memory-gb", "-1"],
-         "--max-memory-gb -1.0"),
-        (["bench", "--models", "vir_nano_patch16_224", "--resolutions", "32", "--whole-image-max-resolution", "0"],
-         "--whole-image-max-resolution 0"),
+        (
+            ["bench", "--models", "vir_nano_patch16_224", "--resolutions", "32", "--model-kwargs", '{"bogus": 1}'],
+            "--model-kwargs '{\"bogus\": 1}' for vir_nano_patch16_224: model 'vir_nano_patch16_224' has no option",
+        ),
+        (
+            ["bench", "--models", "vir_nano_patch16_224", "--resolutions", "32", "--model-kwargs", '{"embed_dim": 0}'],
+            "embed_dim=0 is invalid",
+        ),
+        (
+            ["bench", "--models", "vir_nano_patch16_224", "--resolutions", "32", "--max-memory-gb", "-1"],
+            "--max-memory-gb -1.0",
+        ),
+        (
+            ["bench", "--models", "vir_nano_patch16_224", "--resolutions", "32", "--whole-image-max-resolution", "0"],
+            "--whole-image-max-resolution 0",
+        ),
         (["bench", "--models", "vir_nano_patch16_224", "--resolutions", "32", "--threads", "0"], "--threads 0"),
-        (["bench", "--models", "vir_nano_patch16_224", "--resolutions", "32", "--out", "{tmp}/file/x"],
-         "is a file, not a folder"),
+        (
+            ["bench", "--models", "vir_nano_patch16_224", "--resolutions", "32", "--out", "{tmp}/file/x"],
+            "is a file, not a folder",
+        ),
     ],
 )
 def test_benchmark_bad_values_give_one_error_line_before_any_run(argv, message, tmp_path, capsys):
@@ -337,8 +353,11 @@ def test_a_metric_added_to_the_spec_after_a_run_ended_is_read_or_the_run_is_fail
     from vir_lightning.grid.execute import status_for_metrics
 
     (tmp_path / "metrics.json").write_text('{"test/acc1": 0.5, "val/acc1": 0.6}')
-    run = {"run_dir": str(tmp_path), "steps": [{"run": "fit", "tag": None, "name": "fit"}],
-           "metrics": ["test/acc1", "val/acc1"]}
+    run = {
+        "run_dir": str(tmp_path),
+        "steps": [{"run": "fit", "tag": None, "name": "fit"}],
+        "metrics": ["test/acc1", "val/acc1"],
+    }
     done = {"state": "done", "metrics": {"test/acc1": 0.5}}
     assert status_for_metrics(run, done)["metrics"] == {"test/acc1": 0.5, "val/acc1": 0.6}
     never_logged = status_for_metrics({**run, "metrics": ["test/acc1", "test/acc5"]}, done)
@@ -347,16 +366,28 @@ def test_a_metric_added_to_the_spec_after_a_run_ended_is_read_or_the_run_is_fail
     assert status_for_metrics(run, {"state": "failed"}) == {"state": "failed"}
 
 
-PREDICT = ["predict-large", "--config", "configs/quickstart.yaml", "--ckpt_path", "{tmp}/none.ckpt",
-           "--images", "{tmp}/a.png", "--out", "{tmp}/out.csv"]
+PREDICT = [
+    "predict-large",
+    "--config",
+    "configs/quickstart.yaml",
+    "--ckpt_path",
+    "{tmp}/none.ckpt",
+    "--images",
+    "{tmp}/a.png",
+    "--out",
+    "{tmp}/out.csv",
+]
 
 
 @pytest.mark.parametrize(
     "replace,extra,message",
     [
         (("configs/quickstart.yaml", "{tmp}"), [], "is a folder; give the training config's YAML file"),
-        (("{tmp}/none.ckpt", "{tmp}"), [], "is a folder without config.json, so not a pretrained folder; give the"
-                                            " .ckpt file"),
+        (
+            ("{tmp}/none.ckpt", "{tmp}"),
+            [],
+            "is a folder without config.json, so not a pretrained folder; give the .ckpt file",
+        ),
         (("{tmp}/none.ckpt", "{tmp}/file"), [], "is not a PyTorch file (neither torch.save's zip nor a pickle)"),
         (("{tmp}/out.csv", "{tmp}/file/out.csv"), [], "--out"),
         (None, ["--features-dir", "{tmp}/file"], "--features-dir"),

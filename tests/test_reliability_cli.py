@@ -21,9 +21,21 @@ from vir_lightning.commands.lightning import _one_line
 from vir_lightning.data import ImageFolderDataModule
 from vir_lightning.tasks import ImageClassifier, MinTrainSteps
 
-SHORT_FIT = [*TINY_MODEL, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
-             "--trainer.limit_val_batches", "1", "--trainer.check_val_every_n_epoch", "1",
-             "--test_after_fit", "false", "--trainer.enable_progress_bar", "false"]
+SHORT_FIT = [
+    *TINY_MODEL,
+    "--trainer.max_epochs",
+    "1",
+    "--trainer.limit_train_batches",
+    "2",
+    "--trainer.limit_val_batches",
+    "1",
+    "--trainer.check_val_every_n_epoch",
+    "1",
+    "--test_after_fit",
+    "false",
+    "--trainer.enable_progress_bar",
+    "false",
+]
 
 
 def error_lines(stderr: str) -> list[str]:
@@ -55,26 +67,60 @@ def earlier_run(tmp_path_factory) -> Path:
 def test_checkpoint_does_not_replace_the_command_lines_evaluation_form(earlier_run, tmp_path):
     ckpt = earlier_run / "checkpoints" / "last.ckpt"
     assert torch.load(ckpt, weights_only=True)["hyper_parameters"]["eval_mode"] == "auto"
-    proc = run_cli("validate", "--config", QUICKSTART, *TINY_MODEL, "--ckpt_path", str(ckpt),
-                   "--model.init_args.eval_mode", "chunkwise", "--trainer.limit_val_batches", "1",
-                   "--trainer.default_root_dir", "val", cwd=tmp_path)
+    proc = run_cli(
+        "validate",
+        "--config",
+        QUICKSTART,
+        *TINY_MODEL,
+        "--ckpt_path",
+        str(ckpt),
+        "--model.init_args.eval_mode",
+        "chunkwise",
+        "--trainer.limit_val_batches",
+        "1",
+        "--trainer.default_root_dir",
+        "val",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     saved = list((tmp_path / "val").glob("**/config.yaml"))
     assert saved and "eval_mode: chunkwise" in saved[0].read_text()  # not the checkpoint's "auto"
-    bad = run_cli("validate", "--config", QUICKSTART, *TINY_MODEL, "--ckpt_path", str(ckpt),
-                  "--model.init_args.eval_mode", "banana", cwd=tmp_path)
+    bad = run_cli(
+        "validate",
+        "--config",
+        QUICKSTART,
+        *TINY_MODEL,
+        "--ckpt_path",
+        str(ckpt),
+        "--model.init_args.eval_mode",
+        "banana",
+        cwd=tmp_path,
+    )
     assert_one_clear_error(bad, "eval_mode", "banana")
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("args,fragment", [
-    (["--model.init_args.model_name", "hvir_nano", "--model.init_args.model_kwargs={}"], "model_name"),
-    (['--model.init_args.model_kwargs={"embed_dim": 32, "depth": 2, "num_heads": 2, "decay": "2d"}'], "decay"),
-])
+@pytest.mark.parametrize(
+    "args,fragment",
+    [
+        (["--model.init_args.model_name", "hvir_nano", "--model.init_args.model_kwargs={}"], "model_name"),
+        (['--model.init_args.model_kwargs={"embed_dim": 32, "depth": 2, "num_heads": 2, "decay": "2d"}'], "decay"),
+    ],
+)
 def test_checkpoint_of_another_architecture_is_an_error_not_a_silent_load(earlier_run, tmp_path, args, fragment):
     ckpt = earlier_run / "checkpoints" / "last.ckpt"
-    proc = run_cli("fit", "--config", QUICKSTART, *SHORT_FIT, *args, "--ckpt_path", str(ckpt),
-                   "--trainer.default_root_dir", "other", cwd=tmp_path)
+    proc = run_cli(
+        "fit",
+        "--config",
+        QUICKSTART,
+        *SHORT_FIT,
+        *args,
+        "--ckpt_path",
+        str(ckpt),
+        "--trainer.default_root_dir",
+        "other",
+        cwd=tmp_path,
+    )
     assert_one_clear_error(proc, "trained for another model", fragment)
 
 
@@ -98,12 +144,15 @@ def test_evaluating_without_trained_weights_is_an_error(tmp_path):
 # -- configuration errors are one line ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("args,fragments", [
-    (["--data.init_args.batch_size", "-3"], ["batch_size=-3"]),
-    (["--trainer.max_epochs", "banana"], ["trainer.max_epochs", "banana"]),
-    (["--model.init_args.train_mode", "sideways"], ["train_mode", "sideways"]),
-    (["--no_such_option", "1"], ["--no_such_option", "--help"]),
-])
+@pytest.mark.parametrize(
+    "args,fragments",
+    [
+        (["--data.init_args.batch_size", "-3"], ["batch_size=-3"]),
+        (["--trainer.max_epochs", "banana"], ["trainer.max_epochs", "banana"]),
+        (["--model.init_args.train_mode", "sideways"], ["train_mode", "sideways"]),
+        (["--no_such_option", "1"], ["--no_such_option", "--help"]),
+    ],
+)
 def test_configuration_mistakes_print_the_real_message_on_one_line(tmp_path, args, fragments):
     proc = run_cli("fit", "--config", QUICKSTART, *args, cwd=tmp_path)
     assert_one_clear_error(proc, *fragments)
@@ -111,9 +160,11 @@ def test_configuration_mistakes_print_the_real_message_on_one_line(tmp_path, arg
 
 
 def test_union_error_reduces_to_the_named_types_message():
-    message = ("Does not validate against any of the Union subtypes\nSubtypes: [<class 'A'>, <class 'NoneType'>]\n"
-               "Errors:\n  - size=3 is too small; pass 4 or more\n  - Expected a <class 'NoneType'>\n"
-               "Given value type: <class 'jsonargparse._namespace.Namespace'>\nGiven value: Namespace(a=1)")
+    message = (
+        "Does not validate against any of the Union subtypes\nSubtypes: [<class 'A'>, <class 'NoneType'>]\n"
+        "Errors:\n  - size=3 is too small; pass 4 or more\n  - Expected a <class 'NoneType'>\n"
+        "Given value type: <class 'jsonargparse._namespace.Namespace'>\nGiven value: Namespace(a=1)"
+    )
     assert _one_line(message) == "size=3 is too small; pass 4 or more"
 
 
@@ -124,8 +175,9 @@ def test_union_error_reduces_to_the_named_types_message():
 def test_a_second_fit_into_a_folder_in_use_stops_without_touching_it(tmp_path):
     run_dir = tmp_path / "busy"
     with run_folder.fit_lock(str(run_dir)):
-        proc = run_cli("fit", "--config", QUICKSTART, *SHORT_FIT, "--trainer.default_root_dir", str(run_dir),
-                       cwd=tmp_path)
+        proc = run_cli(
+            "fit", "--config", QUICKSTART, *SHORT_FIT, "--trainer.default_root_dir", str(run_dir), cwd=tmp_path
+        )
     assert_one_clear_error(proc, "another fit", str(run_dir))
     assert not list(run_dir.glob("**/*.ckpt")) and not (run_dir / "metrics.json").exists()
 
@@ -145,8 +197,17 @@ def test_fresh_fit_refuses_a_folder_with_results_unless_told_to_overwrite(earlie
     assert json.loads((run_dir / "metrics.json").read_text()) == metrics
 
     (run_dir / "metrics.json").write_text(json.dumps({**metrics, "test/acc1": 0.99}))
-    proc = run_cli("fit", "--config", QUICKSTART, *SHORT_FIT, "--trainer.default_root_dir", str(run_dir),
-                   "--overwrite", "true", cwd=tmp_path)
+    proc = run_cli(
+        "fit",
+        "--config",
+        QUICKSTART,
+        *SHORT_FIT,
+        "--trainer.default_root_dir",
+        str(run_dir),
+        "--overwrite",
+        "true",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert not (run_dir / "checkpoints" / "epoch07-acc1_0.9000.ckpt").exists()  # the replaced run's files are gone
     assert "test/acc1" not in json.loads((run_dir / "metrics.json").read_text())  # no stale metric survives
@@ -166,8 +227,17 @@ def test_root_dir_on_the_command_line_takes_checkpoints_and_logs_with_it(earlier
 
 @pytest.mark.slow
 def test_fit_of_zero_steps_is_an_error_and_reports_no_metrics(tmp_path):
-    proc = run_cli("fit", "--config", QUICKSTART, *TINY_MODEL, "--trainer.max_epochs", "0",
-                   "--trainer.default_root_dir", "run", cwd=tmp_path)
+    proc = run_cli(
+        "fit",
+        "--config",
+        QUICKSTART,
+        *TINY_MODEL,
+        "--trainer.max_epochs",
+        "0",
+        "--trainer.default_root_dir",
+        "run",
+        cwd=tmp_path,
+    )
     assert_one_clear_error(proc, "no training step")
     assert "test/acc1" not in proc.stdout
     assert not (tmp_path / "run" / "metrics.json").exists()
@@ -182,10 +252,22 @@ def test_dataset_smaller_than_one_batch_still_trains(image_folder):
 
 def test_min_train_steps_stretches_a_short_schedule_and_says_so(image_folder, tmp_path, caplog):
     data = ImageFolderDataModule(root=str(image_folder), batch_size=8, num_workers=0, img_size=32)
-    module = ImageClassifier("vir_nano_patch4_28", model_kwargs={"embed_dim": 32, "depth": 1, "num_heads": 2},
-                             num_classes=3, img_size=32, in_chans=3)
-    trainer = L.Trainer(max_epochs=2, callbacks=[MinTrainSteps(10)], logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, limit_val_batches=0, default_root_dir=tmp_path)
+    module = ImageClassifier(
+        "vir_nano_patch4_28",
+        model_kwargs={"embed_dim": 32, "depth": 1, "num_heads": 2},
+        num_classes=3,
+        img_size=32,
+        in_chans=3,
+    )
+    trainer = L.Trainer(
+        max_epochs=2,
+        callbacks=[MinTrainSteps(10)],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        limit_val_batches=0,
+        default_root_dir=tmp_path,
+    )
     with caplog.at_level("INFO"):
         trainer.fit(module, data)
     assert trainer.global_step == 12  # 24 images / 8 = 3 steps an epoch: 4 epochs, not 2

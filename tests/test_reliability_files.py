@@ -38,7 +38,7 @@ def photo(height: int = 64, width: int = 48) -> np.ndarray:
     """Real RGB pixels: a crop of the portrait matplotlib ships."""
     path = os.path.join(matplotlib.get_data_path(), "sample_data", "grace_hopper.jpg")
     with Image.open(path) as image:
-        return np.ascontiguousarray(np.asarray(image.convert("RGB"))[100: 100 + height, 150: 150 + width])
+        return np.ascontiguousarray(np.asarray(image.convert("RGB"))[100 : 100 + height, 150 : 150 + width])
 
 
 def corrupt(path: Path) -> Path:
@@ -52,9 +52,16 @@ def error_lines(text: str) -> list[str]:
 
 def fit_tiny(dm, **trainer_kwargs) -> L.Trainer:
     model = ImageClassifier("vir_nano_patch4_28", TINY, num_classes=dm.num_classes, img_size=dm.img_size)
-    trainer = L.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                        **trainer_kwargs)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        **trainer_kwargs,
+    )
     trainer.fit(model, datamodule=dm)
     return trainer
 
@@ -108,8 +115,9 @@ def test_exif_rotated_jpeg_decodes_upright(tmp_path):
     rgb = photo(64, 48)
     exif = Image.Exif()
     exif[0x0112] = 6  # "rotate 90° clockwise to display": the stored pixels lie on their side
-    Image.fromarray(np.ascontiguousarray(np.rot90(rgb, 1))).save(tmp_path / "phone.jpg", exif=exif.tobytes(),
-                                                                  quality=95)
+    Image.fromarray(np.ascontiguousarray(np.rot90(rgb, 1))).save(
+        tmp_path / "phone.jpg", exif=exif.tobytes(), quality=95
+    )
     image = decode_image(str(tmp_path / "phone.jpg"))
     assert image.shape == (64, 48, 3)
     assert np.abs(image.astype(int) - rgb).mean() < 8  # JPEG loss only
@@ -135,11 +143,14 @@ def test_16_bit_palette_la_cmyk_modes_decode_to_8_bit_rgb(tmp_path):
         assert np.abs(image - expected).mean() < 2, mode
 
 
-@pytest.mark.parametrize("content, what", [
-    (b"", "an empty file"),
-    (b"hello, not an image", "corrupt, truncated or not a jpg/png"),
-    ("truncated", "corrupt, truncated or not a jpg/png"),
-])
+@pytest.mark.parametrize(
+    "content, what",
+    [
+        (b"", "an empty file"),
+        (b"hello, not an image", "corrupt, truncated or not a jpg/png"),
+        ("truncated", "corrupt, truncated or not a jpg/png"),
+    ],
+)
 def test_unreadable_files_are_one_clear_error_naming_the_file_and_the_fix(tmp_path, content, what):
     path = tmp_path / "bad.jpg"
     if content == "truncated":
@@ -220,15 +231,29 @@ def test_validation_class_missing_from_training_is_an_error(tmp_path):
 def test_undecodable_image_in_a_worker_is_one_error_line(tmp_path, capsys):
     write_image_folder(tmp_path / "data", per_class_train=2, per_class_val=1)
     corrupt(tmp_path / "data" / "train" / "trouser" / "zz.jpg")
-    code = main(["fit", "--config", QUICKSTART, *TINY_MODEL, "--data", "ImageFolderDataModule",
-                 f"--data.root={tmp_path / 'data'}", "--data.img_size=32", "--data.batch_size=7",
-                 "--data.num_workers=1", "--trainer.fast_dev_run=1",
-                 f"--trainer.default_root_dir={tmp_path / 'run'}"])
+    code = main(
+        [
+            "fit",
+            "--config",
+            QUICKSTART,
+            *TINY_MODEL,
+            "--data",
+            "ImageFolderDataModule",
+            f"--data.root={tmp_path / 'data'}",
+            "--data.img_size=32",
+            "--data.batch_size=7",
+            "--data.num_workers=1",
+            "--trainer.fast_dev_run=1",
+            f"--trainer.default_root_dir={tmp_path / 'run'}",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2
-    assert error_lines(err) == [f"error: cannot decode image '{tmp_path / 'data/train/trouser/zz.jpg'}' (corrupt,"
-                                " truncated or not a jpg/png); delete or replace it, or set skip_bad_images: true"
-                                " in the data section to skip such files"]
+    assert error_lines(err) == [
+        f"error: cannot decode image '{tmp_path / 'data/train/trouser/zz.jpg'}' (corrupt,"
+        " truncated or not a jpg/png); delete or replace it, or set skip_bad_images: true"
+        " in the data section to skip such files"
+    ]
     assert "Traceback" not in err
 
 
@@ -238,9 +263,19 @@ def test_undecodable_image_in_a_worker_is_one_error_line(tmp_path, capsys):
 @pytest.fixture
 def predict(tiny_weights):
     def run(tmp_path, predict_root, csv, *extra):
-        return main(["predict", "--config", QUICKSTART, *TINY_MODEL, f"--model.init_args.pretrained={tiny_weights}",
-                     f"--data.init_args.predict_root={predict_root}",
-                     f"--predictions_csv={csv}", f"--trainer.default_root_dir={tmp_path / 'run'}", *extra])
+        return main(
+            [
+                "predict",
+                "--config",
+                QUICKSTART,
+                *TINY_MODEL,
+                f"--model.init_args.pretrained={tiny_weights}",
+                f"--data.init_args.predict_root={predict_root}",
+                f"--predictions_csv={csv}",
+                f"--trainer.default_root_dir={tmp_path / 'run'}",
+                *extra,
+            ]
+        )
 
     return run
 
@@ -255,8 +290,9 @@ def test_predictions_csv_that_cannot_be_written_fails_before_predicting(tmp_path
     Image.fromarray(photo()).save(images / "a.png")
     assert predict(tmp_path, images, tmp_path) == 2
     out = capsys.readouterr()
-    assert error_lines(out.err) == [f"error: --predictions_csv {str(tmp_path)!r} is a directory; give a file"
-                                    f" name (e.g. {tmp_path / 'out'}…)"]
+    assert error_lines(out.err) == [
+        f"error: --predictions_csv {str(tmp_path)!r} is a directory; give a file name (e.g. {tmp_path / 'out'}…)"
+    ]
     assert "Predicting" not in out.out + out.err  # refused before the predict loop started
 
 
@@ -266,7 +302,8 @@ def test_predict_on_a_folder_without_images_is_an_error(tmp_path, capsys, predic
     assert predict(tmp_path, tmp_path / "empty", tmp_path / "p.csv") == 2
     assert error_lines(capsys.readouterr().err) == [
         f"error: predict_root {str(tmp_path / 'empty')!r} holds no jpg/jpeg/png images (searched recursively);"
-        " point it at a folder of images"]
+        " point it at a folder of images"
+    ]
     assert not (tmp_path / "p.csv").exists()
 
 
@@ -277,8 +314,10 @@ def test_predict_skips_undecodable_images_when_asked(tmp_path, capsys, predict):
         Image.fromarray(photo()[i:]).save(images / f"{i}.png")
     corrupt(images / "3_bad.jpg")
     csv_path = tmp_path / "p.csv"
-    assert predict(tmp_path, images, csv_path, "--data.init_args.skip_bad_images=true",
-                   "--data.init_args.batch_size=1") == 0
+    assert (
+        predict(tmp_path, images, csv_path, "--data.init_args.skip_bad_images=true", "--data.init_args.batch_size=1")
+        == 0
+    )
     assert "wrote 3 predictions" in capsys.readouterr().out
     rows = csv_path.read_text().splitlines()
     assert len(rows) == 4 and not any("3_bad" in row for row in rows)
@@ -286,7 +325,8 @@ def test_predict_skips_undecodable_images_when_asked(tmp_path, capsys, predict):
         corrupt(path)
     assert predict(tmp_path, images, csv_path, "--data.init_args.skip_bad_images=true") == 2
     assert error_lines(capsys.readouterr().err) == [
-        f"error: none of the 4 images under predict_root could be decoded (all skipped); nothing written to {csv_path}"]
+        f"error: none of the 4 images under predict_root could be decoded (all skipped); nothing written to {csv_path}"
+    ]
     assert len(csv_path.read_text().splitlines()) == 4  # the earlier result is kept
 
 
@@ -309,8 +349,9 @@ def test_export_accepts_an_output_name_without_extension(checkpoint, tmp_path, c
     assert "head.weight" not in torch.load(out, weights_only=True)["state_dict"]
     assert sorted(p.name for p in tmp_path.iterdir()) == [OUTPUTS_RECORD, "backbone", "tiny.ckpt"]
     assert main(["export-backbone", str(checkpoint), str(tmp_path)]) == 2
-    assert error_lines(capsys.readouterr().err)[0].startswith(f"error: export-backbone output {str(tmp_path)!r}"
-                                                              " is a directory")
+    assert error_lines(capsys.readouterr().err)[0].startswith(
+        f"error: export-backbone output {str(tmp_path)!r} is a directory"
+    )
 
 
 def test_output_onto_a_directory_is_an_error_that_keeps_the_directory(tmp_path):
@@ -398,11 +439,11 @@ def test_a_folder_output_never_replaces_a_folder_it_did_not_write(tmp_path, caps
     assert sorted(os.listdir(mine)) == [OUTPUT_MARKER, "v1"]
 
 
-def test_build_mosaic_onto_a_directory_and_mini_datasets_below_a_file_are_errors(tmp_path, capsys,
-                                                                                 declared_commands):
+def test_build_mosaic_onto_a_directory_and_mini_datasets_below_a_file_are_errors(tmp_path, capsys, declared_commands):
     assert main(["build-mosaic", str(tmp_path), "--size", "64", "64", "--levels", "1"]) == 2
-    assert error_lines(capsys.readouterr().err)[0].endswith("is a directory; give a file name"
-                                                            f" (e.g. {tmp_path / 'out'}…)")
+    assert error_lines(capsys.readouterr().err)[0].endswith(
+        f"is a directory; give a file name (e.g. {tmp_path / 'out'}…)"
+    )
     (tmp_path / "f").write_text("x")
     assert main(["build-mini-datasets", str(tmp_path / "f"), "--train", "1", "--val", "1"]) == 2
     assert "is a file" in error_lines(capsys.readouterr().err)[0]
@@ -424,8 +465,9 @@ def test_predict_large_reads_exif_rotated_jpeg_upright(tmp_path):
     rgb = photo(64, 48)
     exif = Image.Exif()
     exif[0x0112] = 6
-    Image.fromarray(np.ascontiguousarray(np.rot90(rgb, 1))).save(tmp_path / "phone.jpg", exif=exif.tobytes(),
-                                                                  quality=95)
+    Image.fromarray(np.ascontiguousarray(np.rot90(rgb, 1))).save(
+        tmp_path / "phone.jpg", exif=exif.tobytes(), quality=95
+    )
     with open_large_image(str(tmp_path / "phone.jpg")) as image:
         assert (image.height, image.width) == (64, 48)
         assert np.abs(image.read_rows(0, 64).astype(int) - rgb).mean() < 8
@@ -517,11 +559,12 @@ def test_image_folders_count_images_in_sub_folders_and_skip_hidden_ones_as_predi
     dm = ImageFolderDataModule(str(tmp_path), num_workers=0)
     assert ".ipynb_checkpoints" not in dm.class_names
     paths, labels = dm._splits["train"]
-    shirt_paths = sorted(p for p, label in zip(paths, labels, strict=True)
-                         if label == dm.class_names.index("trouser"))
+    shirt_paths = sorted(p for p, label in zip(paths, labels, strict=True) if label == dm.class_names.index("trouser"))
     assert shirt_paths == list_images(str(shirt), recursive=True)
-    assert {os.path.relpath(p, shirt) for p in shirt_paths} >= {"batch_2/day_1/n0" + flat[0].suffix,
-                                                                 "batch_2/day_1/n1" + flat[1].suffix}
+    assert {os.path.relpath(p, shirt) for p in shirt_paths} >= {
+        "batch_2/day_1/n0" + flat[0].suffix,
+        "batch_2/day_1/n1" + flat[1].suffix,
+    }
     assert not any("/." in p or p.startswith(".") for p in shirt_paths)
     dm.setup("fit")
     assert len(list(dm._loader("train", shuffle=False))) > 0  # every listed file decodes

@@ -36,8 +36,17 @@ CASES = {
 
 def _run(backend, q, k, v, case, scale=0.3):
     grid_shape, cls_token, directions, _ = CASES[case]
-    return retention(q, k, v, RATES, grid_shape=grid_shape, class_token=cls_token, directions=directions,
-                     scale=scale, backend=backend)
+    return retention(
+        q,
+        k,
+        v,
+        RATES,
+        grid_shape=grid_shape,
+        class_token=cls_token,
+        directions=directions,
+        scale=scale,
+        backend=backend,
+    )
 
 
 def _reference(q, k, v, case):
@@ -88,12 +97,15 @@ def test_triton_kernel_reads_strided_heads_and_returns_heads_merged_for_free():
 
 
 @needs_triton
-@pytest.mark.parametrize(("name", "kwargs", "size"), [
-    ("vir_tiny_patch16_224", dict(decay="2d", depth=2), 64),                  # 2D, class token last
-    ("vir_tiny_patch16_224", dict(multipass=True, depth=2), 48),              # 1D, sequence ++ reversed
-    ("vir_tiny_patch16_224", dict(decay="2d", directions=4, pooling="avg", depth=2), 48),
-    ("hvir_tiny", dict(depths=(1, 1, 1, 1)), 128),                            # 2D stages, head_dim 40
-])
+@pytest.mark.parametrize(
+    ("name", "kwargs", "size"),
+    [
+        ("vir_tiny_patch16_224", dict(decay="2d", depth=2), 64),  # 2D, class token last
+        ("vir_tiny_patch16_224", dict(multipass=True, depth=2), 48),  # 1D, sequence ++ reversed
+        ("vir_tiny_patch16_224", dict(decay="2d", directions=4, pooling="avg", depth=2), 48),
+        ("hvir_tiny", dict(depths=(1, 1, 1, 1)), 128),  # 2D stages, head_dim 40
+    ],
+)
 def test_models_train_and_infer_alike_on_the_triton_and_torch_backends(name, kwargs, size):
     torch.manual_seed(0)
     # LayerScale 1: at its default (1e-5) the mixer barely reaches the logits, which would hide a wrong kernel.
@@ -140,21 +152,24 @@ def test_auto_on_the_cpu_is_the_torch_backend_bit_for_bit():
         assert torch.equal(_run("auto", q, k, v, case), _run("torch", q, k, v, case))
 
 
-@pytest.mark.parametrize(("installed", "kwargs", "expected"), [
-    ({"triton", "fla.ops.simple_gla"}, dict(one_d=True), "fla"),
-    ({"triton", "fla.ops.simple_gla"}, dict(one_d=False), "triton"),
-    ({"triton"}, dict(one_d=True), "triton"),
-    (set(), dict(one_d=False), "torch"),
-    ({"triton", "fla.ops.simple_gla"}, dict(one_d=True, step=True), "fla"),
-    ({"triton", "fla.ops.simple_gla"}, dict(one_d=False, step=True), "torch"),
-    ({"triton", "fla.ops.simple_gla"}, dict(one_d=True, mode="recurrent"), "torch"),
-    ({"triton", "fla.ops.simple_gla"}, dict(one_d=True, dtype=torch.float64), "torch"),
-    # fla would take TF32 products: fp32 goes to the Triton kernel (IEEE) unless TF32 is allowed
-    ({"triton", "fla.ops.simple_gla"}, dict(one_d=True, dtype=torch.float32), "triton"),
-    # head dims the kernel's tiles cannot hold: torch
-    ({"triton"}, dict(one_d=False, dtype=torch.float32, head_dim=256), "torch"),
-    ({"triton"}, dict(one_d=False, dtype=torch.bfloat16, head_dim=256), "triton"),
-])
+@pytest.mark.parametrize(
+    ("installed", "kwargs", "expected"),
+    [
+        ({"triton", "fla.ops.simple_gla"}, dict(one_d=True), "fla"),
+        ({"triton", "fla.ops.simple_gla"}, dict(one_d=False), "triton"),
+        ({"triton"}, dict(one_d=True), "triton"),
+        (set(), dict(one_d=False), "torch"),
+        ({"triton", "fla.ops.simple_gla"}, dict(one_d=True, step=True), "fla"),
+        ({"triton", "fla.ops.simple_gla"}, dict(one_d=False, step=True), "torch"),
+        ({"triton", "fla.ops.simple_gla"}, dict(one_d=True, mode="recurrent"), "torch"),
+        ({"triton", "fla.ops.simple_gla"}, dict(one_d=True, dtype=torch.float64), "torch"),
+        # fla would take TF32 products: fp32 goes to the Triton kernel (IEEE) unless TF32 is allowed
+        ({"triton", "fla.ops.simple_gla"}, dict(one_d=True, dtype=torch.float32), "triton"),
+        # head dims the kernel's tiles cannot hold: torch
+        ({"triton"}, dict(one_d=False, dtype=torch.float32, head_dim=256), "torch"),
+        ({"triton"}, dict(one_d=False, dtype=torch.bfloat16, head_dim=256), "triton"),
+    ],
+)
 def test_auto_on_cuda_takes_the_first_fused_backend_that_can_run_the_call(monkeypatch, installed, kwargs, expected):
     monkeypatch.setattr(backends_module, "_installed", lambda module: module in installed)
     kwargs = {"dtype": torch.bfloat16, **kwargs}
@@ -177,21 +192,37 @@ def test_auto_under_torch_compile_takes_the_traceable_triton_kernel_over_fla(mon
     assert backends_module.resolve_backend("auto", torch.device("cuda"), torch.bfloat16, one_d=True) == "triton"
 
 
-@pytest.mark.parametrize(("call", "message"), [
-    (lambda q, k, v: retention(q, k, v, RATES, backend="fla"),
-     "backend='fla' cannot run this call: its kernels run on CUDA devices only, not on cpu. Backends that can:"),
-    (lambda q, k, v: retention(q, k, v, RATES, grid_shape=(7, 8), backend="fla"),
-     "backend='fla' cannot run this call: it computes 1D decay only"),
-    (lambda q, k, v: retention(q.double(), k.double(), v.double(), RATES, backend="triton"),
-     "backend='triton' cannot run this call: it takes float16, bfloat16 or float32 inputs, not torch.float64"),
-    (lambda q, k, v: retention_step(q, k, v, RATES, grid_cols=8, backend="triton"),
-     "backend='triton' cannot run this call: its flash-style kernel computes whole sequences and carries no"),
-    (lambda q, k, v: retention(q.repeat(1, 1, 1, 32), k.repeat(1, 1, 1, 32), v.repeat(1, 1, 1, 32), RATES,
-                               backend="triton"),
-     "backend='triton' cannot run this call: its kernel takes head dims up to 128 in torch.float32, not 256"),
-    (lambda q, k, v: retention(q, k, v, RATES, backend="cuda"),
-     "backend='cuda' is unknown; expected one of ('auto', 'torch', 'triton', 'fla')"),
-])
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (
+            lambda q, k, v: retention(q, k, v, RATES, backend="fla"),
+            "backend='fla' cannot run this call: its kernels run on CUDA devices only, not on cpu. Backends that can:",
+        ),
+        (
+            lambda q, k, v: retention(q, k, v, RATES, grid_shape=(7, 8), backend="fla"),
+            "backend='fla' cannot run this call: it computes 1D decay only",
+        ),
+        (
+            lambda q, k, v: retention(q.double(), k.double(), v.double(), RATES, backend="triton"),
+            "backend='triton' cannot run this call: it takes float16, bfloat16 or float32 inputs, not torch.float64",
+        ),
+        (
+            lambda q, k, v: retention_step(q, k, v, RATES, grid_cols=8, backend="triton"),
+            "backend='triton' cannot run this call: its flash-style kernel computes whole sequences and carries no",
+        ),
+        (
+            lambda q, k, v: retention(
+                q.repeat(1, 1, 1, 32), k.repeat(1, 1, 1, 32), v.repeat(1, 1, 1, 32), RATES, backend="triton"
+            ),
+            "backend='triton' cannot run this call: its kernel takes head dims up to 128 in torch.float32, not 256",
+        ),
+        (
+            lambda q, k, v: retention(q, k, v, RATES, backend="cuda"),
+            "backend='cuda' is unknown; expected one of ('auto', 'torch', 'triton', 'fla')",
+        ),
+    ],
+)
 def test_a_backend_that_cannot_run_the_call_gets_one_error_naming_those_that_can(call, message):
     q, k, v = random_qkv(1, 3, 56, 8, dtype=torch.float32)
     with pytest.raises(ValueError) as err:
@@ -223,8 +254,9 @@ def test_models_refuse_an_unknown_backend_when_built_and_when_switched():
 # fla (CUDA only: its chunk kernels cannot run in Triton's interpreter)
 # ------------------------------------------------------------------------------------------------
 
-needs_fla = pytest.mark.skipif(not CUDA or importlib.util.find_spec("fla") is None,
-                               reason="fla's kernels need CUDA and fla-core")
+needs_fla = pytest.mark.skipif(
+    not CUDA or importlib.util.find_spec("fla") is None, reason="fla's kernels need CUDA and fla-core"
+)
 
 
 @needs_fla
@@ -240,8 +272,9 @@ def test_fla_backend_equals_the_torch_backend_forward_gradients_and_streaming_st
         assert relative_error(grad, ref_grad) < 1e-4
     with torch.no_grad():
         first, state = retention_step(q[:, :, :130], k[:, :, :130], v[:, :, :130], RATES, scale=0.125, backend="fla")
-        second, _ = retention_step(q[:, :, 130:], k[:, :, 130:], v[:, :, 130:], RATES, state, scale=0.125,
-                                   backend="fla")
+        second, _ = retention_step(
+            q[:, :, 130:], k[:, :, 130:], v[:, :, 130:], RATES, state, scale=0.125, backend="fla"
+        )
     assert state.dtype == torch.float32
     assert relative_error(torch.cat([first, second], 2), ref.detach()) < 1e-4
 
@@ -261,9 +294,28 @@ def test_gpu_script_dry_run_checks_every_backend_and_writes_the_csv_columns(tmp_
     root = Path(__file__).resolve().parents[1]
     csv_path, checks_path = tmp_path / "gpu.csv", tmp_path / "checks.json"
     env = {**os.environ, "DRY": "1", "PYTHONPATH": str(root)}
-    subprocess.run([sys.executable, "experiments/gpu/fused_kernels.py", "--csv", str(csv_path), "--checks",
-                    str(checks_path), "--skip", "graph_breaks", "--resolutions", "32", "--dtypes", "bf16",
-                    "--deadline-s", "600"], cwd=root, env=env, check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "experiments/gpu/fused_kernels.py",
+            "--csv",
+            str(csv_path),
+            "--checks",
+            str(checks_path),
+            "--skip",
+            "graph_breaks",
+            "--resolutions",
+            "32",
+            "--dtypes",
+            "bf16",
+            "--deadline-s",
+            "600",
+        ],
+        cwd=root,
+        env=env,
+        check=True,
+        capture_output=True,
+    )
     checks = json.loads(checks_path.read_text())
     op_errors = {k: v for k, v in checks.items() if k.startswith("op_")}
     assert {"op_2d_cls_fp32_triton_vs_torch", "op_2d_dir4_float64_chunkwise_vs_parallel"} <= op_errors.keys()
@@ -274,5 +326,9 @@ def test_gpu_script_dry_run_checks_every_backend_and_writes_the_csv_columns(tmp_
     assert rows[0] == ["device", "dtype", "task", "model", "backend", "resolution", "batch", "ms", "peak_mb"]
     measured = {(r[2], r[3], r[4]) for r in rows[1:] if float(r[7]) > 0}
     for task in ("infer", "train"):
-        assert {(task, "vit_small_patch16_224", "torch"), (task, "vir_small_patch16_224", "triton"),
-                (task, "vir_small_patch16_224_2d", "triton"), (task, "hvir_tiny", "triton")} <= measured
+        assert {
+            (task, "vit_small_patch16_224", "torch"),
+            (task, "vir_small_patch16_224", "triton"),
+            (task, "vir_small_patch16_224_2d", "triton"),
+            (task, "hvir_tiny", "triton"),
+        } <= measured

@@ -30,15 +30,17 @@ def test_2d_output_sees_only_its_upper_left_quadrant(mode, chunk_size, cls_token
     rows, cols = 4, 5
     tokens = rows * cols + cls_token
     q, k, v = random_qkv(1, 3, tokens, 4)
-    before = retention(q, k, v, rates3, mode=mode, chunk_size=chunk_size, grid_shape=(rows, cols),
-                       class_token=cls_token)
+    before = retention(
+        q, k, v, rates3, mode=mode, chunk_size=chunk_size, grid_shape=(rows, cols), class_token=cls_token
+    )
     source_y, source_x = 1, 2
     source = source_y * cols + source_x
     k2, v2 = k.clone(), v.clone()
     k2[:, :, source] += 1.0
     v2[:, :, source] -= 1.0
-    after = retention(q, k2, v2, rates3, mode=mode, chunk_size=chunk_size, grid_shape=(rows, cols),
-                      class_token=cls_token)
+    after = retention(
+        q, k2, v2, rates3, mode=mode, chunk_size=chunk_size, grid_shape=(rows, cols), class_token=cls_token
+    )
     for target in range(rows * cols):
         y, x = divmod(target, cols)
         changed = not torch.equal(after[:, :, target], before[:, :, target])

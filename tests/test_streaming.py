@@ -66,13 +66,15 @@ def test_2d_row_bands_with_carried_column_states_equal_the_whole_grid(grid_shape
     outputs, state = [], None
     for row0 in range(0, rows, band):
         part = slice(row0 * cols, min(rows, row0 + band) * cols)
-        out, state = retention_step(q[:, :, part], k[:, :, part], v[:, :, part], rates3, state,
-                                    grid_cols=cols, scale=0.3, chunk_size=2)
+        out, state = retention_step(
+            q[:, :, part], k[:, :, part], v[:, :, part], rates3, state, grid_cols=cols, scale=0.3, chunk_size=2
+        )
         outputs.append(out)
     assert state.shape == (2, 3, cols, 8, 5)  # one state per column: grows with the width only
     if cls_token:
-        out, _ = retention_step(q[:, :, -1:], k[:, :, -1:], v[:, :, -1:], rates3, state, grid_cols=cols,
-                                class_token=True, scale=0.3)
+        out, _ = retention_step(
+            q[:, :, -1:], k[:, :, -1:], v[:, :, -1:], rates3, state, grid_cols=cols, class_token=True, scale=0.3
+        )
         outputs.append(out)
     assert relative_error(torch.cat(outputs, 2), expected) <= TOL
 
@@ -145,8 +147,9 @@ def test_band_features_are_the_final_norm_tokens_of_the_whole_image():
         expected = model.forward_features(x)[:, :16].unflatten(1, (4, 4))  # the patch tokens
         model.set_retention_mode("streaming", 3)
         bands = []
-        model.forward_streaming(lambda r0, r1: x[:, :, r0 * 8 : r1 * 8], (4, 4), 2,
-                                on_features=lambda row0, f: bands.append((row0, f)))
+        model.forward_streaming(
+            lambda r0, r1: x[:, :, r0 * 8 : r1 * 8], (4, 4), 2, on_features=lambda row0, f: bands.append((row0, f))
+        )
     assert [row0 for row0, _ in bands] == [0, 3]
     assert relative_error(torch.cat([f for _, f in bands], 1), expected) <= TOL
 

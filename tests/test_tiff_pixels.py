@@ -73,8 +73,13 @@ def test_uncompressed_ycbcr_reads_as_rgb(photo, tmp_path):
     r, g, b = (photo[..., i].astype(np.float32) for i in range(3))
     y = 0.299 * r + 0.587 * g + 0.114 * b
     ycbcr = np.stack([y, 128 + (b - y) / 1.772, 128 + (r - y) / 1.402], -1)
-    tifffile.imwrite(tmp_path / "ycbcr.tif", np.clip(np.rint(ycbcr), 0, 255).astype(np.uint8),
-                     photometric="ycbcr", subsampling=(1, 1), **TILE)
+    tifffile.imwrite(
+        tmp_path / "ycbcr.tif",
+        np.clip(np.rint(ycbcr), 0, 255).astype(np.uint8),
+        photometric="ycbcr",
+        subsampling=(1, 1),
+        **TILE,
+    )
     pixels, image = read(tmp_path / "ycbcr.tif")
     assert image.channels == 3
     assert np.abs(pixels - photo).max() <= 2.0
@@ -104,11 +109,21 @@ def test_bit_depths_keep_their_full_scale(photo, tmp_path):
 
 def test_alpha_is_kept_for_rgb_and_dropped_for_gray(photo, tmp_path):
     alpha = np.full(photo.shape[:2] + (1,), 200, np.uint8)
-    tifffile.imwrite(tmp_path / "rgba.tif", np.concatenate([photo, alpha], -1), photometric="rgb",
-                     extrasamples=["unassalpha"], **TILE)
+    tifffile.imwrite(
+        tmp_path / "rgba.tif",
+        np.concatenate([photo, alpha], -1),
+        photometric="rgb",
+        extrasamples=["unassalpha"],
+        **TILE,
+    )
     assert read(tmp_path / "rgba.tif")[1].channels == 4
-    tifffile.imwrite(tmp_path / "ga.tif", np.concatenate([photo[..., :1], alpha], -1), photometric="minisblack",
-                     extrasamples=["unassalpha"], **TILE)
+    tifffile.imwrite(
+        tmp_path / "ga.tif",
+        np.concatenate([photo[..., :1], alpha], -1),
+        photometric="minisblack",
+        extrasamples=["unassalpha"],
+        **TILE,
+    )
     pixels, image = read(tmp_path / "ga.tif")
     assert image.channels == 1 and np.array_equal(pixels[..., 0], photo[..., 0])
 
@@ -121,13 +136,19 @@ def test_a_float_image_beyond_its_full_scale_is_refused_when_read(photo, tmp_pat
     assert "rescale it to [0, 1]" in str(err.value)
 
 
-@pytest.mark.parametrize(("name", "write", "what"), [
-    ("int16.tif", dict(data="gray", dtype=np.int16), "signed integer is not supported"),
-    ("lab.tif", dict(data="rgb", photometric="cielab"), "photometric CIELAB is not supported"),
-    ("bands.tif", dict(data="five", photometric="minisblack", planarconfig="contig"),
-     "5 samples per pixel with photometric MINISBLACK"),
-    ("uint32.tif", dict(data="gray", dtype=np.uint32), "32-bit integer samples is not supported"),
-])
+@pytest.mark.parametrize(
+    ("name", "write", "what"),
+    [
+        ("int16.tif", dict(data="gray", dtype=np.int16), "signed integer is not supported"),
+        ("lab.tif", dict(data="rgb", photometric="cielab"), "photometric CIELAB is not supported"),
+        (
+            "bands.tif",
+            dict(data="five", photometric="minisblack", planarconfig="contig"),
+            "5 samples per pixel with photometric MINISBLACK",
+        ),
+        ("uint32.tif", dict(data="gray", dtype=np.uint32), "32-bit integer samples is not supported"),
+    ],
+)
 def test_what_cannot_be_read_as_it_is_is_refused_by_file_and_reason(photo, tmp_path, name, write, what):
     data = {"gray": photo[..., 0], "rgb": photo, "five": np.concatenate([photo, photo[..., :2]], -1)}[write.pop("data")]
     if "dtype" in write:
@@ -140,7 +161,10 @@ def test_what_cannot_be_read_as_it_is_is_refused_by_file_and_reason(photo, tmp_p
 
 
 def test_predict_large_sees_a_miniswhite_scan_as_its_minisblack_twin_and_refuses_a_float_0_255_one(
-        photo, trained, tmp_path):  # noqa: F811
+    photo,
+    trained,  # noqa: F811
+    tmp_path,
+):
     """End to end: the two files show the same picture, so they get the same classes; the float file
     of 0–255 gets an error line, the others still their rows."""
     _, ckpt, config = trained
@@ -149,8 +173,19 @@ def test_predict_large_sees_a_miniswhite_scan_as_its_minisblack_twin_and_refuses
     tifffile.imwrite(tmp_path / "white.tif", 255 - gray, photometric="miniswhite", **TILE)
     tifffile.imwrite(tmp_path / "float255.tif", gray.astype(np.float32), photometric="minisblack", **TILE)
     out = tmp_path / "pred.csv"
-    argv = ["predict-large", "--config", config, "--ckpt_path", ckpt, "--images", str(tmp_path / "black.tif"),
-            str(tmp_path / "white.tif"), str(tmp_path / "float255.tif"), "--out", str(out)]
+    argv = [
+        "predict-large",
+        "--config",
+        config,
+        "--ckpt_path",
+        ckpt,
+        "--images",
+        str(tmp_path / "black.tif"),
+        str(tmp_path / "white.tif"),
+        str(tmp_path / "float255.tif"),
+        "--out",
+        str(out),
+    ]
     code = cli_main(argv)
     with open(out, newline="") as f:
         rows = {row["path"].rsplit("/", 1)[-1]: row for row in csv.DictReader(f)}

@@ -19,8 +19,9 @@ def tiny_vir(**overrides):
 
 def tiny_hvir(**overrides):
     torch.manual_seed(0)
-    return HybridViR(**{**dict(dim=8, depths=(1, 1, 2, 1), num_heads=(2, 2), layer_scale_init=1.0, num_classes=5),
-                        **overrides})
+    return HybridViR(
+        **{**dict(dim=8, depths=(1, 1, 2, 1), num_heads=(2, 2), layer_scale_init=1.0, num_classes=5), **overrides}
+    )
 
 
 def gradients(model, images, seed=3, run=None):
@@ -88,8 +89,10 @@ def test_train_mode_defaults_to_auto_or_to_the_models_own_form():
         (dict(train_mode="streaming"), "train_mode='streaming' is inference-only"),
         (dict(train_mode="banana"), "train_mode: mode='banana' is unknown"),
         (dict(train_mode="chunkwise", train_chunk_size=0), "chunk_size=0 is invalid"),
-        (dict(train_mode="chunkwise", model_kwargs={"softmax_retention": True}),
-         "mode='chunkwise' is impossible with softmax_retention=True"),
+        (
+            dict(train_mode="chunkwise", model_kwargs={"softmax_retention": True}),
+            "mode='chunkwise' is impossible with softmax_retention=True",
+        ),
         (dict(grad_checkpointing="yes"), "enable='yes'; expected True or False"),
     ],
 )
@@ -99,8 +102,9 @@ def test_bad_training_options_get_one_clear_error(kwargs, message):
 
 
 def test_train_mode_from_model_kwargs_keeps_their_chunk_size_and_streaming_falls_back_to_auto():
-    module = ImageClassifier(num_classes=10, img_size=28, in_chans=1,
-                             model_kwargs={"retention_mode": "chunkwise", "chunk_size": 5})
+    module = ImageClassifier(
+        num_classes=10, img_size=28, in_chans=1, model_kwargs={"retention_mode": "chunkwise", "chunk_size": 5}
+    )
     assert (module.train_mode, module.train_chunk_size) == ("chunkwise", 5)
     assert module.model.retention_layers()[0].chunk_size == 5
     module = ImageClassifier(num_classes=10, img_size=28, in_chans=1, model_kwargs={"retention_mode": "streaming"})
@@ -120,10 +124,16 @@ def test_layer_depth_of_a_backbone_without_its_last_stages():
 
 
 def test_compile_option_keeps_the_checkpoint_keys_and_the_logits():
-    eager = ImageClassifier(num_classes=10, img_size=28, in_chans=1,
-                            model_kwargs={"embed_dim": 16, "depth": 1, "num_heads": 2})
-    compiled = ImageClassifier(num_classes=10, img_size=28, in_chans=1, compile=True,
-                               model_kwargs={"embed_dim": 16, "depth": 1, "num_heads": 2})
+    eager = ImageClassifier(
+        num_classes=10, img_size=28, in_chans=1, model_kwargs={"embed_dim": 16, "depth": 1, "num_heads": 2}
+    )
+    compiled = ImageClassifier(
+        num_classes=10,
+        img_size=28,
+        in_chans=1,
+        compile=True,
+        model_kwargs={"embed_dim": 16, "depth": 1, "num_heads": 2},
+    )
     assert compiled.state_dict().keys() == eager.state_dict().keys()
     compiled.load_state_dict(eager.state_dict())
     images = torch.randn(2, 1, 28, 28)
@@ -143,8 +153,11 @@ def test_grad_checkpointing_option_reaches_the_model():
 
 @pytest.mark.parametrize(
     "build,shape",
-    [(lambda: tiny_vir(), (1, 1, 28, 28)), (lambda: tiny_vir(decay="2d"), (1, 1, 28, 28)),
-     (lambda: tiny_hvir(), (1, 3, 64, 64))],
+    [
+        (lambda: tiny_vir(), (1, 1, 28, 28)),
+        (lambda: tiny_vir(decay="2d"), (1, 1, 28, 28)),
+        (lambda: tiny_hvir(), (1, 3, 64, 64)),
+    ],
 )
 @pytest.mark.parametrize("mode", ["parallel", "chunkwise", "auto"])
 def test_forward_and_backward_never_read_a_tensor_back_to_the_host(build, shape, mode, monkeypatch):

@@ -27,30 +27,45 @@ LIGHTNING_SUBCOMMANDS = {
 TOOLS: dict[str, tuple[str, str]] = {
     "grid": (
         "vir_lightning.commands.grid",
-        "ablation grids over the CLI configs: local or Ray, resumable, tables and plots"),
-    "bench": (
-        "vir_lightning.commands.bench", "images/s and peak memory: models x modes x resolutions, ViT alongside"),
+        "ablation grids over the CLI configs: local or Ray, resumable, tables and plots",
+    ),
+    "bench": ("vir_lightning.commands.bench", "images/s and peak memory: models x modes x resolutions, ViT alongside"),
     "bench-retention": (
-        "vir_lightning.commands.bench_retention", "time and peak memory of the retention op per mode and length"),
+        "vir_lightning.commands.bench_retention",
+        "time and peak memory of the retention op per mode and length",
+    ),
     "bench-backbone": (
-        "vir_lightning.commands.bench_backbone", "H-ViR feature-pyramid forward time and memory per retention mode"),
+        "vir_lightning.commands.bench_backbone",
+        "H-ViR feature-pyramid forward time and memory per retention mode",
+    ),
     "bench-onnx": (
-        "vir_lightning.commands.bench_onnx", "ONNX Runtime (CPU) beside torch eager: time and memory per size"),
+        "vir_lightning.commands.bench_onnx",
+        "ONNX Runtime (CPU) beside torch eager: time and memory per size",
+    ),
     "predict-large": (
         "vir_lightning.commands.predict_large",
-        "top-5 (and per-patch features) of huge images, streamed band by band"),
+        "top-5 (and per-patch features) of huge images, streamed band by band",
+    ),
     "build-mosaic": (
         "vir_lightning.commands.build_mosaic",
-        "a huge real-pixel tiled pyramidal TIFF (matplotlib's photos) for predict-large"),
+        "a huge real-pixel tiled pyramidal TIFF (matplotlib's photos) for predict-large",
+    ),
     "export-backbone": (
         "vir_lightning.commands.export_backbone",
-        "classification checkpoint → tensor state_dict for mmdet/mmseg init_cfg"),
+        "classification checkpoint → tensor state_dict for mmdet/mmseg init_cfg",
+    ),
     "export-model": (
-        "vir_lightning.commands.export_model", "checkpoint → pretrained folder (config.json + model.safetensors)"),
+        "vir_lightning.commands.export_model",
+        "checkpoint → pretrained folder (config.json + model.safetensors)",
+    ),
     "export-onnx": (
-        "vir_lightning.commands.export_onnx", "checkpoint or pretrained folder → ONNX, checked in ONNX Runtime"),
+        "vir_lightning.commands.export_onnx",
+        "checkpoint or pretrained folder → ONNX, checked in ONNX Runtime",
+    ),
     "export-cluttered": (
-        "vir_lightning.commands.export_cluttered", "cluttered Fashion-MNIST written out as an image folder"),
+        "vir_lightning.commands.export_cluttered",
+        "cluttered Fashion-MNIST written out as an image folder",
+    ),
 }
 
 #: The entry-point group through which other packages (``downstream``: ``build-mini-datasets``) add
@@ -85,9 +100,12 @@ def _module_help(module: str) -> str:
     except (ImportError, OSError, SyntaxError, ValueError):
         return ""
     for node in tree.body:
-        if (isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "COMMAND_HELP"
-                                                 for t in node.targets)
-                and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)):
+        if (
+            isinstance(node, ast.Assign)
+            and any(isinstance(t, ast.Name) and t.id == "COMMAND_HELP" for t in node.targets)
+            and isinstance(node.value, ast.Constant)
+            and isinstance(node.value.value, str)
+        ):
             return node.value.value
     doc = ast.get_docstring(tree) or ""
     return doc.strip().splitlines()[0].strip() if doc.strip() else ""

@@ -77,8 +77,11 @@ def _remember(path: str, run: str | None) -> None:
         with open(_record_path(path), "a+") as f:
             fcntl.flock(f, fcntl.LOCK_EX)
             f.seek(0)
-            record = {name: entry for name, entry in _read_record(f.read()).items()
-                      if isinstance(entry, dict) and _unchanged(os.path.join(folder, name), entry)}
+            record = {
+                name: entry
+                for name, entry in _read_record(f.read()).items()
+                if isinstance(entry, dict) and _unchanged(os.path.join(folder, name), entry)
+            }
             record[os.path.basename(path)] = {"fingerprint": _fingerprint(path), "run": run}
             f.seek(0)
             f.truncate()
@@ -90,8 +93,14 @@ def _remember(path: str, run: str | None) -> None:
 def add_overwrite_argument(parser: argparse.ArgumentParser, what: str) -> None:
     """``--overwrite`` (or ``--overwrite true``, as the training commands spell it): replace ``what``
     even where :func:`check_output_path` would keep it."""
-    parser.add_argument("--overwrite", nargs="?", const=True, default=False, type=_true_or_false,
-                        help=f"replace {what} even if it exists and was not written by this command for this run")
+    parser.add_argument(
+        "--overwrite",
+        nargs="?",
+        const=True,
+        default=False,
+        type=_true_or_false,
+        help=f"replace {what} even if it exists and was not written by this command for this run",
+    )
 
 
 def _true_or_false(text: str) -> bool:
@@ -115,8 +124,15 @@ def _inside(path: str, folder: str) -> bool:
     return path != folder and os.path.commonpath([path, folder]) == folder
 
 
-def check_output_path(path: str, what: str = "output", directory: bool = False, replaces: bool = False,
-                      inputs: Sequence[str] = (), overwrite: bool = False, run: str | None = None) -> None:
+def check_output_path(
+    path: str,
+    what: str = "output",
+    directory: bool = False,
+    replaces: bool = False,
+    inputs: Sequence[str] = (),
+    overwrite: bool = False,
+    run: str | None = None,
+) -> None:
     """Raise a one-line ValueError, naming the fix, when :func:`atomic_output` could not or should not
     write ``path``.
 
@@ -145,15 +161,19 @@ def check_output_path(path: str, what: str = "output", directory: bool = False, 
         raise ValueError(f"{what} {path!r} is a directory; give a file name (e.g. {os.path.join(path, 'out')}…)")
     for source in inputs:
         if source and _same_file(path, os.fspath(source)):
-            raise ValueError(f"{what} {path!r} is this command's own input {os.fspath(source)!r}: writing it would"
-                             " replace that input; choose another output path")
+            raise ValueError(
+                f"{what} {path!r} is this command's own input {os.fspath(source)!r}: writing it would"
+                " replace that input; choose another output path"
+            )
     if directory and os.path.lexists(path) and not os.path.isdir(path):
         raise ValueError(f"{what} {path!r} is an existing file; give a folder name")
     if replaces and os.path.isdir(path):
         for source in inputs:
             if source and _inside(os.fspath(source), path):
-                raise ValueError(f"{what} {path!r} holds this command's own input {os.fspath(source)!r}: the output"
-                                 " replaces that folder whole; choose another output folder")
+                raise ValueError(
+                    f"{what} {path!r} holds this command's own input {os.fspath(source)!r}: the output"
+                    " replaces that folder whole; choose another output folder"
+                )
     if replaces and os.path.isdir(path) and not os.path.exists(os.path.join(path, OUTPUT_MARKER)):
         try:
             foreign = bool(os.listdir(path))
@@ -161,32 +181,40 @@ def check_output_path(path: str, what: str = "output", directory: bool = False, 
             message = f"{what} {path!r}: cannot read the folder ({err.strerror}); choose another location"
             raise ValueError(message) from None
         if foreign:
-            raise ValueError(f"{what} {path!r} is a folder with other files in it, not one this command wrote (or one"
-                             " written before vir_lightning marked its folders), so it is kept: the output replaces"
-                             " its folder whole; choose a new folder name, or delete that folder yourself")
+            raise ValueError(
+                f"{what} {path!r} is a folder with other files in it, not one this command wrote (or one"
+                " written before vir_lightning marked its folders), so it is kept: the output replaces"
+                " its folder whole; choose a new folder name, or delete that folder yourself"
+            )
     if os.path.isfile(path) and not os.stat(path).st_mode & 0o222:
-        raise ValueError(f"{what} {path!r} exists and is read-only, so it is kept; make it writable"
-                         " (chmod u+w) to replace it, or choose another path")
+        raise ValueError(
+            f"{what} {path!r} exists and is read-only, so it is kept; make it writable"
+            " (chmod u+w) to replace it, or choose another path"
+        )
     if not directory and os.path.lexists(path) and not overwrite:
         entry = _recorded(path)
         if entry is None:
-            raise ValueError(f"{what} {path!r} exists and was not written by vir_lightning (or was changed since),"
-                             " so it is kept; choose another path, or replace it with --overwrite")
+            raise ValueError(
+                f"{what} {path!r} exists and was not written by vir_lightning (or was changed since),"
+                " so it is kept; choose another path, or replace it with --overwrite"
+            )
         if run is not None and entry.get("run") not in (None, run):
-            raise ValueError(f"{what} {path!r} holds the result of another run ({entry['run']}), not of this one"
-                             f" ({run}); choose another path, or replace it with --overwrite")
+            raise ValueError(
+                f"{what} {path!r} holds the result of another run ({entry['run']}), not of this one"
+                f" ({run}); choose another path, or replace it with --overwrite"
+            )
     parent = os.path.dirname(os.path.abspath(path))
     existing = _nearest_existing(parent)
     if not os.path.isdir(existing):
-        raise ValueError(f"{what} {path!r}: {existing!r} is a file, so the folder {parent!r} cannot be created;"
-                         " choose another path")
+        raise ValueError(
+            f"{what} {path!r}: {existing!r} is a file, so the folder {parent!r} cannot be created; choose another path"
+        )
     if not os.access(existing, os.W_OK | os.X_OK):
         raise ValueError(f"{what} {path!r}: no permission to write in {existing!r}; choose a writable location")
 
 
 @contextlib.contextmanager
-def atomic_output(path: str, directory: bool = False, overwrite: bool = False,
-                  run: str | None = None) -> Iterator[str]:
+def atomic_output(path: str, directory: bool = False, overwrite: bool = False, run: str | None = None) -> Iterator[str]:
     """Yield a temporary path beside ``path``; on success rename it to ``path``, else delete it.
 
     A reader never sees a half-written file (or folder, with ``directory=True``), and an
@@ -240,8 +268,10 @@ def atomic_output(path: str, directory: bool = False, overwrite: bool = False,
         elif os.path.exists(tmp):
             os.unlink(tmp)
         if isinstance(err, OSError) and err.errno in _DISK_ERRORS:
-            raise ValueError(f"cannot write {path!r} ({err.strerror}); free space or choose another location"
-                             " (the earlier file, if any, is intact)") from None
+            raise ValueError(
+                f"cannot write {path!r} ({err.strerror}); free space or choose another location"
+                " (the earlier file, if any, is intact)"
+            ) from None
         raise
 
 
@@ -254,8 +284,9 @@ def _umask() -> int:
     return mask
 
 
-def write_csv_atomically(path: str, header: Sequence[str], rows: Iterable[Sequence], overwrite: bool = False,
-                         run: str | None = None) -> None:
+def write_csv_atomically(
+    path: str, header: Sequence[str], rows: Iterable[Sequence], overwrite: bool = False, run: str | None = None
+) -> None:
     """Write a CSV through :func:`atomic_output` (``overwrite`` and ``run`` as there)."""
     with atomic_output(path, overwrite=overwrite, run=run) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.writer(f)

@@ -79,7 +79,8 @@ def fit_lock(run_dir: str) -> Iterator[None]:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
             raise ValueError(
                 f"another fit (pid {holder}) is writing into {run_dir}; wait for it to end, or give this run "
-                "its own folder with --trainer.default_root_dir") from None
+                "its own folder with --trainer.default_root_dir"
+            ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield

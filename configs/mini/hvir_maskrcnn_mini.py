@@ -6,10 +6,10 @@
 # Inherits configs/vir_maskrcnn.py; the only differences are the data (root, classes, the images'
 # own scale), the schedule and the model size. Pretrained weights (see
 # docs/guides/downstream.md): --cfg-options model.backbone.init_cfg.checkpoint=runs/mini/hvir_nano_backbone.pth
-_base_ = ['../vir_maskrcnn.py']
+_base_ = ["../vir_maskrcnn.py"]
 
-data_root = 'data/mini/coco/'
-classes = ('tshirt', 'trouser', 'pullover', 'dress', 'coat', 'sandal', 'shirt', 'sneaker', 'bag', 'boot')
+data_root = "data/mini/coco/"
+classes = ("tshirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot")
 # The images' own size (320x240): nothing is upsampled, so a step costs what the data needs.
 scale = (160, 120)
 max_epochs = 24
@@ -21,7 +21,7 @@ batch_size = 4
 # backbone compared (configs/mini/*_maskrcnn_mini.py).
 head_channels = 128
 model = dict(
-    backbone=dict(arch='nano', drop_path_rate=0.1),
+    backbone=dict(arch="nano", drop_path_rate=0.1),
     neck=dict(in_channels=[32, 64, 128, 256], out_channels=head_channels),
     rpn_head=dict(in_channels=head_channels, feat_channels=head_channels),
     roi_head=dict(
@@ -38,17 +38,17 @@ model = dict(
 )
 
 train_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
-    dict(type='Resize', scale=scale, keep_ratio=True),
-    dict(type='RandomFlip', prob=0.5),
-    dict(type='PackDetInputs'),
+    dict(type="LoadImageFromFile"),
+    dict(type="LoadAnnotations", with_bbox=True, with_mask=True),
+    dict(type="Resize", scale=scale, keep_ratio=True),
+    dict(type="RandomFlip", prob=0.5),
+    dict(type="PackDetInputs"),
 ]
 test_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='Resize', scale=scale, keep_ratio=True),
-    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
-    dict(type='PackDetInputs', meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor')),
+    dict(type="LoadImageFromFile"),
+    dict(type="Resize", scale=scale, keep_ratio=True),
+    dict(type="LoadAnnotations", with_bbox=True, with_mask=True),
+    dict(type="PackDetInputs", meta_keys=("img_id", "img_path", "ori_shape", "img_shape", "scale_factor")),
 ]
 train_dataloader = dict(
     batch_size=batch_size,
@@ -61,7 +61,7 @@ val_dataloader = dict(
     dataset=dict(data_root=data_root, metainfo=dict(classes=classes), pipeline=test_pipeline),
 )
 test_dataloader = val_dataloader
-val_evaluator = dict(ann_file=data_root + 'annotations/instances_val2017.json')
+val_evaluator = dict(ann_file=data_root + "annotations/instances_val2017.json")
 test_evaluator = val_evaluator
 
 # On a few hundred images a higher rate than the 1x COCO recipe's 1e-4 (batch 16, pretrained): 1e-3, with
@@ -72,8 +72,14 @@ test_evaluator = val_evaluator
 optim_wrapper = dict(optimizer=dict(lr=0.001), clip_grad=dict(max_norm=5.0, norm_type=2))
 train_cfg = dict(max_epochs=max_epochs, val_interval=max_epochs // 4)
 param_scheduler = [
-    dict(type='LinearLR', start_factor=0.001, by_epoch=False, begin=0, end=250),
-    dict(type='MultiStepLR', begin=0, end=max_epochs, by_epoch=True,
-         milestones=[max_epochs * 2 // 3, max_epochs * 11 // 12], gamma=0.1),
+    dict(type="LinearLR", start_factor=0.001, by_epoch=False, begin=0, end=250),
+    dict(
+        type="MultiStepLR",
+        begin=0,
+        end=max_epochs,
+        by_epoch=True,
+        milestones=[max_epochs * 2 // 3, max_epochs * 11 // 12],
+        gamma=0.1,
+    ),
 ]
 default_hooks = dict(logger=dict(interval=25), checkpoint=dict(interval=max_epochs, max_keep_ckpts=1))

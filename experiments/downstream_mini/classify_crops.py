@@ -49,10 +49,14 @@ def label_maps_with_images(ade: str, split: str) -> list[tuple[str, str]]:
     label maps or a label map has no image."""
     labels = sorted(glob.glob(os.path.join(ade, "annotations", split, "*.png")))
     if not labels:
-        raise ValueError(f"no label maps under {ade}/annotations/{split}; build them with "
-                         "`python -m vir_lightning build-mini-datasets data/mini --train 400 --val 100`")
-    pairs = [(label, os.path.join(ade, "images", split, os.path.basename(label)[:-len(".png")] + ".jpg"))
-             for label in labels]
+        raise ValueError(
+            f"no label maps under {ade}/annotations/{split}; build them with "
+            "`python -m vir_lightning build-mini-datasets data/mini --train 400 --val 100`"
+        )
+    pairs = [
+        (label, os.path.join(ade, "images", split, os.path.basename(label)[: -len(".png")] + ".jpg"))
+        for label in labels
+    ]
     for label, image in pairs:
         if not os.path.isfile(image):
             raise ValueError(f"{image} is missing: the label map {label} has no image; rebuild the set")
@@ -89,7 +93,7 @@ def square_crop(image: np.ndarray, box, fill: float, canvas: int) -> np.ndarray:
     pad = int(np.ceil(side))
     padded = cv2.copyMakeBorder(image, pad, pad, pad, pad, cv2.BORDER_REFLECT)
     top, left = int(round((y0 + y1 - side) / 2)) + pad, int(round((x0 + x1 - side) / 2)) + pad
-    crop = padded[top: top + int(round(side)), left: left + int(round(side))]
+    crop = padded[top : top + int(round(side)), left : left + int(round(side))]
     return cv2.resize(crop, (canvas, canvas), interpolation=cv2.INTER_AREA)
 
 
@@ -127,15 +131,16 @@ def main(argv: list[str] | None = None) -> int:
     truth = torch.tensor([item[0] for item in found])
     print(f"{len(found)} garments in {len(pairs)} images of {args.split}")
     for fill in args.fill:
-        crops = np.stack([(square_crop(im, box, fill, args.canvas) - mean) / std
-                          for _, im, box, _, _ in found])
+        crops = np.stack([(square_crop(im, box, fill, args.canvas) - mean) / std for _, im, box, _, _ in found])
         with torch.no_grad():
             predicted = model(torch.tensor(crops, dtype=torch.float32).permute(0, 3, 1, 2)).argmax(1)
         right = (predicted == truth).float()
         per_class = " ".join(f"{k}:{right[truth == k].mean():.2f}" for k in range(model.num_classes))
         miou = miou_with_exact_masks(label_maps, found, predicted.tolist(), model.num_classes)
-        print(f"fill {fill:.2f}: accuracy {right.mean():.3f}, mIoU with exact masks {100 * miou:.1f}%   "
-              f"per class {per_class}")
+        print(
+            f"fill {fill:.2f}: accuracy {right.mean():.3f}, mIoU with exact masks {100 * miou:.1f}%   "
+            f"per class {per_class}"
+        )
     return 0
 
 

@@ -84,8 +84,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(err))
     for path in (args.config, args.checkpoint):
         if not os.path.isfile(path):
-            parser.error(f"{path} does not exist; give a mini UPerNet run's config and checkpoint "
-                         "(runs/mini/seg_hvir_pretrained/hvir_upernet_mini.py iter_6000.pth)")
+            parser.error(
+                f"{path} does not exist; give a mini UPerNet run's config and checkpoint "
+                "(runs/mini/seg_hvir_pretrained/hvir_upernet_mini.py iter_6000.pth)"
+            )
     import cv2
     from mmseg.apis import inference_model, init_model  # the config's custom_imports register H-ViR
 
@@ -93,8 +95,10 @@ def main(argv: list[str] | None = None) -> int:
         model = init_model(args.config, args.checkpoint, device="cpu")
     except (OSError, KeyError, RuntimeError, ValueError, pickle.UnpicklingError) as err:
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        parser.error(f"{args.config} with {args.checkpoint} does not load ({first_line}); give the run's own "
-                     "config and one of its iter_*.pth")
+        parser.error(
+            f"{args.config} with {args.checkpoint} does not load ({first_line}); give the run's own "
+            "config and one of its iter_*.pth"
+        )
     classes = len(model.dataset_meta["classes"]) - 1  # the garments, after the photo background
     label_maps, predictions = [], []
     for path, image_path in pairs:
@@ -102,8 +106,10 @@ def main(argv: list[str] | None = None) -> int:
         # mmseg's classes are the label maps' values less one (reduce_zero_label): back to the maps' values
         predictions.append(inference_model(model, image_path).pred_sem_seg.data[0].numpy() + 1)
     scores = decompose(label_maps, predictions, classes)
-    print(f"{len(pairs)} images of {args.split}: " + ", ".join(
-        f"{name} {100 * value:.2f}{'%' if 'right' in name else ''}" for name, value in scores.items()))
+    print(
+        f"{len(pairs)} images of {args.split}: "
+        + ", ".join(f"{name} {100 * value:.2f}{'%' if 'right' in name else ''}" for name, value in scores.items())
+    )
     return 0
 
 

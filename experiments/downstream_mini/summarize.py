@@ -26,8 +26,12 @@ from vir_lightning.io import atomic_output
 # "Epoch(val) [8][100/100]    coco/bbox_mAP: 0.512  ...  time: 0.1234" (mmdet, by epoch) or
 # "Iter(val) [100/100]    aAcc: 97.1  mIoU: 80.2  ...  time: 0.05" (mmseg, by iteration).
 VAL_LINE = re.compile(r"(?:Epoch|Iter)\(val\) (?:\[(\d+)\])?\[(\d+)/(\d+)\]\s+(.*)")
-METRICS = {"bbox_mAP": r"coco/bbox_mAP: ([\d.]+)", "segm_mAP": r"coco/segm_mAP: ([\d.]+)",
-           "mIoU": r"\bmIoU: ([\d.]+)", "aAcc": r"\baAcc: ([\d.]+)"}
+METRICS = {
+    "bbox_mAP": r"coco/bbox_mAP: ([\d.]+)",
+    "segm_mAP": r"coco/segm_mAP: ([\d.]+)",
+    "mIoU": r"\bmIoU: ([\d.]+)",
+    "aAcc": r"\baAcc: ([\d.]+)",
+}
 TEST_LINE = re.compile(r"Iter\(test\) \[(\d+)/\1\]\s+(.*\bmIoU: .*)")  # the closing metrics line
 TRAIN_ITER = re.compile(r"(?:Epoch|Iter)\(train\)\s+(?:\[(\d+)\])?\[\s*(\d+)/(\d+)\]")
 
@@ -109,11 +113,22 @@ def table(out: str) -> str:
         if os.path.isfile(path):
             with open(path) as f:
                 runs.setdefault(SEED_SUFFIX.sub("", name), []).append(json.load(f))
-    rows = ["| run | seeds | bbox mAP | segm mAP | mIoU (%) | mIoU, test-time flip (%) | aAcc (%) | train time"
-            " | inference s/image |", "|---|---|---|---|---|---|---|---|---|"]
+    rows = [
+        "| run | seeds | bbox mAP | segm mAP | mIoU (%) | mIoU, test-time flip (%) | aAcc (%) | train time"
+        " | inference s/image |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for name, results in runs.items():
-        cells = [_cell([r.get(key) for r in results], fmt) for key, fmt in
-                 (("bbox_mAP", ".3f"), ("segm_mAP", ".3f"), ("mIoU", ".2f"), ("mIoU_flip", ".2f"), ("aAcc", ".2f"))]
+        cells = [
+            _cell([r.get(key) for r in results], fmt)
+            for key, fmt in (
+                ("bbox_mAP", ".3f"),
+                ("segm_mAP", ".3f"),
+                ("mIoU", ".2f"),
+                ("mIoU_flip", ".2f"),
+                ("aAcc", ".2f"),
+            )
+        ]
         minutes = _cell([r["train_seconds"] / 60 for r in results], ".1f")
         per_image = _cell([r.get("seconds_per_image") for r in results], ".3f")
         rows.append(f"| {name} | {len(results)} | {' | '.join(cells)} | {minutes} min | {per_image} |")

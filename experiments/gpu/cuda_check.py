@@ -34,9 +34,12 @@ def record(key, value):
 
 # 1. The op: every form equals parallel in float64, forward and gradients (the lean backward).
 torch.manual_seed(0)
-for name, kwargs, tokens in [("1d", {}, 300), ("2d", {"grid_shape": (12, 25)}, 300),
-                             ("2d_cls", {"grid_shape": (12, 25), "class_token": True}, 301),
-                             ("2d_dir4", {"grid_shape": (12, 25), "directions": 4}, 300)]:
+for name, kwargs, tokens in [
+    ("1d", {}, 300),
+    ("2d", {"grid_shape": (12, 25)}, 300),
+    ("2d_cls", {"grid_shape": (12, 25), "class_token": True}, 301),
+    ("2d_dir4", {"grid_shape": (12, 25), "directions": 4}, 300),
+]:
     q, k, v = (torch.randn(2, 3, tokens, 16, device=DEVICE, dtype=torch.float64, requires_grad=True) for _ in range(3))
     rates = [0.9, 0.97, 0.99]
     ref = retention(q, k, v, rates, mode="parallel", **kwargs)
@@ -105,8 +108,12 @@ def bench(model, size, batch, dtype):
     infer_ms, infer_mb = timed(infer)
     model.train()
     train_ms, train_mb = timed(train, repeats=3)
-    return dict(infer_ms=round(infer_ms, 2), infer_peak_mb=round(infer_mb), train_ms=round(train_ms, 2),
-                train_peak_mb=round(train_mb))
+    return dict(
+        infer_ms=round(infer_ms, 2),
+        infer_peak_mb=round(infer_mb),
+        train_ms=round(train_ms, 2),
+        train_peak_mb=round(train_mb),
+    )
 
 
 try:

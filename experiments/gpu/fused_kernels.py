@@ -65,9 +65,11 @@ MIN_VIT_MS = 0.0 if DRY else 20.0
 SHALLOW = {"vir_small_patch16_224": {"depth": 2}, "hvir_tiny": {"depths": (1, 1, 1, 1)}} if DRY else {}
 #: The models whose logits (exactness) and steps (graph breaks) are checked: (label, name, size, options).
 CHECK_SIDE = 32 if DRY else 512
-CHECKED_MODELS = (("vir_s_1d", "vir_small_patch16_224", (CHECK_SIDE, CHECK_SIDE), {}),
-                  ("vir_s_2d", "vir_small_patch16_224", (CHECK_SIDE, CHECK_SIDE), {"decay": "2d"}),
-                  ("hvir_t", "hvir_tiny", (64, 64) if DRY else HVIR_SIZE, {}))
+CHECKED_MODELS = (
+    ("vir_s_1d", "vir_small_patch16_224", (CHECK_SIDE, CHECK_SIDE), {}),
+    ("vir_s_2d", "vir_small_patch16_224", (CHECK_SIDE, CHECK_SIDE), {"decay": "2d"}),
+    ("hvir_t", "hvir_tiny", (64, 64) if DRY else HVIR_SIZE, {}),
+)
 checks: dict = {}
 
 
@@ -141,8 +143,11 @@ def _check_exactness() -> None:
                 log(f"op_{name}_fp32_{backend}_vs_torch", op_errors(torch.float32, tokens, kwargs, fused, torch_fp32))
     for label, name, size, kwargs in CHECKED_MODELS:
         # LayerScale 1: at its default (1e-5) retention hardly reaches the logits, and any backend would pass.
-        model = create_model(name, num_classes=10, img_size=size, layer_scale_init=1.0, **kwargs,
-                             **SHALLOW.get(name, {})).to(DEVICE).eval()
+        model = (
+            create_model(name, num_classes=10, img_size=size, layer_scale_init=1.0, **kwargs, **SHALLOW.get(name, {}))
+            .to(DEVICE)
+            .eval()
+        )
         x = torch.randn(2, 3, *size, device=DEVICE)
         logits = {}
         with torch.no_grad():
@@ -208,13 +213,24 @@ def check_graph_breaks() -> None:
             with context(), autocast(torch.bfloat16):
                 explained = dynamo.explain(fn)()
             dynamo.reset()
-            log(f"graph_breaks_{label}_{task}_bf16", [explained.graph_break_count,
-                                                      [str(r.reason)[:200] for r in explained.break_reasons]])
+            log(
+                f"graph_breaks_{label}_{task}_bf16",
+                [explained.graph_break_count, [str(r.reason)[:200] for r in explained.break_reasons]],
+            )
     # explain traces forwards only: compile one whole training step (Inductor, the backward, the kernel's
     # lowering) of ViR-S 2D with fullgraph=True and compare its loss and a gradient with eager.
     side = CHECK_SIDE
-    model = create_model("vir_small_patch16_224", num_classes=1000, img_size=side, decay="2d",
-                         **SHALLOW.get("vir_small_patch16_224", {})).to(DEVICE).train()
+    model = (
+        create_model(
+            "vir_small_patch16_224",
+            num_classes=1000,
+            img_size=side,
+            decay="2d",
+            **SHALLOW.get("vir_small_patch16_224", {}),
+        )
+        .to(DEVICE)
+        .train()
+    )
     x = torch.randn(2, 3, side, side, device=DEVICE)
     labels = torch.randint(0, 1000, (2,), device=DEVICE)
     grads, losses = [], []
@@ -226,9 +242,14 @@ def check_graph_breaks() -> None:
         losses.append(loss.detach())
         grads.append(model.blocks[0].retention.qkv.weight.grad.clone())
         model.zero_grad(set_to_none=True)
-    log("compiled_train_step_vir_s_2d_bf16", {"loss_rel_err": rel(losses[1], losses[0]),
-                                              "qkv_grad_rel_err": rel(grads[1], grads[0]),
-                                              "seconds_with_compile": round(time.perf_counter() - start, 1)})
+    log(
+        "compiled_train_step_vir_s_2d_bf16",
+        {
+            "loss_rel_err": rel(losses[1], losses[0]),
+            "qkv_grad_rel_err": rel(grads[1], grads[0]),
+            "seconds_with_compile": round(time.perf_counter() - start, 1),
+        },
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -250,11 +271,23 @@ def build(model: str, resolution, backend: str):
 
         return timm.create_model(model[5:], num_classes=1000, img_size=size)
     if model == "hvir_tiny":
-        return create_model("hvir_tiny", num_classes=1000, retention_backend=backend, retention_mode="auto",
-                            **SHALLOW.get("hvir_tiny", {}))
+        return create_model(
+            "hvir_tiny",
+            num_classes=1000,
+            retention_backend=backend,
+            retention_mode="auto",
+            **SHALLOW.get("hvir_tiny", {}),
+        )
     decay = "2d" if model.endswith("_2d") else "1d"
-    return create_model("vir_small_patch16_224", num_classes=1000, img_size=size, decay=decay,
-                        retention_mode="auto", retention_backend=backend, **SHALLOW.get("vir_small_patch16_224", {}))
+    return create_model(
+        "vir_small_patch16_224",
+        num_classes=1000,
+        img_size=size,
+        decay=decay,
+        retention_mode="auto",
+        retention_backend=backend,
+        **SHALLOW.get("vir_small_patch16_224", {}),
+    )
 
 
 def timed_step(model_name: str, backend: str, resolution, batch: int, task: str, dtype: torch.dtype) -> tuple:
@@ -311,10 +344,12 @@ def planned_rows(resolutions, dtypes) -> list[tuple]:
 
 def hvir_rows() -> list[tuple]:
     peer = "vit_small_patch16_224" if DRY else "timm:swin_tiny_patch4_window7_224"
-    return [(model, backend, HVIR_SIZE, task, torch.bfloat16)
-            for task in ("infer", "train")
-            for model, backend in ((peer, "torch"), ("hvir_tiny", "triton"), ("hvir_tiny", "torch"))
-            if backend == "torch" or usable(backend, torch.bfloat16, False)]
+    return [
+        (model, backend, HVIR_SIZE, task, torch.bfloat16)
+        for task in ("infer", "train")
+        for model, backend in ((peer, "torch"), ("hvir_tiny", "triton"), ("hvir_tiny", "torch"))
+        if backend == "torch" or usable(backend, torch.bfloat16, False)
+    ]
 
 
 def benchmark(csv_path: str, deadline: float, resolutions, dtypes) -> None:
@@ -342,9 +377,17 @@ def benchmark(csv_path: str, deadline: float, resolutions, dtypes) -> None:
         if ms is None:  # the error is logged; the CSV keeps numbers only
             peak = None
         res_label = "x".join(map(str, resolution)) if isinstance(resolution, tuple) else resolution
-        row = dict(device=device_name, dtype="bf16" if dtype == torch.bfloat16 else "fp32", task=task,
-                   model=model.removeprefix("timm:"), backend=backend, resolution=res_label,
-                   batch=batches[resolution], ms="" if ms is None else ms, peak_mb="" if peak is None else peak)
+        row = dict(
+            device=device_name,
+            dtype="bf16" if dtype == torch.bfloat16 else "fp32",
+            task=task,
+            model=model.removeprefix("timm:"),
+            backend=backend,
+            resolution=res_label,
+            batch=batches[resolution],
+            ms="" if ms is None else ms,
+            peak_mb="" if peak is None else peak,
+        )
         rows.append(row)
         print(",".join(str(row[c]) for c in CSV_COLUMNS), flush=True)
         write_csv_atomically(csv_path, CSV_COLUMNS, ([r[c] for c in CSV_COLUMNS] for r in rows), overwrite=True)
@@ -355,8 +398,12 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--csv", default="docs/bench/gpu.csv")
     parser.add_argument("--checks", default="docs/bench/gpu_checks.json")
-    parser.add_argument("--deadline-s", type=float, default=420.0,
-                        help="no speed row starts later than this many seconds after the script started")
+    parser.add_argument(
+        "--deadline-s",
+        type=float,
+        default=420.0,
+        help="no speed row starts later than this many seconds after the script started",
+    )
     parser.add_argument("--skip", nargs="*", default=[], choices=["exactness", "graph_breaks", "speed"])
     parser.add_argument("--resolutions", nargs="+", type=int, default=list(RESOLUTIONS))
     parser.add_argument("--dtypes", nargs="+", default=list(DTYPES), choices=list(DTYPES))

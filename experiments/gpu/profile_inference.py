@@ -1,6 +1,6 @@
 """Where ViR-S inference time goes on a GPU, fp32 vs bf16 autocast (torch profiler tables).
 
-    PYTHONPATH=. python experiments/gpu/profile_inference.py
+PYTHONPATH=. python experiments/gpu/profile_inference.py
 """
 
 import torch

@@ -23,11 +23,29 @@ MODE_CHOICES = OP_FORMS
 #: MMDetection's backbones as its Mask R-CNN configs build them (mask-rcnn_swin-t-p4-w7 and
 #: mask-rcnn_r50), except that every stage trains (mmdet freezes ResNet's stem and first stage).
 MM_BASELINES = {
-    "swin_t": dict(type="SwinTransformer", embed_dims=96, depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24],
-                   window_size=7, mlp_ratio=4, qkv_bias=True, drop_path_rate=0.2, patch_norm=True,
-                   out_indices=(0, 1, 2, 3), convert_weights=False),
-    "resnet50": dict(type="ResNet", depth=50, num_stages=4, out_indices=(0, 1, 2, 3), frozen_stages=-1,
-                     norm_cfg=dict(type="BN", requires_grad=True), norm_eval=False, style="pytorch"),
+    "swin_t": dict(
+        type="SwinTransformer",
+        embed_dims=96,
+        depths=[2, 2, 6, 2],
+        num_heads=[3, 6, 12, 24],
+        window_size=7,
+        mlp_ratio=4,
+        qkv_bias=True,
+        drop_path_rate=0.2,
+        patch_norm=True,
+        out_indices=(0, 1, 2, 3),
+        convert_weights=False,
+    ),
+    "resnet50": dict(
+        type="ResNet",
+        depth=50,
+        num_stages=4,
+        out_indices=(0, 1, 2, 3),
+        frozen_stages=-1,
+        norm_cfg=dict(type="BN", requires_grad=True),
+        norm_eval=False,
+        style="pytorch",
+    ),
 }
 
 
@@ -72,8 +90,12 @@ def _worker(cfg: dict) -> dict:
         feats, stats = measure(lambda: features(x), cfg["repeats"], cfg["min_seconds"], allocator=cfg["allocator"])
         # A fingerprint of the outputs, so the parent can compare modes without moving tensors.
         probe = torch.cat([f.flatten()[:: max(1, f.numel() // 4096)] for f in feats]).double()
-    return {**stats, "probe": probe.tolist(), "grids": [list(f.shape[-2:]) for f in feats],
-            "params_m": sum(p.numel() for p in model.parameters()) / 1e6}
+    return {
+        **stats,
+        "probe": probe.tolist(),
+        "grids": [list(f.shape[-2:]) for f in feats],
+        "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
+    }
 
 
 if __name__ == "__main__":  # run_isolated: one configuration, in this process

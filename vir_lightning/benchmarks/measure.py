@@ -196,8 +196,12 @@ def add_measure_args(parser: argparse.ArgumentParser, repeats: int = 3) -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--repeats", type=int, default=repeats, help="timed calls at least (after one warm-up call)")
     parser.add_argument("--min-seconds", type=float, default=1.0, help="keep timing until this much time passed")
-    parser.add_argument("--allocator", choices=("cached", "system"), default="cached",
-                        help="cached: glibc keeps freed memory (no page faults per new tensor); system: as is")
+    parser.add_argument(
+        "--allocator",
+        choices=("cached", "system"),
+        default="cached",
+        help="cached: glibc keeps freed memory (no page faults per new tensor); system: as is",
+    )
     parser.add_argument("--csv", default=None, help="also write the results to this CSV file (atomically)")
     add_overwrite_argument(parser, "result files that another benchmark run wrote, or that were not written here")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -241,14 +245,16 @@ def check_positive(option: str, values, minimum: float = 1) -> None:
     """ValueError naming ``option`` unless every value is at least ``minimum``."""
     bad = [v for v in (values if isinstance(values, list) else [values]) if v is not None and not v >= minimum]
     if bad:
-        raise ValueError(f"{option} {' '.join(map(str, bad))}: expected {'values' if len(bad) > 1 else 'a value'}"
-                         f" >= {minimum:g}")
+        raise ValueError(
+            f"{option} {' '.join(map(str, bad))}: expected {'values' if len(bad) > 1 else 'a value'} >= {minimum:g}"
+        )
 
 
 def write_results_csv(path: str, rows: list[dict], args: argparse.Namespace) -> None:
     """One row per configuration, the union of all keys as columns, written atomically (replacing an
     earlier file only as ``args`` allow: see :func:`check_measure_args`)."""
     fields = sorted({key for row in rows for key in row})
-    write_csv_atomically(path, fields, ([row.get(k, "") for k in fields] for row in rows), overwrite=args.overwrite,
-                         run=args.run)
+    write_csv_atomically(
+        path, fields, ([row.get(k, "") for k in fields] for row in rows), overwrite=args.overwrite, run=args.run
+    )
     print(f"wrote {path}")

@@ -50,16 +50,23 @@ def _worker(cfg: dict) -> dict:
         session = onnx_session(path, cfg["threads"])
         feeds = {"images": images.numpy()}
         with torch.inference_mode():
-            expected, torch_stats = measure(lambda: model(images), cfg["repeats"], cfg["min_seconds"],
-                                            allocator=cfg["allocator"])
-        (got,), ort_stats = measure(lambda: session.run(None, feeds), cfg["repeats"], cfg["min_seconds"],
-                                    allocator=cfg["allocator"])
+            expected, torch_stats = measure(
+                lambda: model(images), cfg["repeats"], cfg["min_seconds"], allocator=cfg["allocator"]
+            )
+        (got,), ort_stats = measure(
+            lambda: session.run(None, feeds), cfg["repeats"], cfg["min_seconds"], allocator=cfg["allocator"]
+        )
     difference = float(np.abs(got - expected.numpy()).max() / np.abs(expected.numpy()).max())
     for stats in (torch_stats, ort_stats):
         stats.pop("peak_mb")  # see the module docstring
-    return {"form": form, "export_s": export_seconds, "max_relative_difference": difference,
-            **{f"torch_{k}": v for k, v in torch_stats.items()}, **{f"ort_{k}": v for k, v in ort_stats.items()},
-            "speedup": torch_stats["time_ms"] / ort_stats["time_ms"]}
+    return {
+        "form": form,
+        "export_s": export_seconds,
+        "max_relative_difference": difference,
+        **{f"torch_{k}": v for k, v in torch_stats.items()},
+        **{f"ort_{k}": v for k, v in ort_stats.items()},
+        "speedup": torch_stats["time_ms"] / ort_stats["time_ms"],
+    }
 
 
 if __name__ == "__main__":  # run_isolated: one configuration, in this process

@@ -55,7 +55,9 @@ def _worker(cfg: dict) -> dict:
     else:
         with torch.inference_mode():
             out, stats = measure(
-                lambda: retention(q, k, v, rates, **kwargs), cfg["repeats"], cfg["min_seconds"],
+                lambda: retention(q, k, v, rates, **kwargs),
+                cfg["repeats"],
+                cfg["min_seconds"],
                 allocator=cfg["allocator"],
             )
     return {**stats, "finite": bool(torch.isfinite(out).all())}

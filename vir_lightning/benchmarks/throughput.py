@@ -81,7 +81,8 @@ def _worker(cfg: dict) -> dict:
     images = torch.randn(batch, 3, res, res, device=device)
     autocast = (
         (lambda: torch.autocast(device.type, dtype=getattr(torch, cfg["dtype"])))
-        if cfg["dtype"] != "float32" else contextlib.nullcontext
+        if cfg["dtype"] != "float32"
+        else contextlib.nullcontext
     )
     if cfg["task"] == "inference":
         model.eval()
@@ -218,12 +219,25 @@ def _configs(args, models: dict) -> list[dict]:
                 chunks = {CHUNKWISE: args.chunk_sizes, STREAMING: args.band_rows}.get(mode, [None])
                 grid = ((c, r, b) for c in chunks for r in args.resolutions for b in args.batch_sizes)
                 for chunk, res, batch in grid:
-                    rows.append(dict(
-                        task=task, model=name, mode=mode, chunk_size=chunk, resolution=res, batch=batch,
-                        model_kwargs=options, grad_checkpointing=ckpt, compile=compiled,
-                        device=args.device, dtype=args.dtype, threads=args.threads, repeats=args.repeats,
-                        min_seconds=args.min_seconds, allocator=args.allocator,
-                    ))
+                    rows.append(
+                        dict(
+                            task=task,
+                            model=name,
+                            mode=mode,
+                            chunk_size=chunk,
+                            resolution=res,
+                            batch=batch,
+                            model_kwargs=options,
+                            grad_checkpointing=ckpt,
+                            compile=compiled,
+                            device=args.device,
+                            dtype=args.dtype,
+                            threads=args.threads,
+                            repeats=args.repeats,
+                            min_seconds=args.min_seconds,
+                            allocator=args.allocator,
+                        )
+                    )
     return sorted(rows, key=lambda r: (args.tasks.index(r["task"]), r["resolution"], r["batch"]))
 
 
@@ -247,8 +261,13 @@ def machine_info(device: str, dtype: str, threads: int) -> dict:
     import torch
 
     info = {
-        "cpu": _cpu_model(), "cores": os.cpu_count(), "threads": threads, "torch": torch.__version__,
-        "python": platform.python_version(), "device": device, "dtype": dtype,
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "threads": threads,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "device": device,
+        "dtype": dtype,
     }
     if device.startswith("cuda"):
         info["gpu"] = torch.cuda.get_device_name(torch.device(device))
@@ -346,8 +365,9 @@ def markdown_report(rows: list[dict], machine: dict, command: str, baseline: str
     return "\n".join(lines)
 
 
-def plot_report(rows: list[dict], out_dir: Path, machine: dict, overwrite: bool = False,
-                run: str | None = None) -> list[Path]:
+def plot_report(
+    rows: list[dict], out_dir: Path, machine: dict, overwrite: bool = False, run: str | None = None
+) -> list[Path]:
     """``throughput_<task>_b<batch>.png`` and ``memory_<task>_b<batch>.png``: against resolution,
     log scales, one line per model and mode (the paper's Figure 5 layout); ``overwrite`` and ``run``
     as in :func:`~vir_lightning.io.atomic_output`."""

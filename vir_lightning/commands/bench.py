@@ -39,39 +39,92 @@ from ..retention.forms import AUTO, CHUNKWISE, PARALLEL
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m vir_lightning bench",
-                                description=throughput.__doc__.split("\n\n")[0])
-    p.add_argument("--models", nargs="+", default=["vir_small_patch16_224", "vit_small_patch16_224"],
-                   help="registered model names (ViR, H-ViR, or vit_* baselines)")
+    p = argparse.ArgumentParser(prog="python -m vir_lightning bench", description=throughput.__doc__.split("\n\n")[0])
+    p.add_argument(
+        "--models",
+        nargs="+",
+        default=["vir_small_patch16_224", "vit_small_patch16_224"],
+        help="registered model names (ViR, H-ViR, or vit_* baselines)",
+    )
     p.add_argument("--baseline", default=None, help="the model the ratios are against (default: the first vit_*)")
     p.add_argument("--resolutions", type=int, nargs="+", default=[224, 512, 1024, 2048])
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[2])
     p.add_argument("--tasks", nargs="+", choices=("inference", "train"), default=["inference", "train"])
-    p.add_argument("--modes", nargs="+", choices=RETENTION_MODES, default=[PARALLEL, CHUNKWISE, AUTO],
-                   help="retention modes for inference")
-    p.add_argument("--train-modes", nargs="+", choices=RETENTION_MODES, default=[PARALLEL],
-                   help="retention modes for the training step")
-    p.add_argument("--chunk-sizes", type=int, nargs="+", default=[None],
-                   help="chunkwise chunk sizes (tokens in 1D, grid rows in 2D); default: the library's")
-    p.add_argument("--band-rows", type=int, nargs="+", default=[None],
-                   help="streaming band heights in patch rows; default: about 1024 tokens of whole rows")
-    p.add_argument("--whole-image-max-resolution", type=int, default=4096,
-                   help="every form but streaming (and the ViT) only up to this resolution: each holds the"
-                        " whole image's tokens, and a ViR-S chunkwise call at 8192² takes minutes here")
-    p.add_argument("--train-max-resolution", type=int, default=512,
-                   help="training steps only up to this resolution (a 2048² ViT step takes minutes here)")
-    p.add_argument("--model-kwargs", nargs="+", default=[""],
-                   help="JSON options for the retention models (not the ViT), e.g. '{\"decay\": \"2d\"}';"
-                        " several sets give rows side by side ('' = the defaults)")
-    p.add_argument("--grad-checkpointing", nargs="+", choices=("off", "on"), default=["off"],
-                   help="training steps of the retention models without and/or with gradient checkpointing")
-    p.add_argument("--compile", nargs="+", choices=("off", "on"), default=["off"],
-                   help="eager and/or torch.compile(model, fullgraph=True) (compiled before timing; CPU: inductor)")
+    p.add_argument(
+        "--modes",
+        nargs="+",
+        choices=RETENTION_MODES,
+        default=[PARALLEL, CHUNKWISE, AUTO],
+        help="retention modes for inference",
+    )
+    p.add_argument(
+        "--train-modes",
+        nargs="+",
+        choices=RETENTION_MODES,
+        default=[PARALLEL],
+        help="retention modes for the training step",
+    )
+    p.add_argument(
+        "--chunk-sizes",
+        type=int,
+        nargs="+",
+        default=[None],
+        help="chunkwise chunk sizes (tokens in 1D, grid rows in 2D); default: the library's",
+    )
+    p.add_argument(
+        "--band-rows",
+        type=int,
+        nargs="+",
+        default=[None],
+        help="streaming band heights in patch rows; default: about 1024 tokens of whole rows",
+    )
+    p.add_argument(
+        "--whole-image-max-resolution",
+        type=int,
+        default=4096,
+        help="every form but streaming (and the ViT) only up to this resolution: each holds the"
+        " whole image's tokens, and a ViR-S chunkwise call at 8192² takes minutes here",
+    )
+    p.add_argument(
+        "--train-max-resolution",
+        type=int,
+        default=512,
+        help="training steps only up to this resolution (a 2048² ViT step takes minutes here)",
+    )
+    p.add_argument(
+        "--model-kwargs",
+        nargs="+",
+        default=[""],
+        help='JSON options for the retention models (not the ViT), e.g. \'{"decay": "2d"}\';'
+        " several sets give rows side by side ('' = the defaults)",
+    )
+    p.add_argument(
+        "--grad-checkpointing",
+        nargs="+",
+        choices=("off", "on"),
+        default=["off"],
+        help="training steps of the retention models without and/or with gradient checkpointing",
+    )
+    p.add_argument(
+        "--compile",
+        nargs="+",
+        choices=("off", "on"),
+        default=["off"],
+        help="eager and/or torch.compile(model, fullgraph=True) (compiled before timing; CPU: inductor)",
+    )
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
-    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
-                   help="float32, or autocast to a 16-bit type")
-    p.add_argument("--max-memory-gb", type=float, default=None,
-                   help="skip configurations predicted above this (default: 90%% of available memory)")
+    p.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16", "float16"),
+        default="float32",
+        help="float32, or autocast to a 16-bit type",
+    )
+    p.add_argument(
+        "--max-memory-gb",
+        type=float,
+        default=None,
+        help="skip configurations predicted above this (default: 90%% of available memory)",
+    )
     p.add_argument("--out", default="runs/bench", help="directory for results.csv, results.md and the plots")
     add_measure_args(p, repeats=3)
     return p
@@ -95,9 +148,12 @@ def _check_args(args) -> dict:
     check_output_folder("--out", args.out)
     for name in ("results.csv", "results.md"):  # before the runs, so no measurement is lost at the end
         check_output_path(os.path.join(args.out, name), "--out", overwrite=args.overwrite, run=args.run)
-    for name, values in (("--resolutions", args.resolutions), ("--batch-sizes", args.batch_sizes),
-                         ("--chunk-sizes", [c for c in args.chunk_sizes if c is not None]),
-                         ("--band-rows", [c for c in args.band_rows if c is not None])):
+    for name, values in (
+        ("--resolutions", args.resolutions),
+        ("--batch-sizes", args.batch_sizes),
+        ("--chunk-sizes", [c for c in args.chunk_sizes if c is not None]),
+        ("--band-rows", [c for c in args.band_rows if c is not None]),
+    ):
         bad = [v for v in values if v < 1]
         if bad:
             raise ValueError(f"{name} {bad}: every value must be a positive integer")
@@ -106,9 +162,9 @@ def _check_args(args) -> dict:
         try:
             options = json.loads(text) if text else {}
         except json.JSONDecodeError as err:
-            raise ValueError(f"--model-kwargs {text!r} is not JSON ({err}); e.g. '{{\"decay\": \"2d\"}}'") from None
+            raise ValueError(f'--model-kwargs {text!r} is not JSON ({err}); e.g. \'{{"decay": "2d"}}\'') from None
         if not isinstance(options, dict):
-            raise ValueError(f"--model-kwargs {text!r} must be a JSON object, e.g. '{{\"decay\": \"2d\"}}'")
+            raise ValueError(f'--model-kwargs {text!r} must be a JSON object, e.g. \'{{"decay": "2d"}}\'')
         option_sets.append(options)
     models = {}
     with torch.device("meta"):

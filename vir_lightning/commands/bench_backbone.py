@@ -17,18 +17,29 @@ from ..retention.forms import CHUNKWISE, PARALLEL
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m vir_lightning bench-backbone",
-                                description=backbone.__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m vir_lightning bench-backbone", description=backbone.__doc__.split("\n\n")[0]
+    )
     p.add_argument("--model", default="hvir_tiny", help="a registered H-ViR name (default hvir_tiny)")
     p.add_argument("--size", type=int, nargs=2, default=[800, 1333], metavar=("HEIGHT", "WIDTH"))
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--modes", nargs="+", choices=MODE_CHOICES, default=[PARALLEL, CHUNKWISE])
     p.add_argument("--directions", type=int, nargs="+", default=[0], help="2D decay directions (0 = model default)")
     p.add_argument("--chunk-size", type=int, default=None, help="chunkwise tile height in grid rows")
-    p.add_argument("--tasks", nargs="+", choices=("inference", "train"), default=["inference"],
-                   help="inference, and/or a training step (forward, loss on every output, backward)")
-    p.add_argument("--baselines", nargs="*", choices=sorted(MM_BASELINES), default=[],
-                   help="MMDetection backbones measured alongside, in the same run (needs `make mm`)")
+    p.add_argument(
+        "--tasks",
+        nargs="+",
+        choices=("inference", "train"),
+        default=["inference"],
+        help="inference, and/or a training step (forward, loss on every output, backward)",
+    )
+    p.add_argument(
+        "--baselines",
+        nargs="*",
+        choices=sorted(MM_BASELINES),
+        default=[],
+        help="MMDetection backbones measured alongside, in the same run (needs `make mm`)",
+    )
     add_measure_args(p)
     return p
 
@@ -49,8 +60,10 @@ def _check_args(args: argparse.Namespace) -> None:
     with torch.device("meta"):  # cheap: no weights
         model = create_model(args.model, num_classes=0)  # ValueError names close matches for a typo
     if not isinstance(model, HybridViR):
-        raise ValueError(f"--model {args.model!r} is not an H-ViR backbone; expected one of hvir_nano, hvir_tiny,"
-                         " hvir_small, hvir_base (`bench` measures the ViR/ViT classifiers)")
+        raise ValueError(
+            f"--model {args.model!r} is not an H-ViR backbone; expected one of hvir_nano, hvir_tiny,"
+            " hvir_small, hvir_base (`bench` measures the ViR/ViT classifiers)"
+        )
     if args.baselines:
         try:
             import mmdet  # noqa: F401
@@ -72,16 +85,32 @@ def main(argv: list[str] | None = None) -> int:
         f" {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {args.threads} threads,"
         f" torch {torch.__version__}"
     )
-    print("| task | backbone | directions | mode | chunk | time ms (median) | min–max ms | peak MB | params M |"
-          " rel. diff vs parallel |")
+    print(
+        "| task | backbone | directions | mode | chunk | time ms (median) | min–max ms | peak MB | params M |"
+        " rel. diff vs parallel |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     rows = []
-    common = dict(height=height, width=width, batch=args.batch, threads=args.threads, allocator=args.allocator,
-                  repeats=args.repeats, min_seconds=args.min_seconds)
+    common = dict(
+        height=height,
+        width=width,
+        batch=args.batch,
+        threads=args.threads,
+        allocator=args.allocator,
+        repeats=args.repeats,
+        min_seconds=args.min_seconds,
+    )
     for task in args.tasks:
-        plan = [dict(model=args.model, mode=mode, directions=directions,
-                     chunk_size=args.chunk_size if mode == CHUNKWISE else None)
-                for directions in args.directions for mode in args.modes]
+        plan = [
+            dict(
+                model=args.model,
+                mode=mode,
+                directions=directions,
+                chunk_size=args.chunk_size if mode == CHUNKWISE else None,
+            )
+            for directions in args.directions
+            for mode in args.modes
+        ]
         plan += [dict(model=name, mode="mmdet", directions=0, chunk_size=None) for name in args.baselines]
         references = {}
         for entry in plan:

@@ -17,8 +17,9 @@ from ..retention.forms import CHUNKWISE
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m vir_lightning bench-retention",
-                                description=retention_op.__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m vir_lightning bench-retention", description=retention_op.__doc__.split("\n\n")[0]
+    )
     p.add_argument("--tokens", type=int, nargs="+", default=[1024, 4096, 16384])
     p.add_argument("--modes", nargs="+", choices=MODE_CHOICES, default=list(MODE_CHOICES))
     p.add_argument("--decay", nargs="+", choices=("1d", "2d"), default=["1d", "2d"])
@@ -27,10 +28,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--head-dim", type=int, default=64)
     p.add_argument("--chunk-size", type=int, default=None, help="tokens (1D) / grid rows (2D); default per op")
     p.add_argument("--dtype", choices=("float32", "float64", "bfloat16"), default="float32")
-    p.add_argument("--task", choices=("inference", "train"), default="inference",
-                   help="inference: forward without autograd; train: forward + backward")
-    p.add_argument("--crossover", action="store_true",
-                   help="print the length up to which parallel is faster than chunkwise (for mode='auto')")
+    p.add_argument(
+        "--task",
+        choices=("inference", "train"),
+        default="inference",
+        help="inference: forward without autograd; train: forward + backward",
+    )
+    p.add_argument(
+        "--crossover",
+        action="store_true",
+        help="print the length up to which parallel is faster than chunkwise (for mode='auto')",
+    )
     p.add_argument("--max-memory-gb", type=float, default=12.0, help="skip configurations predicted above this")
     add_measure_args(p)
     return p
@@ -40,8 +48,13 @@ def _check_args(args: argparse.Namespace) -> None:
     """Every bad value as one ValueError before any configuration runs (each would otherwise
     fail, or be skipped, in its own row and the command still succeed)."""
     check_measure_args(args)
-    for option, values in (("--tokens", args.tokens), ("--batch", args.batch), ("--heads", args.heads),
-                           ("--head-dim", args.head_dim), ("--chunk-size", args.chunk_size)):
+    for option, values in (
+        ("--tokens", args.tokens),
+        ("--batch", args.batch),
+        ("--heads", args.heads),
+        ("--head-dim", args.head_dim),
+        ("--chunk-size", args.chunk_size),
+    ):
         check_positive(option, values)
     if not args.max_memory_gb > 0:
         raise ValueError(f"--max-memory-gb {args.max_memory_gb}: expected a positive number of GB")
@@ -70,10 +83,19 @@ def main(argv: list[str] | None = None) -> int:
         for mode in args.modes:
             for tokens in args.tokens:
                 cfg = dict(
-                    decay=decay, mode=mode, tokens=tokens, batch=args.batch, heads=args.heads,
-                    head_dim=args.head_dim, chunk_size=args.chunk_size if mode == CHUNKWISE else None,
-                    dtype=args.dtype, task=args.task, threads=args.threads, allocator=args.allocator,
-                    repeats=args.repeats, min_seconds=args.min_seconds,
+                    decay=decay,
+                    mode=mode,
+                    tokens=tokens,
+                    batch=args.batch,
+                    heads=args.heads,
+                    head_dim=args.head_dim,
+                    chunk_size=args.chunk_size if mode == CHUNKWISE else None,
+                    dtype=args.dtype,
+                    task=args.task,
+                    threads=args.threads,
+                    allocator=args.allocator,
+                    repeats=args.repeats,
+                    min_seconds=args.min_seconds,
                 )
                 if _predicted_bytes(cfg) > args.max_memory_gb * 2**30:
                     result = {"error": f"skipped: predicted > {args.max_memory_gb:g} GB"}
@@ -97,8 +119,10 @@ def main(argv: list[str] | None = None) -> int:
             steps = zip(args.tokens, args.tokens[1:], strict=False)
             for a, b in [(a, b) for a, b in steps if a in by_tokens and b in by_tokens]:
                 ratio = by_tokens[b]["time_ms"] / by_tokens[a]["time_ms"]
-                print(f"{decay} {mode}: time({b})/time({a}) = {ratio:.2f}  (token ratio {b / a:g};"
-                      f" time per token × {ratio * a / b:.2f})")
+                print(
+                    f"{decay} {mode}: time({b})/time({a}) = {ratio:.2f}  (token ratio {b / a:g};"
+                    f" time per token × {ratio * a / b:.2f})"
+                )
     if args.crossover:
         for decay in args.decay:
             print(f"auto crossover {decay}: parallel up to {crossover(rows, decay)} tokens, chunkwise beyond")

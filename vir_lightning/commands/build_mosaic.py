@@ -1,6 +1,6 @@
 """``build-mosaic``: a huge real-pixel tiled pyramidal TIFF (:mod:`vir_lightning.data.mosaic`) for predict-large.
 
-    python -m vir_lightning build-mosaic mosaic.tif --size 16384 16384 [--levels 3] [--tile 256]
+python -m vir_lightning build-mosaic mosaic.tif --size 16384 16384 [--levels 3] [--tile 256]
 """
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ from ..io import add_overwrite_argument
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m vir_lightning build-mosaic",
-                                     description=mosaic.__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m vir_lightning build-mosaic", description=mosaic.__doc__.split("\n\n")[0]
+    )
     parser.add_argument("out", help="output .tif")
     parser.add_argument("--size", type=int, nargs=2, default=(16384, 16384), metavar=("HEIGHT", "WIDTH"))
     parser.add_argument("--levels", type=int, default=3, help="pyramid levels (each half the previous size)")

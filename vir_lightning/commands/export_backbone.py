@@ -30,8 +30,10 @@ def read_lightning_checkpoint(path: str) -> dict:
     checkpoint = load_tensors_only(path)
     if isinstance(checkpoint, dict) and isinstance(checkpoint.get("meta"), dict) and "state_dict" in checkpoint:
         source = checkpoint["meta"].get("source", "a checkpoint")
-        raise ValueError(f"{path!r} is already an exported backbone (of {source}); export the training checkpoint,"
-                         " or use this file as it is")
+        raise ValueError(
+            f"{path!r} is already an exported backbone (of {source}); export the training checkpoint,"
+            " or use this file as it is"
+        )
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
         raise ValueError(f"{path!r} is not a Lightning checkpoint (no 'state_dict'); it may already be exported")
     return checkpoint
@@ -49,7 +51,7 @@ def export_backbone(checkpoint_path: str, out_path: str, keep_head: bool = False
     run = f"export-backbone of {os.path.abspath(checkpoint_path)}" + (" with its head" if keep_head else "")
     check_output_path(out_path, "export-backbone output", inputs=(checkpoint_path,), overwrite=overwrite, run=run)
     checkpoint = read_lightning_checkpoint(checkpoint_path)
-    state = {k[len("model."):]: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
+    state = {k[len("model.") :]: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
     if not state:
         raise ValueError(f"{checkpoint_path!r} has no 'model.*' weights: not an ImageClassifier checkpoint")
     dropped = [] if keep_head else sorted(k for k in state if k.startswith(HEAD_PREFIX))

@@ -15,8 +15,10 @@ from ..io import check_output_path
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m vir_lightning export-cluttered",
-                                     description="Write cluttered Fashion-MNIST out as an image folder.")
+    parser = argparse.ArgumentParser(
+        prog="python -m vir_lightning export-cluttered",
+        description="Write cluttered Fashion-MNIST out as an image folder.",
+    )
     parser.add_argument("out", help="output folder (gets train/, val/, test/ and one CSV of positions per split)")
     for split in SPLIT_IDS:
         parser.add_argument(f"--{split}", type=int, default=None, help=f"{split} images (default: the whole split)")
@@ -33,9 +35,18 @@ def main(argv: list[str] | None = None) -> int:
     check_output_path(args.out, directory=True, replaces=True)  # before minutes of work
     check_root(args.root, option="--root")
     module = ClutteredFashionMNISTDataModule(
-        root=args.root, canvas=args.canvas, object_scale=args.object_scale, clutter=args.clutter,
-        clutter_size=args.clutter_size, train_fraction=args.train_fraction, generator_seed=args.seed)
+        root=args.root,
+        canvas=args.canvas,
+        object_scale=args.object_scale,
+        clutter=args.clutter,
+        clutter_size=args.clutter_size,
+        train_fraction=args.train_fraction,
+        generator_seed=args.seed,
+    )
     written = export_image_folder(args.out, module, {split: getattr(args, split) for split in SPLIT_IDS})
-    print(f"wrote {args.out}: " + ", ".join(f"{split} {n}" for split, n in written.items())
-          + f" images of {args.canvas}² px; positions in {args.out}/<split>.csv")
+    print(
+        f"wrote {args.out}: "
+        + ", ".join(f"{split} {n}" for split, n in written.items())
+        + f" images of {args.canvas}² px; positions in {args.out}/<split>.csv"
+    )
     return 0

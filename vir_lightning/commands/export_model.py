@@ -23,11 +23,17 @@ def export_model(checkpoint_path: str, directory: str, overwrite: bool = False) 
 
     check_output_path(directory, "export-model output", directory=True, replaces=True, inputs=(checkpoint_path,))
     if os.path.isdir(checkpoint_path):
-        raise ValueError(f"{checkpoint_path!r} is a folder; give the .ckpt file written by fit (a pretrained folder"
-                         " needs no export)")
+        raise ValueError(
+            f"{checkpoint_path!r} is a folder; give the .ckpt file written by fit (a pretrained folder needs no export)"
+        )
     model, hparams = classifier_from_checkpoint(checkpoint_path)
-    return save_pretrained(model, directory, class_names=hparams.get("class_names"),
-                           preprocessing=hparams.get("preprocessing"), overwrite=overwrite)
+    return save_pretrained(
+        model,
+        directory,
+        class_names=hparams.get("class_names"),
+        preprocessing=hparams.get("preprocessing"),
+        overwrite=overwrite,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     config = export_model(args.checkpoint, args.out, args.overwrite)
     normalised = "with" if config["preprocessing"] else "without (the checkpoint predates its record)"
-    print(f"wrote {args.out}: {config['model_name']}, {config['num_classes']} classes,"
-          f" {config['img_size'][0]}×{config['img_size'][1]} px, {normalised} its normalisation")
+    print(
+        f"wrote {args.out}: {config['model_name']}, {config['num_classes']} classes,"
+        f" {config['img_size'][0]}×{config['img_size'][1]} px, {normalised} its normalisation"
+    )
     return 0

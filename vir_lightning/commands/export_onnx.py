@@ -27,12 +27,23 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("source", help="a .ckpt written by fit, or a pretrained folder (export-model)")
     p.add_argument("out", help="the .onnx file to write")
     p.add_argument("--form", required=True, help=f"one of {', '.join(ONNX_FORMS)}")
-    p.add_argument("--img-size", type=int, nargs="+", default=None, metavar="PX",
-                   help="whole-image forms: H [W] in pixels (default: the training size)")
-    p.add_argument("--width", type=int, default=None,
-                   help="streaming-step: image width in pixels, a multiple of the patch (default: the training width)")
-    p.add_argument("--band-rows", type=int, default=1,
-                   help="streaming-step: patch rows per call (default 1: images of any height)")
+    p.add_argument(
+        "--img-size",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="PX",
+        help="whole-image forms: H [W] in pixels (default: the training size)",
+    )
+    p.add_argument(
+        "--width",
+        type=int,
+        default=None,
+        help="streaming-step: image width in pixels, a multiple of the patch (default: the training width)",
+    )
+    p.add_argument(
+        "--band-rows", type=int, default=1, help="streaming-step: patch rows per call (default 1: images of any height)"
+    )
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
     add_overwrite_argument(p, "OUT")
     return p
@@ -53,22 +64,40 @@ def main(argv: list[str] | None = None) -> int:
     if not whole and args.img_size is not None:
         raise ValueError("--img-size is for the whole-image forms; the streaming step takes --width (any height)")
     size = None if args.img_size is None else tuple(args.img_size * (3 - len(args.img_size)))
-    run = (f"export-onnx of {os.path.abspath(args.source)} ({args.form}, size {size or args.width or 'trained'},"
-           f" band rows {args.band_rows}, opset {args.opset or 'default'})")
+    run = (
+        f"export-onnx of {os.path.abspath(args.source)} ({args.form}, size {size or args.width or 'trained'},"
+        f" band rows {args.band_rows}, opset {args.opset or 'default'})"
+    )
     check_output_path(args.out, "export-onnx output", inputs=(args.source,), overwrite=args.overwrite, run=run)
     out_folder = os.path.realpath(os.path.dirname(os.path.abspath(args.out)))
     if os.path.isdir(args.source) and out_folder == os.path.realpath(args.source):
-        raise ValueError(f"export-onnx output {args.out!r} is inside the pretrained folder it reads; write it"
-                         " elsewhere")
+        raise ValueError(
+            f"export-onnx output {args.out!r} is inside the pretrained folder it reads; write it elsewhere"
+        )
     model, hparams = classifier_from_checkpoint(args.source)
     check_form(model, args.form)  # before the long trace
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # "torchvision is not installed": not ours to fix
     print(f"exporting {hparams['model_name']} ({args.form}); tracing takes a minute or so")
-    meta = export_onnx(model, args.out, args.form, img_size=size, width=args.width, band_rows=args.band_rows,
-                       opset=args.opset, class_names=hparams.get("class_names"),
-                       preprocessing=hparams.get("preprocessing"), overwrite=args.overwrite, run=run)
-    shape = (f"{meta['image_size'][0]}×{meta['image_size'][1]} px images" if whole else
-             f"bands of {meta['band_rows']} patch rows × {meta['width']} px")
-    print(f"wrote {args.out}: {meta['model_name']} {args.form}, {shape}, dynamic batch, outputs"
-          f" {', '.join(meta['outputs'])}; ONNX Runtime vs torch: {meta['max_relative_difference']:.1e} relative")
+    meta = export_onnx(
+        model,
+        args.out,
+        args.form,
+        img_size=size,
+        width=args.width,
+        band_rows=args.band_rows,
+        opset=args.opset,
+        class_names=hparams.get("class_names"),
+        preprocessing=hparams.get("preprocessing"),
+        overwrite=args.overwrite,
+        run=run,
+    )
+    shape = (
+        f"{meta['image_size'][0]}×{meta['image_size'][1]} px images"
+        if whole
+        else f"bands of {meta['band_rows']} patch rows × {meta['width']} px"
+    )
+    print(
+        f"wrote {args.out}: {meta['model_name']} {args.form}, {shape}, dynamic batch, outputs"
+        f" {', '.join(meta['outputs'])}; ONNX Runtime vs torch: {meta['max_relative_difference']:.1e} relative"
+    )
     return 0

@@ -29,10 +29,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="results and run directories (default: runs/grids/<name>)")
     p.add_argument("--dry-run", action="store_true", help="check the spec and list the runs; run nothing")
     p.add_argument("--executor", choices=("local", "ray"), default="local")
-    p.add_argument("--workers", type=int, default=1,
-                   help="local: runs at a time (default 1), each with cores/N threads unless OMP_NUM_THREADS is set")
-    p.add_argument("--ray-address", default=None,
-                   help="ray: the cluster to join (e.g. ray://head:10001 or auto); none: start a local Ray")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="local: runs at a time (default 1), each with cores/N threads unless OMP_NUM_THREADS is set",
+    )
+    p.add_argument(
+        "--ray-address",
+        default=None,
+        help="ray: the cluster to join (e.g. ray://head:10001 or auto); none: start a local Ray",
+    )
     p.add_argument("--cpus-per-run", type=float, default=1.0, help="ray: CPUs each run reserves")
     p.add_argument("--retry-failed", action="store_true", help="run failed runs again (default: keep them failed)")
     add_overwrite_argument(p, "report files in --out that another grid wrote, or that were not written here")
@@ -84,8 +91,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args.cpus_per_run > 0:
         raise ValueError(f"--cpus-per-run {args.cpus_per_run}: expected a positive number of CPUs")
     if args.executor != "ray" and (args.ray_address is not None or args.cpus_per_run != 1.0):
-        raise ValueError("--ray-address and --cpus-per-run are options of --executor ray; add --executor ray,"
-                         " or drop them (--workers sets the local runs at a time)")
+        raise ValueError(
+            "--ray-address and --cpus-per-run are options of --executor ray; add --executor ray,"
+            " or drop them (--workers sets the local runs at a time)"
+        )
     spec = load_spec(args.spec)
     out_dir = os.path.abspath(args.out or os.path.join("runs", "grids", spec.name))
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):  # a dry run says so too
@@ -130,11 +139,15 @@ def main(argv: list[str] | None = None) -> int:
         status = statuses[run["run_id"]] = status_for_metrics(run, status)
         write_reports(spec, runs, statuses, out_dir, command, args.overwrite)
         detail = ", ".join(f"{k} {v:.4f}" for k, v in (status.get("metrics") or {}).items()) or status.get("reason")
-        print(f"[{finished}/{len(pending)}] {status['state']:6s} {run['run_id']}  {by_id[run['run_id']].point.label()}"
-              f"  seed {run['seed']}: {detail}  ({status.get('seconds', 0):.0f} s; {time.time() - start:.0f} s in all)",
-              flush=True)
+        print(
+            f"[{finished}/{len(pending)}] {status['state']:6s} {run['run_id']}  {by_id[run['run_id']].point.label()}"
+            f"  seed {run['seed']}: {detail}  ({status.get('seconds', 0):.0f} s; {time.time() - start:.0f} s in all)",
+            flush=True,
+        )
     failed = [rid for rid, st in statuses.items() if st and st["state"] == "failed"]
-    print(f"wrote {os.path.join(out_dir, 'results.csv')} and results.md"
-          + (f"; {len(failed)} failed run(s), logs listed in results.md" if failed else ""))
+    print(
+        f"wrote {os.path.join(out_dir, 'results.csv')} and results.md"
+        + (f"; {len(failed)} failed run(s), logs listed in results.md" if failed else "")
+    )
     lock.close()  # released on exit anyway; explicit for the in-process callers (tests)
     return 1 if failed else 0

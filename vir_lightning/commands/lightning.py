@@ -49,7 +49,7 @@ def _one_line(message: str) -> str:
     key = re.match(r'Parser key "([^"]+)":', lines[0])
     reasons = [line[2:].strip() for line in lines if line.startswith("- ")]
     reasons = [r for r in reasons if not r.startswith("Expected a <class 'NoneType'>")]
-    given = next((line[len("Given value:"):].strip() for line in lines if line.startswith("Given value:")), "")
+    given = next((line[len("Given value:") :].strip() for line in lines if line.startswith("Given value:")), "")
     reason = reasons[0] if reasons else lines[1] if key and len(lines) > 1 else lines[0]
     if reason.lower().startswith("unrecognized arguments"):
         reason += " (see --help for the options)"
@@ -87,13 +87,25 @@ class ViRLightningCLI(LightningCLI):
         # The data decides these; the model must never be told twice.
         for key in ("num_classes", "img_size", "in_chans", "class_names"):
             parser.link_arguments(f"data.{key}", f"model.init_args.{key}", apply_on="instantiate")
-        parser.add_argument("--test_after_fit", type=bool, default=False,
-                            help="after fit, run the test split on the best (or last) checkpoint")
-        parser.add_argument("--overwrite", type=bool, default=False,
-                            help="fit: replace the results of an earlier run in the same default_root_dir;"
-                            " predict: replace a --predictions_csv of another run or not written here")
-        parser.add_argument("--predictions_csv", type=str | None, default=None,
-                            help="predict: CSV to write (default: <log dir>/predictions.csv)")
+        parser.add_argument(
+            "--test_after_fit",
+            type=bool,
+            default=False,
+            help="after fit, run the test split on the best (or last) checkpoint",
+        )
+        parser.add_argument(
+            "--overwrite",
+            type=bool,
+            default=False,
+            help="fit: replace the results of an earlier run in the same default_root_dir;"
+            " predict: replace a --predictions_csv of another run or not written here",
+        )
+        parser.add_argument(
+            "--predictions_csv",
+            type=str | None,
+            default=None,
+            help="predict: CSV to write (default: <log dir>/predictions.csv)",
+        )
 
     def _parse_ckpt_path(self) -> None:
         """Read the checkpoint's hyperparameters to check them, never to apply them.
@@ -110,8 +122,10 @@ class ViRLightningCLI(LightningCLI):
             return
         checkpoint = load_tensors_only(ckpt_path)
         if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-            raise ValueError(f"{ckpt_path!r} is a plain state_dict, not a Lightning checkpoint: start from its "
-                             "weights with --model.init_args.pretrained instead of --ckpt_path")
+            raise ValueError(
+                f"{ckpt_path!r} is a plain state_dict, not a Lightning checkpoint: start from its "
+                "weights with --model.init_args.pretrained instead of --ckpt_path"
+            )
         self.checkpoint_hparams = checkpoint.get("hyper_parameters") or {}
 
     def _run_config(self):
@@ -143,7 +157,8 @@ class ViRLightningCLI(LightningCLI):
             raise ValueError(
                 f"{root} holds the results of an earlier run ({len(earlier)} files, e.g. {earlier[0]}); resume "
                 "it with --ckpt_path last, give this run its own --trainer.default_root_dir, or replace it "
-                "with --overwrite true")
+                "with --overwrite true"
+            )
         for path in earlier:
             os.remove(path)
 
@@ -153,11 +168,16 @@ class ViRLightningCLI(LightningCLI):
 
         use_readable_output(self.trainer, self._run_config()["trainer"].get("callbacks"))
         subcommand = self.config.subcommand
-        if (subcommand in ("validate", "test", "predict") and not self._run_config().get("ckpt_path")
-                and not self.model.hparams.get("pretrained")):
+        if (
+            subcommand in ("validate", "test", "predict")
+            and not self._run_config().get("ckpt_path")
+            and not self.model.hparams.get("pretrained")
+        ):
             # Lightning would evaluate (or predict with) freshly initialised weights and exit 0.
-            raise ValueError(f"{subcommand} needs trained weights: pass --ckpt_path CKPT (a checkpoint of this"
-                             " config's model) or --model.init_args.pretrained WEIGHTS")
+            raise ValueError(
+                f"{subcommand} needs trained weights: pass --ckpt_path CKPT (a checkpoint of this"
+                " config's model) or --model.init_args.pretrained WEIGHTS"
+            )
         pretrained = self.model.hparams.get("pretrained")
         if subcommand in ("validate", "test", "predict") and pretrained and os.path.isdir(str(pretrained)):
             # Evaluated as it is (no fine-tuning): a folder of another architecture would load partly
@@ -171,8 +191,10 @@ class ViRLightningCLI(LightningCLI):
             mismatch = architecture_mismatch(saved, dict(self.model.hparams))
             if mismatch:
                 mismatch = mismatch.replace("in the checkpoint", "in the folder")
-                raise ValueError(f"pretrained folder {pretrained} holds another model: {mismatch}; use a config of"
-                                 " the model it holds (its config.json names it)")
+                raise ValueError(
+                    f"pretrained folder {pretrained} holds another model: {mismatch}; use a config of"
+                    " the model it holds (its config.json names it)"
+                )
         if self.checkpoint_hparams:
             mismatch = architecture_mismatch(self.checkpoint_hparams, dict(self.model.hparams))
             if mismatch:
@@ -180,7 +202,8 @@ class ViRLightningCLI(LightningCLI):
                 raise ValueError(
                     f"checkpoint {ckpt_path} was trained for another model: {mismatch}; use the config it was "
                     "trained with (config.yaml in its run folder), or start from its weights with "
-                    "--model.init_args.pretrained")
+                    "--model.init_args.pretrained"
+                )
 
     def _save_metrics(self, fresh: bool = False) -> None:
         """Write the logged metrics into ``<default_root_dir>/metrics.json`` (atomically): what
@@ -204,7 +227,8 @@ class ViRLightningCLI(LightningCLI):
             # and report the metrics of weights that were never trained.
             raise ValueError(
                 "the fit ran no training step (max_epochs/max_steps of 0, or no training batch); nothing "
-                "was tested or saved: give the trainer at least one epoch and the data at least one image")
+                "was tested or saved: give the trainer at least one epoch and the data at least one image"
+            )
         self._save_metrics(fresh=True)
         checkpoint = self.trainer.checkpoint_callback
         best = checkpoint.best_model_path if checkpoint is not None else ""
@@ -222,8 +246,10 @@ class ViRLightningCLI(LightningCLI):
             self.model.model.load_state_dict(read_state_dict(best))
             print(f"testing the best checkpoint {best}")
         else:  # nothing was validated (no val split), or no checkpoint callback selects by a metric
-            print("no best checkpoint was selected (nothing validated, or no monitored metric): testing the"
-                  " weights at the end of training")
+            print(
+                "no best checkpoint was selected (nothing validated, or no monitored metric): testing the"
+                " weights at the end of training"
+            )
         self.trainer.test(self.model, datamodule=self.datamodule)
         self._save_metrics()
 
@@ -232,7 +258,8 @@ class ViRLightningCLI(LightningCLI):
         if any(isinstance(cb, PredictionCSVWriter) for cb in self.trainer.callbacks):
             return
         path = self.config.predict.get("predictions_csv") or os.path.join(
-            self.trainer.log_dir or ".", "predictions.csv")
+            self.trainer.log_dir or ".", "predictions.csv"
+        )
         config = self.config.predict
         ckpt_path = config.get("ckpt_path")
         inputs = tuple(str(p) for p in (ckpt_path, *(config.get("config") or ())) if p)
@@ -262,8 +289,7 @@ class ViRLightningCLI(LightningCLI):
         if not recorded:  # written before checkpoints recorded it: the config's, as before
             return
         current = data.preprocessing()
-        data.mean, data.std = recorded_normalisation(recorded, (current["mean"], current["std"]),
-                                                     "the data config's")
+        data.mean, data.std = recorded_normalisation(recorded, (current["mean"], current["std"]), "the data config's")
 
 
 def main(argv: list[str] | None) -> int:

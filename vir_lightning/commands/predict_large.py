@@ -31,8 +31,18 @@ from ..deploy.streaming_predict import load_onnx_model, load_streaming_model, pa
 from ..io import add_overwrite_argument, atomic_output, check_output_path, write_csv_atomically
 
 TOP_K = 5
-FIXED_COLUMNS = ["path", "level", "reader", "height", "width", "grid_rows", "grid_cols", "edge", "edge_rows_px",
-                 "edge_cols_px"]
+FIXED_COLUMNS = [
+    "path",
+    "level",
+    "reader",
+    "height",
+    "width",
+    "grid_rows",
+    "grid_cols",
+    "edge",
+    "edge_rows_px",
+    "edge_cols_px",
+]
 COLUMNS = FIXED_COLUMNS + [f"{what}_{i}" for i in range(1, TOP_K + 1) for what in ("class", "prob")] + ["seconds"]
 
 
@@ -50,8 +60,9 @@ def _read_done(out: str) -> list[dict]:
     with open(out, newline="") as f:
         reader = csv.DictReader(f)
         if reader.fieldnames != COLUMNS:
-            raise ValueError(f"--out {out!r} exists and is not a predict-large CSV; choose another file"
-                             " (it was left as is)")
+            raise ValueError(
+                f"--out {out!r} exists and is not a predict-large CSV; choose another file (it was left as is)"
+            )
         return list(reader)
 
 
@@ -62,9 +73,15 @@ def _run_options(args, mean, std) -> dict:
 
     weights = _weights(args)
     stat = os.stat(os.path.join(weights, WEIGHTS_FILE) if os.path.isdir(weights) else weights)
-    options = {"checkpoint": os.path.abspath(weights), "checkpoint_bytes": stat.st_size,
-               "checkpoint_mtime_ns": stat.st_mtime_ns, "mean": [float(m) for m in mean],
-               "std": [float(s) for s in std], "edge": args.edge, "reader": args.reader}
+    options = {
+        "checkpoint": os.path.abspath(weights),
+        "checkpoint_bytes": stat.st_size,
+        "checkpoint_mtime_ns": stat.st_mtime_ns,
+        "mean": [float(m) for m in mean],
+        "std": [float(s) for s in std],
+        "edge": args.edge,
+        "reader": args.reader,
+    }
     if args.runtime != "torch":  # (not recorded for torch: CSVs of earlier versions resume as before)
         options["runtime"] = args.runtime
     return options
@@ -85,12 +102,15 @@ def _check_same_run(args, mean, std, done: list[dict]) -> dict:
             earlier = json.loads(Path(path).read_text())
         except (OSError, ValueError):
             earlier = {}
-        changed = [f"{key} {earlier.get(key)!r} → {value!r}" for key, value in options.items()
-                   if earlier.get(key) != value]
+        changed = [
+            f"{key} {earlier.get(key)!r} → {value!r}" for key, value in options.items() if earlier.get(key) != value
+        ]
         if changed:
-            raise ValueError(f"--out {args.out!r} holds {len(done)} results computed with other options"
-                             f" ({'; '.join(changed)}); a rerun would skip those images and keep their old"
-                             " results: rerun with the same options to resume, or choose another --out")
+            raise ValueError(
+                f"--out {args.out!r} holds {len(done)} results computed with other options"
+                f" ({'; '.join(changed)}); a rerun would skip those images and keep their old"
+                " results: rerun with the same options to resume, or choose another --out"
+            )
     return options
 
 
@@ -119,30 +139,54 @@ def _lock_output(out: str):
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         handle.close()
-        raise ValueError(f"--out {out!r} is being written by another predict-large run; wait for it to finish"
-                         " or choose another --out") from None
+        raise ValueError(
+            f"--out {out!r} is being written by another predict-large run; wait for it to finish"
+            " or choose another --out"
+        ) from None
     return handle
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m vir_lightning predict-large", description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", default=None,
-                   help="the training config (normalisation, for checkpoints that do not record it; checked against"
-                   " the checkpoint)")
-    p.add_argument("--ckpt_path", default=None,
-                   help="a checkpoint written by `python -m vir_lightning fit`, or a pretrained folder (export-model)")
-    p.add_argument("--runtime", choices=("torch", "onnxruntime"), default="torch",
-                   help="torch (default), or ONNX Runtime on the CPU running an --onnx streaming-step graph")
+    p.add_argument(
+        "--config",
+        default=None,
+        help="the training config (normalisation, for checkpoints that do not record it; checked against"
+        " the checkpoint)",
+    )
+    p.add_argument(
+        "--ckpt_path",
+        default=None,
+        help="a checkpoint written by `python -m vir_lightning fit`, or a pretrained folder (export-model)",
+    )
+    p.add_argument(
+        "--runtime",
+        choices=("torch", "onnxruntime"),
+        default="torch",
+        help="torch (default), or ONNX Runtime on the CPU running an --onnx streaming-step graph",
+    )
     p.add_argument("--onnx", default=None, help="--runtime onnxruntime: a graph of `export-onnx --form streaming-step`")
     p.add_argument("--images", nargs="+", required=True, help="TIFF/BigTIFF, whole-slide (OpenSlide) or PNG/JPEG files")
     p.add_argument("--out", required=True, help="CSV of top-5 predictions (rerun: images already in it are skipped)")
-    p.add_argument("--chunk-size", type=int, default=None,
-                   help="band height in patch rows (default: about 1024 tokens of whole rows)")
+    p.add_argument(
+        "--chunk-size",
+        type=int,
+        default=None,
+        help="band height in patch rows (default: about 1024 tokens of whole rows)",
+    )
     p.add_argument("--level", type=int, default=0, help="pyramid level to read (0 = full resolution)")
-    p.add_argument("--reader", choices=READERS, default=READERS[0],
-                   help="auto: TIFF → tifffile, slide formats → OpenSlide, others → Pillow")
-    p.add_argument("--edge", choices=("crop", "pad"), default="crop",
-                   help="sides that are not a multiple of the patch: crop them (default) or pad with the mean colour")
+    p.add_argument(
+        "--reader",
+        choices=READERS,
+        default=READERS[0],
+        help="auto: TIFF → tifffile, slide formats → OpenSlide, others → Pillow",
+    )
+    p.add_argument(
+        "--edge",
+        choices=("crop", "pad"),
+        default="crop",
+        help="sides that are not a multiple of the patch: crop them (default) or pad with the mean colour",
+    )
     p.add_argument("--features-dir", default=None, help="also write per-patch float16 features: DIR/<name>.npy + .json")
     add_overwrite_argument(p, "--out (starting it afresh instead of resuming) and the features files")
     return p
@@ -154,11 +198,14 @@ def main(argv: list[str] | None = None) -> int:
         # A `kill` (SIGTERM) unwinds like Ctrl-C, so the temporary CSV / features files are removed.
         signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     if args.runtime == "torch" and (args.ckpt_path is None or args.onnx is not None):
-        raise ValueError("--runtime torch needs --ckpt_path (a checkpoint or pretrained folder); --onnx is for"
-                         " --runtime onnxruntime")
+        raise ValueError(
+            "--runtime torch needs --ckpt_path (a checkpoint or pretrained folder); --onnx is for --runtime onnxruntime"
+        )
     if args.runtime == "onnxruntime" and (args.onnx is None or args.ckpt_path is not None or args.chunk_size):
-        raise ValueError("--runtime onnxruntime takes --onnx STEP.onnx (its band height is fixed at export), not"
-                         " --ckpt_path or --chunk-size")
+        raise ValueError(
+            "--runtime onnxruntime takes --onnx STEP.onnx (its band height is fixed at export), not"
+            " --ckpt_path or --chunk-size"
+        )
     if args.chunk_size is not None and args.chunk_size < 1:
         raise ValueError(f"--chunk-size {args.chunk_size}: the band height must be at least 1 patch row")
     if args.level < 0:
@@ -179,11 +226,17 @@ def main(argv: list[str] | None = None) -> int:
         for path in args.images:
             stem = Path(path).stem
             if stems.setdefault(stem, path) != path:
-                raise ValueError(f"--features-dir: {stems[stem]!r} and {path!r} would both write {stem}.npy;"
-                                 " rename one or run them separately")
+                raise ValueError(
+                    f"--features-dir: {stems[stem]!r} and {path!r} would both write {stem}.npy;"
+                    " rename one or run them separately"
+                )
             for suffix in (".npy", ".json"):
-                check_output_path(os.path.join(args.features_dir, stem + suffix), "--features-dir file",
-                                  inputs=inputs, overwrite=args.overwrite)
+                check_output_path(
+                    os.path.join(args.features_dir, stem + suffix),
+                    "--features-dir file",
+                    inputs=inputs,
+                    overwrite=args.overwrite,
+                )
         _make_folder("--features-dir", args.features_dir)
     _make_folder("--out", os.path.dirname(os.path.abspath(args.out)))
     with _lock_output(args.out):
@@ -219,10 +272,15 @@ def main(argv: list[str] | None = None) -> int:
                     bands = len(band_bounds(max(rows, 1), model.band_rows or default_band_rows(max(cols, 1))))
                     passes = 2 if model.multipass else 1
                     bar = tqdm if sys.stderr.isatty() else LineProgress  # a log gets lines, not carriage returns
-                    with bar(total=bands * passes, desc=Path(path).name, unit="band", file=sys.stderr,
-                             leave=False, dynamic_ncols=True) as progress:
-                        result = predict_image(model, image, mean, std, args.edge, features, progress,
-                                               args.overwrite)
+                    with bar(
+                        total=bands * passes,
+                        desc=Path(path).name,
+                        unit="band",
+                        file=sys.stderr,
+                        leave=False,
+                        dynamic_ncols=True,
+                    ) as progress:
+                        result = predict_image(model, image, mean, std, args.edge, features, progress, args.overwrite)
             except (ValueError, FileNotFoundError, OSError, MemoryError) as err:
                 failures += 1
                 message = str(err) if path in str(err) else f"{path}: {err}"  # numpy's MemoryError names no file
@@ -237,12 +295,20 @@ def main(argv: list[str] | None = None) -> int:
             row.update({f"class_{i}": c for i, (c, _) in enumerate(pairs, 1)})
             row.update({f"prob_{i}": p for i, (_, p) in enumerate(pairs, 1)})
             if features:
-                meta = {"source": os.path.abspath(path), "level": image.level, "reader": image.reader,
-                        "image_size": [image.height, image.width], "grid": [result["grid_rows"], result["grid_cols"]],
-                        "patch_size": list(model.patch_size), "edge": args.edge,
-                        "edge_px": [result["edge_rows_px"], result["edge_cols_px"]], "dim": model.num_features,
-                        "dtype": "float16", "layout": "rows, cols, dim (final-norm features, first pass)",
-                        "checkpoint": os.path.abspath(_weights(args))}
+                meta = {
+                    "source": os.path.abspath(path),
+                    "level": image.level,
+                    "reader": image.reader,
+                    "image_size": [image.height, image.width],
+                    "grid": [result["grid_rows"], result["grid_cols"]],
+                    "patch_size": list(model.patch_size),
+                    "edge": args.edge,
+                    "edge_px": [result["edge_rows_px"], result["edge_cols_px"]],
+                    "dim": model.num_features,
+                    "dtype": "float16",
+                    "layout": "rows, cols, dim (final-norm features, first pass)",
+                    "checkpoint": os.path.abspath(_weights(args)),
+                }
                 with atomic_output(features[: -len(".npy")] + ".json", overwrite=args.overwrite) as tmp:
                     Path(tmp).write_text(json.dumps(meta, indent=1))
             done.append(row)
@@ -253,8 +319,10 @@ def main(argv: list[str] | None = None) -> int:
             edge = {"crop": "cropped", "pad": "padded"}[args.edge]
             grid = f"{result['grid_rows']}×{result['grid_cols']}"
             edge_px = f"{result['edge_cols_px']}×{result['edge_rows_px']}"
-            print(f"{path}: {image.width}×{image.height} px (level {image.level}, {image.reader}), grid {grid},"
-                  f" {edge} {edge_px} px → {pairs[0][0]} ({float(pairs[0][1]):.3f}) in {result['seconds']:.1f} s")
+            print(
+                f"{path}: {image.width}×{image.height} px (level {image.level}, {image.reader}), grid {grid},"
+                f" {edge} {edge_px} px → {pairs[0][0]} ({float(pairs[0][1]):.3f}) in {result['seconds']:.1f} s"
+            )
         failed = f"; {failures} failed (see error: lines)" if failures else ""
         if os.path.exists(args.out):
             print(f"wrote {args.out}: {len(done)} images{failed}")

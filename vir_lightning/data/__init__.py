@@ -6,5 +6,8 @@ from .fashion_mnist import FashionMNISTDataModule
 from .image_folder import ImageFolderDataModule
 
 __all__ = [
-    "ClassificationDataModule", "ClutteredFashionMNISTDataModule", "FashionMNISTDataModule", "ImageFolderDataModule",
+    "ClassificationDataModule",
+    "ClutteredFashionMNISTDataModule",
+    "FashionMNISTDataModule",
+    "ImageFolderDataModule",
 ]

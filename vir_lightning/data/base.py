@@ -132,8 +132,14 @@ class ClassificationDataModule(L.LightningDataModule):
         self.batch_size = batch_size
         self.num_workers = min(4, os.cpu_count() or 1) if num_workers is None else num_workers
         self.img_size = img_size
-        self.augment = dict(crop_scale=crop_scale, crop_ratio=crop_ratio, hflip=hflip, color_jitter=color_jitter,
-                            rand_augment=rand_augment, random_erasing=random_erasing)
+        self.augment = dict(
+            crop_scale=crop_scale,
+            crop_ratio=crop_ratio,
+            hflip=hflip,
+            color_jitter=color_jitter,
+            rand_augment=rand_augment,
+            random_erasing=random_erasing,
+        )
         self.mean, self.std, self.eval_crop_pct, self.seed = mean, std, eval_crop_pct, seed
         self.predict_root, self.skip_bad_images = predict_root, skip_bad_images
         self.num_classes: int = 0
@@ -152,8 +158,12 @@ class ClassificationDataModule(L.LightningDataModule):
         pixels divided by their full scale, then ``(x − mean) / std`` per channel, ``in_chans``
         channels, at ``img_size``."""
         size = self.img_size if self.img_size is None or isinstance(self.img_size, int) else list(self.img_size)
-        return {"mean": [float(m) for m in self._stats(self.mean)], "std": [float(s) for s in self._stats(self.std)],
-                "in_chans": int(self.in_chans), "img_size": size}
+        return {
+            "mean": [float(m) for m in self._stats(self.mean)],
+            "std": [float(s) for s in self._stats(self.std)],
+            "in_chans": int(self.in_chans),
+            "img_size": size,
+        }
 
     def _stats(self, values: Sequence[float]) -> tuple[float, ...]:
         values = tuple(values)
@@ -172,8 +182,10 @@ class ClassificationDataModule(L.LightningDataModule):
             self.predict_paths = list_images(self.predict_root, recursive=True)
             if not self.predict_paths:
                 # Predicting nothing would exit 0 with no output at all.
-                raise ValueError(f"predict_root {self.predict_root!r} holds no jpg/jpeg/png images (searched"
-                                 " recursively); point it at a folder of images")
+                raise ValueError(
+                    f"predict_root {self.predict_root!r} holds no jpg/jpeg/png images (searched"
+                    " recursively); point it at a folder of images"
+                )
             self._datasets["predict"] = TransformedDataset(
                 ImageFileList(self.predict_paths, skip_bad=self.skip_bad_images, channels=self.in_chans),
                 eval_tf,
@@ -188,24 +200,33 @@ class ClassificationDataModule(L.LightningDataModule):
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         if split not in self._datasets:
-            raise ValueError(f"this data module has no {split!r} split" + (
-                "; pass predict_root=<folder of images> to predict" if split == "predict" else ""))
+            raise ValueError(
+                f"this data module has no {split!r} split"
+                + ("; pass predict_root=<folder of images> to predict" if split == "predict" else "")
+            )
         dataset = self._datasets[split]
         sampler = None
         if shuffle:
             trainer = getattr(self, "trainer", None)
             if trainer is not None and trainer.world_size > 1:
-                sampler = EpochSeededDistributedSampler(dataset, trainer.world_size, trainer.global_rank,
-                                                        shuffle=True, seed=self.seed, drop_last=True)
+                sampler = EpochSeededDistributedSampler(
+                    dataset, trainer.world_size, trainer.global_rank, shuffle=True, seed=self.seed, drop_last=True
+                )
             else:
                 sampler = EpochSeededRandomSampler(dataset, self.seed)
         # Training drops a ragged last batch (steady batch statistics), unless the split is smaller
         # than one batch: then the one partial batch is all there is to train on.
         per_rank = len(sampler) if sampler is not None else len(dataset)
         drop_last = shuffle and per_rank >= self.batch_size
-        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, drop_last=drop_last,
-                          num_workers=self.num_workers, collate_fn=collate_skipping_none,
-                          persistent_workers=False)  # fresh workers see the dataset's new epoch
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            sampler=sampler,
+            drop_last=drop_last,
+            num_workers=self.num_workers,
+            collate_fn=collate_skipping_none,
+            persistent_workers=False,
+        )  # fresh workers see the dataset's new epoch
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

@@ -63,12 +63,13 @@ def photo_crop(rng: np.random.Generator, photos: Sequence[np.ndarray], size: tup
     resized = cv2.resize(photo, (int(np.ceil(photo.shape[1] * scale)), int(np.ceil(photo.shape[0] * scale))))
     top = rng.integers(resized.shape[0] - height + 1)
     left = rng.integers(resized.shape[1] - width + 1)
-    crop = resized[top: top + height, left: left + width]
+    crop = resized[top : top + height, left : left + width]
     return (crop[:, ::-1] if rng.random() < 0.5 else crop).copy()
 
 
-def paste_garment(rng: np.random.Generator, image: np.ndarray, garment: np.ndarray, side: int | None, top: int,
-                  left: int) -> np.ndarray:
+def paste_garment(
+    rng: np.random.Generator, image: np.ndarray, garment: np.ndarray, side: int | None, top: int, left: int
+) -> np.ndarray:
     """Paste a grey garment (or a piece of one), resized to ``side`` (None: as is), at (top, left).
 
     ``image`` (H×W×3 uint8) is changed in place. Only the garment's own foreground is pasted (pixels
@@ -78,7 +79,7 @@ def paste_garment(rng: np.random.Generator, image: np.ndarray, garment: np.ndarr
     resized = garment if side is None else cv2.resize(garment, (side, side), interpolation=cv2.INTER_LINEAR)
     mask = resized > FOREGROUND_THRESHOLD
     tint = rng.uniform(0.5, 1.0, size=3)
-    region = image[top: top + resized.shape[0], left: left + resized.shape[1]]
+    region = image[top : top + resized.shape[0], left : left + resized.shape[1]]
     region[mask] = (resized[mask, None] * tint).astype(np.uint8)
     return mask
 
@@ -97,9 +98,19 @@ class ClutteredSource:
             index, epoch)``; the garment and label of an index stay the same.
     """
 
-    def __init__(self, garments: np.ndarray, labels: np.ndarray, photos: Sequence[np.ndarray], canvas: int,
-                 object_scale: Sequence[float], clutter: int, clutter_size: int, seed: int, split: str,
-                 redraw: bool = False):
+    def __init__(
+        self,
+        garments: np.ndarray,
+        labels: np.ndarray,
+        photos: Sequence[np.ndarray],
+        canvas: int,
+        object_scale: Sequence[float],
+        clutter: int,
+        clutter_size: int,
+        seed: int,
+        split: str,
+        redraw: bool = False,
+    ):
         self.garments, self.labels, self.photos = garments, labels, photos
         self.canvas, self.object_scale = canvas, tuple(object_scale)
         self.clutter, self.clutter_size = clutter, clutter_size
@@ -141,7 +152,7 @@ class ClutteredSource:
             other = cv2.resize(self.garments[rng.integers(len(self.labels))], (side, side))
             y, x = rng.integers(side - piece + 1, size=2)
             top, left = rng.integers(self.canvas - piece + 1, size=2)
-            paste_garment(rng, image, other[y: y + piece, x: x + piece], None, int(top), int(left))
+            paste_garment(rng, image, other[y : y + piece, x : x + piece], None, int(top), int(left))
         paste_garment(rng, image, self.garments[index], side, where["top"], where["left"])
         return image, int(self.labels[index]), where
 
@@ -163,14 +174,35 @@ class ClutteredFashionMNISTDataModule(ClassificationDataModule):
             defaults here are flips only: the generator already varies position, scale and colour).
     """
 
-    def __init__(self, root: str = DEBIAN_ROOT, canvas: int = 64, object_scale: Sequence[float] = (0.45, 0.8),
-                 clutter: int = 4, clutter_size: int = 10, train_fraction: float = 0.6, generator_seed: int = 0,
-                 redraw_train: bool = False, img_size: int | None = None, mean: Sequence[float] = (0.485, 0.456, 0.406),
-                 std: Sequence[float] = (0.229, 0.224, 0.225), crop_scale: Sequence[float] = (1.0, 1.0),
-                 color_jitter: float = 0.0, random_erasing: float = 0.0, eval_crop_pct: float = 1.0, **kwargs):
-        super().__init__(img_size=img_size or canvas, mean=mean, std=std, crop_scale=crop_scale,
-                         color_jitter=color_jitter, random_erasing=random_erasing, eval_crop_pct=eval_crop_pct,
-                         **kwargs)
+    def __init__(
+        self,
+        root: str = DEBIAN_ROOT,
+        canvas: int = 64,
+        object_scale: Sequence[float] = (0.45, 0.8),
+        clutter: int = 4,
+        clutter_size: int = 10,
+        train_fraction: float = 0.6,
+        generator_seed: int = 0,
+        redraw_train: bool = False,
+        img_size: int | None = None,
+        mean: Sequence[float] = (0.485, 0.456, 0.406),
+        std: Sequence[float] = (0.229, 0.224, 0.225),
+        crop_scale: Sequence[float] = (1.0, 1.0),
+        color_jitter: float = 0.0,
+        random_erasing: float = 0.0,
+        eval_crop_pct: float = 1.0,
+        **kwargs,
+    ):
+        super().__init__(
+            img_size=img_size or canvas,
+            mean=mean,
+            std=std,
+            crop_scale=crop_scale,
+            color_jitter=color_jitter,
+            random_erasing=random_erasing,
+            eval_crop_pct=eval_crop_pct,
+            **kwargs,
+        )
         if not isinstance(canvas, int) or canvas < 32:
             raise ValueError(f"canvas={canvas!r}: expected an integer side of at least 32 pixels")
         low, high = (tuple(object_scale) + (None, None))[:2]
@@ -180,8 +212,10 @@ class ClutteredFashionMNISTDataModule(ClassificationDataModule):
             raise ValueError(f"clutter={clutter}, clutter_size={clutter_size}: expected clutter >= 0, size >= 1")
         largest = round(canvas * high)
         if clutter_size > largest:  # a fragment is cut from a garment at its drawn size: it would be cut smaller
-            raise ValueError(f"clutter_size={clutter_size} is larger than the largest garment ({largest} px: canvas"
-                             f" {canvas} × object_scale {high}); give at most {largest}")
+            raise ValueError(
+                f"clutter_size={clutter_size} is larger than the largest garment ({largest} px: canvas"
+                f" {canvas} × object_scale {high}); give at most {largest}"
+            )
         if not 0 < train_fraction < 1:
             raise ValueError(f"train_fraction={train_fraction}: expected a fraction strictly between 0 and 1")
         check_root(root)
@@ -193,18 +227,35 @@ class ClutteredFashionMNISTDataModule(ClassificationDataModule):
     def _sources(self) -> dict[str, ClutteredSource]:
         photos = sample_photos()
         cut = [int(round(p.shape[1] * self.train_fraction)) for p in photos]
-        regions = {"train": [p[:, :c] for p, c in zip(photos, cut, strict=True)],
-                   "held_out": [p[:, c:] for p, c in zip(photos, cut, strict=True)]}
+        regions = {
+            "train": [p[:, :c] for p, c in zip(photos, cut, strict=True)],
+            "held_out": [p[:, c:] for p, c in zip(photos, cut, strict=True)],
+        }
         train = read_split(self.root, "train")
         test_images, test_labels = read_split(self.root, "test")
         half = len(test_labels) // 2
-        garments = {"train": train, "val": (test_images[:half], test_labels[:half]),
-                    "test": (test_images[half:], test_labels[half:])}
-        options = dict(canvas=self.canvas, object_scale=self.object_scale, clutter=self.clutter,
-                       clutter_size=self.clutter_size, seed=self.generator_seed)
-        return {split: ClutteredSource(*garments[split], regions["train" if split == "train" else "held_out"],
-                                       split=split, redraw=self.redraw_train and split == "train", **options)
-                for split in ("train", "val", "test")}
+        garments = {
+            "train": train,
+            "val": (test_images[:half], test_labels[:half]),
+            "test": (test_images[half:], test_labels[half:]),
+        }
+        options = dict(
+            canvas=self.canvas,
+            object_scale=self.object_scale,
+            clutter=self.clutter,
+            clutter_size=self.clutter_size,
+            seed=self.generator_seed,
+        )
+        return {
+            split: ClutteredSource(
+                *garments[split],
+                regions["train" if split == "train" else "held_out"],
+                split=split,
+                redraw=self.redraw_train and split == "train",
+                **options,
+            )
+            for split in ("train", "val", "test")
+        }
 
 
 def class_folder(label: int) -> str:
@@ -248,4 +299,3 @@ def export_image_folder(out: str, module: ClutteredFashionMNISTDataModule, count
                     rows.writerow([file, label, index, *where["center"], where["side"]])
             written[split] = count
     return written
-

@@ -18,8 +18,7 @@ FILES = {
     "test_images": "t10k-images-idx3-ubyte.gz",
     "test_labels": "t10k-labels-idx1-ubyte.gz",
 }
-CLASS_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
-               "Ankle boot"]
+CLASS_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 
 
 def read_idx(path: str) -> np.ndarray:
@@ -31,12 +30,13 @@ def read_idx(path: str) -> np.ndarray:
     except FileNotFoundError:
         raise
     except (OSError, EOFError, zlib.error) as err:  # a truncated or non-gzip .gz: not a traceback
-        raise ValueError(f"{path} cannot be read ({err}); replace it with an intact copy (e.g. reinstall"
-                         " dataset-fashion-mnist)") from None
+        raise ValueError(
+            f"{path} cannot be read ({err}); replace it with an intact copy (e.g. reinstall dataset-fashion-mnist)"
+        ) from None
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
         raise ValueError(f"{path} is not a uint8 IDX file (bad magic number {data[:4].hex()})")
     ndim = data[3]
-    dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     offset = 4 + 4 * ndim
     expected = int(np.prod(dims))
     if len(data) - offset != expected:
@@ -52,7 +52,8 @@ def check_root(root: str, option: str = "--data.init_args.root") -> None:
     if unpacked:
         raise FileNotFoundError(
             f"Fashion-MNIST in {root!r} is unpacked ({', '.join(n[: -len('.gz')] for n in unpacked)}): the"
-            f" standard .gz files are read as they are downloaded; gzip them again (gzip {root}/*-ubyte)")
+            f" standard .gz files are read as they are downloaded; gzip them again (gzip {root}/*-ubyte)"
+        )
     if missing:
         raise FileNotFoundError(
             f"Fashion-MNIST not found in {root!r}: missing {', '.join(missing)}. On Debian/Ubuntu run"
@@ -67,9 +68,11 @@ def read_split(root: str, split: str) -> tuple[np.ndarray, np.ndarray]:
     images_path, labels_path = (os.path.join(root, FILES[f"{split}_{kind}"]) for kind in ("images", "labels"))
     images, labels = read_idx(images_path), read_idx(labels_path)
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-        raise ValueError(f"{images_path} ({list(images.shape)}) and {labels_path} ({list(labels.shape)}) do not"
-                         " belong together: expected N×28×28 images and N labels; replace them with the"
-                         " dataset's own files")
+        raise ValueError(
+            f"{images_path} ({list(images.shape)}) and {labels_path} ({list(labels.shape)}) do not"
+            " belong together: expected N×28×28 images and N labels; replace them with the"
+            " dataset's own files"
+        )
     if labels.size and labels.max() >= len(CLASS_NAMES):
         raise ValueError(f"{labels_path} holds label {int(labels.max())}; Fashion-MNIST has {len(CLASS_NAMES)} classes")
     return images, labels
@@ -103,8 +106,15 @@ class FashionMNISTDataModule(ClassificationDataModule):
         **kwargs: augmentation and loader options of :class:`ClassificationDataModule`.
     """
 
-    def __init__(self, root: str = DEBIAN_ROOT, val_size: int = 5000, img_size: int = 28,
-                 mean: Sequence[float] = (0.286,), std: Sequence[float] = (0.353,), **kwargs):
+    def __init__(
+        self,
+        root: str = DEBIAN_ROOT,
+        val_size: int = 5000,
+        img_size: int = 28,
+        mean: Sequence[float] = (0.286,),
+        std: Sequence[float] = (0.353,),
+        **kwargs,
+    ):
         super().__init__(img_size=img_size, mean=mean, std=std, **kwargs)
         check_root(root)
         if not 0 <= val_size < 60000:
@@ -115,7 +125,7 @@ class FashionMNISTDataModule(ClassificationDataModule):
     def _sources(self):
         images, labels = read_split(self.root, "train")
         order = np.random.default_rng(0).permutation(len(labels))  # fixed held-out subset
-        val_idx, train_idx = np.sort(order[: self.val_size]), np.sort(order[self.val_size:])
+        val_idx, train_idx = np.sort(order[: self.val_size]), np.sort(order[self.val_size :])
         test_images, test_labels = read_split(self.root, "test")
         return {
             "train": _ArraySource(images, labels, train_idx),

@@ -16,8 +16,7 @@ import numpy as np
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 #: Image formats that are listed (with a warning) but not read.
-OTHER_IMAGE_SUFFIXES = (".webp", ".bmp", ".gif", ".tif", ".tiff", ".heic", ".heif", ".avif", ".jxl", ".ppm",
-                        ".pgm")
+OTHER_IMAGE_SUFFIXES = (".webp", ".bmp", ".gif", ".tif", ".tiff", ".heic", ".heif", ".avif", ".jxl", ".ppm", ".pgm")
 #: Images above this many pixels are refused before decoding (Pillow's decompression-bomb error
 #: threshold): a tiny crafted PNG could otherwise claim gigabytes per decoding worker. Raise it
 #: here for legitimately huge photos, or stream them with ``predict-large``.
@@ -54,8 +53,10 @@ def list_images(folder: str, recursive: bool = False) -> list[str]:
     they agree on what an image is.
     """
     if os.path.isfile(folder):
-        raise ValueError(f"image folder {folder!r} is a file; give the folder that holds the images"
-                         f" ({os.path.dirname(folder) or '.'})")
+        raise ValueError(
+            f"image folder {folder!r} is a file; give the folder that holds the images"
+            f" ({os.path.dirname(folder) or '.'})"
+        )
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"image folder {folder!r} does not exist")
     if recursive:
@@ -72,8 +73,12 @@ def list_images(folder: str, recursive: bool = False) -> list[str]:
         paths = [os.path.join(folder, f) for f in os.listdir(folder) if not is_hidden(f)]
     ignored = sorted(p for p in paths if p.lower().endswith(OTHER_IMAGE_SUFFIXES))
     if ignored:  # said once per folder: these images would otherwise vanish from the data silently
-        log.warning("ignoring %d image files in %s that are not jpg/jpeg/png (e.g. %s); convert them to PNG to"
-                    " use them", len(ignored), folder, os.path.basename(ignored[0]))
+        log.warning(
+            "ignoring %d image files in %s that are not jpg/jpeg/png (e.g. %s); convert them to PNG to use them",
+            len(ignored),
+            folder,
+            os.path.basename(ignored[0]),
+        )
     return sorted(p for p in paths if p.lower().endswith(IMAGE_SUFFIXES) and os.path.isfile(p))
 
 
@@ -103,9 +108,11 @@ def _check_pixel_count(path: str) -> None:
     except Exception:  # Pillow cannot parse the header: let OpenCV decide (and fail with the usual error)
         return
     if width * height > MAX_IMAGE_PIXELS:
-        raise ImageDecodeError(f"image {path!r} is {width}×{height} px, more than the {MAX_IMAGE_PIXELS:,} px"
-                               " decoding limit (a decompression bomb or a huge scan); downscale it, or use"
-                               " predict-large for huge images")
+        raise ImageDecodeError(
+            f"image {path!r} is {width}×{height} px, more than the {MAX_IMAGE_PIXELS:,} px"
+            " decoding limit (a decompression bomb or a huge scan); downscale it, or use"
+            " predict-large for huge images"
+        )
 
 
 def decode_image(path: str, channels: int = 3) -> np.ndarray:
@@ -144,8 +151,9 @@ class ImageFileList:
     to the file index. With ``skip_bad`` an undecodable file yields ``(None, label)``, is logged with
     its path, and counted in ``skipped`` (per process: each DataLoader worker counts its own)."""
 
-    def __init__(self, paths: Sequence[str], labels: Sequence[int] | None = None, skip_bad: bool = False,
-                 channels: int = 3):
+    def __init__(
+        self, paths: Sequence[str], labels: Sequence[int] | None = None, skip_bad: bool = False, channels: int = 3
+    ):
         self.paths = list(paths)
         self.labels = list(range(len(self.paths))) if labels is None else list(labels)
         self.skip_bad, self.channels, self.skipped = skip_bad, channels, 0
@@ -160,8 +168,9 @@ class ImageFileList:
             if not self.skip_bad:
                 raise
             self.skipped += 1
-            log.warning("skipping undecodable image %s (%d skipped so far in this process)", self.paths[i],
-                        self.skipped)
+            log.warning(
+                "skipping undecodable image %s (%d skipped so far in this process)", self.paths[i], self.skipped
+            )
             return None, self.labels[i]
 
 
@@ -186,8 +195,10 @@ def infer_image_size(paths: Sequence[str], multiple: int = 16, limit: int = 64, 
             skipped += 1
             log.warning("skipping undecodable image %s while inferring the image size (%d skipped)", path, skipped)
     if not sides:
-        raise ValueError(f"none of the {len(paths)} training images decodes (all corrupt or not jpg/png);"
-                         " check the folder, or pass img_size")
+        raise ValueError(
+            f"none of the {len(paths)} training images decodes (all corrupt or not jpg/png);"
+            " check the folder, or pass img_size"
+        )
     if skipped:
         log.warning("inferred the image size from %d images; %d undecodable ones skipped", len(sides), skipped)
     side = int(np.median(sides))

@@ -42,8 +42,10 @@ class LargeImage:
     def __init__(self, path: str, level: int, level_shapes: list[tuple[int, int]], channels: int, dtype):
         if not 0 <= level < len(level_shapes):
             sizes = ", ".join(f"{i}: {w}×{h}" for i, (h, w) in enumerate(level_shapes))
-            raise ValueError(f"{path}: pyramid level {level} does not exist (levels {sizes}); pass --level"
-                             f" 0..{len(level_shapes) - 1}")
+            raise ValueError(
+                f"{path}: pyramid level {level} does not exist (levels {sizes}); pass --level"
+                f" 0..{len(level_shapes) - 1}"
+            )
         self.path, self.level, self.levels = path, level, level_shapes
         self.height, self.width = level_shapes[level]
         self.channels, self.dtype = channels, np.dtype(dtype)
@@ -91,8 +93,10 @@ class TiffImage(LargeImage):
             self.channels, self.dtype = self._pixels.channels, self._pixels.dtype
             self.max_value = self._pixels.max_value
             if page.planarconfig == 2 and page.samplesperpixel > 1:
-                raise ValueError(f"{path}: planar-separate TIFF samples are not supported; rewrite it interleaved"
-                                 " (e.g. tifffile.imwrite(..., planarconfig='contig'))")
+                raise ValueError(
+                    f"{path}: planar-separate TIFF samples are not supported; rewrite it interleaved"
+                    " (e.g. tifffile.imwrite(..., planarconfig='contig'))"
+                )
             if page.imagedepth > 1:
                 raise ValueError(f"{path}: volumetric TIFF pages (depth {page.imagedepth}) are not images")
         except BaseException:
@@ -124,8 +128,10 @@ class TiffImage(LargeImage):
             try:
                 pixels, _, _ = self._decode(data, segment, jpegtables=page.jpegtables)
             except Exception as err:  # codecs raise their own types
-                raise ValueError(f"{self.path}: corrupt tile {segment} (pixel rows {top}+, column"
-                                 f" {column * self._seg_width}+) at level {self.level}: {err}") from None
+                raise ValueError(
+                    f"{self.path}: corrupt tile {segment} (pixel rows {top}+, column"
+                    f" {column * self._seg_width}+) at level {self.level}: {err}"
+                ) from None
             if pixels is None:
                 continue
             pixels = pixels.reshape(pixels.shape[-3:])  # (length, width, samples): depth is 1
@@ -161,8 +167,12 @@ def _tiff_levels(tif) -> list:
     for other in tif.series[1:]:
         page = other.keyframe
         previous = pages[-1]
-        if (page.samplesperpixel == previous.samplesperpixel and page.imagelength < previous.imagelength
-                and page.imagewidth < previous.imagewidth and page.is_tiled == previous.is_tiled):
+        if (
+            page.samplesperpixel == previous.samplesperpixel
+            and page.imagelength < previous.imagelength
+            and page.imagewidth < previous.imagewidth
+            and page.is_tiled == previous.is_tiled
+        ):
             pages.append(page)
     return pages
 
@@ -222,8 +232,10 @@ class PillowImage(LargeImage):
                 image = ImageOps.exif_transpose(image)
                 if image.mode in ("I", "F"):  # converting would clip them to 0–255 without a word
                     kind = "integer" if image.mode == "I" else "float"
-                    raise ValueError(f"32-bit {kind} pixels (Pillow mode {image.mode}) are not supported; store the"
-                                     " image as 8- or 16-bit, or as a TIFF with its full scale")
+                    raise ValueError(
+                        f"32-bit {kind} pixels (Pillow mode {image.mode}) are not supported; store the"
+                        " image as 8- or 16-bit, or as a TIFF with its full scale"
+                    )
                 if image.mode not in ("L", "RGB", "RGBA", "I;16", "I;16B", "I;16L"):
                     image = image.convert("RGB")
                 self._pixels = np.asarray(image)

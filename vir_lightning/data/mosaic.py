@@ -78,8 +78,9 @@ def level_region(level: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
     return np.rint(block).astype(np.uint8)
 
 
-def write_mosaic(path: str, height: int, width: int, levels: int = 3, tile: int = 256,
-                 overwrite: bool = False) -> list[tuple[int, int]]:
+def write_mosaic(
+    path: str, height: int, width: int, levels: int = 3, tile: int = 256, overwrite: bool = False
+) -> list[tuple[int, int]]:
     """Write the mosaic as a tiled pyramidal TIFF (BigTIFF above 2 GB of pixels), atomically.
 
     An existing ``path`` is replaced only if it is a mosaic of the same size, levels and tiles that
@@ -108,6 +109,7 @@ def write_mosaic(path: str, height: int, width: int, levels: int = 3, tile: int 
     bigtiff = height * width * 3 * 4 // 3 > 2**31
     with atomic_output(path, overwrite=overwrite, run=run) as tmp, tifffile.TiffWriter(tmp, bigtiff=bigtiff) as tif:
         for level, (h, w) in enumerate(shapes):
+
             def tiles(level=level, h=h, w=w):
                 for y in range(0, h, tile):
                     band = level_region(level, y, min(y + tile, h), 0, w)
@@ -117,7 +119,14 @@ def write_mosaic(path: str, height: int, width: int, levels: int = 3, tile: int 
                         piece[: part.shape[0], : part.shape[1]] = part
                         yield piece
 
-            tif.write(tiles(), shape=(h, w, 3), dtype=np.uint8, tile=(tile, tile), photometric="rgb",
-                      compression="zlib", subfiletype=1 if level else 0, metadata=None)
+            tif.write(
+                tiles(),
+                shape=(h, w, 3),
+                dtype=np.uint8,
+                tile=(tile, tile),
+                photometric="rgb",
+                compression="zlib",
+                subfiletype=1 if level else 0,
+                metadata=None,
+            )
     return shapes
-

@@ -28,8 +28,21 @@ from dataclasses import dataclass
 import numpy as np
 
 MINISWHITE, MINISBLACK, RGB, PALETTE, SEPARATED, YCBCR = 0, 1, 2, 3, 5, 6
-_NAMES = {0: "MINISWHITE", 1: "MINISBLACK", 2: "RGB", 3: "PALETTE", 4: "MASK", 5: "SEPARATED", 6: "YCBCR",
-          8: "CIELAB", 9: "ICCLAB", 10: "ITULAB", 32803: "CFA", 32844: "LOGL", 32845: "LOGLUV"}
+_NAMES = {
+    0: "MINISWHITE",
+    1: "MINISBLACK",
+    2: "RGB",
+    3: "PALETTE",
+    4: "MASK",
+    5: "SEPARATED",
+    6: "YCBCR",
+    8: "CIELAB",
+    9: "ICCLAB",
+    10: "ITULAB",
+    32803: "CFA",
+    32844: "LOGL",
+    32845: "LOGLUV",
+}
 _UINT, _FLOAT = 1, 3
 _ALPHA = (1, 2)  # EXTRASAMPLE associated / unassociated alpha
 _JPEG = (6, 7, 34892)  # old-style JPEG, JPEG, lossy JPEG
@@ -54,8 +67,10 @@ def interpret(page, path: str) -> TiffPixels:
     color_samples = samples - len(extras)
 
     def refuse(what: str) -> ValueError:
-        return ValueError(f"{path}: {what} is not supported; convert the image to 8- or 16-bit gray or RGB"
-                          " (e.g. with tifffile or GDAL) and run again")
+        return ValueError(
+            f"{path}: {what} is not supported; convert the image to 8- or 16-bit gray or RGB"
+            " (e.g. with tifffile or GDAL) and run again"
+        )
 
     sample_format = int(page.sampleformat)
     if sample_format == _UINT:
@@ -84,8 +99,10 @@ def interpret(page, path: str) -> TiffPixels:
         return TiffPixels(keep, dtype, full, lambda s: scale(s[..., :keep]))
     if photometric == PALETTE:
         if samples != 1 or sample_format != _UINT or page.colormap is None:
-            raise refuse(f"a palette image with {samples} samples of format {sample_format} and"
-                         f" {'no' if page.colormap is None else 'a'} colour map")
+            raise refuse(
+                f"a palette image with {samples} samples of format {sample_format} and"
+                f" {'no' if page.colormap is None else 'a'} colour map"
+            )
         colormap = np.asarray(page.colormap).reshape(3, -1).T  # (entries, 3) uint16
         full = 255.0 if colormap.max() < 256 else 65535.0  # 8-bit maps stored unscaled (Pillow reads them so)
         colormap = colormap.astype(np.uint16)
@@ -119,9 +136,11 @@ def _float_check(path: str, full: float) -> Callable[[np.ndarray], np.ndarray]:
         samples = samples.astype(np.float32, copy=False)
         low, high = float(samples.min(initial=0.0)), float(samples.max(initial=0.0))
         if low < 0 or high > full * (1 + 1e-6) or not np.isfinite(high):
-            raise ValueError(f"{path}: float pixels reach {high:g} (lowest {low:g}) but a float image's full"
-                             f" scale is {full:g} (1 unless the file's SMaxSampleValue says otherwise); rescale"
-                             " it to [0, 1] or store it as 8- or 16-bit integers")
+            raise ValueError(
+                f"{path}: float pixels reach {high:g} (lowest {low:g}) but a float image's full"
+                f" scale is {full:g} (1 unless the file's SMaxSampleValue says otherwise); rescale"
+                " it to [0, 1] or store it as 8- or 16-bit integers"
+            )
         return samples
 
     return scale

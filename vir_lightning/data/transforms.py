@@ -9,10 +9,12 @@ from albumentations.pytorch import ToTensorV2
 from ..checks import to_2tuple
 
 
-def check_transform_options(mean, std, crop_scale, crop_ratio, hflip: float, color_jitter: float,
-                            random_erasing: float, eval_crop_pct: float) -> None:
+def check_transform_options(
+    mean, std, crop_scale, crop_ratio, hflip: float, color_jitter: float, random_erasing: float, eval_crop_pct: float
+) -> None:
     """ValueError naming the option, for values the pipelines below would reject only when built
     (at the first ``setup``) or take without a word (a std of 0, a crop area above the whole image)."""
+
     def pair(name, values, low, high):
         values = tuple(values) if isinstance(values, (list, tuple)) else (values,)
         if len(values) != 2 or not low < values[0] <= values[1] <= high:
@@ -52,8 +54,9 @@ def build_train_transform(
     """
     height, width = to_2tuple(img_size)
     ops: list = [
-        A.RandomResizedCrop(size=(height, width), scale=tuple(crop_scale), ratio=tuple(crop_ratio),
-                            interpolation=cv2.INTER_CUBIC)
+        A.RandomResizedCrop(
+            size=(height, width), scale=tuple(crop_scale), ratio=tuple(crop_ratio), interpolation=cv2.INTER_CUBIC
+        )
     ]
     if hflip > 0:
         ops.append(A.HorizontalFlip(p=hflip))
@@ -77,9 +80,11 @@ def build_eval_transform(img_size, mean, std, crop_pct: float = 0.875) -> A.Comp
     """Resize the shorter side to size / crop_pct (bicubic), centre crop, normalise."""
     height, width = to_2tuple(img_size)
     resize_to = round(max(height, width) / crop_pct)
-    return A.Compose([
-        A.SmallestMaxSize(max_size=resize_to, interpolation=cv2.INTER_CUBIC),
-        A.CenterCrop(height, width),
-        A.Normalize(mean=tuple(mean), std=tuple(std), max_pixel_value=255.0),
-        ToTensorV2(),
-    ])
+    return A.Compose(
+        [
+            A.SmallestMaxSize(max_size=resize_to, interpolation=cv2.INTER_CUBIC),
+            A.CenterCrop(height, width),
+            A.Normalize(mean=tuple(mean), std=tuple(std), max_pixel_value=255.0),
+            ToTensorV2(),
+        ]
+    )

@@ -20,15 +20,18 @@ log = logging.getLogger(__name__)
 EXPORT_META_KEY = "vir_lightning_export"
 
 
-def recorded_normalisation(recorded: dict, configured: tuple[list[float], list[float]] | None,
-                           where: str) -> tuple[list[float], list[float]]:
+def recorded_normalisation(
+    recorded: dict, configured: tuple[list[float], list[float]] | None, where: str
+) -> tuple[list[float], list[float]]:
     """The mean/std a checkpoint's ``preprocessing`` record holds (its model was trained with them),
     over the ``configured`` ones (per channel; None: nothing configured), with one notice naming
     ``where`` when the two differ. ``predict`` and ``predict-large`` both choose so."""
     mean, std = [float(m) for m in recorded["mean"]], [float(s) for s in recorded["std"]]
     if configured is not None and ([float(m) for m in configured[0]], [float(s) for s in configured[1]]) != (mean, std):
-        print(f"note: {where} mean/std {list(configured[0])} / {list(configured[1])} differ from the checkpoint's"
-              f" {mean} / {std}; using the checkpoint's, which the model was trained with")
+        print(
+            f"note: {where} mean/std {list(configured[0])} / {list(configured[1])} differ from the checkpoint's"
+            f" {mean} / {std}; using the checkpoint's, which the model was trained with"
+        )
     return mean, std
 
 
@@ -36,23 +39,30 @@ def load_tensors_only(path: str):
     """``torch.load(weights_only=True)`` on the CPU, with one clear error for a missing file or a
     file that needs arbitrary unpickling (refused: no pickled code ever runs)."""
     if os.path.isdir(path):
-        raise ValueError(f"checkpoint {path!r} is a folder; give the .ckpt file (a pretrained folder of export-model"
-                         " is given as --model.init_args.pretrained)")
+        raise ValueError(
+            f"checkpoint {path!r} is a folder; give the .ckpt file (a pretrained folder of export-model"
+            " is given as --model.init_args.pretrained)"
+        )
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise FileNotFoundError(f"checkpoint {path!r} does not exist") from None
     except pickle.UnpicklingError as err:
         if not _looks_like_torch_save(path):
-            raise ValueError(f"checkpoint {path!r} is not a PyTorch file (neither torch.save's zip nor a pickle);"
-                             " point to a .ckpt written by fit") from None
-        raise ValueError(f"{path!r} is not a tensors-only checkpoint (refusing to unpickle code):"
-                         f" {_one_line(err)}") from None
+            raise ValueError(
+                f"checkpoint {path!r} is not a PyTorch file (neither torch.save's zip nor a pickle);"
+                " point to a .ckpt written by fit"
+            ) from None
+        raise ValueError(
+            f"{path!r} is not a tensors-only checkpoint (refusing to unpickle code): {_one_line(err)}"
+        ) from None
     except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError) as err:
         # torch's reader errors for a truncated or foreign file are long; their first sentence says it.
         first = str(err).strip().split(". ")[0] if str(err).strip() else type(err).__name__
-        raise ValueError(f"checkpoint {path!r} cannot be read ({first}): it is truncated or not a checkpoint;"
-                         " point to a complete .ckpt file") from None
+        raise ValueError(
+            f"checkpoint {path!r} cannot be read ({first}): it is truncated or not a checkpoint;"
+            " point to a complete .ckpt file"
+        ) from None
 
 
 def _file_head(path: str, size: int) -> bytes:
@@ -118,7 +128,7 @@ def _state_dict_of(obj, path: str) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{path!r} holds no state_dict of tensors")
     if any(k.startswith("model.") for k in state):
-        state = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
+        state = {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")}
     return state
 
 
@@ -130,15 +140,21 @@ def head_to_reinitialise(model: nn.Module, state: dict[str, torch.Tensor], sourc
     own = model.state_dict()
     shared = set(own) & set(state)
     if not shared:
-        raise ValueError(f"{source} shares no parameter names with {type(model).__name__}: it belongs to another"
-                         f" architecture (first keys: {sorted(state)[:3]})")
-    dropped_head = [key for key in ("head.weight", "head.bias")
-                    if key in state and key in own and state[key].shape != own[key].shape]
+        raise ValueError(
+            f"{source} shares no parameter names with {type(model).__name__}: it belongs to another"
+            f" architecture (first keys: {sorted(state)[:3]})"
+        )
+    dropped_head = [
+        key
+        for key in ("head.weight", "head.bias")
+        if key in state and key in own and state[key].shape != own[key].shape
+    ]
     mismatched = [k for k in shared - set(dropped_head) if k != "pos_embed" and state[k].shape != own[k].shape]
     if mismatched:
         details = ", ".join(f"{k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in sorted(mismatched)[:5])
-        raise ValueError(f"{source} does not fit {type(model).__name__} ({details}); it was trained for another"
-                         " architecture or size")
+        raise ValueError(
+            f"{source} does not fit {type(model).__name__} ({details}); it was trained for another architecture or size"
+        )
     return dropped_head
 
 
@@ -186,19 +202,28 @@ def classifier_from_checkpoint(path: str) -> tuple[nn.Module, dict]:
     checkpoint = load_tensors_only(path)
     hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
     if not isinstance(hparams, dict) or "model_name" not in hparams:
-        raise ValueError(f"{path!r} has no hyper_parameters: give a checkpoint written by"
-                         " `python -m vir_lightning fit` (last.ckpt), not an exported backbone")
-    options = {k: v for k, v in (hparams.get("model_kwargs") or {}).items()
-               if k not in ("retention_mode", "chunk_size")}
+        raise ValueError(
+            f"{path!r} has no hyper_parameters: give a checkpoint written by"
+            " `python -m vir_lightning fit` (last.ckpt), not an exported backbone"
+        )
+    options = {
+        k: v for k, v in (hparams.get("model_kwargs") or {}).items() if k not in ("retention_mode", "chunk_size")
+    }
     size = hparams.get("img_size", 224)
-    model = create_model(hparams["model_name"], num_classes=hparams.get("num_classes", 1000),
-                         img_size=size if isinstance(size, int) else tuple(size), in_chans=hparams.get("in_chans", 3),
-                         **options)
+    model = create_model(
+        hparams["model_name"],
+        num_classes=hparams.get("num_classes", 1000),
+        img_size=size if isinstance(size, int) else tuple(size),
+        in_chans=hparams.get("in_chans", 3),
+        **options,
+    )
     try:
         model.load_state_dict(_state_dict_of(checkpoint, path))  # strict: the architecture the checkpoint names
     except RuntimeError as err:
-        raise ValueError(f"{path!r}: its weights do not fit the {hparams['model_name']} it names"
-                         f" ({' '.join(str(err).split())[:300]})") from None
+        raise ValueError(
+            f"{path!r}: its weights do not fit the {hparams['model_name']} it names"
+            f" ({' '.join(str(err).split())[:300]})"
+        ) from None
     return model.eval().requires_grad_(False), {**hparams, "preprocessing": checkpoint.get("preprocessing")}
 
 

@@ -39,14 +39,25 @@ def check_form(model: nn.Module, form: str) -> None:
     reason = why_not(model, form)
     if reason:
         name = getattr(model, "model_name", type(model).__name__)
-        raise ValueError(f"{name} cannot be exported in the {form} form: {reason}; it exports"
-                         f" {', '.join(exportable_forms(model))}")
+        raise ValueError(
+            f"{name} cannot be exported in the {form} form: {reason}; it exports {', '.join(exportable_forms(model))}"
+        )
 
 
-def export_onnx(model: nn.Module, path: str, form: str, *, img_size: tuple[int, int] | None = None,
-                width: int | None = None, band_rows: int = 1, opset: int | None = None,
-                class_names: list[str] | None = None, preprocessing: dict | None = None,
-                overwrite: bool = False, run: str | None = None) -> dict:
+def export_onnx(
+    model: nn.Module,
+    path: str,
+    form: str,
+    *,
+    img_size: tuple[int, int] | None = None,
+    width: int | None = None,
+    band_rows: int = 1,
+    opset: int | None = None,
+    class_names: list[str] | None = None,
+    preprocessing: dict | None = None,
+    overwrite: bool = False,
+    run: str | None = None,
+) -> dict:
     """Export ``model`` (eval, fp32, CPU) to ``path`` and check the graph in ONNX Runtime.
 
     Args:
@@ -77,14 +88,19 @@ def export_onnx(model: nn.Module, path: str, form: str, *, img_size: tuple[int, 
         check_int("--opset", opset, 7)
         newest = onnx.defs.onnx_opset_version()
         if opset > newest:
-            raise ValueError(f"--opset {opset}: the installed onnx knows opsets up to {newest}; give at most {newest}"
-                             " or leave --opset out")
+            raise ValueError(
+                f"--opset {opset}: the installed onnx knows opsets up to {newest}; give at most {newest}"
+                " or leave --opset out"
+            )
     model = model.eval().requires_grad_(False).float().to("cpu")
     model.set_retention_mode(CHUNKWISE if form != PARALLEL else PARALLEL)
     meta = {
-        "format": FORMAT, "format_version": FORMAT_VERSION, "form": form,
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "form": form,
         "model_name": getattr(model, "model_name", type(model).__name__),
-        "num_classes": int(model.num_classes), "in_chans": int(model.in_chans),
+        "num_classes": int(model.num_classes),
+        "in_chans": int(model.in_chans),
         "class_names": [str(c) for c in class_names] if class_names else None,
         "preprocessing": preprocessing or None,
     }
@@ -94,25 +110,42 @@ def export_onnx(model: nn.Module, path: str, form: str, *, img_size: tuple[int, 
         width = model.img_size[1] if width is None else check_int("--width", width)
         band_rows = check_int("--band-rows", band_rows)
         if width % pw:
-            raise ValueError(f"--width {width} is not a multiple of the patch width {pw}; give the image width"
-                             " after cropping or padding to whole patches")
+            raise ValueError(
+                f"--width {width} is not a multiple of the patch width {pw}; give the image width"
+                " after cropping or padding to whole patches"
+            )
         grid_cols = width // pw
         module = StreamingStep(model, grid_cols, band_rows)
         example = _step_example(module, 2, generator)
         batch = torch.export.Dim("batch")
-        dynamic = {"pixels": {0: batch}, "row_weights": None, "rows_before": None, "state": {1: batch},
-                   "feature_sum": {0: batch}}
+        dynamic = {
+            "pixels": {0: batch},
+            "row_weights": None,
+            "rows_before": None,
+            "state": {1: batch},
+            "feature_sum": {0: batch},
+        }
         names = (list(STEP_INPUTS), list(STEP_OUTPUTS))
-        meta.update(patch_size=[ph, pw], width=width, grid_cols=grid_cols, band_rows=band_rows,
-                    trained_grid=list(model.grid_shape), dim=int(model.embed_dim), pooling=model.pooling,
-                    decay=model.decay, state_shape=list(module.state_shape(1)))  # batch: dimension 1
+        meta.update(
+            patch_size=[ph, pw],
+            width=width,
+            grid_cols=grid_cols,
+            band_rows=band_rows,
+            trained_grid=list(model.grid_shape),
+            dim=int(model.embed_dim),
+            pooling=model.pooling,
+            decay=model.decay,
+            state_shape=list(module.state_shape(1)),
+        )  # batch: dimension 1
     else:
         height, width_px = to_2tuple(img_size if img_size is not None else model.img_size, "--img-size")
         patch = tuple(getattr(model, "patch_size", (1, 1)))  # H-ViR's convolutions take any size
         for side, px, unit in ((0, height, "height"), (1, width_px, "width")):
             if check_int(f"--img-size {unit}", px) % patch[side]:
-                raise ValueError(f"--img-size {unit} {px} is not a multiple of {patch[side]} (the patch of this model);"
-                                 f" give e.g. {max(patch[side], px // patch[side] * patch[side])}")
+                raise ValueError(
+                    f"--img-size {unit} {px} is not a multiple of {patch[side]} (the patch of this model);"
+                    f" give e.g. {max(patch[side], px // patch[side] * patch[side])}"
+                )
         if hasattr(model, "dynamic_img_size"):
             model.dynamic_img_size = (height, width_px) != tuple(model.img_size)  # resized once, at trace time
         module = HybridFeatures(model) if hasattr(model, "stages") else WholeImage(model)
@@ -128,26 +161,41 @@ def export_onnx(model: nn.Module, path: str, form: str, *, img_size: tuple[int, 
         warnings.simplefilter("ignore")  # the exporter's notes on its own internals, not the user's model
         expected = module(*example)  # the model's own errors first, as one line
         try:
-            program = torch.onnx.export(module, example, None, input_names=names[0], output_names=names[1],
-                                        dynamo=True, dynamic_shapes=dynamic, opset_version=opset, verbose=False,
-                                        optimize=False)
+            program = torch.onnx.export(
+                module,
+                example,
+                None,
+                input_names=names[0],
+                output_names=names[1],
+                dynamo=True,
+                dynamic_shapes=dynamic,
+                opset_version=opset,
+                verbose=False,
+                optimize=False,
+            )
         except Exception as err:  # the exporter wraps every cause in pages of its own report
-            raise ValueError(f"torch.onnx.export failed for {meta['model_name']} ({meta['form']}):"
-                             f" {_summary(err)}; please report this with the model's options") from None
+            raise ValueError(
+                f"torch.onnx.export failed for {meta['model_name']} ({meta['form']}):"
+                f" {_summary(err)}; please report this with the model's options"
+            ) from None
         simplify(program.model)
     proto = program.model_proto
     onnx.helper.set_model_props(proto, {METADATA_KEY: json.dumps(meta)})
     try:
         onnx.checker.check_model(proto, full_check=True)
     except onnx.checker.ValidationError as err:
-        raise ValueError(f"the exported graph fails onnx.checker ({' '.join(str(err).split())[:200]});"
-                         f"{' try the default --opset;' if opset else ''} nothing was written") from None
+        raise ValueError(
+            f"the exported graph fails onnx.checker ({' '.join(str(err).split())[:200]});"
+            f"{' try the default --opset;' if opset else ''} nothing was written"
+        ) from None
     with atomic_output(path, overwrite=overwrite, run=run) as tmp:
         onnx.save_model(proto, tmp)
     difference = max_relative_difference(path, dict(zip(names[0], example, strict=True)), expected)
     if difference > PARITY_TOLERANCE:  # the file stays for inspection, but nobody should deploy it unawares
-        raise ValueError(f"wrote {path}, but ONNX Runtime differs from torch by {difference:.2e} (relative) on a test"
-                         f" batch, more than {PARITY_TOLERANCE:g}: please report this with the model's options")
+        raise ValueError(
+            f"wrote {path}, but ONNX Runtime differs from torch by {difference:.2e} (relative) on a test"
+            f" batch, more than {PARITY_TOLERANCE:g}: please report this with the model's options"
+        )
     return {**meta, "max_relative_difference": difference}
 
 
@@ -157,8 +205,9 @@ def _summary(err: Exception) -> str:
     for marker in ("Exception summary", "Error:", "error"):
         for i, line in enumerate(lines):
             if marker in line:
-                return " ".join(lines[i + 1 : i + 2] if marker == "Exception summary" and i + 1 < len(lines)
-                                else [line])[:300]
+                return " ".join(
+                    lines[i + 1 : i + 2] if marker == "Exception summary" and i + 1 < len(lines) else [line]
+                )[:300]
     return (lines[0] if lines else type(err).__name__)[:300]
 
 
@@ -238,21 +287,26 @@ def read_onnx_metadata(path: str) -> dict:
     try:
         proto = onnx.load_model(path, load_external_data=False)
     except Exception as err:  # onnx raises DecodeError and others for a file of another format
-        raise ValueError(f"--onnx {path!r} is not an ONNX model ({type(err).__name__}); give a file written by"
-                         " export-onnx") from None
+        raise ValueError(
+            f"--onnx {path!r} is not an ONNX model ({type(err).__name__}); give a file written by export-onnx"
+        ) from None
     props = {p.key: p.value for p in proto.metadata_props}
     try:
         meta = json.loads(props[METADATA_KEY])
     except (KeyError, ValueError):
         meta = None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise ValueError(f"--onnx {path!r} was not written by vir_lightning export-onnx (no {METADATA_KEY} metadata);"
-                         " export the model with `python -m vir_lightning export-onnx CKPT OUT.onnx`")
+        raise ValueError(
+            f"--onnx {path!r} was not written by vir_lightning export-onnx (no {METADATA_KEY} metadata);"
+            " export the model with `python -m vir_lightning export-onnx CKPT OUT.onnx`"
+        )
     inputs = [i.name for i in proto.graph.input]
     declared = [name for name in meta.get("inputs", []) if name in inputs]
     if not declared or any(name not in meta.get("inputs", []) for name in inputs):
-        raise ValueError(f"--onnx {path!r} has inputs {inputs}, not those its metadata declares ({meta.get('inputs')});"
-                         " the file was changed after export: export it again")
+        raise ValueError(
+            f"--onnx {path!r} has inputs {inputs}, not those its metadata declares ({meta.get('inputs')});"
+            " the file was changed after export: export it again"
+        )
     if meta.get("preprocessing") is not None:
         from .pretrained import check_preprocessing
 

@@ -48,8 +48,10 @@ def why_not(model: nn.Module, form: str) -> str | None:
     except ValueError as err:
         return str(err)
     if getattr(model, "multipass", False):
-        return ("multipass replays the whole sequence in reverse after its end, so one band step cannot finish"
-                " an image; export the parallel or chunkwise form")
+        return (
+            "multipass replays the whole sequence in reverse after its end, so one band step cannot finish"
+            " an image; export the parallel or chunkwise form"
+        )
     return None
 
 
@@ -119,8 +121,9 @@ class StreamingStep(nn.Module):
         columns = (self.grid_cols,) if self.two_d else ()
         return (len(self.model.blocks), batch, layer.num_heads, *columns, *per_head)
 
-    def forward(self, pixels: Tensor, row_weights: Tensor, rows_before: Tensor, state: Tensor,
-                feature_sum: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def forward(
+        self, pixels: Tensor, row_weights: Tensor, rows_before: Tensor, state: Tensor, feature_sum: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         model = self.model
         tokens, _ = model.patch_embed(pixels)
         pos = torch.einsum("bt,tcd->bcd", row_weights, self.pos_by_column).flatten(0, 1)

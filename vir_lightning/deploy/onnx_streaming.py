@@ -33,8 +33,10 @@ class OnnxStreamingModel:
     def __init__(self, path: str, threads: int | None = None):
         meta = read_onnx_metadata(path)
         if meta["form"] != "streaming-step":
-            raise ValueError(f"--onnx {path!r} holds the {meta['form']} form, which takes whole images; predict-large"
-                             " streams bands: export with `export-onnx CKPT OUT.onnx --form streaming-step`")
+            raise ValueError(
+                f"--onnx {path!r} holds the {meta['form']} form, which takes whole images; predict-large"
+                " streams bands: export with `export-onnx CKPT OUT.onnx --form streaming-step`"
+            )
         self.path, self.meta = path, meta
         self.session = onnx_session(path, threads)
         self.input_names = {i.name for i in self.session.get_inputs()}
@@ -51,15 +53,20 @@ class OnnxStreamingModel:
         rows, cols = grid_shape
         ph, pw = self.patch_size
         if cols != self.grid_cols:
-            raise ValueError(f"{where} is {cols * pw} px wide ({cols} patches, after the edge is cropped or padded) but"
-                             f" {self.path} was exported for {self.meta['width']} px; export the step for this width"
-                             f" with `export-onnx ... --form streaming-step --width {cols * pw}`")
+            raise ValueError(
+                f"{where} is {cols * pw} px wide ({cols} patches, after the edge is cropped or padded) but"
+                f" {self.path} was exported for {self.meta['width']} px; export the step for this width"
+                f" with `export-onnx ... --form streaming-step --width {cols * pw}`"
+            )
         if rows % self.band_rows:
-            raise ValueError(f"{where} has {rows} patch rows, not a multiple of the {self.band_rows}-row bands"
-                             f" {self.path} was exported for; export it with --band-rows 1 (any height)")
+            raise ValueError(
+                f"{where} has {rows} patch rows, not a multiple of the {self.band_rows}-row bands"
+                f" {self.path} was exported for; export it with --band-rows 1 (any height)"
+            )
 
-    def forward_streaming(self, read_band: BandReader, grid_shape: tuple[int, int], batch: int,
-                          on_features: FeatureSink | None = None) -> torch.Tensor:
+    def forward_streaming(
+        self, read_band: BandReader, grid_shape: tuple[int, int], batch: int, on_features: FeatureSink | None = None
+    ) -> torch.Tensor:
         """(batch, num_classes) logits of an image read band by band, as the torch model's
         ``forward_streaming``; ``on_features(row0, (batch, rows, cols, dim))`` per band."""
         self.check_grid(grid_shape)
@@ -71,18 +78,23 @@ class OnnxStreamingModel:
             row_weights = bicubic_weights(trained_rows, rows, torch.float32).numpy()
         state_shape = list(self.meta["state_shape"])
         state_shape[1] = batch
-        feeds = {"state": np.zeros(state_shape, np.float32),
-                 "feature_sum": np.zeros((batch, self.num_features), np.float32)}
+        feeds = {
+            "state": np.zeros(state_shape, np.float32),
+            "feature_sum": np.zeros((batch, self.num_features), np.float32),
+        }
         logits = None
         for row0 in range(0, rows, self.band_rows):
             row1 = row0 + self.band_rows
             pixels = read_band(row0, row1)
             pixels = pixels.numpy() if isinstance(pixels, torch.Tensor) else np.asarray(pixels)
-            feeds.update(pixels=np.ascontiguousarray(pixels, dtype=np.float32),
-                         row_weights=np.ascontiguousarray(row_weights[row0:row1]),
-                         rows_before=np.array(row0, dtype=np.float32))
+            feeds.update(
+                pixels=np.ascontiguousarray(pixels, dtype=np.float32),
+                row_weights=np.ascontiguousarray(row_weights[row0:row1]),
+                rows_before=np.array(row0, dtype=np.float32),
+            )
             features, feeds["state"], feeds["feature_sum"], logits = self.session.run(
-                None, {k: v for k, v in feeds.items() if k in self.input_names})
+                None, {k: v for k, v in feeds.items() if k in self.input_names}
+            )
             if on_features is not None:
                 on_features(row0, torch.from_numpy(features).unflatten(1, (row1 - row0, cols)))
         return torch.from_numpy(logits)

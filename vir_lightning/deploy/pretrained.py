@@ -32,16 +32,22 @@ RUNTIME_OPTIONS = ("retention_mode", "chunk_size", "retention_backend")
 SHAPE_OPTIONS = ("num_classes", "img_size", "in_chans")
 
 
-def pretrained_config(model: nn.Module, class_names: list[str] | None = None,
-                      preprocessing: dict | None = None) -> dict:
+def pretrained_config(
+    model: nn.Module, class_names: list[str] | None = None, preprocessing: dict | None = None
+) -> dict:
     """The ``config.json`` of ``model`` (built by :func:`vir_lightning.create_model`, which records
     its name and options on it)."""
     name = getattr(model, "model_name", None)
     if not isinstance(name, str):
-        raise ValueError(f"{type(model).__name__} was not built by vir_lightning.create_model, so its registered"
-                         " name and options are unknown; build it with create_model(name, ...)")
-    options = {k: v for k, v in (getattr(model, "model_options", None) or {}).items()
-               if k not in RUNTIME_OPTIONS + SHAPE_OPTIONS}
+        raise ValueError(
+            f"{type(model).__name__} was not built by vir_lightning.create_model, so its registered"
+            " name and options are unknown; build it with create_model(name, ...)"
+        )
+    options = {
+        k: v
+        for k, v in (getattr(model, "model_options", None) or {}).items()
+        if k not in RUNTIME_OPTIONS + SHAPE_OPTIONS
+    }
     num_classes = int(getattr(model, "num_classes", 0))
     if class_names is not None and len(class_names) != num_classes:
         raise ValueError(f"{len(class_names)} class names for a model with {num_classes} classes")
@@ -68,8 +74,14 @@ def _json_ready(value):
     return value
 
 
-def save_pretrained(model: nn.Module, directory: str, class_names: list[str] | None = None,
-                    preprocessing: dict | None = None, overwrite: bool = False, run: str | None = None) -> dict:
+def save_pretrained(
+    model: nn.Module,
+    directory: str,
+    class_names: list[str] | None = None,
+    preprocessing: dict | None = None,
+    overwrite: bool = False,
+    run: str | None = None,
+) -> dict:
     """Write ``model`` as a pretrained folder (``config.json`` + ``model.safetensors``).
 
     Args:
@@ -116,8 +128,10 @@ def _refuse_other_files(directory: str) -> None:
     ours = {CONFIG_FILE, WEIGHTS_FILE, OUTPUT_MARKER, OUTPUTS_RECORD}
     others = sorted(set(os.listdir(directory)) - ours)
     if others:
-        raise ValueError(f"{directory!r} also holds {', '.join(others[:3])}{' …' if len(others) > 3 else ''}, which"
-                         " replacing the folder would delete; move them out or choose another folder")
+        raise ValueError(
+            f"{directory!r} also holds {', '.join(others[:3])}{' …' if len(others) > 3 else ''}, which"
+            " replacing the folder would delete; move them out or choose another folder"
+        )
 
 
 def check_preprocessing(record, where: str) -> dict:
@@ -126,20 +140,30 @@ def check_preprocessing(record, where: str) -> dict:
     import math
 
     ok = isinstance(record, dict) and all(
-        isinstance(record.get(key), list) and record[key]
+        isinstance(record.get(key), list)
+        and record[key]
         and all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in record[key])
-        for key in ("mean", "std"))
+        for key in ("mean", "std")
+    )
     if not ok or len(record["mean"]) != len(record["std"]) or min(record["std"]) <= 0:
-        raise ValueError(f"{where}: the normalisation {record!r} is invalid; expected mean and std as lists of"
-                         " one finite number per channel, every std > 0")
+        raise ValueError(
+            f"{where}: the normalisation {record!r} is invalid; expected mean and std as lists of"
+            " one finite number per channel, every std > 0"
+        )
     return record
 
 
 def as_hyper_parameters(config: dict) -> dict:
     """A folder's config in the terms of a training checkpoint's ``hyper_parameters``."""
-    return {"model_name": config["model_name"], "model_kwargs": config["model_options"],
-            "num_classes": config["num_classes"], "img_size": config["img_size"], "in_chans": config["in_chans"],
-            "class_names": config["class_names"], "preprocessing": config["preprocessing"]}
+    return {
+        "model_name": config["model_name"],
+        "model_kwargs": config["model_options"],
+        "num_classes": config["num_classes"],
+        "img_size": config["img_size"],
+        "in_chans": config["in_chans"],
+        "class_names": config["class_names"],
+        "preprocessing": config["preprocessing"],
+    }
 
 
 def is_pretrained_folder(path) -> bool:
@@ -156,21 +180,29 @@ def read_pretrained_config(directory: str) -> dict:
     try:
         config = json.loads(Path(path).read_text())
     except FileNotFoundError:
-        raise ValueError(f"{directory!r} is a folder without {CONFIG_FILE}, so not a pretrained folder; give the .ckpt"
-                         " file written by fit, or a folder written by `python -m vir_lightning export-model CKPT DIR`"
-                         " (or save_pretrained)") from None
+        raise ValueError(
+            f"{directory!r} is a folder without {CONFIG_FILE}, so not a pretrained folder; give the .ckpt"
+            " file written by fit, or a folder written by `python -m vir_lightning export-model CKPT DIR`"
+            " (or save_pretrained)"
+        ) from None
     except (OSError, ValueError) as err:
         raise ValueError(f"{path!r} cannot be read as JSON ({err}); write the folder again with export-model") from None
     if not isinstance(config, dict) or config.get("format") != FORMAT:
-        raise ValueError(f"{path!r} is not a vir_lightning config (no \"format\": \"{FORMAT}\"); write the folder"
-                         " with `python -m vir_lightning export-model CKPT DIR`")
+        raise ValueError(
+            f'{path!r} is not a vir_lightning config (no "format": "{FORMAT}"); write the folder'
+            " with `python -m vir_lightning export-model CKPT DIR`"
+        )
     if config.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{path!r} has format_version {config.get('format_version')!r}; this vir_lightning reads"
-                         f" version {FORMAT_VERSION}: upgrade vir_lightning")
+        raise ValueError(
+            f"{path!r} has format_version {config.get('format_version')!r}; this vir_lightning reads"
+            f" version {FORMAT_VERSION}: upgrade vir_lightning"
+        )
     missing = [k for k in ("model_name", "model_options", *SHAPE_OPTIONS) if k not in config]
     if missing or not isinstance(config["model_options"], dict):
-        raise ValueError(f"{path!r} lacks {', '.join(missing) or 'a model_options mapping'}; write the folder again"
-                         " with export-model")
+        raise ValueError(
+            f"{path!r} lacks {', '.join(missing) or 'a model_options mapping'}; write the folder again"
+            " with export-model"
+        )
     if isinstance(config["num_classes"], bool) or not isinstance(config["num_classes"], int):
         raise ValueError(f"{path!r}: num_classes is {config['num_classes']!r}; expected an integer")
     if config.get("preprocessing") is not None:
@@ -199,8 +231,10 @@ def read_safetensors(path: str) -> dict[str, torch.Tensor]:
     try:
         return load_file(path, device="cpu")
     except (SafetensorError, OSError, ValueError) as err:
-        raise ValueError(f"{path!r} is not a readable safetensors file ({' '.join(str(err).split())[:200]});"
-                         " it is truncated or of another format") from None
+        raise ValueError(
+            f"{path!r} is not a readable safetensors file ({' '.join(str(err).split())[:200]});"
+            " it is truncated or of another format"
+        ) from None
 
 
 def from_pretrained(directory: str, **overrides) -> nn.Module:
@@ -225,16 +259,22 @@ def from_pretrained(directory: str, **overrides) -> nn.Module:
     config = read_pretrained_config(directory)
     fixed = sorted(set(overrides) & {"model_name", *SHAPE_OPTIONS})
     if fixed:
-        raise ValueError(f"from_pretrained({directory!r}, {fixed[0]}=...): the weights fix {', '.join(fixed)}; build"
-                         " the model with create_model and load the folder with --model.init_args.pretrained (or"
-                         " load_weights) to change them")
+        raise ValueError(
+            f"from_pretrained({directory!r}, {fixed[0]}=...): the weights fix {', '.join(fixed)}; build"
+            " the model with create_model and load the folder with --model.init_args.pretrained (or"
+            " load_weights) to change them"
+        )
     state = read_pretrained_weights(directory)
     size = config["img_size"]
     options = {**config["model_options"], **overrides}
     try:
-        model = create_model(config["model_name"], num_classes=config["num_classes"],
-                             img_size=size if isinstance(size, int) else tuple(size),
-                             in_chans=config["in_chans"], **options)
+        model = create_model(
+            config["model_name"],
+            num_classes=config["num_classes"],
+            img_size=size if isinstance(size, int) else tuple(size),
+            in_chans=config["in_chans"],
+            **options,
+        )
     except (ValueError, TypeError) as err:
         source = "its config.json with your options" if overrides else "its config.json"
         raise ValueError(f"{directory!r}: {source} does not build a model ({err})") from None
@@ -256,8 +296,10 @@ def weight_mismatches(own: dict[str, torch.Tensor], state: dict[str, torch.Tenso
     if unexpected:
         problems.append(f"unexpected {len(unexpected)} keys (first: {unexpected[:4]})")
     if reshaped:
-        problems.append("shape mismatch " + ", ".join(f"{k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
-                                                      for k in reshaped[:3]))
+        problems.append(
+            "shape mismatch "
+            + ", ".join(f"{k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in reshaped[:3])
+        )
     return problems
 
 
@@ -265,5 +307,7 @@ def check_weights_fit(model: nn.Module, state: dict[str, torch.Tensor], source: 
     """ValueError unless ``state`` holds exactly ``model``'s tensors with their shapes."""
     problems = weight_mismatches(model.state_dict(), state)
     if problems:
-        raise ValueError(f"{source}: the weights do not match the model its config.json names"
-                         f" ({getattr(model, 'model_name', type(model).__name__)}): {'; '.join(problems)}")
+        raise ValueError(
+            f"{source}: the weights do not match the model its config.json names"
+            f" ({getattr(model, 'model_name', type(model).__name__)}): {'; '.join(problems)}"
+        )

@@ -71,8 +71,13 @@ def _configured_normalisation(data_section: dict) -> tuple[list[float], list[flo
     defaults = {}
     for klass in reversed(cls.__mro__):  # a subclass's defaults win over its base's
         if klass.__init__ is not object.__init__:
-            defaults.update({k: p.default for k, p in inspect.signature(klass.__init__).parameters.items()
-                             if p.default is not inspect.Parameter.empty})
+            defaults.update(
+                {
+                    k: p.default
+                    for k, p in inspect.signature(klass.__init__).parameters.items()
+                    if p.default is not inspect.Parameter.empty
+                }
+            )
     return list(init_args.get("mean", defaults["mean"])), list(init_args.get("std", defaults["std"]))
 
 
@@ -90,13 +95,17 @@ def load_streaming_model(config_path: str | None, ckpt_path: str, band_rows: int
     for key in ("model_name", "model_kwargs"):
         wanted = model_args.get(key)
         if wanted is not None and (wanted or None) != (hparams.get(key) or None):
-            raise ValueError(f"--config sets model {key}={wanted!r} but the checkpoint was trained with"
-                             f" {hparams.get(key)!r}; use the config the checkpoint was trained with")
+            raise ValueError(
+                f"--config sets model {key}={wanted!r} but the checkpoint was trained with"
+                f" {hparams.get(key)!r}; use the config the checkpoint was trained with"
+            )
     try:
         model.set_retention_mode(STREAMING, band_rows)
     except ValueError as err:  # the model's reason names its own options, which this command does not have
-        raise ValueError(f"predict-large streams the image band by band, which {hparams.get('model_name')!r} cannot"
-                         f" ({err}); predict-large takes ViR checkpoints: use `predict` for this model") from None
+        raise ValueError(
+            f"predict-large streams the image band by band, which {hparams.get('model_name')!r} cannot"
+            f" ({err}); predict-large takes ViR checkpoints: use `predict` for this model"
+        ) from None
     model.dynamic_img_size = True  # any image size: the position embedding is resized band by band
     names = hparams.get("class_names") or [str(i) for i in range(model.num_classes)]
     mean, std = _normalisation(config_path, data_section, hparams.get("preprocessing"), ckpt_path)
@@ -116,8 +125,10 @@ def load_onnx_model(config_path: str | None, onnx_path: str):
 
 def _normalisation(config_path: str | None, data_section: dict, recorded: dict | None, weights: str):
     if not recorded and not config_path:
-        raise ValueError(f"{weights!r} does not record the normalisation its model was trained with (it predates"
-                         " the record): pass the training config with --config")
+        raise ValueError(
+            f"{weights!r} does not record the normalisation its model was trained with (it predates"
+            " the record): pass the training config with --config"
+        )
     return normalisation(data_section, recorded)
 
 
@@ -137,8 +148,16 @@ def patch_grid(height: int, width: int, patch: tuple[int, int], edge: str) -> tu
     return rows, cols, rows * ph - height, cols * pw - width
 
 
-def predict_image(model, image, mean, std, edge: str = "crop", features_path: str | None = None,
-                  progress=None, overwrite: bool = False) -> dict:
+def predict_image(
+    model,
+    image,
+    mean,
+    std,
+    edge: str = "crop",
+    features_path: str | None = None,
+    progress=None,
+    overwrite: bool = False,
+) -> dict:
     """Stream one opened :class:`LargeImage` through ``model``: the CSV row's fields plus
     ``probs`` (num_classes,). Writes the features memmap (atomically) when ``features_path``
     (replacing an existing file as :func:`~vir_lightning.io.check_output_path` allows)."""
@@ -150,8 +169,10 @@ def predict_image(model, image, mean, std, edge: str = "crop", features_path: st
     channels = model.in_chans
     if edge == "crop" and (image.height < ph or image.width < pw):
         lower = "a lower --level (a larger image), or " if image.level > 0 else ""
-        raise ValueError(f"{image.path}: {image.width}×{image.height} px at level {image.level} is smaller than"
-                         f" one {pw}×{ph} patch, so cropping leaves nothing; use {lower}--edge pad")
+        raise ValueError(
+            f"{image.path}: {image.width}×{image.height} px at level {image.level} is smaller than"
+            f" one {pw}×{ph} patch, so cropping leaves nothing; use {lower}--edge pad"
+        )
     rows, cols, edge_rows, edge_cols = patch_grid(image.height, image.width, (ph, pw), edge)
     scale = image.max_value
     mean_t = torch.tensor(per_channel(mean, channels)).view(1, -1, 1, 1)
@@ -178,8 +199,9 @@ def predict_image(model, image, mean, std, edge: str = "crop", features_path: st
             with atomic_output(features_path, overwrite=overwrite) as tmp:
                 # The .npy header (shape, dtype) from NumPy, then each band written at its place
                 # with plain file writes: a writable memmap would keep every written page resident.
-                header = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16,
-                                                   shape=(rows, cols, model.num_features))
+                header = np.lib.format.open_memmap(
+                    tmp, mode="w+", dtype=np.float16, shape=(rows, cols, model.num_features)
+                )
                 offset, row_bytes = header.offset, cols * model.num_features * 2
                 del header
                 with open(tmp, "r+b") as features:
@@ -190,7 +212,15 @@ def predict_image(model, image, mean, std, edge: str = "crop", features_path: st
 
                     logits = model.forward_streaming(read_band, (rows, cols), 1, on_features=sink)
     return {
-        "level": image.level, "reader": image.reader, "height": image.height, "width": image.width,
-        "grid_rows": rows, "grid_cols": cols, "edge": edge, "edge_rows_px": edge_rows, "edge_cols_px": edge_cols,
-        "probs": logits[0].float().softmax(-1), "seconds": time.perf_counter() - start,
+        "level": image.level,
+        "reader": image.reader,
+        "height": image.height,
+        "width": image.width,
+        "grid_rows": rows,
+        "grid_cols": cols,
+        "edge": edge,
+        "edge_rows_px": edge_rows,
+        "edge_cols_px": edge_cols,
+        "probs": logits[0].float().softmax(-1),
+        "seconds": time.perf_counter() - start,
     }

@@ -73,9 +73,14 @@ def status_for_metrics(run: dict, status: dict | None) -> dict | None:
     missing = [m for m in run["metrics"] if m not in logged]
     if missing:
         status_path = os.path.join(run["run_dir"], "status.json")
-        return {**status, "state": "failed", "reason": (
-            f"metrics {missing} were not logged (logged: {sorted(logged)}); the spec names them since this"
-            f" run ended: delete {status_path} to run it again")}
+        return {
+            **status,
+            "state": "failed",
+            "reason": (
+                f"metrics {missing} were not logged (logged: {sorted(logged)}); the spec names them since this"
+                f" run ended: delete {status_path} to run it again"
+            ),
+        }
     return {**status, "metrics": {m: logged[m] for m in run["metrics"]}}
 
 
@@ -96,8 +101,9 @@ def execute_run(run: dict, retry_failed: bool = False) -> dict:
     try:
         return _execute(run)
     except Exception as err:  # noqa: BLE001 — recorded in the run's status, the grid goes on
-        return _write_status(run_dir, dict(state="failed", reason=f"{type(err).__name__}: {err}",
-                                           log=os.path.join(run_dir, "run.log")))
+        return _write_status(
+            run_dir, dict(state="failed", reason=f"{type(err).__name__}: {err}", log=os.path.join(run_dir, "run.log"))
+        )
 
 
 def _fit_weights(run_dir: str) -> str:
@@ -109,8 +115,9 @@ def _fit_weights(run_dir: str) -> str:
     last = os.path.join(run_dir, "checkpoints", "last.ckpt")
     if os.path.exists(last):
         return last
-    raise FileNotFoundError(f"the run's fit left no checkpoint in {run_dir}/checkpoints for the tagged steps"
-                            " to start from")
+    raise FileNotFoundError(
+        f"the run's fit left no checkpoint in {run_dir}/checkpoints for the tagged steps to start from"
+    )
 
 
 def _step_command(run: dict, step: dict) -> list[str]:
@@ -160,23 +167,43 @@ def _execute(run: dict) -> dict:
             log.write(f"\n$ {' '.join(cmd)}\n")
             log.flush()
             step_start = time.time()
-            proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=os.getcwd(),
-                                  preexec_fn=_die_with_parent)
+            proc = subprocess.run(
+                cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=os.getcwd(), preexec_fn=_die_with_parent
+            )
             if proc.returncode != 0:
-                return _write_status(run_dir, dict(
-                    state="failed", reason=f"{step['name']} exited with status {proc.returncode}", log=log_path,
-                    seconds=round(time.time() - start, 1), resumed=resumed,
-                ))
+                return _write_status(
+                    run_dir,
+                    dict(
+                        state="failed",
+                        reason=f"{step['name']} exited with status {proc.returncode}",
+                        log=log_path,
+                        seconds=round(time.time() - start, 1),
+                        resumed=resumed,
+                    ),
+                )
             progress[step["name"]] = round(time.time() - step_start, 1)
             _write_json(progress_path, progress)
     logged = _collect_metrics(run)
     missing = [m for m in run["metrics"] if m not in logged]
     if missing:
-        return _write_status(run_dir, dict(
-            state="failed", reason=f"metrics {missing} were not logged (logged: {sorted(logged)})", log=log_path,
-            seconds=round(time.time() - start, 1), resumed=resumed,
-        ))
-    return _write_status(run_dir, dict(
-        state="done", metrics={m: logged[m] for m in run["metrics"]}, log=log_path,
-        seconds=round(time.time() - start, 1), resumed=resumed, steps=progress,
-    ))
+        return _write_status(
+            run_dir,
+            dict(
+                state="failed",
+                reason=f"metrics {missing} were not logged (logged: {sorted(logged)})",
+                log=log_path,
+                seconds=round(time.time() - start, 1),
+                resumed=resumed,
+            ),
+        )
+    return _write_status(
+        run_dir,
+        dict(
+            state="done",
+            metrics={m: logged[m] for m in run["metrics"]},
+            log=log_path,
+            seconds=round(time.time() - start, 1),
+            resumed=resumed,
+            steps=progress,
+        ),
+    )

@@ -58,8 +58,14 @@ class Run:
 
     def to_dict(self) -> dict:  # what an executor ships to a worker (plain data)
         steps = [{"run": step.subcommand, "tag": step.tag, "name": step.name} for step in self.steps]
-        return dict(run_id=self.run_id, run_dir=self.run_dir, steps=steps, metrics=self.metrics,
-                    label=self.point.label(), seed=self.point.seed)
+        return dict(
+            run_id=self.run_id,
+            run_dir=self.run_dir,
+            steps=steps,
+            metrics=self.metrics,
+            label=self.point.label(),
+            seed=self.point.seed,
+        )
 
 
 def set_dotted(config: dict, key: str, value) -> None:
@@ -158,8 +164,9 @@ def _check_step_weights(config: dict, step_config: dict, label: str) -> None:
     try:
         head_to_reinitialise(step_model, fit_model.state_dict(), "the fit's checkpoint")
     except ValueError as err:
-        raise ValueError(f"point {label}: {err}: a tagged step starts from them; give it the fit's model"
-                         " options") from None
+        raise ValueError(
+            f"point {label}: {err}: a tagged step starts from them; give it the fit's model options"
+        ) from None
 
 
 def _import(class_path: str):
@@ -189,8 +196,11 @@ def _logged_metric_patterns(config: dict) -> list[str] | None:
     """The ``train/``, ``val/``, ``test/`` metrics the run's model and callbacks log, as fnmatch
     patterns (their ``LOGGED_METRICS``); None where a model or callback of unknown kind may log more."""
     model = (config.get("model") or {}).get("class_path")
-    callbacks = [c.get("class_path") for c in config_entries((config.get("trainer") or {}).get("callbacks"))
-                 if isinstance(c, dict)]
+    callbacks = [
+        c.get("class_path")
+        for c in config_entries((config.get("trainer") or {}).get("callbacks"))
+        if isinstance(c, dict)
+    ]
     patterns = []
     for class_path, is_model in [(model, True), *((c, False) for c in callbacks)]:
         try:
@@ -216,11 +226,15 @@ def _check_metric_names(spec: GridSpec, config: dict) -> None:
             continue
         logged = [p for p in patterns if p.startswith(split + "/")]
         # the closest, the first declared among equals (test/acc → test/acc1, not test/acc5)
-        score, close = max(((difflib.SequenceMatcher(None, name, p).ratio(), p) for p in logged),
-                           key=lambda pair: pair[0], default=(0.0, None))
+        score, close = max(
+            ((difflib.SequenceMatcher(None, name, p).ratio(), p) for p in logged),
+            key=lambda pair: pair[0],
+            default=(0.0, None),
+        )
         hint = f"did you mean {close!r}? " if score >= 0.6 else ""
-        raise ValueError(f"{spec.source}: metric {metric!r} is not one the runs log: {hint}({split}/ metrics:"
-                         f" {', '.join(logged)})")
+        raise ValueError(
+            f"{spec.source}: metric {metric!r} is not one the runs log: {hint}({split}/ metrics: {', '.join(logged)})"
+        )
 
 
 #: The metric prefixes each subcommand logs (``fit`` also ``test/`` with ``test_after_fit``).
@@ -237,13 +251,17 @@ def _check_steps_and_metrics(spec: GridSpec, config: dict, step_configs: dict, l
     for fit_config, name in fits:
         trainer = fit_config.get("trainer") or {}
         if 0 in (trainer.get("max_epochs"), trainer.get("max_steps")):
-            raise ValueError(f"{spec.source}: point {label}: {name} trains no step (trainer max_epochs/max_steps of"
-                             " 0), so every run would fail after its start; give it at least one")
+            raise ValueError(
+                f"{spec.source}: point {label}: {name} trains no step (trainer max_epochs/max_steps of"
+                " 0), so every run would fail after its start; give it at least one"
+            )
     untagged = [step.subcommand for step in spec.steps if not step.tag]
     for index, subcommand in enumerate(untagged):
         if subcommand != "fit" and "fit" not in untagged[:index] and not weights:
-            raise ValueError(f"{spec.source}: point {label}: the untagged {subcommand} has no weights to evaluate:"
-                             " put an untagged fit before it, or set model.init_args.pretrained")
+            raise ValueError(
+                f"{spec.source}: point {label}: the untagged {subcommand} has no weights to evaluate:"
+                " put an untagged fit before it, or set model.init_args.pretrained"
+            )
 
     def splits(step_names: list[str], step_config: dict) -> set[str]:
         logged = set().union(*(LOGGED_SPLITS[name] for name in step_names))
@@ -261,8 +279,10 @@ def _check_steps_and_metrics(spec: GridSpec, config: dict, step_configs: dict, l
         if split not in logged:
             steps = f"step {tag!r} ({by_tag[tag].subcommand}) logs" if tag else f"the untagged steps {untagged} log"
             hint = " (set test_after_fit: true or add a test step)" if split == "test" and not tag else ""
-            raise ValueError(f"{spec.source}: metric {metric!r}: {steps} only"
-                             f" {', '.join(sorted(f'{s}/' for s in logged))} metrics{hint}")
+            raise ValueError(
+                f"{spec.source}: metric {metric!r}: {steps} only"
+                f" {', '.join(sorted(f'{s}/' for s in logged))} metrics{hint}"
+            )
 
 
 def plan(spec: GridSpec, out_dir: str, workers: int = 2) -> list[Run]:
@@ -298,14 +318,17 @@ def plan(spec: GridSpec, out_dir: str, workers: int = 2) -> list[Run]:
         key = json.dumps(point.values, default=str)
         distinct.setdefault(key, (point.label(), spec.steps[0].subcommand, config))
         for step in tagged:
-            distinct.setdefault(f"{key}@{step.tag}", (f"{point.label()}, step {step.tag}", step.subcommand,
-                                                       step_configs[step.tag]))
+            distinct.setdefault(
+                f"{key}@{step.tag}", (f"{point.label()}, step {step.tag}", step.subcommand, step_configs[step.tag])
+            )
     run_ids, first_point = [], {}
     for point, config, _ in configs:
         run_id = f"{spec.name}-{config_hash(config, spec.steps)}"
         if run_id in first_point:  # two points that resolve to one config would be one run, reported twice
-            raise ValueError(f"{spec.source}: points {first_point[run_id]} and {point.label()} resolve to the same"
-                             " config (the same run): drop a repeated axis value, or an axis the config ignores")
+            raise ValueError(
+                f"{spec.source}: points {first_point[run_id]} and {point.label()} resolve to the same"
+                " config (the same run): drop a repeated axis value, or an axis the config ignores"
+            )
         first_point[run_id] = point.label()
         run_ids.append(run_id)
     data_checked = set()

@@ -58,8 +58,9 @@ def point_labels(points: dict[str, dict]) -> dict[str, str]:
 
     distinct = {json.dumps(values, sort_keys=True, default=str) for values in points.values()}  # seeds repeat
     shown = [k for k in keys if not shared(k)] if len(distinct) > 1 else keys
-    return {name: ", ".join(f"{k}={values[k]}" for k in shown if k in values) or "base"
-            for name, values in flat.items()}
+    return {
+        name: ", ".join(f"{k}={values[k]}" for k in shown if k in values) or "base" for name, values in flat.items()
+    }
 
 
 def result_rows(spec: GridSpec, runs: list[Run], statuses: dict[str, dict | None]) -> list[dict]:
@@ -122,8 +123,14 @@ def _point_columns(table: list[dict], axes: list[str]) -> tuple[list[str], list[
 
 def markdown(spec: GridSpec, rows: list[dict], command: str) -> str:
     axes = [_short(k) for k in spec.axis_names]
-    lines = [f"# Grid {spec.name}", "", f"`{command}`", "",
-             f"Base: {', '.join(spec.base)}; seeds {spec.seeds}; mean ± sample std over finished seeds.", ""]
+    lines = [
+        f"# Grid {spec.name}",
+        "",
+        f"`{command}`",
+        "",
+        f"Base: {', '.join(spec.base)}; seeds {spec.seeds}; mean ± sample std over finished seeds.",
+        "",
+    ]
     table = points_table(spec, rows)
     point_header, point_cells = _point_columns(table, axes)
     header = [*point_header, "runs", *spec.metrics]
@@ -151,8 +158,9 @@ def _mean_std_of(values: list[float]) -> tuple[float, float]:
     return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def _save_plot(ax, spec: GridSpec, metric: str, against: str, out_dir: str, has_lines: bool,
-               overwrite: bool = False) -> str:
+def _save_plot(
+    ax, spec: GridSpec, metric: str, against: str, out_dir: str, has_lines: bool, overwrite: bool = False
+) -> str:
     import matplotlib.pyplot as plt
 
     ax.set_xlabel(against)
@@ -184,8 +192,9 @@ def plot_axes(spec: GridSpec, rows: list[dict], out_dir: str, overwrite: bool = 
     header, point_cells = _point_columns(table, axes)
     zipped = header == ["point"]  # an axis holds dicts: the points go by their short labels
     # each point's name in a legend or on an x-axis: its short label, or axis=value for every axis
-    names = [cells[0] if zipped else ", ".join(f"{a}={c}" for a, c in zip(axes, cells, strict=True))
-             for cells in point_cells]
+    names = [
+        cells[0] if zipped else ", ".join(f"{a}={c}" for a, c in zip(axes, cells, strict=True)) for cells in point_cells
+    ]
     written = []
     if zipped:  # one plot against the points' short labels; per-axis plots would show whole dicts
         _, ax = plt.subplots(figsize=(max(5.6, 1.2 * len(table)), 4))
@@ -211,8 +220,9 @@ def plot_axes(spec: GridSpec, rows: list[dict], out_dir: str, overwrite: bool = 
             ax.errorbar([str(e[axis]) for e in entries], means, yerr=stds, marker="o", capsize=4, label=name)
         written.append(_save_plot(ax, spec, metric, axis, out_dir, bool(series), overwrite))
 
-    steps = [("fit", metric)] + [(s.tag, f"{metric}@{s.tag}") for s in spec.steps
-                                 if s.tag and f"{metric}@{s.tag}" in spec.metrics]
+    steps = [("fit", metric)] + [
+        (s.tag, f"{metric}@{s.tag}") for s in spec.steps if s.tag and f"{metric}@{s.tag}" in spec.metrics
+    ]
     if len(steps) > 1:
         _, ax = plt.subplots(figsize=(5.6, 4))
         drawn = False
@@ -235,14 +245,20 @@ def report_run(spec: GridSpec) -> str:
 REPORT_FILES = ("results.csv", "results.md")
 
 
-def write_reports(spec: GridSpec, runs: list[Run], statuses: dict, out_dir: str, command: str,
-                  overwrite: bool = False) -> None:
+def write_reports(
+    spec: GridSpec, runs: list[Run], statuses: dict, out_dir: str, command: str, overwrite: bool = False
+) -> None:
     """``results.csv``, ``results.md`` and the plots in ``out_dir``, replacing earlier ones only as
     :func:`~vir_lightning.io.check_output_path` allows (this grid's own, or any with ``overwrite``)."""
     rows = result_rows(spec, runs, statuses)
     fields = list(rows[0]) if rows else ["run_id"]
-    write_csv_atomically(os.path.join(out_dir, REPORT_FILES[0]), fields, ([r[f] for f in fields] for r in rows),
-                         overwrite=overwrite, run=report_run(spec))
+    write_csv_atomically(
+        os.path.join(out_dir, REPORT_FILES[0]),
+        fields,
+        ([r[f] for f in fields] for r in rows),
+        overwrite=overwrite,
+        run=report_run(spec),
+    )
     with atomic_output(os.path.join(out_dir, REPORT_FILES[1]), overwrite=overwrite, run=report_run(spec)) as tmp:
         Path(tmp).write_text(markdown(spec, rows, command))
     if any(r["state"] == "done" for r in rows):

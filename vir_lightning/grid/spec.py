@@ -57,8 +57,10 @@ SPEC_KEYS = {"name", "base", "subcommands", "args", "axes", "zip", "seeds", "met
 SUBCOMMANDS = ("fit", "validate", "test")
 STEP_KEYS = {"run", "tag", "args"}
 #: Config keys the planner sets for every run, so a spec must not: what each is for instead.
-PLANNER_KEYS = {"seed_everything": "list seeds under seeds:",
-                "trainer.default_root_dir": "each run gets its own folder under --out"}
+PLANNER_KEYS = {
+    "seed_everything": "list seeds under seeds:",
+    "trainer.default_root_dir": "each run gets its own folder under --out",
+}
 TAG_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # a folder name and a metric suffix
 
 
@@ -182,15 +184,17 @@ def load_spec(path: str) -> GridSpec:
     if repeated:
         raise _fail(source, f"keys {repeated} are set more than once (axes, zip groups and args must not overlap)")
     every_key = [*names, *args]
-    nested = sorted({f"{outer} / {inner}" for outer in every_key for inner in every_key
-                     if inner.startswith(outer + ".")})
+    nested = sorted(
+        {f"{outer} / {inner}" for outer in every_key for inner in every_key if inner.startswith(outer + ".")}
+    )
     if nested:  # the whole mapping would replace the key inside it, or the other way round, silently
         raise _fail(source, f"keys {nested} overlap: one sets a mapping that holds the other; set only the inner keys")
     for key in every_key:
         owner = next((k for k in PLANNER_KEYS if key == k or key.startswith(k + ".") or k.startswith(key + ".")), None)
         if owner:
-            raise _fail(source, f"{key!r} cannot be set: the grid sets {owner} for every run itself"
-                                f" ({PLANNER_KEYS[owner]})")
+            raise _fail(
+                source, f"{key!r} cannot be set: the grid sets {owner} for every run itself ({PLANNER_KEYS[owner]})"
+            )
 
     seeds = raw.get("seeds", [0])
     integers = isinstance(seeds, list) and all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)
@@ -199,8 +203,9 @@ def load_spec(path: str) -> GridSpec:
     if len(set(seeds)) != len(seeds):
         raise _fail(source, f"seeds={seeds!r} repeats a seed")
     if not all(0 <= s <= 2**32 - 1 for s in seeds):
-        raise _fail(source, f"seeds={seeds!r}: every seed must lie in 0 … 2**32 − 1 (what Lightning's"
-                            " seed_everything takes)")
+        raise _fail(
+            source, f"seeds={seeds!r}: every seed must lie in 0 … 2**32 − 1 (what Lightning's seed_everything takes)"
+        )
     metrics = raw.get("metrics")
     if not isinstance(metrics, list) or not metrics or not all(isinstance(m, str) for m in metrics):
         raise _fail(source, "metrics must list the logged metrics to collect, e.g. [test/acc1]")
@@ -217,8 +222,10 @@ def load_spec(path: str) -> GridSpec:
 
 
 def _steps(source: str, raw) -> list[Step]:
-    expected = (f"expected a list of {list(SUBCOMMANDS)} or tagged steps "
-                "{run: test, tag: 56px, args: {data.init_args.img_size: 56}}")
+    expected = (
+        f"expected a list of {list(SUBCOMMANDS)} or tagged steps "
+        "{run: test, tag: 56px, args: {data.init_args.img_size: 56}}"
+    )
     if not isinstance(raw, list) or not raw:
         raise _fail(source, f"subcommands={raw!r}; {expected}")
     steps = []

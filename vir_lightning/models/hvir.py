@@ -125,13 +125,19 @@ class HybridViR(RetentionModeMixin, GradCheckpointingMixin, ClassifierHeadMixin,
         check_form(retention_mode, chunk_size)
         if retention_mode == STREAMING:
             self.check_streamable()  # names why H-ViR cannot stream
+
         def ints(value, count: int, minimum: int) -> bool:
-            return (isinstance(value, (tuple, list)) and len(value) == count
-                    and all(isinstance(v, int) and not isinstance(v, bool) and v >= minimum for v in value))
+            return (
+                isinstance(value, (tuple, list))
+                and len(value) == count
+                and all(isinstance(v, int) and not isinstance(v, bool) and v >= minimum for v in value)
+            )
 
         if not ints(depths, 4, 0) or not ints(num_heads, 2, 1):
-            raise ValueError(f"depths={depths!r} / num_heads={num_heads!r}: expected 4 stage depths and 2 head counts"
-                             " (integers >= 0 and >= 1), e.g. depths=(1, 3, 6, 4), num_heads=(8, 16)")
+            raise ValueError(
+                f"depths={depths!r} / num_heads={num_heads!r}: expected 4 stage depths and 2 head counts"
+                " (integers >= 0 and >= 1), e.g. depths=(1, 3, 6, 4), num_heads=(8, 16)"
+            )
         # The stem's first convolution is dim // 2 wide.
         check_int("dim", dim, 2, " (stage 1 width; the stem starts at dim // 2)")
         check_int("in_chans", in_chans, 1)
@@ -160,8 +166,14 @@ class HybridViR(RetentionModeMixin, GradCheckpointingMixin, ClassifierHeadMixin,
             nn.Identity() if i == 0 else nn.Conv2d(widths[i - 1], widths[i], 3, 2, 1, bias=False) for i in range(4)
         )
         retention_kwargs = dict(
-            mlp_ratio=mlp_ratio, layer_scale_init=layer_scale_init, drop=drop_rate, directions=directions,
-            decay_schedule=decay_schedule, mode=retention_mode, chunk_size=chunk_size, backend=retention_backend,
+            mlp_ratio=mlp_ratio,
+            layer_scale_init=layer_scale_init,
+            drop=drop_rate,
+            directions=directions,
+            decay_schedule=decay_schedule,
+            mode=retention_mode,
+            chunk_size=chunk_size,
+            backend=retention_backend,
         )
         self.stages = nn.ModuleList(
             [nn.Sequential(*(ConvBlock(widths[i], p) for p in stage_drop_paths[i])) for i in range(2)]
@@ -171,9 +183,7 @@ class HybridViR(RetentionModeMixin, GradCheckpointingMixin, ClassifierHeadMixin,
             ]
         )
         #: timm-style description of the four feature outputs.
-        self.feature_info = [
-            dict(num_chs=widths[i], reduction=2 ** (i + 2), module=f"stages.{i}") for i in range(4)
-        ]
+        self.feature_info = [dict(num_chs=widths[i], reduction=2 ** (i + 2), module=f"stages.{i}") for i in range(4)]
         self.norm = nn.BatchNorm2d(self.num_features)
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()

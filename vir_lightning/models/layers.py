@@ -22,19 +22,27 @@ def check_images(x, in_chans: int, weight: Tensor) -> None:
     input itself, so another floating dtype is fine there.
     """
     if not isinstance(x, Tensor):
-        raise TypeError(f"input is a {type(x).__name__}; expected a torch.Tensor (batch, {in_chans}, height, width),"
-                        " e.g. torch.from_numpy(array)")
+        raise TypeError(
+            f"input is a {type(x).__name__}; expected a torch.Tensor (batch, {in_chans}, height, width),"
+            " e.g. torch.from_numpy(array)"
+        )
     if x.dim() != 4 or x.shape[1] != in_chans:
         raise ValueError(f"input has shape {tuple(x.shape)}; expected (batch, {in_chans}, height, width)")
     if not x.is_floating_point():
-        raise ValueError(f"input has dtype {x.dtype}; expected floating-point images normalised like the training"
-                         " data (e.g. x.float() / 255, then the mean/std normalisation)")
+        raise ValueError(
+            f"input has dtype {x.dtype}; expected floating-point images normalised like the training"
+            " data (e.g. x.float() / 255, then the mean/std normalisation)"
+        )
     if x.device != weight.device:
-        raise ValueError(f"input is on {x.device} but the model is on {weight.device}; move one of them"
-                         f" (x.to({str(weight.device)!r}) or model.to({str(x.device)!r}))")
+        raise ValueError(
+            f"input is on {x.device} but the model is on {weight.device}; move one of them"
+            f" (x.to({str(weight.device)!r}) or model.to({str(x.device)!r}))"
+        )
     if x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):
-        raise ValueError(f"input has dtype {x.dtype} but the model's weights are {weight.dtype}; pass"
-                         f" x.to({weight.dtype}), convert the model (model.to({x.dtype})) or run under torch.autocast")
+        raise ValueError(
+            f"input has dtype {x.dtype} but the model's weights are {weight.dtype}; pass"
+            f" x.to({weight.dtype}), convert the model (model.to({x.dtype})) or run under torch.autocast"
+        )
 
 
 def resolve_indices(indices: int | Sequence[int] | None, count: int, what: str = "blocks") -> list[int]:

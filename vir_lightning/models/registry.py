@@ -43,8 +43,10 @@ def create_model(name: str, **overrides) -> nn.Module:
             TypeError) listing the options it does take.
     """
     if not isinstance(name, str):
-        raise TypeError(f"model name {name!r} is not a string; expected a registered name, e.g."
-                        " 'vir_small_patch16_224' (list_models() shows all)")
+        raise TypeError(
+            f"model name {name!r} is not a string; expected a registered name, e.g."
+            " 'vir_small_patch16_224' (list_models() shows all)"
+        )
     if name not in _MODELS:
         close = difflib.get_close_matches(name, list(_MODELS), n=5, cutoff=0.5)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
@@ -52,8 +54,10 @@ def create_model(name: str, **overrides) -> nn.Module:
     options = _options_of(_MODELS[name])
     unknown = sorted(set(overrides) - options) if options else []
     if unknown:
-        raise UnknownOptionError(f"model {name!r} has no option {', '.join(map(repr, unknown))}; its options are"
-                                 f" {', '.join(sorted(options))}")
+        raise UnknownOptionError(
+            f"model {name!r} has no option {', '.join(map(repr, unknown))}; its options are"
+            f" {', '.join(sorted(options))}"
+        )
     model = _MODELS[name](**overrides)
     # What rebuilds it (vir_lightning.save_pretrained records both): plain attributes, not in the state_dict.
     model.model_name, model.model_options = name, dict(overrides)

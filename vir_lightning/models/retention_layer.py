@@ -117,8 +117,16 @@ class MultiHeadRetention(nn.Module):
         x (B, n, dim) → (output (B, n, dim), the state after the segment)."""
         q, k, v = self._heads(x)
         out, state = retention_step(
-            q, k, v, self.decay_rates, state, grid_cols=grid_cols, class_token=class_token,
-            chunk_size=self.chunk_size, scale=self.scale, backend=self.backend,
+            q,
+            k,
+            v,
+            self.decay_rates,
+            state,
+            grid_cols=grid_cols,
+            class_token=class_token,
+            chunk_size=self.chunk_size,
+            scale=self.scale,
+            backend=self.backend,
         )
         return self._merge_heads(out), state
 
@@ -129,14 +137,25 @@ class MultiHeadRetention(nn.Module):
         directions = self.directions if grid_shape is not None else 1
         if self.softmax_retention:
             decay = retention_decay_matrix(
-                tokens, self.rates(x.device, x.dtype), grid_shape=grid_shape, class_token=class_token,
+                tokens,
+                self.rates(x.device, x.dtype),
+                grid_shape=grid_shape,
+                class_token=class_token,
                 directions=directions,
             )
             out = ((q @ k.transpose(-1, -2)) * (decay.to(q.dtype) * self.scale)).softmax(dim=-1) @ v
         else:
             out = retention(  # the rates as Python floats: no device read per call
-                q, k, v, self.decay_rates, mode=self.mode, chunk_size=self.chunk_size,
-                grid_shape=grid_shape, class_token=class_token, directions=directions, scale=self.scale,
+                q,
+                k,
+                v,
+                self.decay_rates,
+                mode=self.mode,
+                chunk_size=self.chunk_size,
+                grid_shape=grid_shape,
+                class_token=class_token,
+                directions=directions,
+                scale=self.scale,
                 backend=self.backend,
             )
         return self._merge_heads(out)
@@ -219,8 +238,9 @@ class TrainEvalFormsMixin:
     eval_mode: str
     eval_chunk_size: int | None
 
-    def set_train_eval_forms(self, train_mode: str, train_chunk_size: int | None, eval_mode: str,
-                             eval_chunk_size: int | None) -> None:
+    def set_train_eval_forms(
+        self, train_mode: str, train_chunk_size: int | None, eval_mode: str, eval_chunk_size: int | None
+    ) -> None:
         """Check both forms (the error names the option), keep them, and switch to the training form.
 
         A form the model lacks is refused here too: streaming for evaluation by the model's

@@ -74,8 +74,10 @@ def stream(
         pixels = read_band(row0, row1)
         if isinstance(pixels, Tensor) and pixels.dim() == 4 and pixels.shape[0] != batch:
             # caught here: further on it would only show as a state of the wrong shape
-            raise ValueError(f"read_band({row0}, {row1}) returned {pixels.shape[0]} images; expected batch={batch}"
-                             " (the batch passed to forward_streaming)")
+            raise ValueError(
+                f"read_band({row0}, {row1}) returned {pixels.shape[0]} images; expected batch={batch}"
+                " (the batch passed to forward_streaming)"
+            )
         return model.embed_band(pixels, grid_shape, row0, row1)
 
     average = model.pooling == "avg"

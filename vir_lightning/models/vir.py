@@ -139,8 +139,12 @@ class VisionRetention(RetentionModeMixin, GradCheckpointingMixin, ClassifierHead
             raise ValueError(f"mlp_ratio={mlp_ratio!r}; expected a positive number (e.g. 4.0)")
         num_classes = check_num_classes(num_classes)
         check_backend(retention_backend)
-        for name, value, minimum in (("in_chans", in_chans, 1), ("embed_dim", embed_dim, 1),
-                                     ("num_heads", num_heads, 1), ("depth", depth, 0)):
+        for name, value, minimum in (
+            ("in_chans", in_chans, 1),
+            ("embed_dim", embed_dim, 1),
+            ("num_heads", num_heads, 1),
+            ("depth", depth, 0),
+        ):
             check_int(name, value, minimum)
 
         self.num_classes = num_classes
@@ -157,8 +161,9 @@ class VisionRetention(RetentionModeMixin, GradCheckpointingMixin, ClassifierHead
         self.img_size = to_2tuple(img_size, "img_size")
         ph, pw = self.patch_embed.patch_size
         if self.img_size[0] < ph or self.img_size[1] < pw:
-            raise ValueError(f"img_size={img_size!r} is smaller than one {ph}×{pw} patch; expected at least"
-                             " the patch size")
+            raise ValueError(
+                f"img_size={img_size!r} is smaller than one {ph}×{pw} patch; expected at least the patch size"
+            )
         self.grid_shape = self.patch_embed.grid_shape_for(*self.img_size)
         num_patches = self.grid_shape[0] * self.grid_shape[1]
         self.pos_embed = nn.Parameter(torch.zeros(1, num_patches, embed_dim))
@@ -169,11 +174,20 @@ class VisionRetention(RetentionModeMixin, GradCheckpointingMixin, ClassifierHead
         layer_mode, layer_chunk_size = whole_image_form(retention_mode, chunk_size)
         self.blocks = nn.ModuleList(
             RetentionBlock(
-                embed_dim, num_heads, mlp_ratio, drop_path=drop_paths[i], layer_scale_init=layer_scale_init,
-                drop=drop_rate, decay_schedule=decay_schedule, qkv_bias=qkv_bias,
-                mode=layer_mode, chunk_size=layer_chunk_size,
-                directions=directions, softmax_retention=softmax_retention,
-                token_mixer=token_mixer, backend=retention_backend,
+                embed_dim,
+                num_heads,
+                mlp_ratio,
+                drop_path=drop_paths[i],
+                layer_scale_init=layer_scale_init,
+                drop=drop_rate,
+                decay_schedule=decay_schedule,
+                qkv_bias=qkv_bias,
+                mode=layer_mode,
+                chunk_size=layer_chunk_size,
+                directions=directions,
+                softmax_retention=softmax_retention,
+                token_mixer=token_mixer,
+                backend=retention_backend,
             )
             for i in range(depth)
         )
@@ -262,17 +276,24 @@ class VisionRetention(RetentionModeMixin, GradCheckpointingMixin, ClassifierHead
         """ValueError naming the option that has no streaming form, if any."""
         reason, layers = None, self.retention_layers()
         if not layers:
-            reason = ("the ViT baseline (token_mixer='attention') has no recurrent state: softmax attention needs"
-                      " every token at once")
+            reason = (
+                "the ViT baseline (token_mixer='attention') has no recurrent state: softmax attention needs"
+                " every token at once"
+            )
         elif layers[0].softmax_retention:
-            reason = ("softmax_retention normalises over the whole sequence (and is not causal), so it has no"
-                      " state to carry")
+            reason = (
+                "softmax_retention normalises over the whole sequence (and is not causal), so it has no state to carry"
+            )
         elif layers[0].directions != 1:
-            reason = (f"directions={layers[0].directions} lets every token see the rows below it, so"
-                      " no band can finish before the image does; use directions=1")
+            reason = (
+                f"directions={layers[0].directions} lets every token see the rows below it, so"
+                " no band can finish before the image does; use directions=1"
+            )
         elif self.pooling == "token_first" and not self.multipass:
-            reason = ("pooling='token_first' without multipass reads a class token that has seen only itself;"
-                      " use token_last or avg")
+            reason = (
+                "pooling='token_first' without multipass reads a class token that has seen only itself;"
+                " use token_last or avg"
+            )
         if reason:
             raise ValueError(f"streaming is not possible with this model: {reason}")
 

@@ -3,6 +3,7 @@
 PyTorch, plus fused GPU kernels behind ``backend=`` (:mod:`.backends`, imported on use); knows
 nothing about models, Lightning or OpenMMLab.
 """
+
 from .backends import BACKENDS, check_backend
 from .forms import (
     AUTO,

@@ -49,8 +49,17 @@ def chunkwise_forward(spec: ChunkwiseSpec, log_gamma: Tensor, q: Tensor, k: Tens
         return modes.chunkwise_1d(q, k, v, log_gamma, spec.chunk, spec.scale)
 
     def quadrant(q_, k_, v_, class_token=spec.class_token):
-        return modes.chunkwise_2d(q_, k_, v_, log_gamma, spec.grid_shape, class_token, spec.chunk,
-                                  cols_per_chunk=spec.tile_cols, scale=spec.scale)
+        return modes.chunkwise_2d(
+            q_,
+            k_,
+            v_,
+            log_gamma,
+            spec.grid_shape,
+            class_token,
+            spec.chunk,
+            cols_per_chunk=spec.tile_cols,
+            scale=spec.scale,
+        )
 
     if spec.directions == 1:
         return quadrant(q, k, v)
@@ -99,13 +108,21 @@ class ChunkwiseRetention(torch.autograd.Function):
         saved = ctx.saved_tensors
         with torch.autocast(d_out.device.type, enabled=False):
             q, k, v = (t.to(log_gamma.dtype) for t in saved)
-            grads = _gradients(spec, log_gamma, q, k, v, d_out.to(log_gamma.dtype).contiguous(),
-                               ctx.needs_input_grad[:3])
+            grads = _gradients(
+                spec, log_gamma, q, k, v, d_out.to(log_gamma.dtype).contiguous(), ctx.needs_input_grad[:3]
+            )
         return (*(None if g is None else g.to(t.dtype) for g, t in zip(grads, saved, strict=True)), None, None)
 
 
-def _gradients(spec: ChunkwiseSpec, log_gamma: Tensor, q: Tensor, k: Tensor, v: Tensor, d_out: Tensor,
-               needed: tuple[bool, bool, bool]) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+def _gradients(
+    spec: ChunkwiseSpec,
+    log_gamma: Tensor,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    d_out: Tensor,
+    needed: tuple[bool, bool, bool],
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
     """(dq, dk, dv) of retention with ``spec``'s mask (module docstring); None where not ``needed``."""
     need_q, need_k, need_v = needed
     dq = chunkwise_forward(spec, log_gamma, d_out, v, k) if need_q else None
@@ -139,8 +156,11 @@ def chunkwise_retention(spec: ChunkwiseSpec, log_gamma: Tensor, q: Tensor, k: Te
 def _forward_in_state_dtype(spec: ChunkwiseSpec, log_gamma: Tensor, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     """:func:`chunkwise_forward` in ``log_gamma``'s dtype with autocast off, returned in q's dtype."""
     # Devices without autocast (meta, for shape inference) refuse even a disabled autocast context.
-    off = torch.autocast(q.device.type, enabled=False) if torch.amp.is_autocast_available(q.device.type) else (
-        contextlib.nullcontext())
+    off = (
+        torch.autocast(q.device.type, enabled=False)
+        if torch.amp.is_autocast_available(q.device.type)
+        else (contextlib.nullcontext())
+    )
     with off:
         dtype = log_gamma.dtype
         return chunkwise_forward(spec, log_gamma, q.to(dtype), k.to(dtype), v.to(dtype)).to(q.dtype)

@@ -66,8 +66,12 @@ def check_positive_int(name: str, value) -> int:
 FORMS_OF: dict[str, tuple[str, ...]] = {"op": OP_FORMS, "model": MODEL_FORMS, "train": TRAIN_FORMS}
 
 
-def check_form(mode: str, chunk_size: int | None = None, scope: Literal["op", "model", "train"] = "model",
-               option: str | None = None) -> None:
+def check_form(
+    mode: str,
+    chunk_size: int | None = None,
+    scope: Literal["op", "model", "train"] = "model",
+    option: str | None = None,
+) -> None:
     """ValueError unless ``mode`` is a form of ``scope`` and ``chunk_size`` is None or a positive integer.
 
     The one check of a form, used at the public edges (the op's ``retention``, a model's
@@ -86,11 +90,16 @@ def check_form(mode: str, chunk_size: int | None = None, scope: Literal["op", "m
     prefix = f"{option}: " if option else ""
     if mode not in allowed:
         if mode == STREAMING and scope == "train":
-            raise ValueError(f"{option or 'mode'}='streaming' is inference-only (no gradients flow between"
-                             " bands); train with 'chunkwise' (linear memory) or 'auto', and use streaming"
-                             " for eval_mode")
-        hint = (" ('streaming' is a form of a whole model: model.set_retention_mode('streaming'))"
-                if mode == STREAMING else "")
+            raise ValueError(
+                f"{option or 'mode'}='streaming' is inference-only (no gradients flow between"
+                " bands); train with 'chunkwise' (linear memory) or 'auto', and use streaming"
+                " for eval_mode"
+            )
+        hint = (
+            " ('streaming' is a form of a whole model: model.set_retention_mode('streaming'))"
+            if mode == STREAMING
+            else ""
+        )
         raise ValueError(f"{prefix}mode={mode!r} is unknown; expected one of {allowed}{hint}")
     if chunk_size is not None:
         try:

@@ -106,12 +106,17 @@ def check_mode(mode: str, chunk_size: int | None) -> None:
 
 def _former_cls_token(cls_token, class_token) -> bool:
     """``class_token`` from a call that still passed its former name ``cls_token`` (FutureWarning)."""
-    warnings.warn("the retention flag cls_token=... is renamed class_token (timm's name for the flag; cls_token"
-                  " is the model's parameter); cls_token still works but will be removed", FutureWarning,
-                  stacklevel=3)
+    warnings.warn(
+        "the retention flag cls_token=... is renamed class_token (timm's name for the flag; cls_token"
+        " is the model's parameter); cls_token still works but will be removed",
+        FutureWarning,
+        stacklevel=3,
+    )
     if class_token is not False and class_token is not cls_token:
-        raise ValueError(f"class_token={class_token!r} and cls_token={cls_token!r}: cls_token is the former name"
-                         " of class_token; pass class_token only")
+        raise ValueError(
+            f"class_token={class_token!r} and cls_token={cls_token!r}: cls_token is the former name"
+            " of class_token; pass class_token only"
+        )
     return cls_token
 
 
@@ -132,8 +137,7 @@ def _validate(q, k, v, decay_rates, mode, chunk_size, grid_shape, class_token, d
         )
     if k.dtype != q.dtype or v.dtype != q.dtype or k.device != q.device or v.device != q.device:
         raise ValueError(
-            f"q, k, v must share dtype and device; got {q.dtype}/{q.device}, {k.dtype}/{k.device},"
-            f" {v.dtype}/{v.device}"
+            f"q, k, v must share dtype and device; got {q.dtype}/{q.device}, {k.dtype}/{k.device}, {v.dtype}/{v.device}"
         )
     batch, heads, tokens, _ = q.shape
 
@@ -184,16 +188,21 @@ def _rates_as_floats(decay_rates, heads: int) -> tuple[float, ...]:
     if isinstance(decay_rates, Tensor):
         if decay_rates.shape != (heads,):
             raise ValueError(
-                f"decay_rates has shape {tuple(decay_rates.shape)}; expected ({heads},), one rate per head")
+                f"decay_rates has shape {tuple(decay_rates.shape)}; expected ({heads},), one rate per head"
+            )
         if not decay_rates.is_floating_point():
             raise ValueError(f"decay_rates has dtype {decay_rates.dtype}; expected floating point")
         if decay_rates.is_meta:
-            raise ValueError("decay_rates is a meta tensor: it has no values to read; pass Python floats"
-                             " (e.g. vir_lightning.retention.decay_rates_for('vir', heads)) or a tensor with data")
+            raise ValueError(
+                "decay_rates is a meta tensor: it has no values to read; pass Python floats"
+                " (e.g. vir_lightning.retention.decay_rates_for('vir', heads)) or a tensor with data"
+            )
         if decay_rates.requires_grad and torch.is_grad_enabled():
             # The rates are read as constants: a learnable tensor would silently get no gradient.
-            raise ValueError("decay_rates requires grad, but retention treats the rates as constants and"
-                             " returns no gradient for them; pass decay_rates.detach() (or Python floats)")
+            raise ValueError(
+                "decay_rates requires grad, but retention treats the rates as constants and"
+                " returns no gradient for them; pass decay_rates.detach() (or Python floats)"
+            )
         decay_rates = decay_rates.tolist()
     elif not isinstance(decay_rates, Sequence) or isinstance(decay_rates, str):
         raise ValueError(f"decay_rates={decay_rates!r}; expected a tensor or sequence of {heads} floats")
@@ -271,8 +280,9 @@ def retention(
         class_token = _former_cls_token(cls_token, class_token)
     rates = _validate(q, k, v, decay_rates, mode, chunk_size, grid_shape, class_token, directions)
     scale = _check_scale(scale)
-    backend = resolve_backend(check_backend(backend), q.device, q.dtype, grid_shape is None, mode=mode,
-                              head_dim=max(q.shape[-1], v.shape[-1]))
+    backend = resolve_backend(
+        check_backend(backend), q.device, q.dtype, grid_shape is None, mode=mode, head_dim=max(q.shape[-1], v.shape[-1])
+    )
     if q.shape[2] == 0:  # an empty sequence: an empty result (the scans of the other forms need a token)
         return _empty_output(q, k, v)
     if grid_shape is not None:
@@ -402,20 +412,29 @@ def retention_step(
     grid_shape = None if grid_cols is None or class_token or tokens == 0 else (tokens // grid_cols, grid_cols)
     rates = _validate(q, k, v, decay_rates, CHUNKWISE, chunk_size, grid_shape, False, 1)
     scale = _check_scale(scale)
-    backend = resolve_backend(check_backend(backend), q.device, q.dtype, grid_cols is None, step=True,
-                              head_dim=max(q.shape[-1], v.shape[-1]))
+    backend = resolve_backend(
+        check_backend(backend), q.device, q.dtype, grid_cols is None, step=True, head_dim=max(q.shape[-1], v.shape[-1])
+    )
     compute_dtype = _compute_dtype(q.dtype)
     batch, heads, _, head_dim = q.shape
-    state_shape = (batch, heads, head_dim, v.shape[-1]) if grid_cols is None else (
-        batch, heads, grid_cols, head_dim, v.shape[-1])
+    state_shape = (
+        (batch, heads, head_dim, v.shape[-1]) if grid_cols is None else (batch, heads, grid_cols, head_dim, v.shape[-1])
+    )
     if state is None:
         state = q.new_zeros(state_shape, dtype=compute_dtype)
-    elif (not isinstance(state, Tensor) or tuple(state.shape) != state_shape or state.dtype != compute_dtype
-          or state.device != q.device):
-        got = ((tuple(state.shape), state.dtype, str(state.device)) if isinstance(state, Tensor)
-               else type(state).__name__)
-        raise ValueError(f"state is {got}; expected shape {state_shape}, dtype {compute_dtype} on {q.device}:"
-                         " pass the state the previous segment returned (or None to start)")
+    elif (
+        not isinstance(state, Tensor)
+        or tuple(state.shape) != state_shape
+        or state.dtype != compute_dtype
+        or state.device != q.device
+    ):
+        got = (
+            (tuple(state.shape), state.dtype, str(state.device)) if isinstance(state, Tensor) else type(state).__name__
+        )
+        raise ValueError(
+            f"state is {got}; expected shape {state_shape}, dtype {compute_dtype} on {q.device}:"
+            " pass the state the previous segment returned (or None to start)"
+        )
     if tokens == 0:
         return _empty_output(q, k, v), state
     log_gamma = modes.log_rates(rates, compute_dtype, q.device)
@@ -432,8 +451,19 @@ def retention_step(
         out, state = modes.chunkwise_1d(q, k, v, log_gamma, spec.chunk, scale, initial_state=state, return_state=True)
     else:
         spec = _chunkwise_spec(tokens, chunk_size, scale, grid_shape)
-        out, state = modes.chunkwise_2d(q, k, v, log_gamma, grid_shape, False, spec.chunk, initial_state=state,
-                                        return_state=True, cols_per_chunk=spec.tile_cols, scale=scale)
+        out, state = modes.chunkwise_2d(
+            q,
+            k,
+            v,
+            log_gamma,
+            grid_shape,
+            False,
+            spec.chunk,
+            initial_state=state,
+            return_state=True,
+            cols_per_chunk=spec.tile_cols,
+            scale=scale,
+        )
     return out.to(out_dtype), state
 
 
@@ -468,8 +498,10 @@ def retention_decay_matrix(
         raise ValueError(f"num_tokens={num_tokens!r} is invalid; expected a non-negative integer")
     if isinstance(decay_rates, Tensor):
         if decay_rates.dim() != 1 or not decay_rates.is_floating_point():
-            raise ValueError(f"decay_rates has shape {tuple(decay_rates.shape)} and dtype {decay_rates.dtype};"
-                             " expected a floating-point (heads,) tensor")
+            raise ValueError(
+                f"decay_rates has shape {tuple(decay_rates.shape)} and dtype {decay_rates.dtype};"
+                " expected a floating-point (heads,) tensor"
+            )
         heads, rates = decay_rates.shape[0], None
     elif isinstance(decay_rates, Sequence) and not isinstance(decay_rates, str):
         rates = _rates_as_floats(decay_rates, len(decay_rates))

@@ -265,15 +265,20 @@ def chunkwise_1d(
     states = decayed_cumsum(chunk_kv, chunk_log_decay, dim=2, exclusive=True)  # R_{i−1}
     if initial_state is not None:  # the past reaches chunk i decayed by γ^(i·B): R_{i−1} += γ^(i·B) R₀
         (past_decay,) = cached_tables(  # (H, chunks, 1, 1)
-            ("past1d", num_full, chunk, q.dtype), log_gamma,
-            lambda: (torch.exp(torch.arange(num_full, dtype=log_gamma.dtype, device=log_gamma.device) * chunk
-                               * log_gamma[:, None])[..., None, None].to(q.dtype),),
+            ("past1d", num_full, chunk, q.dtype),
+            log_gamma,
+            lambda: (
+                torch.exp(
+                    torch.arange(num_full, dtype=log_gamma.dtype, device=log_gamma.device) * chunk * log_gamma[:, None]
+                )[..., None, None].to(q.dtype),
+            ),
         )
         states = states + past_decay * initial_state[:, :, None]
     # R after the full chunks: the tail starts from it, and streaming returns it.
     last_state = (
         torch.exp(chunk_log_decay).view(heads, 1, 1) * states[:, :, -1] + chunk_kv[:, :, -1]
-        if tail or return_state else None
+        if tail or return_state
+        else None
     )
     del chunk_kv
     inner.add_((qc @ states).mul_(cross_scale))

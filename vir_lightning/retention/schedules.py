@@ -46,9 +46,7 @@ def decay_rates_for(schedule: str, num_heads: int) -> tuple[float, ...]:
         ValueError: unknown schedule name or ``num_heads < 1``.
     """
     if schedule not in DECAY_SCHEDULES:
-        raise ValueError(
-            f"decay_schedule={schedule!r} is unknown; expected one of {sorted(DECAY_SCHEDULES)}"
-        )
+        raise ValueError(f"decay_schedule={schedule!r} is unknown; expected one of {sorted(DECAY_SCHEDULES)}")
     if isinstance(num_heads, bool) or not isinstance(num_heads, int) or num_heads < 1:
         raise ValueError(f"num_heads={num_heads!r} must be a positive integer")
     rates = DECAY_SCHEDULES[schedule](num_heads)

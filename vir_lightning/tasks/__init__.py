@@ -6,5 +6,11 @@ from .min_steps import MinTrainSteps
 from .position_breakdown import ObjectPositionBreakdown
 from .prediction_writer import PredictionCSVWriter
 
-__all__ = ["ImageClassifier", "ImagesPerSecond", "MinTrainSteps", "ObjectPositionBreakdown", "PredictionCSVWriter",
-           "default_optimizer"]
+__all__ = [
+    "ImageClassifier",
+    "ImagesPerSecond",
+    "MinTrainSteps",
+    "ObjectPositionBreakdown",
+    "PredictionCSVWriter",
+    "default_optimizer",
+]

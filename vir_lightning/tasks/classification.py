@@ -40,8 +40,10 @@ class _DecodedBatches:
         """ValueError when every batch this epoch saw was skipped: its metrics would silently be missing."""
         seen = self.seen.get(split, 0)
         if seen and not self.decoded.get(split, 0):
-            raise ValueError(f"no image of the {split} split could be decoded ({seen} batches, every image"
-                             " skipped as undecodable); check the image files of that split")
+            raise ValueError(
+                f"no image of the {split} split could be decoded ({seen} batches, every image"
+                " skipped as undecodable); check the image files of that split"
+            )
 
 
 def default_optimizer(params) -> torch.optim.Optimizer:
@@ -55,7 +57,8 @@ def default_optimizer(params) -> torch.optim.Optimizer:
 ARCHITECTURE_HPARAMS = ("model_name", "model_kwargs", "num_classes", "img_size", "in_chans", "class_names")
 #: ``model_kwargs`` that choose a retention form or a training regulariser, not the network.
 NON_ARCHITECTURE_MODEL_KWARGS = frozenset(
-    {"retention_mode", "chunk_size", "retention_backend", "drop_rate", "drop_path_rate"})
+    {"retention_mode", "chunk_size", "retention_backend", "drop_rate", "drop_path_rate"}
+)
 
 
 def architecture_mismatch(saved: dict, current: dict) -> str | None:
@@ -65,6 +68,7 @@ def architecture_mismatch(saved: dict, current: dict) -> str | None:
         saved: the checkpoint's ``hyper_parameters``.
         current: this module's ``hparams``.
     """
+
     def normal(key, value):
         if key == "model_kwargs":
             return {k: v for k, v in (value or {}).items() if k not in NON_ARCHITECTURE_MODEL_KWARGS}
@@ -118,8 +122,16 @@ class ImageClassifier(TrainEvalFormsMixin, L.LightningModule):
 
     #: The metrics it logs (fnmatch patterns; ``train/loss`` also as ``_step`` and ``_epoch``), which
     #: ``grid --dry-run`` checks a spec's metric names against. Kept beside the ``self.log`` calls.
-    LOGGED_METRICS = ("train/loss*", "train/acc1", "val/loss", "val/acc1", "val/acc5", "test/loss", "test/acc1",
-                      "test/acc5")
+    LOGGED_METRICS = (
+        "train/loss*",
+        "train/acc1",
+        "val/loss",
+        "val/acc1",
+        "val/acc5",
+        "test/loss",
+        "test/acc1",
+        "test/acc5",
+    )
 
     def __init__(
         self,
@@ -153,12 +165,15 @@ class ImageClassifier(TrainEvalFormsMixin, L.LightningModule):
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
         linked = sorted({"num_classes", "img_size", "in_chans"} & set(model_kwargs or {}))
         if linked:
-            raise ValueError(f"model_kwargs sets {', '.join(linked)}, which the data sets (its image size, classes and"
-                             " channels); drop them from model_kwargs and set them on the data, e.g."
-                             " --data.init_args.img_size")
+            raise ValueError(
+                f"model_kwargs sets {', '.join(linked)}, which the data sets (its image size, classes and"
+                " channels); drop them from model_kwargs and set them on the data, e.g."
+                " --data.init_args.img_size"
+            )
         size = img_size if isinstance(img_size, int) else tuple(img_size)
-        self.model = create_model(model_name, num_classes=num_classes, img_size=size, in_chans=in_chans,
-                                  **(model_kwargs or {}))
+        self.model = create_model(
+            model_name, num_classes=num_classes, img_size=size, in_chans=in_chans, **(model_kwargs or {})
+        )
         if train_mode is None:  # the model's own form, when model_kwargs chose one (streaming is inference-only)
             own = model_kwargs or {}
             train_mode, own_chunk_size = whole_image_form(own.get("retention_mode", AUTO), own.get("chunk_size"))
@@ -168,8 +183,10 @@ class ImageClassifier(TrainEvalFormsMixin, L.LightningModule):
         self.set_train_eval_forms(train_mode, train_chunk_size, eval_mode, eval_chunk_size)
         if grad_checkpointing is not False:
             if not hasattr(self.model, "set_grad_checkpointing"):
-                raise ValueError(f"grad_checkpointing=True: {model_name} cannot checkpoint its blocks;"
-                                 " leave grad_checkpointing unset")
+                raise ValueError(
+                    f"grad_checkpointing=True: {model_name} cannot checkpoint its blocks;"
+                    " leave grad_checkpointing unset"
+                )
             self.model.set_grad_checkpointing(grad_checkpointing)
         if not isinstance(compile, bool):
             raise ValueError(f"compile={compile!r}; expected true or false")
@@ -182,8 +199,14 @@ class ImageClassifier(TrainEvalFormsMixin, L.LightningModule):
         if mixup_alpha > 0 or cutmix_alpha > 0:
             from ..data.augment import MixupCutmix
 
-            self.mixup = MixupCutmix(num_classes, mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha,
-                                     switch_prob=mixup_switch_prob, prob=mixup_prob, label_smoothing=label_smoothing)
+            self.mixup = MixupCutmix(
+                num_classes,
+                mixup_alpha=mixup_alpha,
+                cutmix_alpha=cutmix_alpha,
+                switch_prob=mixup_switch_prob,
+                prob=mixup_prob,
+                label_smoothing=label_smoothing,
+            )
         top5 = min(5, num_classes)
         self.train_acc1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
         self.val_acc1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
@@ -298,8 +321,10 @@ class ImageClassifier(TrainEvalFormsMixin, L.LightningModule):
         for group in optimizer.param_groups:
             group["lr"] = base_lr * group.get("lr_scale", 1.0)
         if self.scheduler_factory is not None:
-            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer),
-                                                             "interval": "epoch"}}
+            return {
+                "optimizer": optimizer,
+                "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "epoch"},
+            }
         total = int(self.trainer.estimated_stepping_batches)
         epochs = self.trainer.max_epochs if self.trainer.max_epochs and self.trainer.max_epochs > 0 else 1
         steps_per_epoch = max(1, total // epochs)

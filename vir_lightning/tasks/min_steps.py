@@ -41,5 +41,6 @@ class MinTrainSteps(L.Callback):
         epochs = math.ceil(self.steps / steps_per_epoch)
         rank_zero_info(
             f"MinTrainSteps: {steps_per_epoch} optimizer steps an epoch x max_epochs={trainer.max_epochs} is fewer "
-            f"than {self.steps}; training {epochs} epochs instead ({epochs * steps_per_epoch} steps)")
+            f"than {self.steps}; training {epochs} epochs instead ({epochs * steps_per_epoch} steps)"
+        )
         trainer.fit_loop.max_epochs = epochs

@@ -38,8 +38,14 @@ def param_groups(model: nn.Module, layer_decay: float | None = None) -> list[dic
     return list(groups.values())
 
 
-def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int, warmup_lr: float,
-                  min_lr: float, cooldown_steps: int = 0) -> torch.optim.lr_scheduler.LambdaLR:
+def warmup_cosine(
+    optimizer: torch.optim.Optimizer,
+    total_steps: int,
+    warmup_steps: int,
+    warmup_lr: float,
+    min_lr: float,
+    cooldown_steps: int = 0,
+) -> torch.optim.lr_scheduler.LambdaLR:
     """Per-step schedule: linear from ``warmup_lr`` to each group's lr, cosine down to ``min_lr``,
     then ``cooldown_steps`` at ``min_lr`` (the DeiT-style "310 + 10 cooldown" epochs)."""
     total_steps = max(1, total_steps - max(0, cooldown_steps))

@@ -77,8 +77,10 @@ class ObjectPositionBreakdown(L.Callback):
     def _source(trainer: L.Trainer):
         source = trainer.datamodule.source("test")
         if not hasattr(source, "layout"):
-            raise ValueError(f"ObjectPositionBreakdown needs test images with object positions; "
-                             f"{type(trainer.datamodule).__name__} has none (use ClutteredFashionMNISTDataModule)")
+            raise ValueError(
+                f"ObjectPositionBreakdown needs test images with object positions; "
+                f"{type(trainer.datamodule).__name__} has none (use ClutteredFashionMNISTDataModule)"
+            )
         return source
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
@@ -106,8 +108,20 @@ class ObjectPositionBreakdown(L.Callback):
                     pl_module.log(f"test/acc1_{kind}_{name}", float(chosen.mean()))
         if self.csv_name and trainer.is_global_zero:
             folder = trainer.log_dir or trainer.default_root_dir
-            rows = ((i, int(source.labels[i]), int(correct[i]), *centers[i], sides[i], distances["raster"][i],
-                     distances["manhattan"][i]) for i in range(len(correct)))
-            write_csv_atomically(os.path.join(folder, self.csv_name),
-                                 ["index", "label", "correct", "center_y", "center_x", "side", "raster", "manhattan"],
-                                 rows)
+            rows = (
+                (
+                    i,
+                    int(source.labels[i]),
+                    int(correct[i]),
+                    *centers[i],
+                    sides[i],
+                    distances["raster"][i],
+                    distances["manhattan"][i],
+                )
+                for i in range(len(correct))
+            )
+            write_csv_atomically(
+                os.path.join(folder, self.csv_name),
+                ["index", "label", "correct", "center_y", "center_x", "side", "raster", "manhattan"],
+                rows,
+            )

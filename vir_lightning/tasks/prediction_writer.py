@@ -19,15 +19,15 @@ class PredictionCSVWriter(BasePredictionWriter):
     same ``run`` (checkpoint and image folder), or any with ``overwrite``.
     """
 
-    def __init__(self, output_path: str, inputs: tuple[str, ...] = (), overwrite: bool = False,
-                 run: str | None = None):
+    def __init__(self, output_path: str, inputs: tuple[str, ...] = (), overwrite: bool = False, run: str | None = None):
         super().__init__(write_interval="epoch")
         self.output_path, self.inputs, self.overwrite, self.run = output_path, inputs, overwrite, run
         self._check()
 
     def _check(self) -> None:
-        check_output_path(self.output_path, "--predictions_csv", inputs=self.inputs, overwrite=self.overwrite,
-                          run=self.run)
+        check_output_path(
+            self.output_path, "--predictions_csv", inputs=self.inputs, overwrite=self.overwrite, run=self.run
+        )
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
@@ -44,20 +44,23 @@ class PredictionCSVWriter(BasePredictionWriter):
         rows = []
         predictions = [batch for batch in predictions if batch is not None]  # all-undecodable batches
         for batch in predictions:
-            for index, classes, probs in zip(batch["index"].tolist(), batch["classes"].tolist(),
-                                             batch["probs"].tolist(), strict=True):
+            for index, classes, probs in zip(
+                batch["index"].tolist(), batch["classes"].tolist(), batch["probs"].tolist(), strict=True
+            ):
                 row = [paths[index]]
                 for c, p in zip(classes, probs, strict=True):
                     row += [names[c], f"{p:.6f}"]
                 rows.append(row)
         if paths and not rows:
-            raise ValueError(f"none of the {len(paths)} images under predict_root could be decoded (all skipped);"
-                             f" nothing written to {self.output_path}")
+            raise ValueError(
+                f"none of the {len(paths)} images under predict_root could be decoded (all skipped);"
+                f" nothing written to {self.output_path}"
+            )
         top = len(predictions[0]["classes"][0]) if predictions else 0
         header = ["path"] + [f"{k}_{i}" for i in range(1, top + 1) for k in ("class", "prob")]
         write_csv_atomically(self.output_path, header, rows, overwrite=self.overwrite, run=self.run)
         skipped = len(paths) - len(rows)
-        print(f"wrote {len(rows)} predictions to {self.output_path}"
-              + (f"; {skipped} undecodable images skipped (their paths are in the warnings above)" if skipped else ""))
-
-
+        print(
+            f"wrote {len(rows)} predictions to {self.output_path}"
+            + (f"; {skipped} undecodable images skipped (their paths are in the warnings above)" if skipped else "")
+        )

@@ -247,11 +247,17 @@ class ProgressLines(ProgressBar):
         elif run.due(self.interval_s):
             rate, loss = run.recent()
             eta, fit_eta = run.eta(), self._fit_eta(trainer, this_epoch=True)
-            times = [f"epoch {duration(eta)}" if eta is not None else "",
-                     f"fit {duration(fit_eta)}" if fit_eta is not None else ""]
-            self._line(self._epoch(trainer), f"step {_of(batch_idx + 1, run.total)}",
-                       f"loss {loss:.4f}" if loss is not None else "", f"{rate:.1f} images/s",
-                       "ETA " + ", ".join(t for t in times if t) if any(times) else "")
+            times = [
+                f"epoch {duration(eta)}" if eta is not None else "",
+                f"fit {duration(fit_eta)}" if fit_eta is not None else "",
+            ]
+            self._line(
+                self._epoch(trainer),
+                f"step {_of(batch_idx + 1, run.total)}",
+                f"loss {loss:.4f}" if loss is not None else "",
+                f"{rate:.1f} images/s",
+                "ETA " + ", ".join(t for t in times if t) if any(times) else "",
+            )
 
     def _end_of_epoch(self, trainer: L.Trainer, batch_idx: int) -> None:
         run = self._train
@@ -260,10 +266,13 @@ class ProgressLines(ProgressBar):
         self._fit_seconds += seconds
         self._fit_batches += run.batches
         fit_eta = self._fit_eta(trainer, this_epoch=True)  # (this epoch's validation is still to come)
-        self._line(self._epoch(trainer), f"step {_of(batch_idx + 1, run.total)}",
-                   f"loss {loss:.4f} (epoch mean)" if loss is not None else "",
-                   f"{run.images} images in {duration(seconds)}, {run.rate():.1f} images/s",
-                   f"ETA fit {duration(fit_eta)}" if fit_eta is not None else "")
+        self._line(
+            self._epoch(trainer),
+            f"step {_of(batch_idx + 1, run.total)}",
+            f"loss {loss:.4f} (epoch mean)" if loss is not None else "",
+            f"{run.images} images in {duration(seconds)}, {run.rate():.1f} images/s",
+            f"ETA fit {duration(fit_eta)}" if fit_eta is not None else "",
+        )
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._train is not None and not self._train.finished and self._train.batches:
@@ -283,8 +292,13 @@ class ProgressLines(ProgressBar):
             rate, _ = run.recent()
             eta = run.eta()
             fitting = trainer.state.fn == TrainerFn.FITTING
-            self._line(self._epoch(trainer) if fitting else "", what, f"batch {_of(run.batches, run.total)}",
-                       f"{rate:.1f} images/s", f"ETA {duration(eta)}" if eta is not None else "")
+            self._line(
+                self._epoch(trainer) if fitting else "",
+                what,
+                f"batch {_of(run.batches, run.total)}",
+                f"{rate:.1f} images/s",
+                f"ETA {duration(eta)}" if eta is not None else "",
+            )
 
     def _eval_end(self, trainer: L.Trainer, what: str, prefix: str | None) -> None:
         run, self._eval = self._eval, None
@@ -298,12 +312,20 @@ class ProgressLines(ProgressBar):
         self._validation_seconds.append(seconds)
         if self._train is not None and not self._train.finished:  # a validation inside the epoch
             self._train.pause(seconds)
-        metrics = sorted((key, float(value)) for key, value in trainer.callback_metrics.items()
-                         if key.startswith(prefix) and (not isinstance(value, torch.Tensor) or value.numel() == 1))
+        metrics = sorted(
+            (key, float(value))
+            for key, value in trainer.callback_metrics.items()
+            if key.startswith(prefix) and (not isinstance(value, torch.Tensor) or value.numel() == 1)
+        )
         this_epoch = self._train is not None and not self._train.finished
         fit_eta = self._fit_eta(trainer, this_epoch=this_epoch)
-        self._line(self._epoch(trainer), what, ", ".join(f"{key} {value:.4f}" for key, value in metrics), done,
-                   f"ETA fit {duration(fit_eta)}" if fit_eta is not None else "")
+        self._line(
+            self._epoch(trainer),
+            what,
+            ", ".join(f"{key} {value:.4f}" for key, value in metrics),
+            done,
+            f"ETA fit {duration(fit_eta)}" if fit_eta is not None else "",
+        )
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._eval_start(trainer.num_sanity_val_batches if trainer.sanity_checking else trainer.num_val_batches)
@@ -362,10 +384,18 @@ class SummaryWithoutFlops(ModelSummary):
     """
 
     @staticmethod
-    def summarize(summary_data, total_parameters, trainable_parameters, model_size, total_training_modes,
-                  total_flops=0, **summarize_kwargs) -> None:
-        table = _format_summary_table(total_parameters, trainable_parameters, model_size, total_training_modes,
-                                      0, *_without_flops(summary_data))
+    def summarize(
+        summary_data,
+        total_parameters,
+        trainable_parameters,
+        model_size,
+        total_training_modes,
+        total_flops=0,
+        **summarize_kwargs,
+    ) -> None:
+        table = _format_summary_table(
+            total_parameters, trainable_parameters, model_size, total_training_modes, 0, *_without_flops(summary_data)
+        )
         lines = table.splitlines()
         if lines and lines[-1].endswith("Total Flops"):
             lines.pop()
@@ -377,17 +407,29 @@ class RichSummaryWithoutFlops(RichModelSummary):
     :class:`SummaryWithoutFlops`)."""
 
     @staticmethod
-    def summarize(summary_data, total_parameters, trainable_parameters, model_size, total_training_modes,
-                  total_flops=0, **summarize_kwargs) -> None:
+    def summarize(
+        summary_data,
+        total_parameters,
+        trainable_parameters,
+        model_size,
+        total_training_modes,
+        total_flops=0,
+        **summarize_kwargs,
+    ) -> None:
         from rich import get_console
         from rich.table import Table
 
         summary_data = _without_flops(summary_data)
         console = get_console()
         table = Table(header_style=summarize_kwargs.get("header_style", "bold magenta"))
-        styles = {" ": {"style": "dim"}, "Name": {"justify": "left", "no_wrap": True}, "Type": {},
-                  "Mode": {}, "In sizes": {"justify": "right", "style": "white"},
-                  "Out sizes": {"justify": "right", "style": "white"}}
+        styles = {
+            " ": {"style": "dim"},
+            "Name": {"justify": "left", "no_wrap": True},
+            "Type": {},
+            "Mode": {},
+            "In sizes": {"justify": "right", "style": "white"},
+            "Out sizes": {"justify": "right", "style": "white"},
+        }
         for name, _ in summary_data:
             table.add_column(name, **styles.get(name, {"justify": "right"}))
         for row in zip(*(values for _, values in summary_data), strict=True):
@@ -456,8 +498,15 @@ class LineProgress:
     ``interval_s`` seconds (``desc: 12/40 bands (30%), 0:45 elapsed, ETA 1:45``), never a carriage
     return. Other tqdm options are accepted and ignored."""
 
-    def __init__(self, total: float | None = None, desc: str = "", unit: str = "it", file=None,
-                 interval_s: float = DEFAULT_INTERVAL_S, **_tqdm_options):
+    def __init__(
+        self,
+        total: float | None = None,
+        desc: str = "",
+        unit: str = "it",
+        file=None,
+        interval_s: float = DEFAULT_INTERVAL_S,
+        **_tqdm_options,
+    ):
         self.total, self.desc, self.unit, self.file, self.interval_s = total, desc, unit, file, interval_s
         self.n = 0
         self.started = self.last_line = _clock()
@@ -475,8 +524,11 @@ class LineProgress:
             return
         self.last_line = now
         elapsed = now - self.started
-        done = f"{self.n}/{self.total} {self.unit}s ({100 * self.n / self.total:.0f}%)" if self.total else \
-            f"{self.n} {self.unit}s"
+        done = (
+            f"{self.n}/{self.total} {self.unit}s ({100 * self.n / self.total:.0f}%)"
+            if self.total
+            else f"{self.n} {self.unit}s"
+        )
         eta = f", ETA {duration(elapsed * (self.total - self.n) / self.n)}" if self.total and self.n else ""
         print(f"{self.desc}: {done}, {duration(elapsed)} elapsed{eta}", file=self.file or sys.stderr, flush=True)
 

@@ -56,8 +56,10 @@ def _installed(module: str) -> bool:
     """Whether ``module`` imports (checked once; fla is imported for real since it needs Triton too)."""
     if module not in _IMPORTABLE:
         try:
-            _IMPORTABLE[module] = (importlib.util.find_spec(module.split(".")[0]) is not None
-                                   and importlib.import_module(module) is not None)
+            _IMPORTABLE[module] = (
+                importlib.util.find_spec(module.split(".")[0]) is not None
+                and importlib.import_module(module) is not None
+            )
         except Exception:  # noqa: BLE001 - any failure to import means the backend is not usable here
             _IMPORTABLE[module] = False
     return _IMPORTABLE[module]
@@ -69,8 +71,9 @@ def triton_interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-def unsupported(backend: str, device: torch.device, dtype: torch.dtype, one_d: bool, step: bool,
-                head_dim: int = 64) -> str | None:
+def unsupported(
+    backend: str, device: torch.device, dtype: torch.dtype, one_d: bool, step: bool, head_dim: int = 64
+) -> str | None:
     """Why ``backend`` cannot run a call with these properties, or None if it can.
 
     ``one_d``: 1D decay (no grid); ``step``: a streaming segment that carries a state; ``head_dim``:
@@ -99,8 +102,15 @@ def unsupported(backend: str, device: torch.device, dtype: torch.dtype, one_d: b
     return None
 
 
-def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype, one_d: bool, step: bool = False,
-                    mode: str = AUTO, head_dim: int = 64) -> str:
+def resolve_backend(
+    backend: str,
+    device: torch.device,
+    dtype: torch.dtype,
+    one_d: bool,
+    step: bool = False,
+    mode: str = AUTO,
+    head_dim: int = 64,
+) -> str:
     """The backend that runs the call: ``backend`` itself if it can, ``"auto"``'s choice, or ValueError
     naming why it cannot and which backends can."""
     if backend == AUTO_BACKEND:

@@ -15,13 +15,25 @@ from __future__ import annotations
 from torch import Tensor
 
 
-def retention(q: Tensor, k: Tensor, v: Tensor, log_gamma: Tensor, scale: float,
-              initial_state: Tensor | None = None, output_final_state: bool = False) -> tuple[Tensor, Tensor | None]:
+def retention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    log_gamma: Tensor,
+    scale: float,
+    initial_state: Tensor | None = None,
+    output_final_state: bool = False,
+) -> tuple[Tensor, Tensor | None]:
     """(out (B, H, T, dv), final state (B, H, d, dv) or None) for validated arguments."""
     from fla.ops.simple_gla import chunk_simple_gla  # CUDA-only dependency: imported on use
 
     out, state = chunk_simple_gla(
-        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), g_gamma=log_gamma.float(), scale=scale,
-        initial_state=initial_state, output_final_state=output_final_state,
+        q.transpose(1, 2),
+        k.transpose(1, 2),
+        v.transpose(1, 2),
+        g_gamma=log_gamma.float(),
+        scale=scale,
+        initial_state=initial_state,
+        output_final_state=output_final_state,
     )
     return out.transpose(1, 2), state

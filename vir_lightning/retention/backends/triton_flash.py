@@ -64,16 +64,42 @@ def _tile_tokens(tile_y, tile_x, rows, cols, HAS_CLS: tl.constexpr, TH: tl.const
 def _load_rows(base, tokens, valid, stride_t, stride_d, dim, BLOCK_D: tl.constexpr):
     """The (tokens, BLOCK_D) rows of one (batch, head), zero where a token is not valid or past ``dim``."""
     offs = tl.arange(0, BLOCK_D)
-    return tl.load(base + tokens[:, None] * stride_t + offs[None, :] * stride_d,
-                   mask=valid[:, None] & (offs[None, :] < dim), other=0.0)
+    return tl.load(
+        base + tokens[:, None] * stride_t + offs[None, :] * stride_d,
+        mask=valid[:, None] & (offs[None, :] < dim),
+        other=0.0,
+    )
 
 
 @triton.jit
-def _visit_key_tile(acc, q, q_y, q_x, k_base, v_base, stride_kt, stride_kd, stride_vt, stride_vd,
-                    log_gamma, scale, rows, cols, HAS_CLS: tl.constexpr, ky, kx, dk, dv,
-                    MASK: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
-                    BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr, DOT_FP32: tl.constexpr,
-                    PRECISION: tl.constexpr):
+def _visit_key_tile(
+    acc,
+    q,
+    q_y,
+    q_x,
+    k_base,
+    v_base,
+    stride_kt,
+    stride_kd,
+    stride_vt,
+    stride_vd,
+    log_gamma,
+    scale,
+    rows,
+    cols,
+    HAS_CLS: tl.constexpr,
+    ky,
+    kx,
+    dk,
+    dv,
+    MASK: tl.constexpr,
+    KH: tl.constexpr,
+    KW: tl.constexpr,
+    BLOCK_DK: tl.constexpr,
+    BLOCK_DV: tl.constexpr,
+    DOT_FP32: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
     """acc += (s·q kᵀ ⊙ D) v over the key tile (ky, kx): D from the coordinates, masked to ``MASK``."""
     k_y, k_x, k_ok, k_tok = _tile_tokens(ky, kx, rows, cols, HAS_CLS, KH, KW)
     k = _load_rows(k_base, k_tok, k_ok, stride_kt, stride_kd, dk, BLOCK_DK)
@@ -87,7 +113,7 @@ def _visit_key_tile(acc, q, q_y, q_x, k_base, v_base, stride_kt, stride_kd, stri
     elif MASK == 2:
         visible = ((d_x >= 0) & (d_y >= 0)) | ((d_x <= 0) & (d_y <= 0))
     else:
-        visible = (d_x == d_x)
+        visible = d_x == d_x
     distance = (tl.abs(d_x) + tl.abs(d_y)).to(tl.float32)
     decay = tl.where(visible & k_ok[None, :], tl.exp(distance * log_gamma) * scale, 0.0)
     if DOT_FP32:
@@ -100,30 +126,110 @@ def _visit_key_tile(acc, q, q_y, q_x, k_base, v_base, stride_kt, stride_kd, stri
 
 
 @triton.jit
-def _visit_rectangle(acc, q, q_y, q_x, k_base, v_base, stride_kt, stride_kd, stride_vt, stride_vd, log_gamma,
-                     scale, rows, cols, dk, dv, ky0, ky1, kx0, kx1, skip_y, skip_x, HAS_CLS: tl.constexpr,
-                     MASK: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, BLOCK_DK: tl.constexpr,
-                     BLOCK_DV: tl.constexpr, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr):
+def _visit_rectangle(
+    acc,
+    q,
+    q_y,
+    q_x,
+    k_base,
+    v_base,
+    stride_kt,
+    stride_kd,
+    stride_vt,
+    stride_vd,
+    log_gamma,
+    scale,
+    rows,
+    cols,
+    dk,
+    dv,
+    ky0,
+    ky1,
+    kx0,
+    kx1,
+    skip_y,
+    skip_x,
+    HAS_CLS: tl.constexpr,
+    MASK: tl.constexpr,
+    KH: tl.constexpr,
+    KW: tl.constexpr,
+    BLOCK_DK: tl.constexpr,
+    BLOCK_DV: tl.constexpr,
+    DOT_FP32: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
     """Every key tile of [ky0, ky1) × [kx0, kx1) except those of [0, skip_y) × [0, skip_x)."""
     for ky in range(ky0, ky1):
         for kx in range(kx0, kx1):
             if (ky >= skip_y) | (kx >= skip_x):  # not a tile the other rectangle visited
-                acc = _visit_key_tile(acc, q, q_y, q_x, k_base, v_base, stride_kt, stride_kd, stride_vt, stride_vd,
-                                      log_gamma, scale, rows, cols, HAS_CLS, ky, kx, dk, dv,
-                                      MASK, KH, KW, BLOCK_DK, BLOCK_DV, DOT_FP32, PRECISION)
+                acc = _visit_key_tile(
+                    acc,
+                    q,
+                    q_y,
+                    q_x,
+                    k_base,
+                    v_base,
+                    stride_kt,
+                    stride_kd,
+                    stride_vt,
+                    stride_vd,
+                    log_gamma,
+                    scale,
+                    rows,
+                    cols,
+                    HAS_CLS,
+                    ky,
+                    kx,
+                    dk,
+                    dv,
+                    MASK,
+                    KH,
+                    KW,
+                    BLOCK_DK,
+                    BLOCK_DV,
+                    DOT_FP32,
+                    PRECISION,
+                )
     return acc
 
 
 @triton.jit
 def _retention_kernel(
-    q_ptr, k_ptr, v_ptr, o_ptr, log_gamma_ptr,
-    stride_qb, stride_qh, stride_qt, stride_qd,
-    stride_kb, stride_kh, stride_kt, stride_kd,
-    stride_vb, stride_vh, stride_vt, stride_vd,
-    stride_ob, stride_oh, stride_ot, stride_od,
-    heads, rows, cols, dk, dv, scale,
-    HAS_CLS: tl.constexpr, MASK: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr,
-    BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    o_ptr,
+    log_gamma_ptr,
+    stride_qb,
+    stride_qh,
+    stride_qt,
+    stride_qd,
+    stride_kb,
+    stride_kh,
+    stride_kt,
+    stride_kd,
+    stride_vb,
+    stride_vh,
+    stride_vt,
+    stride_vd,
+    stride_ob,
+    stride_oh,
+    stride_ot,
+    stride_od,
+    heads,
+    rows,
+    cols,
+    dk,
+    dv,
+    scale,
+    HAS_CLS: tl.constexpr,
+    MASK: tl.constexpr,
+    TH: tl.constexpr,
+    TW: tl.constexpr,
+    BLOCK_DK: tl.constexpr,
+    BLOCK_DV: tl.constexpr,
+    DOT_FP32: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):
     """One program: one TH×TW query tile of one (batch, head). Grid: (query tiles, batch·heads)."""
     tile = tl.program_id(0)
@@ -162,13 +268,71 @@ def _retention_kernel(
         ky0, ky1, kx0, kx1 = 0, end_y, 0, tiles_x
     else:  # the upper-left quadrant: alone (directions 1) or the first of two (directions 2)
         ky0, ky1, kx0, kx1 = 0, up_y, 0, up_x
-    acc = _visit_rectangle(acc, q, q_y, q_x, k_base, v_base, stride_kt, stride_kd, stride_vt, stride_vd, log_gamma,
-                           scale, rows, cols, dk, dv, ky0, ky1, kx0, kx1, 0, 0,
-                           HAS_CLS, MASK, TH, TW, BLOCK_DK, BLOCK_DV, DOT_FP32, PRECISION)
+    acc = _visit_rectangle(
+        acc,
+        q,
+        q_y,
+        q_x,
+        k_base,
+        v_base,
+        stride_kt,
+        stride_kd,
+        stride_vt,
+        stride_vd,
+        log_gamma,
+        scale,
+        rows,
+        cols,
+        dk,
+        dv,
+        ky0,
+        ky1,
+        kx0,
+        kx1,
+        0,
+        0,
+        HAS_CLS,
+        MASK,
+        TH,
+        TW,
+        BLOCK_DK,
+        BLOCK_DV,
+        DOT_FP32,
+        PRECISION,
+    )
     if MASK == 2:
-        acc = _visit_rectangle(acc, q, q_y, q_x, k_base, v_base, stride_kt, stride_kd, stride_vt, stride_vd,
-                               log_gamma, scale, rows, cols, dk, dv, ty, end_y, tx, tiles_x, up_y, up_x,
-                               HAS_CLS, MASK, TH, TW, BLOCK_DK, BLOCK_DV, DOT_FP32, PRECISION)
+        acc = _visit_rectangle(
+            acc,
+            q,
+            q_y,
+            q_x,
+            k_base,
+            v_base,
+            stride_kt,
+            stride_kd,
+            stride_vt,
+            stride_vd,
+            log_gamma,
+            scale,
+            rows,
+            cols,
+            dk,
+            dv,
+            ty,
+            end_y,
+            tx,
+            tiles_x,
+            up_y,
+            up_x,
+            HAS_CLS,
+            MASK,
+            TH,
+            TW,
+            BLOCK_DK,
+            BLOCK_DV,
+            DOT_FP32,
+            PRECISION,
+        )
 
     offs_dv = tl.arange(0, BLOCK_DV)
     o_ptrs = o_ptr + b * stride_ob + h * stride_oh + q_tok[:, None] * stride_ot + offs_dv[None, :] * stride_od
@@ -185,8 +349,9 @@ def tile_shape(rows: int, cols: int) -> tuple[int, int]:
 
 
 @torch.library.triton_op("vir_lightning::fused_retention", mutates_args={})
-def fused_retention(q: Tensor, k: Tensor, v: Tensor, log_gamma: Tensor, rows: int, cols: int, has_cls: int,
-                    mask: int, scale: float) -> Tensor:
+def fused_retention(
+    q: Tensor, k: Tensor, v: Tensor, log_gamma: Tensor, rows: int, cols: int, has_cls: int, mask: int, scale: float
+) -> Tensor:
     """Retention of (B, H, N, ·) q, k, v over an R×C grid (+ class token) with ``mask``; (B, H, N, dv).
 
     ``log_gamma``: (H,) float32 on the inputs' device. The output is a (B, N, H, dv) buffer seen as
@@ -204,12 +369,29 @@ def fused_retention(q: Tensor, k: Tensor, v: Tensor, log_gamma: Tensor, rows: in
     dot_fp32 = q.dtype == torch.bfloat16 and interpreted()
     precision = "ieee" if q.dtype != torch.float32 or not torch.backends.cuda.matmul.allow_tf32 else "tf32"
     torch.library.wrap_triton(_retention_kernel)[(tiles, batch * heads)](
-        q, k, v, out, log_gamma,
-        *q.stride(), *k.stride(), *v.stride(), *out.stride(),
-        heads, rows, cols, dk, dv, scale,
-        HAS_CLS=bool(has_cls), MASK=mask, TH=th, TW=tw,
-        BLOCK_DK=max(16, triton.next_power_of_2(dk)), BLOCK_DV=max(16, triton.next_power_of_2(dv)),
-        DOT_FP32=dot_fp32, PRECISION=precision,
+        q,
+        k,
+        v,
+        out,
+        log_gamma,
+        *q.stride(),
+        *k.stride(),
+        *v.stride(),
+        *out.stride(),
+        heads,
+        rows,
+        cols,
+        dk,
+        dv,
+        scale,
+        HAS_CLS=bool(has_cls),
+        MASK=mask,
+        TH=th,
+        TW=tw,
+        BLOCK_DK=max(16, triton.next_power_of_2(dk)),
+        BLOCK_DV=max(16, triton.next_power_of_2(dv)),
+        DOT_FP32=dot_fp32,
+        PRECISION=precision,
     )
     return out
 
@@ -235,9 +417,18 @@ def _backward(ctx, d_out: Tensor):
 fused_retention.register_autograd(_backward, setup_context=_setup_context)
 
 
-def retention(q: Tensor, k: Tensor, v: Tensor, log_gamma: Tensor, scale: float,
-              grid_shape: tuple[int, int] | None, class_token: bool, directions: int) -> Tensor:
+def retention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    log_gamma: Tensor,
+    scale: float,
+    grid_shape: tuple[int, int] | None,
+    class_token: bool,
+    directions: int,
+) -> Tensor:
     """The backend's entry, for arguments the public op has validated: 1D when ``grid_shape`` is None."""
     rows, cols = (1, q.shape[2]) if grid_shape is None else grid_shape
-    return fused_retention(q, k, v, log_gamma.float(), rows, cols, int(class_token), _MASK_OF_DIRECTIONS[directions],
-                           scale)
+    return fused_retention(
+        q, k, v, log_gamma.float(), rows, cols, int(class_token), _MASK_OF_DIRECTIONS[directions], scale
+    )
