@@ -122,7 +122,7 @@ def test_predict_large_equals_the_model_on_the_whole_tensor(mosaic, trained, tmp
         "1",
         "--out",
         str(out),
-        "--chunk-size",
+        "--band-rows",
         "3",
         "--features-dir",
         str(features),
@@ -234,7 +234,7 @@ def test_bad_files_are_reported_by_path_the_others_go_on_and_a_rerun_skips_done_
     "extra,match",
     [
         (["--level", "3"], "pyramid level 3 does not exist"),
-        (["--chunk-size", "0"], "band height must be at least 1"),
+        (["--band-rows", "0"], "--band-rows 0: the band height must be at least 1"),
     ],
 )
 def test_bad_options_get_one_error_line(mosaic, trained, tmp_path, capsys, extra, match):
@@ -356,3 +356,12 @@ def test_a_rerun_with_other_options_is_refused_instead_of_keeping_the_old_result
     assert "checkpoint " in capsys.readouterr().err
     assert cli_main(argv) == 0  # the same options resume
     assert "already in" in capsys.readouterr().out and out.read_bytes() == before
+
+
+def test_the_old_band_option_name_still_works_with_a_notice(mosaic, trained, tmp_path, capsys):
+    """``--chunk-size`` was predict-large's name for the band height; it now reads ``--band-rows``."""
+    _, ckpt, config = trained
+    argv = ["predict-large", "--config", config, "--ckpt_path", ckpt, "--images", mosaic]
+    assert cli_main([*argv, "--out", str(tmp_path / "p.csv"), "--chunk-size", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "note: --chunk-size is now --band-rows" in err and "error: --band-rows 0:" in err

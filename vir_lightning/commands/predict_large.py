@@ -1,7 +1,7 @@
 """``predict-large``: classify huge images (whole-slide scans, satellite tiles) in streaming form.
 
     python -m vir_lightning predict-large --ckpt_path CKPT|DIR [--config CFG] --images A.tif [B.svs …]
-        --out predictions.csv [--chunk-size R] [--level L] [--features-dir DIR] [--edge crop|pad]
+        --out predictions.csv [--band-rows R] [--level L] [--features-dir DIR] [--edge crop|pad]
     python -m vir_lightning predict-large --runtime onnxruntime --onnx STEP.onnx --images … --out …
 
 Each image is read band by band from disk (:mod:`vir_lightning.data.large_image`), normalised like
@@ -169,10 +169,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--images", nargs="+", required=True, help="TIFF/BigTIFF, whole-slide (OpenSlide) or PNG/JPEG files")
     p.add_argument("--out", required=True, help="CSV of top-5 predictions (rerun: images already in it are skipped)")
     p.add_argument(
-        "--chunk-size",
+        "--band-rows",
+        "--chunk-size",  # the old name, still accepted (with a notice): it meant the band height here
+        dest="band_rows",
         type=int,
         default=None,
-        help="band height in patch rows (default: about 1024 tokens of whole rows)",
+        metavar="R",
+        help="band height in patch rows (default: about 1024 tokens of whole rows; --chunk-size is the old name)",
     )
     p.add_argument("--level", type=int, default=0, help="pyramid level to read (0 = full resolution)")
     p.add_argument(
@@ -194,6 +197,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    given = sys.argv[1:] if argv is None else argv
+    if any(arg == "--chunk-size" or arg.startswith("--chunk-size=") for arg in given):
+        print("note: --chunk-size is now --band-rows (the band height in patch rows)", file=sys.stderr)
     if threading.current_thread() is threading.main_thread():
         # A `kill` (SIGTERM) unwinds like Ctrl-C, so the temporary CSV / features files are removed.
         signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
@@ -201,13 +207,13 @@ def main(argv: list[str] | None = None) -> int:
         raise ValueError(
             "--runtime torch needs --ckpt_path (a checkpoint or pretrained folder); --onnx is for --runtime onnxruntime"
         )
-    if args.runtime == "onnxruntime" and (args.onnx is None or args.ckpt_path is not None or args.chunk_size):
+    if args.runtime == "onnxruntime" and (args.onnx is None or args.ckpt_path is not None or args.band_rows):
         raise ValueError(
             "--runtime onnxruntime takes --onnx STEP.onnx (its band height is fixed at export), not"
-            " --ckpt_path or --chunk-size"
+            " --ckpt_path or --band-rows"
         )
-    if args.chunk_size is not None and args.chunk_size < 1:
-        raise ValueError(f"--chunk-size {args.chunk_size}: the band height must be at least 1 patch row")
+    if args.band_rows is not None and args.band_rows < 1:
+        raise ValueError(f"--band-rows {args.band_rows}: the band height must be at least 1 patch row")
     if args.level < 0:
         raise ValueError(f"--level {args.level}: pyramid levels count from 0")
     by_file = {}
@@ -244,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.runtime == "onnxruntime":
             model, names, mean, std = load_onnx_model(args.config, args.onnx)
         else:
-            model, names, mean, std = load_streaming_model(args.config, args.ckpt_path, args.chunk_size)
+            model, names, mean, std = load_streaming_model(args.config, args.ckpt_path, args.band_rows)
         options = _check_same_run(args, mean, std, done)
         options_recorded = False
 
