@@ -79,6 +79,12 @@ class ViRLightningCLI(LightningCLI):
         self.exit_stack = exit_stack
         super().__init__(*args, **kwargs)
 
+    def __getstate__(self) -> dict:
+        # The model reaches this object (LightningCLI's instantiators sit in its optimizer factory),
+        # so copying the model copies it: EMAWeightAveraging deep-copies the model at setup, DDP spawn
+        # pickles it. The exit stack (a live lock) belongs to this process and is left out.
+        return {**self.__dict__, "exit_stack": None}
+
     def init_parser(self, **kwargs) -> LightningArgumentParser:
         # Errors raise, so run_lightning prints them as one line instead of usage + a namespace dump.
         return super().init_parser(**{**kwargs, "exit_on_error": False})
